@@ -1,0 +1,31 @@
+# rpuhw: `make run` and `make test` bootstrap .venv by themselves.
+PYTHON ?= python3
+TORCH ?= torch==2.13.0
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.rpuhw-installed
+
+.PHONY: run test lint bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@# torch first (a plain `torch` requirement could pull a multi-GB CUDA build);
+	@# skipped when the venv already has torch or when TORCH is set empty.
+	$(BIN)/python -c "import torch" 2>/dev/null || { test -z "$(TORCH)" || $(BIN)/pip install "$(TORCH)"; }
+	$(BIN)/pip install -e ".[test]"
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/rpuhw demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks.update
+
+clean:
+	rm -rf $(VENV) build *.egg-info

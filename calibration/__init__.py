@@ -1,0 +1,1 @@
+"""rpuhw.calibration: characterisation protocols and device-model fitting (issue #5)."""

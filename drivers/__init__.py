@@ -1,0 +1,1 @@
+"""rpuhw.drivers: VISA transport, instrument drivers and hardware benches (issue #4)."""

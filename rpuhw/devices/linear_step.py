@@ -1,0 +1,125 @@
+"""``linear_step``: the step size changes linearly with the weight (aihwkit's LinearStep).
+
+.. math::
+
+    \\Delta_{up}(w) = \\Delta w^{up}_{ij}\\,(1 + \\gamma^{+}_{ij} w),\\qquad
+    \\Delta_{down}(w) = \\Delta w^{down}_{ij}\\,(1 + \\gamma^{-}_{ij} w)
+
+    \\gamma^{+}_{ij} = -|\\gamma_{up} + \\gamma^{dtod}_{up}\\xi| / b^{max},\\qquad
+    \\gamma^{-}_{ij} = -|\\gamma_{down} + \\gamma^{dtod}_{down}\\xi| / b^{min}
+
+with :math:`b^{max}, b^{min}` the mean bounds ``w_max, w_min``
+(``mean_bound_reference: true``) or the device's own. ``gamma = 1`` with no
+spread is soft bounds. Noise is multiplicative,
+:math:`\\Delta(w)(1+\\sigma\\xi)`, or with ``mult_noise: false`` additive,
+:math:`\\Delta(w) + \\Delta w^{d}_{ij}\\sigma\\xi`. Affine in ``w``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from rpuhw._jit import njit
+from rpuhw.config import require
+from rpuhw.devices.base import DeviceModel, PulsedDeviceParams, State
+from rpuhw.devices.registry import register_model
+
+
+@njit(inline="always")
+def _nb_pulse(w, up, xi, prm, i, j, c):
+    # c = [dw_min_std, mult_noise]
+    if up:
+        dw = prm[0, i, j]
+        mean = dw * (1.0 + prm[4, i, j] * w)
+    else:
+        dw = prm[1, i, j]
+        mean = dw * (1.0 + prm[5, i, j] * w)
+    if c[1] > 0.5:
+        step = mean * (1.0 + c[0] * xi)
+    else:
+        step = mean + dw * c[0] * xi
+    if up:
+        w += step
+    else:
+        w -= step
+    if w < prm[2, i, j]:
+        w = prm[2, i, j]
+    if w > prm[3, i, j]:
+        w = prm[3, i, j]
+    return w
+
+
+@dataclass
+class LinearStepParams(PulsedDeviceParams):
+    """Parameters of ``linear_step``."""
+
+    gamma_up: float = 0.0
+    """Relative decrease of the up step from w = 0 to the upper bound (0.1 = 10 %)."""
+
+    gamma_down: float = 0.0
+    """Relative decrease of the down step from w = 0 to the lower bound."""
+
+    gamma_up_dtod: float = 0.05
+    """Device-to-device spread of ``gamma_up`` (absolute)."""
+
+    gamma_down_dtod: float = 0.05
+    """Device-to-device spread of ``gamma_down`` (absolute)."""
+
+    allow_increasing: bool = False
+    """Allow steps that grow towards the bound (keep the sign of gamma + spread)."""
+
+    mean_bound_reference: bool = True
+    """Scale gamma by the mean bounds ``w_max``/``w_min`` instead of each device's own."""
+
+    mult_noise: bool = True
+    """Cycle-to-cycle noise multiplies the whole step (else it is added, scaled by dw)."""
+
+    def validate(self) -> None:
+        super().validate()
+        require(self.w_max > 0, "w_max", f"linear_step needs w_max > 0, got {self.w_max}")
+        require(self.w_min < 0, "w_min", f"linear_step needs w_min < 0, got {self.w_min}")
+        for key in ("gamma_up_dtod", "gamma_down_dtod"):
+            require(getattr(self, key) >= 0, key, f"must be >= 0, got {getattr(self, key)}")
+
+
+@register_model
+class LinearStep(DeviceModel):
+    """Step linear in w with per-device slopes."""
+
+    name = "linear_step"
+    Params = LinearStepParams
+    extra_state = ("gamma_up", "gamma_down")
+    nb_pulse = _nb_pulse
+
+    def draw_extra(self, state, rows, cols, gen):
+        p: LinearStepParams = self.params  # type: ignore[assignment]
+        g_up = p.gamma_up + p.gamma_up_dtod * torch.randn(rows, cols, generator=gen,
+                                                          dtype=torch.float64)
+        g_down = p.gamma_down + p.gamma_down_dtod * torch.randn(rows, cols, generator=gen,
+                                                                dtype=torch.float64)
+        if not p.allow_increasing:
+            g_up, g_down = g_up.abs(), g_down.abs()
+        b_max = p.w_max if p.mean_bound_reference else state["w_max"].clamp_min(1e-12)
+        b_min = p.w_min if p.mean_bound_reference else state["w_min"].clamp_max(-1e-12)
+        return {"gamma_up": -g_up / b_max, "gamma_down": -g_down / b_min}
+
+    def constants(self) -> list[float]:
+        return [self.params.dw_min_std, 1.0 if self.params.mult_noise else 0.0]
+
+    def step(self, w: torch.Tensor, up: torch.Tensor, state: State) -> torch.Tensor:
+        return torch.where(up, state["dw_up"] * (1.0 + state["gamma_up"] * w),
+                           state["dw_down"] * (1.0 + state["gamma_down"] * w))
+
+    def pulse(self, w, up, xi, state):
+        if self.params.mult_noise:
+            return super().pulse(w, up, xi, state)
+        sign = torch.where(up, 1.0, -1.0)
+        scale = torch.where(up, state["dw_up"], state["dw_down"])
+        dw = sign * (self.step(w, up, state) + scale * self.params.dw_min_std * xi)
+        return torch.minimum(torch.maximum(w + dw, state["w_min"]), state["w_max"])
+
+    def affine(self, state: State):
+        return (state["dw_up"] * state["gamma_up"], state["dw_up"],
+                -state["dw_down"] * state["gamma_down"], -state["dw_down"])

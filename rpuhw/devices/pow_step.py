@@ -1,0 +1,108 @@
+"""``pow_step``: the step is a power of the distance to the bound (aihwkit's PowStep).
+
+A shifted Fusi & Abbott (2007) synapse. With the relative distance to the upper bound
+:math:`\\omega_{ij}(w) = (w^{max}_{ij} - w) / (w^{max}_{ij} - w^{min}_{ij})`:
+
+.. math::
+
+    \\Delta_{up}(w) = \\Delta w^{up}_{ij}\\,\\omega_{ij}^{\\gamma^{+}_{ij}},\\qquad
+    \\Delta_{down}(w) = \\Delta w^{down}_{ij}\\,(1 - \\omega_{ij})^{\\gamma^{-}_{ij}}
+
+    \\gamma^{d}_{ij} = \\big|\\gamma\\,(1 + d\\,\\beta_{ij} + \\sigma_{\\gamma}\\xi_{ij})\\big|,
+    \\qquad \\beta_{ij} = \\text{pow\\_up\\_down} + \\text{pow\\_up\\_down\\_dtod}\\,\\xi'_{ij}
+
+with :math:`\\gamma` = ``pow_gamma``, :math:`\\sigma_{\\gamma}` = ``pow_gamma_dtod``,
+:math:`d = \\pm 1` and one :math:`\\xi_{ij}` shared by both directions (``|.|`` as
+aihwkit's ``enforce_consistency``). :math:`\\omega` is clamped to [0, 1]. Note that
+:math:`\\Delta w^{d}_{ij}` is the step at the far bound, not at ``w = 0``;
+``pow_gamma = 1`` without spread is soft bounds. Noise is multiplicative. Not affine
+in ``w``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from rpuhw._jit import njit
+from rpuhw.config import require
+from rpuhw.devices.base import DeviceModel, PulsedDeviceParams, State
+from rpuhw.devices.registry import register_model
+
+_TINY = 1e-12
+
+
+@njit(inline="always")
+def _nb_pulse(w, up, xi, prm, i, j, c):
+    span = prm[3, i, j] - prm[2, i, j]
+    if span < _TINY:
+        span = _TINY
+    if up:
+        x = (prm[3, i, j] - w) / span
+    else:
+        x = (w - prm[2, i, j]) / span
+    if x < 0.0:
+        x = 0.0
+    if x > 1.0:
+        x = 1.0
+    if up:
+        w += prm[0, i, j] * x ** prm[4, i, j] * (1.0 + c[0] * xi)
+    else:
+        w -= prm[1, i, j] * x ** prm[5, i, j] * (1.0 + c[0] * xi)
+    if w < prm[2, i, j]:
+        w = prm[2, i, j]
+    if w > prm[3, i, j]:
+        w = prm[3, i, j]
+    return w
+
+
+@dataclass
+class PowStepParams(PulsedDeviceParams):
+    """Parameters of ``pow_step`` (aihwkit's PowStepDevice names and defaults)."""
+
+    pow_gamma: float = 1.0
+    """Mean exponent gamma of the distance to the bound (dimensionless, > 0)."""
+
+    pow_gamma_dtod: float = 0.1
+    """Device-to-device spread of the exponent, relative to ``pow_gamma``."""
+
+    pow_up_down: float = 0.0
+    """Up/down bias beta of the exponent: gamma_up/down = gamma (1 +/- beta) (dimensionless)."""
+
+    pow_up_down_dtod: float = 0.0
+    """Device-to-device spread of beta (absolute, i.e. relative to ``pow_gamma``)."""
+
+    def validate(self) -> None:
+        super().validate()
+        require(self.pow_gamma > 0, "pow_gamma", f"must be > 0, got {self.pow_gamma}")
+        for key in ("pow_gamma_dtod", "pow_up_down_dtod"):
+            require(getattr(self, key) >= 0, key, f"must be >= 0, got {getattr(self, key)}")
+        require(-1 < self.pow_up_down < 1, "pow_up_down",
+                f"must be in (-1, 1), got {self.pow_up_down}")
+
+
+@register_model
+class PowStep(DeviceModel):
+    """Step proportional to a per-device power of the distance to the bound."""
+
+    name = "pow_step"
+    Params = PowStepParams
+    extra_state = ("pow_gamma_up", "pow_gamma_down")
+    nb_pulse = _nb_pulse
+
+    def draw_extra(self, state, rows, cols, gen):
+        p: PowStepParams = self.params  # type: ignore[assignment]
+        gain = 1.0 + p.pow_gamma_dtod * torch.randn(rows, cols, generator=gen,
+                                                    dtype=torch.float64)
+        beta = p.pow_up_down + p.pow_up_down_dtod * torch.randn(rows, cols, generator=gen,
+                                                                dtype=torch.float64)
+        return {"pow_gamma_up": (p.pow_gamma * (gain + beta)).abs(),
+                "pow_gamma_down": (p.pow_gamma * (gain - beta)).abs()}
+
+    def step(self, w: torch.Tensor, up: torch.Tensor, state: State) -> torch.Tensor:
+        span = (state["w_max"] - state["w_min"]).clamp_min(_TINY)
+        omega = ((state["w_max"] - w) / span).clamp(0.0, 1.0)
+        rest = ((w - state["w_min"]) / span).clamp(0.0, 1.0)
+        return torch.where(up, state["dw_up"] * omega.pow(state["pow_gamma_up"]),
+                           state["dw_down"] * rest.pow(state["pow_gamma_down"]))

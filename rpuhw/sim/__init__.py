@@ -1,0 +1,1 @@
+"""The stochastic RPU simulator: SimulatedArray, its update engines and the slow reference."""

@@ -1,0 +1,148 @@
+"""SimulatedArray: a stochastic RPU array with exact pulse-by-pulse update statistics."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from rpuhw._jit import HAVE_NUMBA
+from rpuhw.array import Capabilities, CrossPointArray
+from rpuhw.bits import MAX_BL, PackedBits
+from rpuhw.device_spec import DeviceSpec
+from rpuhw.devices import DeviceModel, get_model
+from rpuhw.sim.io import analog_mvm
+from rpuhw.sim.update_torch import apply_counts, update_torch
+
+Engine = Literal["auto", "numba", "torch"]
+
+
+class SimulatedArray(CrossPointArray):
+    """A simulated array of ``rows x cols`` devices of one device model.
+
+    Args:
+        rows, cols: array size (rows = outputs, columns = inputs).
+        device: a :class:`~rpuhw.device_spec.DeviceSpec` (model + io), a
+            :class:`~rpuhw.devices.DeviceModel`, a model name, or None for the
+            paper's RPU baseline (``constant_step`` defaults, out_noise 0.06,
+            out_bound 12).
+        seed: seeds the device-to-device draws and all later noise; equal seeds
+            and equal calls give equal results. None draws a fresh seed.
+        engine: ``"numba"`` (compiled pulse-by-pulse kernel), ``"torch"``
+            (closed forms composed over updates, or a vectorised loop), or
+            ``"auto"`` (numba when installed). Both are exact in distribution.
+    """
+
+    capabilities = Capabilities(forward=True, backward=True, update=True, pulse=True,
+                                read=True)
+
+    def __init__(self, rows: int, cols: int, device: DeviceSpec | DeviceModel | str | None = None,
+                 seed: int | None = None, engine: Engine = "auto"):
+        super().__init__(rows, cols)
+        if device is None:
+            device = DeviceSpec(model=get_model("constant_step")())
+        elif isinstance(device, str):
+            device = DeviceSpec(model=get_model(device)())
+        elif isinstance(device, DeviceModel):
+            device = DeviceSpec(model=device)
+        if engine not in ("auto", "numba", "torch"):
+            raise ValueError(f"engine: expected 'auto', 'numba' or 'torch', got {engine!r}")
+        if engine == "numba" and not HAVE_NUMBA:
+            raise ValueError("engine: 'numba' requested but numba is not installed")
+        self.spec = device
+        self.model = device.model
+        self.io = device.io
+        self.seed = int.from_bytes(os.urandom(7), "little") if seed is None else int(seed)
+        self.gen = torch.Generator().manual_seed(self.seed)
+        self.state = self.model.draw(rows, cols, self.gen)
+        use_numba = engine != "torch" and HAVE_NUMBA and self.model.nb_pulse is not None
+        self.engine = "numba" if use_numba else "torch"
+        self.weights = torch.zeros(rows, cols)
+        self._clip_into_bounds()
+        self._prm = np.ascontiguousarray(
+            np.stack([self.state[k].numpy() for k in self.model.state_names]), dtype=np.float32)
+        self._const = np.asarray(self.model.constants(), dtype=np.float64)
+
+    def __repr__(self) -> str:
+        return (f"SimulatedArray(rows={self.rows}, cols={self.cols}, model={self.model.name!r}, "
+                f"seed={self.seed}, engine={self.engine!r})")
+
+    # ---- helpers ---------------------------------------------------------------------
+    def _clip_into_bounds(self) -> None:
+        torch.minimum(torch.maximum(self.weights, self.state["w_min"]), self.state["w_max"],
+                      out=self.weights)
+
+    def _call_seed(self) -> int:
+        return int(torch.randint(0, 2**62, (1,), generator=self.gen))
+
+    def nominal_step(self) -> float:
+        return self.model.params.dw_min
+
+    def set_weights(self, w: torch.Tensor) -> None:
+        """Set the device states directly (simulation only), clipped to each device's bounds."""
+        from rpuhw.array import check_float
+
+        self.weights.copy_(check_float(w, "w", self.shape))
+        self._clip_into_bounds()
+
+    # ---- native operations -----------------------------------------------------------
+    def _forward(self, x):
+        return analog_mvm(x, self.weights, self.io, self.gen)
+
+    def _backward(self, d):
+        return analog_mvm(d, self.weights.T, self.io, self.gen)
+
+    def _read(self):
+        w = self.weights.clone()
+        if self.io.read_noise > 0:
+            w += self.io.read_noise * torch.randn(w.shape, generator=self.gen)
+        return w
+
+    def _update(self, x_bits, d_bits):
+        if self.engine == "numba" and x_bits.shape[1] <= MAX_BL:
+            return self._update_packed(PackedBits.from_bits(x_bits, d_bits))
+        self.weights = update_torch(self.model, self.state, self.weights, x_bits, d_bits,
+                                    self.gen)
+
+    def _update_packed(self, packed: PackedBits):
+        if self.engine != "numba":
+            return self._update(*packed.to_bits())
+        from rpuhw.sim import kernels
+
+        kernels.update_kernel(packed.x_nz, packed.x_pos, packed.d_nz, packed.d_pos,
+                              self.weights.numpy(), self._prm, self._const, self._call_seed(),
+                              self.model.noisy, self.model.nb_pulse)
+
+    def _pulse(self, counts):
+        if self.engine == "numba":
+            from rpuhw.sim import kernels
+
+            kernels.pulse_kernel(counts.numpy(), self.weights.numpy(), self._prm, self._const,
+                                 self._call_seed(), self.model.noisy, self.model.nb_pulse)
+            return
+        self.weights = apply_counts(self.model, self.state, self.weights,
+                                    counts.abs().float()[None], (counts > 0)[None], self.gen)
+
+    # ---- torch-style state -----------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Weights, per-device parameters, seed and RNG state (for checkpoints)."""
+        return {"weights": self.weights.clone(), "state": {k: v.clone() for k, v in
+                                                           self.state.items()},
+                "seed": self.seed, "rng": self.gen.get_state(), "model": self.model.name}
+
+    def load_state_dict(self, sd: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`; the model name and shapes must match."""
+        if sd.get("model") != self.model.name:
+            raise ValueError(f"state_dict: model {sd.get('model')!r} does not match "
+                             f"{self.model.name!r}")
+        if tuple(sd["weights"].shape) != self.shape:
+            raise ValueError(f"state_dict: expected weights {list(self.shape)}, got "
+                             f"{list(sd['weights'].shape)}")
+        self.weights.copy_(sd["weights"])
+        for k, v in sd["state"].items():
+            self.state[k].copy_(v)
+        self._prm[:] = np.stack([self.state[k].numpy() for k in self.model.state_names])
+        self.seed = sd["seed"]
+        self.gen.set_state(sd["rng"])

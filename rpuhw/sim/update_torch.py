@@ -1,0 +1,135 @@
+"""The torch update path: closed forms per rank-1 update, composed over P updates.
+
+Every pulse of an affine model is a *clamped affine map* of the weight,
+
+.. math::  f(w) = \\min(h, \\max(l, a w + b)),\\quad a \\ge 0,
+
+and these maps are closed under composition:
+
+.. math::  f_2 \\circ f_1 = (a_2 a_1,\\; a_2 b_1 + b_2,\\;
+           \\mathrm{clip}(a_2 l_1 + b_2, l_2, h_2),\\; \\mathrm{clip}(a_2 h_1 + b_2, l_2, h_2)).
+
+So the n pulses a device gets in one rank-1 update are one map (for
+``constant_step`` in closed form: a shift by :math:`n\\Delta + \\sigma\\Delta\\sqrt{n}\\,\\xi`,
+then the clip), and the P updates of a batch reduce to one map per device by a
+pairwise tree in :math:`\\lceil\\log_2 P\\rceil` vectorised steps. Models whose
+step is not affine fall back to a loop over updates, vectorised over devices.
+Coincidence counts come from two batched matmuls on the bit tensors.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from rpuhw.devices.base import DeviceModel, State
+
+BIG = 1e30
+"""Stands for an unbounded clip limit (finite, so 0 * BIG stays 0)."""
+
+CHUNK_ELEMENTS = 1 << 23
+"""Updates are processed in chunks of about this many (update x device) entries."""
+
+
+def coincidence_counts(x_bits: torch.Tensor, d_bits: torch.Tensor
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Up and down pulse counts [P, rows, cols] of each device in each update."""
+    xf = x_bits.float()
+    df = d_bits.float().transpose(1, 2)
+    signed = torch.bmm(df, xf)
+    total = torch.bmm(df.abs(), xf.abs())
+    return (total + signed) * 0.5, (total - signed) * 0.5
+
+
+def update_torch(model: DeviceModel, state: State, w: torch.Tensor, x_bits: torch.Tensor,
+                 d_bits: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Apply P updates to ``w`` exactly (in distribution); returns the new weights."""
+    P = x_bits.shape[0]
+    rows, cols = w.shape
+    chunk = max(1, CHUNK_ELEMENTS // (rows * cols))
+    for start in range(0, P, chunk):
+        xb, db = x_bits[start:start + chunk], d_bits[start:start + chunk]
+        n_up, n_down = coincidence_counts(xb, db)
+        if ((n_up > 0) & (n_down > 0)).any():
+            # directions change within an update: apply its slots one by one (exact order)
+            w = update_torch(model, state, w, xb.reshape(-1, 1, cols),
+                             db.reshape(-1, 1, rows), gen)
+            continue
+        w = apply_counts(model, state, w, n_up + n_down, n_up > 0, gen)
+    return w
+
+
+def apply_counts(model: DeviceModel, state: State, w: torch.Tensor, n: torch.Tensor,
+                 up: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Apply updates given as pulse counts ``n`` [P, rows, cols] in direction ``up``."""
+    coef = model.affine(state)
+    if coef is None:
+        return _loop(model, state, w, n, up, gen)
+    a, b, l, h = _compose(*_affine_maps(model, state, coef, n, up, gen))
+    return torch.minimum(torch.maximum(a * w + b, l), h)
+
+
+def _affine_maps(model, state, coef, n, up, gen):
+    """Per-update clamped affine maps (a, b, l, h), each [P, rows, cols]."""
+    a_up, b_up, a_down, b_down = coef
+    alpha = torch.where(up, a_up, a_down)
+    beta = torch.where(up, b_up, b_down)
+    lo, hi = state["w_min"], state["w_max"]
+    sigma = model.params.dw_min_std
+    mult = getattr(model.params, "mult_noise", True)
+    active = n > 0
+    if not alpha.any():
+        # constant step: n pulses shift by beta * sum of n factors (1 + sigma xi), exactly
+        # Gaussian: beta * (n + sigma sqrt(n) xi); then one clip (all steps share a sign)
+        shift = n
+        if sigma > 0:
+            shift = n + sigma * n.sqrt() * torch.randn(n.shape, generator=gen)
+        b = torch.where(active, beta * shift, 0.0)
+        return (torch.ones_like(b), b, torch.where(active, lo, -BIG),
+                torch.where(active, hi, BIG))
+    a = torch.ones_like(alpha)
+    b = torch.zeros_like(alpha)
+    l = torch.full_like(alpha, -BIG)
+    h = torch.full_like(alpha, BIG)
+    for k in range(1, int(n.max()) + 1):
+        act = n >= k
+        xi = torch.randn(n.shape, generator=gen) if sigma > 0 else torch.zeros_like(n)
+        if mult:
+            f = 1.0 + sigma * xi
+            ak, bk = (1.0 + f * alpha).clamp_min(0.0), f * beta
+        else:
+            ak, bk = (1.0 + alpha).clamp_min(0.0), beta + beta.abs() * sigma * xi
+        a, b, l, h = (torch.where(act, ak * a, a), torch.where(act, ak * b + bk, b),
+                      torch.where(act, torch.minimum(torch.maximum(ak * l + bk, lo), hi), l),
+                      torch.where(act, torch.minimum(torch.maximum(ak * h + bk, lo), hi), h))
+    return a, b, l, h
+
+
+def _compose(a, b, l, h):
+    """Reduce maps [P, ...] (applied in order of P) to one map [...] by a pairwise tree."""
+    while a.shape[0] > 1:
+        if a.shape[0] % 2:
+            # compose the last two first so the count becomes even
+            last = _pair(a[-2], b[-2], l[-2], h[-2], a[-1], b[-1], l[-1], h[-1])
+            a, b, l, h = (torch.cat([t[:-2], s[None]]) for t, s in zip((a, b, l, h), last))
+            continue
+        a, b, l, h = _pair(a[0::2], b[0::2], l[0::2], h[0::2], a[1::2], b[1::2], l[1::2],
+                           h[1::2])
+    return a[0], b[0], l[0], h[0]
+
+
+def _pair(a1, b1, l1, h1, a2, b2, l2, h2):
+    """``f2 o f1`` for clamped affine maps."""
+    return (a2 * a1, a2 * b1 + b2, torch.minimum(torch.maximum(a2 * l1 + b2, l2), h2),
+            torch.minimum(torch.maximum(a2 * h1 + b2, l2), h2))
+
+
+def _loop(model, state, w, n, up, gen):
+    """Non-affine models: updates in order, the k-th pulse of all devices at once."""
+    sigma = model.params.dw_min_std
+    nmax = n.amax(dim=(1, 2)).to(torch.int64).tolist()
+    for p, m in enumerate(nmax):
+        for k in range(m):
+            act = n[p] > k
+            xi = torch.randn(w.shape, generator=gen) if sigma > 0 else torch.zeros_like(w)
+            w = torch.where(act, model.pulse(w, up[p], xi, state), w)
+    return w
