@@ -29,9 +29,8 @@ import statistics
 import sys
 import time
 
-import torch
-
 import aihwkit
+import torch
 from aihwkit.simulator.configs import SingleRPUConfig
 from aihwkit.simulator.configs.devices import ConstantStepDevice
 from aihwkit.simulator.tiles import AnalogTile
@@ -166,7 +165,8 @@ def main(argv=None) -> int:
         "layers": {},
     }
     for name in names:
-        result["layers"][name] = bench_layer(name, args.images, args.repeats, args.seed + list(LAYERS).index(name))
+        seed = args.seed + list(LAYERS).index(name)
+        result["layers"][name] = bench_layer(name, args.images, args.repeats, seed)
     json.dump(result, sys.stdout)
     sys.stdout.write("\n")
     return 0

@@ -82,7 +82,8 @@ def check_float(value, name: str, shape: tuple[int | None, ...]) -> torch.Tensor
     """
     t = _as_tensor(value, name)
     expect = "[" + ", ".join("N" if s is None else str(s) for s in shape) + "]"
-    if t.dim() != len(shape) or any(s is not None and s != g for s, g in zip(shape, t.shape)):
+    if t.dim() != len(shape) or any(
+            s is not None and s != g for s, g in zip(shape, t.shape, strict=True)):
         raise ValueError(f"{name}: expected shape {expect}, got {list(t.shape)}")
     if not t.is_floating_point():
         raise ValueError(f"{name}: expected a floating-point tensor, got {t.dtype}")
@@ -100,7 +101,7 @@ def check_bits(value, name: str, lines: int) -> torch.Tensor:
     if t.dtype != torch.int8:
         raise ValueError(f"{name}: expected dtype torch.int8, got {t.dtype}")
     t = t.detach().cpu()
-    if t.numel() and (t.abs() > 1).any():
+    if t.numel() and ((t < -1) | (t > 1)).any():  # not abs(): int8 abs(-128) == -128
         raise ValueError(f"{name}: entries must be -1, 0 or +1")
     return t
 
@@ -112,10 +113,15 @@ def check_counts(value, name: str, shape: tuple[int, int]) -> torch.Tensor:
         raise ValueError(f"{name}: expected shape {list(shape)}, got {list(t.shape)}")
     if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
         raise ValueError(f"{name}: expected an integer tensor, got {t.dtype}")
+    lim, info = torch.iinfo(torch.int32).max, torch.iinfo(t.dtype)
+    if (info.max > lim or info.min < -lim) and t.numel():
+        wide = t.to(torch.int64)
+        if ((wide > lim) | (wide < -lim)).any():
+            raise ValueError(f"{name}: entries must lie within ±{lim}")
     return t.detach().cpu().to(torch.int32)
 
 
-class CrossPointArray(ABC):
+class CrossPointArray(ABC):  # noqa: B024 - every hook is optional, see capabilities
     """An array of ``rows x cols`` resistive devices (rows = outputs, columns = inputs)."""
 
     capabilities: Capabilities = Capabilities()
@@ -241,6 +247,8 @@ class CrossPointArray(ABC):
             raise ValueError(f"tol: expected a positive number, got {tol!r}")
         if not (isinstance(max_iter, int) and max_iter >= 1):
             raise ValueError(f"max_iter: expected a positive integer, got {max_iter!r}")
+        if isinstance(max_pulses, bool) or not (isinstance(max_pulses, int) and max_pulses >= 1):
+            raise ValueError(f"max_pulses: expected a positive integer, got {max_pulses!r}")
         step = torch.full(self.shape, float(self.nominal_step()))
         history: list[float] = []
         total = 0

@@ -99,7 +99,7 @@ def _open_sim(arg: str, rows: int, cols: int, seed: int | None) -> CrossPointArr
         return SimulatedArray(rows, cols, seed=seed)
     if arg in model_names():
         return SimulatedArray(rows, cols, device=get_model(arg)(), seed=seed)
-    if not Path(arg).suffix.lower() in (".yaml", ".yml") and not Path(arg).exists():
+    if Path(arg).suffix.lower() not in (".yaml", ".yml") and not Path(arg).exists():
         raise ConfigError(f"'sim:{arg}' is neither a device YAML file nor a model "
                           f"(models: {', '.join(model_names())})", key="spec")
     return SimulatedArray(rows, cols, device=load_device(arg), seed=seed)

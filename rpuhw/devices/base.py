@@ -21,7 +21,8 @@ model's extras) are drawn once per array from a seeded generator:
 
 .. math::
 
-    g_{ij} = [1 + \\sigma_{dtod}\\xi]_+ ,\\quad r_{ij} = \\text{up\\_down} + \\text{up\\_down\\_dtod}\\,\\xi'
+    g_{ij} = [1 + \\sigma_{dtod}\\xi]_+ ,\\quad
+    r_{ij} = \\text{up\\_down} + \\text{up\\_down\\_dtod}\\,\\xi'
 
     \\Delta w^{up}_{ij} = \\text{dw\\_min}\\,g_{ij}\\,[1 + r_{ij}]_+ ,\\quad
     \\Delta w^{down}_{ij} = \\text{dw\\_min}\\,g_{ij}\\,[1 - r_{ij}]_+

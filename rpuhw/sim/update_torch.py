@@ -49,13 +49,24 @@ def update_torch(model: DeviceModel, state: State, w: torch.Tensor, x_bits: torc
     for start in range(0, P, chunk):
         xb, db = x_bits[start:start + chunk], d_bits[start:start + chunk]
         n_up, n_down = coincidence_counts(xb, db)
-        if ((n_up > 0) & (n_down > 0)).any():
-            # directions change within an update: apply its slots one by one (exact order)
-            w = update_torch(model, state, w, xb.reshape(-1, 1, cols),
-                             db.reshape(-1, 1, rows), gen)
-            continue
+        mixed = ((n_up > 0) & (n_down > 0)).flatten(1).any(1)
+        if mixed.any():
+            # directions change within these updates: replace each by BL updates that
+            # keep one slot each (the same pulses in the same order), then recount
+            xb, db = _split_slots(xb, mixed), _split_slots(db, mixed)
+            n_up, n_down = coincidence_counts(xb, db)
         w = apply_counts(model, state, w, n_up + n_down, n_up > 0, gen)
     return w
+
+
+def _split_slots(bits: torch.Tensor, which: torch.Tensor) -> torch.Tensor:
+    """Replace update p (where ``which[p]``) by BL copies, copy t keeping only slot t."""
+    P, BL, L = bits.shape
+    eye = torch.eye(BL, dtype=bits.dtype)
+    parts = []
+    for p in range(P):
+        parts.append(bits[p] * eye[:, :, None] if which[p] else bits[p][None])
+    return torch.cat(parts)
 
 
 def apply_counts(model: DeviceModel, state: State, w: torch.Tensor, n: torch.Tensor,
@@ -86,21 +97,33 @@ def _affine_maps(model, state, coef, n, up, gen):
         b = torch.where(active, beta * shift, 0.0)
         return (torch.ones_like(b), b, torch.where(active, lo, -BIG),
                 torch.where(active, hi, BIG))
+    # general affine step: compose the k-th pulse of every device that has >= k pulses,
+    # working only on those entries (most devices get 0 or 1 pulse per update)
+    idx = active.nonzero(as_tuple=True)
+    n_a, al, be = n[idx], alpha[idx], beta[idx]
+    lo_a, hi_a = lo.expand_as(n)[idx], hi.expand_as(n)[idx]
+    a_a = torch.ones_like(al)
+    b_a = torch.zeros_like(al)
+    l_a = torch.full_like(al, -BIG)
+    h_a = torch.full_like(al, BIG)
+    sub = torch.arange(n_a.numel())
+    for k in range(1, int(n.max()) + 1):
+        sub = sub[n_a[sub] >= k]
+        xi = torch.randn(sub.shape, generator=gen) if sigma > 0 else torch.zeros(sub.shape)
+        if mult:
+            f = 1.0 + sigma * xi
+            ak, bk = (1.0 + f * al[sub]).clamp_min(0.0), f * be[sub]
+        else:
+            ak, bk = (1.0 + al[sub]).clamp_min(0.0), be[sub] + be[sub].abs() * sigma * xi
+        lo_s, hi_s = lo_a[sub], hi_a[sub]
+        a_a[sub], b_a[sub] = ak * a_a[sub], ak * b_a[sub] + bk
+        l_a[sub] = torch.minimum(torch.maximum(ak * l_a[sub] + bk, lo_s), hi_s)
+        h_a[sub] = torch.minimum(torch.maximum(ak * h_a[sub] + bk, lo_s), hi_s)
     a = torch.ones_like(alpha)
     b = torch.zeros_like(alpha)
     l = torch.full_like(alpha, -BIG)
     h = torch.full_like(alpha, BIG)
-    for k in range(1, int(n.max()) + 1):
-        act = n >= k
-        xi = torch.randn(n.shape, generator=gen) if sigma > 0 else torch.zeros_like(n)
-        if mult:
-            f = 1.0 + sigma * xi
-            ak, bk = (1.0 + f * alpha).clamp_min(0.0), f * beta
-        else:
-            ak, bk = (1.0 + alpha).clamp_min(0.0), beta + beta.abs() * sigma * xi
-        a, b, l, h = (torch.where(act, ak * a, a), torch.where(act, ak * b + bk, b),
-                      torch.where(act, torch.minimum(torch.maximum(ak * l + bk, lo), hi), l),
-                      torch.where(act, torch.minimum(torch.maximum(ak * h + bk, lo), hi), h))
+    a[idx], b[idx], l[idx], h[idx] = a_a, b_a, l_a, h_a
     return a, b, l, h
 
 
@@ -110,7 +133,8 @@ def _compose(a, b, l, h):
         if a.shape[0] % 2:
             # compose the last two first so the count becomes even
             last = _pair(a[-2], b[-2], l[-2], h[-2], a[-1], b[-1], l[-1], h[-1])
-            a, b, l, h = (torch.cat([t[:-2], s[None]]) for t, s in zip((a, b, l, h), last))
+            a, b, l, h = (torch.cat([t[:-2], s[None]])
+                          for t, s in zip((a, b, l, h), last, strict=True))
             continue
         a, b, l, h = _pair(a[0::2], b[0::2], l[0::2], h[0::2], a[1::2], b[1::2], l[1::2],
                            h[1::2])

@@ -1,0 +1,206 @@
+"""Stochastic pulse-train encoding: probabilities and signs -> bits.
+
+The periphery turns every input value ``x_j`` (and error value ``d_i``) of an
+update into a train of ``BL`` slots; each slot carries the line's sign with
+probability ``p`` and is empty otherwise, independently of every other slot
+and line. Two encoders give the same distribution:
+
+* :func:`encode_packed` (numba): writes the packed masks of
+  :class:`~rpuhw.bits.PackedBits` directly (bit t = slot t), with no int8
+  tensor in between.
+* :func:`encode_torch`: ``torch.rand(...) < p``, giving int8 bits; used when
+  numba is missing or ``BL > 64``.
+
+Both take *signed probabilities* ``a = sign * p`` (``|a| <= 1``): the bits of a
+line are ``sign(a)`` times one Bernoulli(``|a|``) draw per slot.
+
+Random numbers of the compiled encoder
+--------------------------------------
+Line ``k`` of a call is ``k = p * (cols + rows) + j`` for input line ``j`` of
+update ``p`` and ``k = p * (cols + rows) + cols + i`` for error line ``i``.
+Its slots come from its own splitmix64 stream: the ``ceil(BL / 2)`` words at
+positions ``k * ceil(BL / 2) + 1, ...`` of the splitmix64 sequence that starts
+at ``stream_seed(seed, 0)``. splitmix64's state after ``n`` steps is
+``s0 + n * golden``, so every line jumps straight to its segment; the segments
+are disjoint, and the result depends only on ``seed`` and the data, never on
+the number of threads. Each 64-bit word serves two slots: slot ``2w`` takes its
+high 32 bits ``u``, slot ``2w + 1`` its low 32 bits, and a slot is on when
+``u < floor(p * 2**32)`` -- probability ``p`` to within ``2**-32``; ``p = 1``
+gives a threshold of ``2**32`` (always on), ``p = 0`` never. The comparison is
+branch-free (the borrow of ``u - threshold``), and lines are processed in
+blocks of updates so that the compiler can interleave many independent
+streams; blocks run in parallel for large calls and on one thread for small
+ones (fewer than ``_SERIAL_SLOTS`` slots), with bit-identical results.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from rpuhw._jit import HAVE_NUMBA, njit, prange
+from rpuhw.sim.kernels import _GOLDEN, _M1, _M2, MAX_BL, stream_seed
+
+__all__ = ["HAVE_NUMBA", "MAX_BL", "encode_kernel", "encode_kernel_serial", "encode_packed",
+           "encode_torch", "row_absmax"]
+
+_TWO32 = 4294967296.0
+_LOW32 = np.uint64(0xFFFFFFFF)
+_BLOCK = 32
+"""Updates per block of the compiled encoder (one block per parallel task)."""
+_SERIAL_SLOTS = 1_000_000
+"""Calls with fewer slots (P * lines * BL) than this run on one thread."""
+
+
+@njit(inline="always")
+def _mix(z):
+    """The splitmix64 output function of state ``z``."""
+    z = (z ^ (z >> np.uint64(30))) * _M1
+    z = (z ^ (z >> np.uint64(27))) * _M2
+    return z ^ (z >> np.uint64(31))
+
+
+@njit(inline="always")
+def _threshold(a):
+    """``floor(|a| * 2**32)`` with ``|a|`` clipped to 1, as uint64."""
+    return np.uint64(min(abs(np.float64(a)), 1.0) * _TWO32)
+
+
+@njit
+def _draw(thr, start, m, nw):
+    """The hot loop: ``m[q]`` gets slot bits from line q's stream (state ``start[q]``)."""
+    n = thr.shape[0]
+    for w in range(nw):
+        step = np.uint64(w + 1) * _GOLDEN
+        shift = np.uint64(2 * w)
+        for q in range(n):  # independent streams: the compiler interleaves them
+            r = _mix(start[q] + step)
+            t = thr[q]
+            hi = ((r >> np.uint64(32)) - t) >> np.uint64(63)  # 1 when u < t
+            lo = ((r & _LOW32) - t) >> np.uint64(63)
+            m[q] |= (hi | (lo << np.uint64(1))) << shift
+
+
+@njit(inline="always")
+def _encode_block(ax, ad, bl, s0, b, x_nz, x_pos, d_nz, d_pos):
+    """Encode updates ``b * _BLOCK ...`` (one block) into the four mask arrays."""
+    P, cols = ax.shape
+    rows = ad.shape[1]
+    L = cols + rows
+    nw = (bl + 1) // 2
+    full = ~np.uint64(0) if bl >= 64 else (np.uint64(1) << np.uint64(bl)) - np.uint64(1)
+    p0 = b * _BLOCK
+    p1 = min(P, p0 + _BLOCK)
+    n = (p1 - p0) * L
+    thr = np.empty(n, dtype=np.uint64)
+    start = np.empty(n, dtype=np.uint64)
+    m = np.zeros(n, dtype=np.uint64)
+    for q in range(p1 - p0):
+        for j in range(cols):
+            thr[q * L + j] = _threshold(ax[p0 + q, j])
+        for i in range(rows):
+            thr[q * L + cols + i] = _threshold(ad[p0 + q, i])
+    for q in range(n):  # state before the first word of line k = p0 * L + q
+        start[q] = s0 + np.uint64((p0 * L + q) * nw) * _GOLDEN
+    _draw(thr, start, m, nw)
+    for q in range(p1 - p0):
+        p = p0 + q
+        for j in range(cols):
+            mask = m[q * L + j] & full
+            x_nz[p, j] = mask
+            x_pos[p, j] = mask & (np.uint64(0) - np.uint64(ax[p, j] > 0))  # branch-free
+        for i in range(rows):
+            mask = m[q * L + cols + i] & full
+            d_nz[p, i] = mask
+            d_pos[p, i] = mask & (np.uint64(0) - np.uint64(ad[p, i] > 0))
+
+
+@njit(parallel=True)
+def encode_kernel(ax, ad, bl, seed, x_nz, x_pos, d_nz, d_pos):
+    """Packed masks from signed probabilities ``ax[P, cols]``, ``ad[P, rows]`` (float32).
+
+    Writes uint64 ``x_nz, x_pos [P, cols]`` and ``d_nz, d_pos [P, rows]``: the slots
+    whose bit is non-zero, and those whose bit is +1 (lines with ``a > 0``). The
+    outputs are allocated by the caller (numpy backs large arrays with huge pages,
+    which makes first-touch page faults ~3x cheaper than numba's allocator).
+    Parallel over blocks of updates; bit-identical to :func:`encode_kernel_serial`.
+    """
+    s0 = stream_seed(seed, 0)
+    for b in prange((ax.shape[0] + _BLOCK - 1) // _BLOCK):
+        _encode_block(ax, ad, bl, s0, b, x_nz, x_pos, d_nz, d_pos)
+
+
+@njit
+def encode_kernel_serial(ax, ad, bl, seed, x_nz, x_pos, d_nz, d_pos):
+    """:func:`encode_kernel` on one thread (small calls: no parallel start-up cost)."""
+    s0 = stream_seed(seed, 0)
+    for b in range((ax.shape[0] + _BLOCK - 1) // _BLOCK):
+        _encode_block(ax, ad, bl, s0, b, x_nz, x_pos, d_nz, d_pos)
+
+
+@njit
+def _row_absmax_kernel(a):
+    n, m = a.shape
+    out = np.zeros(n, dtype=np.float32)
+    for i in range(n):
+        top = np.float32(0.0)
+        for j in range(m):
+            v = abs(a[i, j])
+            if v > top:
+                top = v
+        out[i] = top
+    return out
+
+
+def row_absmax(a: torch.Tensor) -> torch.Tensor:
+    """``max_j |a[i, j]|`` per row of a float32 CPU tensor ``[n, m]`` (0 for empty rows)."""
+    if a.shape[1] == 0:
+        return torch.zeros(a.shape[0])
+    if HAVE_NUMBA and a.dtype == torch.float32:
+        return torch.from_numpy(_row_absmax_kernel(np.ascontiguousarray(a.numpy())))
+    return a.abs().amax(dim=1)
+
+
+def _as_f32(a: torch.Tensor) -> np.ndarray:
+    return np.ascontiguousarray(a.detach().to("cpu", torch.float32).numpy())
+
+
+def encode_packed(ax: torch.Tensor, ad: torch.Tensor, bl: int, seed: int):
+    """Encode with the compiled kernel; returns :class:`~rpuhw.bits.PackedBits`.
+
+    Args:
+        ax: signed probabilities of the input (column) lines, ``[P, cols]``.
+        ad: signed probabilities of the error (row) lines, ``[P, rows]``.
+        bl: slots per update, ``1 <= bl <= 64``.
+        seed: call seed, ``0 <= seed < 2**64``; equal seeds give equal bits.
+    """
+    from rpuhw.bits import PackedBits
+
+    if not HAVE_NUMBA:
+        raise RuntimeError("encode_packed needs numba (use encode_torch)")
+    if not 1 <= bl <= MAX_BL:
+        raise ValueError(f"bl: packed encoding takes 1..{MAX_BL} slots, got {bl}")
+    ax, ad = _as_f32(ax), _as_f32(ad)
+    small = ax.shape[0] * (ax.shape[1] + ad.shape[1]) * bl < _SERIAL_SLOTS
+    kernel = encode_kernel_serial if small else encode_kernel
+    P, cols, rows = ax.shape[0], ax.shape[1], ad.shape[1]
+    x_nz, x_pos = np.empty((P, cols), np.uint64), np.empty((P, cols), np.uint64)
+    d_nz, d_pos = np.empty((P, rows), np.uint64), np.empty((P, rows), np.uint64)
+    kernel(ax, ad, int(bl), np.uint64(seed), x_nz, x_pos, d_nz, d_pos)
+    return PackedBits(x_nz, x_pos, d_nz, d_pos, int(bl))
+
+
+def encode_torch(ax: torch.Tensor, ad: torch.Tensor, bl: int,
+                 gen: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Encode with torch: int8 bits ``(x_bits[P, bl, cols], d_bits[P, bl, rows])``.
+
+    Slot t of line j is ``sign(a_j)`` when ``torch.rand() < |a_j|``, else 0.
+    """
+
+    def bits(a: torch.Tensor) -> torch.Tensor:
+        a = a.detach().to("cpu", torch.float32)
+        u = torch.rand((a.shape[0], bl, a.shape[1]), generator=gen)
+        on = u < a.abs()[:, None, :]
+        return on.to(torch.int8) * torch.sign(a).to(torch.int8)[:, None, :]
+
+    return bits(ax), bits(ad)

@@ -1,0 +1,145 @@
+"""Backends the CrossPointArray conformance suite (test_conformance.py) runs against.
+
+Adding a backend to the suite is adding one :class:`BackendCase` to :data:`CASES`:
+a factory ``(rows, cols, seed) -> array`` and a few numbers saying what the
+backend is like (exact or noisy, bounded or not, its step size and noise levels).
+The tests derive every tolerance from these numbers, so they stay the same for
+all backends.
+
+Two test-only backends make the base class emulate what they lack:
+:class:`PulseReadArray` (native pulse + read only: forward, backward and update
+are emulated) and :class:`UpdateForwardArray` (native update + forward only:
+read, backward and pulse are emulated). Both wrap an exact :class:`IdealArray`,
+so their results must equal the ideal backend's.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from rpuhw import open_array
+from rpuhw.array import Capabilities, CrossPointArray
+from rpuhw.device_spec import DeviceSpec
+from rpuhw.devices import get_model
+from rpuhw.ideal import IdealArray
+from rpuhw.sim.array import SimulatedArray
+from rpuhw.sim.io import IOConfig
+
+Factory = Callable[[int, int, "int | None"], CrossPointArray]
+
+
+@dataclass(frozen=True)
+class BackendCase:
+    """One backend under test and what the suite may expect of it."""
+
+    name: str
+    """Test id."""
+    factory: Factory
+    """``factory(rows, cols, seed) -> CrossPointArray``; a new array with all weights 0."""
+    exact: bool = False
+    """No noise anywhere and no bounds: forward/backward/read are exact and every pulse
+    adds exactly ``±step``."""
+    has_bounds: bool = True
+    """Weights saturate at (per-device) bounds."""
+    noisy_read: bool = False
+    """``read()`` carries random noise (two reads of an unchanged array differ)."""
+    step: float = 0.001
+    """Typical weight change of one pulse (the mean over devices)."""
+    read_tol: float = 0.0
+    """Standard deviation of the noise of one ``read()`` entry (0 when reads are exact)."""
+    out_noise: float = 0.0
+    """Standard deviation of the Gaussian noise on each forward/backward output."""
+    w_limit: float = math.inf
+    """No weight ever exceeds this in magnitude (a sane bound for bounded backends)."""
+    program_tol: float = 0.0005
+    """Tolerance to ask of ``program`` (must exceed the read noise and the c2c noise of a
+    few pulses)."""
+    max_stuck: int = 0
+    """Devices of a test array (<= 30 devices) that may not respond to pulses at all.
+    The simulator draws a device's step as ``dw_min * [1 + 0.3 xi]_+``, which is 0 for
+    xi < -3.33 (p = 4.3e-4 per device; P(>= 2 of 30 stuck) ~ 8e-5), so sim cases allow 1."""
+    saturation_pulses: int = 20_000
+    """Pulses that surely drive every device into its bound (has_bounds backends)."""
+    seeded: bool = True
+    """Equal seeds and equal calls give identical results."""
+    spec: str | None = None
+    """The ``open_array`` spec that opens this backend, if any."""
+
+    def __post_init__(self):
+        if self.noisy_read != (self.read_tol > 0):
+            raise ValueError(f"{self.name}: noisy_read and read_tol > 0 must agree")
+        if self.exact and (self.has_bounds or self.noisy_read or self.out_noise
+                           or self.max_stuck):
+            raise ValueError(f"{self.name}: an exact backend has no bounds, noise or "
+                             "stuck devices")
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class PulseReadArray(CrossPointArray):
+    """Test-only backend with native pulse and read only (the rest is emulated)."""
+
+    capabilities = Capabilities(pulse=True, read=True)
+
+    def __init__(self, rows: int, cols: int, dw: float = 0.001, seed: int | None = None):
+        super().__init__(rows, cols)
+        self._inner = IdealArray(rows, cols, dw=dw)
+
+    def nominal_step(self) -> float:
+        return self._inner.nominal_step()
+
+    def _pulse(self, counts):
+        self._inner.pulse(counts)
+
+    def _read(self):
+        return self._inner.read()
+
+
+class UpdateForwardArray(CrossPointArray):
+    """Test-only backend with native update and forward only (the rest is emulated)."""
+
+    capabilities = Capabilities(update=True, forward=True)
+
+    def __init__(self, rows: int, cols: int, dw: float = 0.001, seed: int | None = None):
+        super().__init__(rows, cols)
+        self._inner = IdealArray(rows, cols, dw=dw)
+
+    def nominal_step(self) -> float:
+        return self._inner.nominal_step()
+
+    def _update(self, x_bits, d_bits):
+        self._inner.update(x_bits, d_bits)
+
+    def _forward(self, x):
+        return self._inner.forward(x)
+
+
+def _sim_read_noise(rows: int, cols: int, seed: int | None) -> CrossPointArray:
+    spec = DeviceSpec(model=get_model("constant_step")(), io=IOConfig(read_noise=0.005))
+    return SimulatedArray(rows, cols, device=spec, seed=seed)
+
+
+# The simulator's defaults (rpuhw.devices.base.PulsedDeviceParams, rpuhw.sim.io.IOConfig):
+# dw_min 0.001, 30 % d2d and c2c spread of the step, bounds ±0.6 with 30 % d2d spread
+# (so |w| < 0.6 * (1 + 0.3 * 6) < 2 for any plausible draw), out_noise 0.06.
+_SIM = dict(exact=False, has_bounds=True, step=0.001, out_noise=0.06, w_limit=2.0,
+            program_tol=0.02, max_stuck=1)
+
+CASES: list[BackendCase] = [
+    BackendCase("ideal", lambda r, c, s: open_array("ideal", r, c, seed=s), exact=True,
+                has_bounds=False, spec="ideal"),
+    BackendCase("sim", lambda r, c, s: open_array("sim", r, c, seed=s), spec="sim", **_SIM),
+    BackendCase("sim-torch", lambda r, c, s: SimulatedArray(r, c, seed=s, engine="torch"),
+                **_SIM),
+    BackendCase("sim-soft_bounds", lambda r, c, s: open_array("sim:soft_bounds", r, c, seed=s),
+                spec="sim:soft_bounds", **_SIM),
+    BackendCase("sim-read_noise", _sim_read_noise, noisy_read=True, read_tol=0.005, **_SIM),
+    BackendCase("emulated-ops", lambda r, c, s: PulseReadArray(r, c, seed=s), exact=True,
+                has_bounds=False),
+    BackendCase("emulated-update", lambda r, c, s: UpdateForwardArray(r, c, seed=s),
+                exact=True, has_bounds=False),
+]
+"""Every backend the conformance suite runs against (bench and ArC TWO add theirs here)."""
