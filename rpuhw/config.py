@@ -70,6 +70,12 @@ def _coerce(value: Any, tp: Any, source: str, key: str) -> Any:
     if tp is Any:
         return value
     if tp is float:
+        if isinstance(value, str):
+            # PyYAML (YAML 1.1) reads 1e-5 without a dot as a string: accept numerals
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"expected a number, got {value!r}", source=source, key=key)
         value = float(value)

@@ -65,15 +65,25 @@ def uniform_open(s):
     return s, ((r >> np.uint64(11)) + np.uint64(1)) * _INV53
 
 
-@njit
+@njit(inline="always")
 def normal(s):
-    """Standard normal (ziggurat); returns (new state, value)."""
+    """Standard normal (ziggurat); returns (new state, value).
+
+    The common case (a point inside a rectangle, ~98.8 %) is inlined into the
+    caller; wedges and the tail continue in :func:`_normal_slow`.
+    """
+    s, r = next_u64(s)
+    i = np.int64(r & np.uint64(127))
+    u = 2.0 * ((r >> np.uint64(11)) * _INV53) - 1.0
+    if abs(u) < _ZR[i]:
+        return s, u * _ZX[i]
+    return _normal_slow(s, i, u)
+
+
+@njit
+def _normal_slow(s, i, u):
+    """Finish a ziggurat draw whose point (i, u) fell outside its rectangle."""
     while True:
-        s, r = next_u64(s)
-        i = np.int64(r & np.uint64(127))
-        u = 2.0 * ((r >> np.uint64(11)) * _INV53) - 1.0
-        if abs(u) < _ZR[i]:
-            return s, u * _ZX[i]
         if i == 0:
             # tail beyond R (Marsaglia 1964)
             while True:
@@ -90,6 +100,12 @@ def normal(s):
         s, u2 = uniform_open(s)
         if f1 + u2 * (f0 - f1) < 1.0:
             return s, x
+        # rejected: a fresh point
+        s, r = next_u64(s)
+        i = np.int64(r & np.uint64(127))
+        u = 2.0 * ((r >> np.uint64(11)) * _INV53) - 1.0
+        if abs(u) < _ZR[i]:
+            return s, u * _ZX[i]
 
 
 @njit(inline="always")
