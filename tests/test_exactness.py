@@ -119,9 +119,9 @@ def run_engine(engine: str, model, state, w0, x, d, seed: int) -> torch.Tensor:
         wn = w.numpy()
         xn, xp, _ = kernels.pack_bits(x.numpy())
         dn, dp, _ = kernels.pack_bits(dd.numpy())
-        kernels.update_kernel(xn, xp, dn, dp, wn, prm,
-                              np.asarray(model.constants(), dtype=np.float64), seed,
-                              model.noisy, model.nb_pulse)
+        kernel = kernels.update_kernel_for(model.nb_pulse)
+        kernel(xn, xp, dn, dp, wn, prm, np.asarray(model.constants(), dtype=np.float64), seed,
+               model.noisy)
     return w.reshape(S, ROWS, COLS)
 
 

@@ -36,7 +36,7 @@ class ConstantStep(DeviceModel):
 
     name = "constant_step"
     Params = PulsedDeviceParams
-    nb_pulse = _nb_pulse
+    nb_pulse = staticmethod(_nb_pulse)
 
     def step(self, w: torch.Tensor, up: torch.Tensor, state: State) -> torch.Tensor:
         return torch.where(up, state["dw_up"], state["dw_down"])

@@ -114,7 +114,7 @@ class ExpStep(DeviceModel):
 
     name = "exp_step"
     Params = ExpStepParams
-    nb_pulse = _nb_pulse
+    nb_pulse = staticmethod(_nb_pulse)
 
     def constants(self) -> list[float]:
         p: ExpStepParams = self.params  # type: ignore[assignment]

@@ -91,7 +91,7 @@ class LinearStep(DeviceModel):
     name = "linear_step"
     Params = LinearStepParams
     extra_state = ("gamma_up", "gamma_down")
-    nb_pulse = _nb_pulse
+    nb_pulse = staticmethod(_nb_pulse)
 
     def draw_extra(self, state, rows, cols, gen):
         p: LinearStepParams = self.params  # type: ignore[assignment]

@@ -101,7 +101,7 @@ class Piecewise(DeviceModel):
 
     name = "piecewise"
     Params = PiecewiseParams
-    nb_pulse = _nb_pulse
+    nb_pulse = staticmethod(_nb_pulse)
 
     def constants(self) -> list[float]:
         p: PiecewiseParams = self.params  # type: ignore[assignment]

@@ -89,7 +89,7 @@ class PowStep(DeviceModel):
     name = "pow_step"
     Params = PowStepParams
     extra_state = ("pow_gamma_up", "pow_gamma_down")
-    nb_pulse = _nb_pulse
+    nb_pulse = staticmethod(_nb_pulse)
 
     def draw_extra(self, state, rows, cols, gen):
         p: PowStepParams = self.params  # type: ignore[assignment]

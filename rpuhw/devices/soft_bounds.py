@@ -52,7 +52,7 @@ class SoftBounds(DeviceModel):
 
     name = "soft_bounds"
     Params = SoftBoundsParams
-    nb_pulse = _nb_pulse
+    nb_pulse = staticmethod(_nb_pulse)
 
     def draw_extra(self, state, rows, cols, gen):
         # keep the bounds strictly on their side of zero so 1/w_max and 1/w_min exist

@@ -111,16 +111,17 @@ class SimulatedArray(CrossPointArray):
             return self._update(*packed.to_bits())
         from rpuhw.sim import kernels
 
-        kernels.update_kernel(packed.x_nz, packed.x_pos, packed.d_nz, packed.d_pos,
-                              self.weights.numpy(), self._prm, self._const, self._call_seed(),
-                              self.model.noisy, self.model.nb_pulse)
+        kernel = kernels.update_kernel_for(self.model.nb_pulse)
+        kernel(packed.x_nz, packed.x_pos, packed.d_nz, packed.d_pos, self.weights.numpy(),
+               self._prm, self._const, self._call_seed(), self.model.noisy)
 
     def _pulse(self, counts):
         if self.engine == "numba":
             from rpuhw.sim import kernels
 
-            kernels.pulse_kernel(counts.numpy(), self.weights.numpy(), self._prm, self._const,
-                                 self._call_seed(), self.model.noisy, self.model.nb_pulse)
+            kernel = kernels.pulse_kernel_for(self.model.nb_pulse)
+            kernel(counts.numpy(), self.weights.numpy(), self._prm, self._const,
+                   self._call_seed(), self.model.noisy)
             return
         self.weights = apply_counts(self.model, self.state, self.weights,
                                     counts.abs().float()[None], (counts > 0)[None], self.gen)

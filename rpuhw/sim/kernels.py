@@ -160,63 +160,94 @@ def pack_bits(bits):
     return nz, pos, bad.sum()
 
 
-@njit(parallel=True)
-def update_kernel(xnz, xpos, dnz, dpos, W, prm, c, seed, noisy, pulse):
-    """Apply P stochastic rank-1 updates in order, pulse by pulse, to W [rows, cols].
+_KERNELS: dict = {}
 
-    Device (i, j) gets a pulse in slot t of update p when both bits are non-zero;
-    up when their signs agree. Pulses are applied in (p, t) order with ``pulse``
-    (a model's ``nb_pulse``) and one fresh normal each when ``noisy``.
+
+def update_kernel_for(pulse):
+    """The compiled update kernel with the one-pulse rule ``pulse`` inlined (cached).
+
+    Returns ``kernel(xnz, xpos, dnz, dpos, W, prm, c, seed, noisy)`` that applies
+    the P packed rank-1 updates in order, pulse by pulse, to W [rows, cols] in place:
+    device (i, j) gets a pulse in slot t of update p when both bits are non-zero,
+    up when their signs agree, each with one fresh normal when ``noisy``.
     """
-    P, cols = xnz.shape
-    rows = dnz.shape[1]
-    one = np.uint64(1)
-    for i in prange(rows):
-        s = stream_seed(seed, i)
-        for p in range(P):
-            dm = dnz[p, i]
-            if dm == 0:
-                continue
-            dp = dpos[p, i]
-            for j in range(cols):
-                co = dm & xnz[p, j]
-                if co == 0:
+    key = ("update", pulse)
+    if key not in _KERNELS:
+        _KERNELS[key] = _make_update_kernel(pulse)
+    return _KERNELS[key]
+
+
+def pulse_kernel_for(pulse):
+    """Compiled ``kernel(counts, W, prm, c, seed, noisy)``: ``counts[i, j]`` signed pulses."""
+    key = ("pulse", pulse)
+    if key not in _KERNELS:
+        _KERNELS[key] = _make_pulse_kernel(pulse)
+    return _KERNELS[key]
+
+
+def _make_update_kernel(pulse):
+    # A closure, so that numba inlines ``pulse`` (passing it as an argument costs ~50 %).
+    @njit(parallel=True, cache=False)
+    def kernel(xnz, xpos, dnz, dpos, W, prm, c, seed, noisy):
+        P, cols = xnz.shape
+        rows = dnz.shape[1]
+        one = np.uint64(1)
+        for i in prange(rows):
+            s = stream_seed(seed, i)
+            hit = np.empty(cols + 1, np.int64)
+            for p in range(P):
+                dm = dnz[p, i]
+                if dm == 0:
                     continue
-                upm = co & ~(dp ^ xpos[p, j])
+                dp = dpos[p, i]
+                # 1) branch-free list of the columns with a coincidence in this update
+                m = 0
+                for j in range(cols):
+                    hit[m] = j
+                    m += (dm & xnz[p, j]) != 0
+                # 2) their pulses, in slot order
+                for e in range(m):
+                    j = hit[e]
+                    co = dm & xnz[p, j]
+                    upm = co & ~(dp ^ xpos[p, j])
+                    w = np.float64(W[i, j])
+                    xi = 0.0
+                    if upm == co or upm == 0:  # one direction (the usual case)
+                        up = upm != 0
+                        for _ in range(popcount(co)):
+                            if noisy:
+                                s, xi = normal(s)
+                            w = pulse(w, up, xi, prm, i, j, c)
+                    else:  # the sign changes between slots: follow slot order
+                        mm = co
+                        while mm != 0:
+                            low = mm & (~mm + one)
+                            if noisy:
+                                s, xi = normal(s)
+                            w = pulse(w, (upm & low) != 0, xi, prm, i, j, c)
+                            mm ^= low
+                    W[i, j] = w
+
+    return kernel
+
+
+def _make_pulse_kernel(pulse):
+    @njit(parallel=True, cache=False)
+    def kernel(counts, W, prm, c, seed, noisy):
+        rows, cols = counts.shape
+        for i in prange(rows):
+            s = stream_seed(seed, i)
+            for j in range(cols):
+                n = counts[i, j]
+                if n == 0:
+                    continue
+                up = n > 0
                 w = np.float64(W[i, j])
                 xi = 0.0
-                if upm == co or upm == 0:
-                    up = upm != 0
-                    for _ in range(popcount(co)):
-                        if noisy:
-                            s, xi = normal(s)
-                        w = pulse(w, up, xi, prm, i, j, c)
-                else:  # signs change within this update: follow slot order
-                    m = co
-                    while m != 0:
-                        low = m & (~m + one)
-                        if noisy:
-                            s, xi = normal(s)
-                        w = pulse(w, (upm & low) != 0, xi, prm, i, j, c)
-                        m ^= low
+                for _ in range(abs(n)):
+                    if noisy:
+                        s, xi = normal(s)
+                    w = pulse(w, up, xi, prm, i, j, c)
                 W[i, j] = w
 
-
-@njit(parallel=True)
-def pulse_kernel(counts, W, prm, c, seed, noisy, pulse):
-    """Apply ``counts[i, j]`` pulses (sign = direction) to each device, one at a time."""
-    rows, cols = counts.shape
-    for i in prange(rows):
-        s = stream_seed(seed, i)
-        for j in range(cols):
-            n = counts[i, j]
-            if n == 0:
-                continue
-            up = n > 0
-            w = np.float64(W[i, j])
-            xi = 0.0
-            for _ in range(abs(n)):
-                if noisy:
-                    s, xi = normal(s)
-                w = pulse(w, up, xi, prm, i, j, c)
-            W[i, j] = w
+    return kernel
