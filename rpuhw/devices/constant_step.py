@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 
 from rpuhw._jit import njit
+from rpuhw.devices._nb import move
 from rpuhw.devices.base import DeviceModel, PulsedDeviceParams, State
 from rpuhw.devices.registry import register_model
 
@@ -20,14 +21,10 @@ from rpuhw.devices.registry import register_model
 @njit(inline="always")
 def _nb_pulse(w, up, xi, prm, i, j, c):
     if up:
-        w += prm[0, i, j] * (1.0 + c[0] * xi)
+        step = prm[0, i, j] * (1.0 + c[0] * xi)
     else:
-        w -= prm[1, i, j] * (1.0 + c[0] * xi)
-    if w < prm[2, i, j]:
-        w = prm[2, i, j]
-    if w > prm[3, i, j]:
-        w = prm[3, i, j]
-    return w
+        step = prm[1, i, j] * (1.0 + c[0] * xi)
+    return move(w, up, step, prm, i, j)
 
 
 @register_model

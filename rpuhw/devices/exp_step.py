@@ -33,6 +33,7 @@ import torch
 
 from rpuhw._jit import njit
 from rpuhw.config import require
+from rpuhw.devices._nb import move
 from rpuhw.devices.base import DeviceModel, PulsedDeviceParams, State
 from rpuhw.devices.registry import register_model
 
@@ -63,15 +64,7 @@ def _nb_pulse(w, up, xi, prm, i, j, c):
         y = 0.0
     mean = dw * y
     step = mean + c[0] * (mean + c[7] + c[8] * abs(w)) * xi
-    if up:
-        w += step
-    else:
-        w -= step
-    if w < prm[2, i, j]:
-        w = prm[2, i, j]
-    if w > prm[3, i, j]:
-        w = prm[3, i, j]
-    return w
+    return move(w, up, step, prm, i, j)
 
 
 @dataclass

@@ -23,6 +23,7 @@ import torch
 
 from rpuhw._jit import njit
 from rpuhw.config import require
+from rpuhw.devices._nb import move
 from rpuhw.devices.base import DeviceModel, PulsedDeviceParams, State
 from rpuhw.devices.registry import register_model
 
@@ -40,15 +41,7 @@ def _nb_pulse(w, up, xi, prm, i, j, c):
         step = mean * (1.0 + c[0] * xi)
     else:
         step = mean + dw * c[0] * xi
-    if up:
-        w += step
-    else:
-        w -= step
-    if w < prm[2, i, j]:
-        w = prm[2, i, j]
-    if w > prm[3, i, j]:
-        w = prm[3, i, j]
-    return w
+    return move(w, up, step, prm, i, j)
 
 
 @dataclass

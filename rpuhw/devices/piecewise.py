@@ -25,6 +25,7 @@ import torch
 
 from rpuhw._jit import njit
 from rpuhw.config import require
+from rpuhw.devices._nb import move
 from rpuhw.devices.base import DeviceModel, PulsedDeviceParams, State
 from rpuhw.devices.registry import register_model
 
@@ -56,14 +57,10 @@ def _nb_pulse(w, up, xi, prm, i, j, c):
     q = s - k
     mean = dw * ((1.0 - q) * c[off + k] + q * c[off + k + 1])
     if up:
-        w += mean * (1.0 + c[0] * xi)
+        step = mean * (1.0 + c[0] * xi)
     else:
-        w -= mean * (1.0 + c[0] * xi)
-    if w < prm[2, i, j]:
-        w = prm[2, i, j]
-    if w > prm[3, i, j]:
-        w = prm[3, i, j]
-    return w
+        step = mean * (1.0 + c[0] * xi)
+    return move(w, up, step, prm, i, j)
 
 
 def _interp(frac: torch.Tensor, nodes: list[float]) -> torch.Tensor:

@@ -27,6 +27,7 @@ import torch
 
 from rpuhw._jit import njit
 from rpuhw.config import require
+from rpuhw.devices._nb import move
 from rpuhw.devices.base import DeviceModel, PulsedDeviceParams, State
 from rpuhw.devices.registry import register_model
 
@@ -47,14 +48,10 @@ def _nb_pulse(w, up, xi, prm, i, j, c):
     if x > 1.0:
         x = 1.0
     if up:
-        w += prm[0, i, j] * x ** prm[4, i, j] * (1.0 + c[0] * xi)
+        step = prm[0, i, j] * x ** prm[4, i, j] * (1.0 + c[0] * xi)
     else:
-        w -= prm[1, i, j] * x ** prm[5, i, j] * (1.0 + c[0] * xi)
-    if w < prm[2, i, j]:
-        w = prm[2, i, j]
-    if w > prm[3, i, j]:
-        w = prm[3, i, j]
-    return w
+        step = prm[1, i, j] * x ** prm[5, i, j] * (1.0 + c[0] * xi)
+    return move(w, up, step, prm, i, j)
 
 
 @dataclass
