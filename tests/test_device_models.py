@@ -7,6 +7,7 @@ import pytest
 import torch
 from numba import njit
 
+from rpuhw._jit import HAVE_NUMBA
 from rpuhw.config import from_mapping
 from rpuhw.devices import get_model
 from rpuhw.errors import ConfigError
@@ -84,6 +85,7 @@ def test_pulse_without_noise_is_clipped_mean_step(name, params):
     torch.testing.assert_close(got, expect, atol=1e-7, rtol=0)
 
 
+@pytest.mark.skipif(not HAVE_NUMBA, reason="numba disabled or not installed")
 @pytest.mark.parametrize("name,params", PULSE_CASES)
 def test_numba_pulse_matches_torch(name, params):
     model = _model(name, params)
