@@ -1,0 +1,244 @@
+"""Analog torch layers: drop-in ``nn.Linear`` / ``nn.Conv2d`` whose weights live on arrays.
+
+Forward and backward run on the layer's arrays (through the scheduler's
+:class:`~rpuhw.schedule.TileGrid`); the weight gradient is never formed. Instead
+the backward pass stores the (x, d) pairs, and the pulsed update runs in the
+optimizer step (:class:`AnalogSGD`), as in aihwkit: digital parameters and
+analog layers train together in one loop.
+
+.. code-block:: python
+
+    model = convert(my_torch_model, {"layers": {"conv1": "sim:chip.yaml", "default": "sim"}})
+    opt = AnalogSGD(model.parameters(), lr=0.01)
+    loss(model(x), y).backward()
+    opt.step()        # digital SGD + pulsed updates of every analog layer
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rpuhw.schedule import LayerPlan, TileGrid
+
+__all__ = ["AnalogConv2d", "AnalogLayer", "AnalogLinear", "AnalogSGD", "analog_layers",
+           "convert"]
+
+
+class _AnalogMVM(torch.autograd.Function):
+    """y = W x on the arrays; backward z = W^T d on the arrays, storing (x, d)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, anchor: torch.Tensor, layer: AnalogLayer):
+        ctx.layer = layer
+        ctx.save_for_backward(x)
+        with torch.no_grad():
+            return layer.grid.forward(x)
+
+    @staticmethod
+    def backward(ctx, d: torch.Tensor):
+        (x,) = ctx.saved_tensors
+        layer = ctx.layer
+        d = d.detach().contiguous()
+        if layer.training:
+            layer._pending.append((x, d))
+        z = layer.grid.backward(d) if ctx.needs_input_grad[0] else None
+        return z, None, None
+
+
+class AnalogLayer(nn.Module):
+    """Common part of the analog layers: the tile grid, pending updates, state."""
+
+    grid: TileGrid
+
+    def _init_analog(self, out_f: int, in_f: int, plan: LayerPlan | None,
+                     seed: int | None) -> None:
+        self.plan = plan or LayerPlan()
+        self.grid = TileGrid(out_f, in_f, self.plan, seed=seed)
+        self._pending: list[tuple[torch.Tensor, torch.Tensor]] = []
+        # a placeholder parameter so that optimizers see the layer (and autograd calls
+        # the backward even when the layer's input needs no gradient)
+        self.analog_ctx = nn.Parameter(torch.zeros(1))
+        self.analog_ctx._rpuhw_layer = self  # type: ignore[attr-defined]
+
+    def _mvm(self, x: torch.Tensor) -> torch.Tensor:
+        ones = torch.ones(x.shape[0], 1) if self.has_bias else x.new_zeros(x.shape[0], 0)
+        return _AnalogMVM.apply(torch.cat([x.float(), ones], 1), self.analog_ctx, self)
+
+    def apply_update(self, lr: float) -> None:
+        """Send the stored (x, d) pairs of this step to the arrays, in order."""
+        if not self._pending:
+            return
+        images = len(self._pending)
+        x = torch.cat([p[0] for p in self._pending])
+        d = torch.cat([p[1] for p in self._pending])
+        self._pending.clear()
+        self.grid.update(x, d, lr, images=self._images or images)
+
+    def analog_weight(self) -> torch.Tensor:
+        """The weights as read from the arrays, in torch's layout (bias column dropped)."""
+        w = self.grid.read()
+        return w[:, :-1] if self.has_bias else w
+
+    def analog_bias(self) -> torch.Tensor | None:
+        return self.grid.read()[:, -1] if self.has_bias else None
+
+    def get_extra_state(self) -> dict[str, Any]:
+        arrays = self.grid.arrays
+        return {"plan_backend": self.plan.backend,
+                "arrays": [a.state_dict() if hasattr(a, "state_dict") else {"weights": a.read()}
+                           for a in arrays]}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        arrays = self.grid.arrays
+        if len(state["arrays"]) != len(arrays):
+            raise ValueError(f"state_dict: {len(state['arrays'])} arrays saved, the layer has "
+                             f"{len(arrays)}")
+        for a, sd in zip(arrays, state["arrays"], strict=True):
+            if hasattr(a, "load_state_dict"):
+                a.load_state_dict(sd)
+            else:
+                a.program(sd["weights"], tol=2 * a.nominal_step())
+
+
+class AnalogLinear(AnalogLayer):
+    """``nn.Linear`` on arrays: y = W x + b with b an extra array column fixed at 1."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True,
+                 plan: LayerPlan | None = None, seed: int | None = None):
+        super().__init__()
+        self.in_features, self.out_features, self.has_bias = in_features, out_features, bias
+        self._images = 0
+        self._init_analog(out_features, in_features + int(bias), plan, seed)
+        ref = nn.Linear(in_features, out_features, bias=bias)  # torch's default init
+        self.set_weights(ref.weight.data, ref.bias.data if bias else None)
+
+    def set_weights(self, weight: torch.Tensor, bias: torch.Tensor | None = None) -> None:
+        w = torch.cat([weight, bias[:, None]], 1) if self.has_bias else weight
+        self.grid.set_weights(w)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        y = self._mvm(x.reshape(-1, self.in_features))
+        self._images = shape[0] if len(shape) > 1 else 1
+        return y.reshape(*shape[:-1], self.out_features)
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"bias={self.has_bias}, backend={self.plan.backend!r}")
+
+
+class AnalogConv2d(AnalogLayer):
+    """``nn.Conv2d`` on arrays through im2col: one MVM and one rank-1 update per output
+    position; the kernel bank is one ``out x (in*kh*kw + 1)`` matrix."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
+                 bias: bool = True, plan: LayerPlan | None = None, seed: int | None = None):
+        super().__init__()
+        ref = nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride, padding=padding,
+                        bias=bias)
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel_size, self.stride, self.padding = ref.kernel_size, ref.stride, ref.padding
+        self.has_bias = bias
+        self._images = 0
+        fan_in = in_channels * self.kernel_size[0] * self.kernel_size[1]
+        self._init_analog(out_channels, fan_in + int(bias), plan, seed)
+        self.set_weights(ref.weight.data, ref.bias.data if bias else None)
+
+    def set_weights(self, weight: torch.Tensor, bias: torch.Tensor | None = None) -> None:
+        w = weight.reshape(self.out_channels, -1)
+        self.grid.set_weights(torch.cat([w, bias[:, None]], 1) if self.has_bias else w)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, _, h, w = x.shape
+        kh, kw = self.kernel_size
+        ho = (h + 2 * self.padding[0] - kh) // self.stride[0] + 1
+        wo = (w + 2 * self.padding[1] - kw) // self.stride[1] + 1
+        cols = F.unfold(x, self.kernel_size, padding=self.padding, stride=self.stride)
+        patches = cols.transpose(1, 2).reshape(n * ho * wo, -1)  # image-major positions
+        y = self._mvm(patches)
+        self._images = n
+        return y.reshape(n, ho * wo, self.out_channels).transpose(1, 2).reshape(
+            n, self.out_channels, ho, wo)
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+                f"stride={self.stride}, padding={self.padding}, bias={self.has_bias}, "
+                f"backend={self.plan.backend!r}")
+
+
+def analog_layers(model: nn.Module) -> dict[str, AnalogLayer]:
+    """The model's analog layers by their module names."""
+    return {name: m for name, m in model.named_modules() if isinstance(m, AnalogLayer)}
+
+
+class AnalogSGD(torch.optim.SGD):
+    """SGD whose ``step`` also runs the pulsed updates of the analog layers.
+
+    Analog layers appear in ``model.parameters()`` through a placeholder parameter;
+    their learning rate is that of their param group. Digital parameters are updated
+    by plain SGD (momentum and weight decay apply to those only).
+    """
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        analog = []
+        for group in self.param_groups:
+            for p in group["params"]:
+                layer = getattr(p, "_rpuhw_layer", None)
+                if layer is not None:
+                    analog.append((layer, group["lr"]))
+                    p.grad = None
+        super().step()
+        for layer, lr in analog:
+            layer.apply_update(lr)
+        return loss
+
+
+def convert(model: nn.Module, plan: dict[str, Any] | None = None,
+            seed: int | None = None) -> nn.Module:
+    """Replace every ``nn.Linear`` / ``nn.Conv2d`` of ``model`` by its analog twin.
+
+    ``plan`` maps layer names to backend specs or LayerPlans, with ``default`` for the
+    rest, e.g. ``{"layers": {"conv1": "sim:chip.yaml", "default": "sim"}}`` or directly
+    ``{"conv1": LayerPlan(...), "default": LayerPlan()}``. Weights are copied (programmed).
+    """
+    from rpuhw.errors import ConfigError
+
+    layers = dict((plan or {}).get("layers", plan or {}))
+    default = layers.pop("default", "sim")
+    names = [n for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+    unknown = sorted(set(layers) - set(names))
+    if unknown:
+        raise ConfigError(f"the model has no layer {', '.join(unknown)} (layers: "
+                          f"{', '.join(names)})", key="layers")
+
+    def as_plan(v) -> LayerPlan:
+        return v if isinstance(v, LayerPlan) else LayerPlan(backend=str(v))
+
+    for k, name in enumerate(names):
+        module = model.get_submodule(name)
+        lp = as_plan(layers.get(name, default))
+        s = None if seed is None else seed + 1000 * k
+        if isinstance(module, nn.Linear):
+            new = AnalogLinear(module.in_features, module.out_features,
+                               bias=module.bias is not None, plan=lp, seed=s)
+        else:
+            if module.groups != 1 or module.dilation != (1, 1) or module.padding_mode != "zeros":
+                raise ConfigError(f"layer {name}: only groups=1, dilation=1, zero padding "
+                                  "convolutions map onto arrays", key="layers")
+            new = AnalogConv2d(module.in_channels, module.out_channels, module.kernel_size,
+                               stride=module.stride, padding=module.padding,
+                               bias=module.bias is not None, plan=lp, seed=s)
+        new.set_weights(module.weight.data, module.bias.data if module.bias is not None else None)
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child, new)
+    return model

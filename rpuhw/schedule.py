@@ -1,0 +1,181 @@
+"""The scheduler: one layer's weight matrix -> tiles on arrays, and how its cycles run.
+
+A layer's logical matrix ``W [out, in + 1]`` (bias as an extra input column fixed at
+1) is held as ``K = devices_per_weight`` copies of each row (the paper's
+device-variability reduction: K devices per weight, their outputs averaged, all K
+updated with the same pulses), and the resulting ``[K*out, in+1]`` physical matrix is
+split into a grid of tiles of at most ``max_rows x max_cols`` devices, each an array
+opened from the layer's backend spec and driven through its own
+:class:`~rpuhw.periphery.Periphery`. Partial sums of column tiles are added
+digitally.
+
+Every cycle is one call per tile for the whole batch: ``forward`` of all N vectors
+(all output positions of all images of a conv layer), ``backward`` likewise, and one
+``update`` with all rank-1 updates in order (``position`` granularity, the paper's:
+per image, every output position's rank-1 update in sequence). ``sample`` and
+``batch`` granularity instead sum the gradient over an image or the batch and send it
+as stochastically rounded pulse counts through ``pulse`` (an approximation of the
+pulsed SGD the paper analyses, offered because it is what some hardware can do).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+
+from rpuhw.backends import open_array
+from rpuhw.config import require
+from rpuhw.periphery import Periphery, PeripheryConfig
+
+Granularity = Literal["position", "sample", "batch"]
+MANAGEMENT = {
+    "none": (False, False, False),
+    "nm": (True, False, False),
+    "nm+bm": (True, True, False),
+    "nm+bm+um": (True, True, True),
+}
+"""``--management`` levels: (noise, bound, update management)."""
+
+
+@dataclass
+class LayerPlan:
+    """How one layer is mapped onto arrays."""
+
+    backend: str = "sim"
+    """Array spec of this layer's tiles (``ideal``, ``sim``, ``sim:FILE.yaml``, ...)."""
+    devices_per_weight: int = 1
+    """K devices per weight (outputs averaged, all K updated): device-variability reduction."""
+    max_rows: int | None = None
+    """Largest tile height (devices); None = the whole layer on one array."""
+    max_cols: int | None = None
+    """Largest tile width (devices); None = the whole layer on one array."""
+    granularity: str = "position"
+    """``position`` (paper), ``sample`` or ``batch`` (aggregated counts, approximate)."""
+    periphery: PeripheryConfig = field(default_factory=PeripheryConfig)
+    """Noise / bound / update management and pulse-train settings of every tile."""
+
+    def validate(self) -> None:
+        require(self.devices_per_weight >= 1, "devices_per_weight",
+                f"must be >= 1, got {self.devices_per_weight}")
+        for key in ("max_rows", "max_cols"):
+            v = getattr(self, key)
+            require(v is None or v >= 1, key, f"must be >= 1 or null, got {v}")
+        require(self.granularity in ("position", "sample", "batch"), "granularity",
+                f"must be one of position, sample, batch; got {self.granularity!r}")
+
+    @staticmethod
+    def management(level: str) -> PeripheryConfig:
+        """PeripheryConfig for a ``--management`` level (none, nm, nm+bm, nm+bm+um)."""
+        require(level in MANAGEMENT, "management",
+                f"must be one of {', '.join(MANAGEMENT)}; got {level!r}")
+        nm, bm, um = MANAGEMENT[level]
+        return PeripheryConfig(noise_management=nm, bound_management=bm,
+                               update_management=um)
+
+
+def _splits(n: int, most: int | None) -> list[tuple[int, int]]:
+    """Split range(n) into nearly equal consecutive chunks of at most ``most``."""
+    if most is None or n <= most:
+        return [(0, n)]
+    parts = -(-n // most)
+    base, extra = divmod(n, parts)
+    out, start = [], 0
+    for k in range(parts):
+        size = base + (k < extra)
+        out.append((start, start + size))
+        start += size
+    return out
+
+
+class TileGrid:
+    """A logical ``out x in_features`` matrix (bias column included) on a grid of arrays."""
+
+    def __init__(self, out_features: int, in_features: int, plan: LayerPlan,
+                 seed: int | None = None):
+        plan.validate()
+        self.out_features, self.in_features, self.plan = out_features, in_features, plan
+        self.k = plan.devices_per_weight
+        self.row_splits = _splits(self.k * out_features, plan.max_rows)
+        self.col_splits = _splits(in_features, plan.max_cols)
+        self.tiles: list[list[Periphery]] = []
+        n = 0
+        for r0, r1 in self.row_splits:
+            row = []
+            for c0, c1 in self.col_splits:
+                tile_seed = None if seed is None else seed * 7919 + n
+                array = open_array(plan.backend, r1 - r0, c1 - c0, seed=tile_seed)
+                row.append(Periphery(array, plan.periphery, seed=tile_seed))
+                n += 1
+            self.tiles.append(row)
+
+    @property
+    def arrays(self):
+        return [p.array for row in self.tiles for p in row]
+
+    # ---- weights ---------------------------------------------------------------------
+    def set_weights(self, w: torch.Tensor) -> None:
+        """Write the logical weights: ``set_weights`` where the backend has it, else program."""
+        phys = w.detach().float().repeat(self.k, 1)  # K stacked copies of the rows
+        for (r0, r1), row in zip(self.row_splits, self.tiles, strict=True):
+            for (c0, c1), per in zip(self.col_splits, row, strict=True):
+                block = phys[r0:r1, c0:c1].contiguous()
+                if hasattr(per.array, "set_weights"):
+                    per.array.set_weights(block)
+                else:
+                    per.array.program(block, tol=2 * per.array.nominal_step())
+
+    def read(self) -> torch.Tensor:
+        """The logical weights as read (the K copies averaged)."""
+        phys = torch.cat([torch.cat([p.array.read() for p in row], 1) for row in self.tiles], 0)
+        return phys.view(self.k, self.out_features, self.in_features).mean(0)
+
+    # ---- cycles ----------------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``y = W x`` for x [N, in] -> [N, out] (one forward call per tile)."""
+        parts = []
+        for row in self.tiles:
+            acc = None
+            for (c0, c1), per in zip(self.col_splits, row, strict=True):
+                y = per.forward(x[:, c0:c1])
+                acc = y if acc is None else acc + y
+            parts.append(acc)
+        y = torch.cat(parts, 1)
+        return y.view(-1, self.k, self.out_features).mean(1) if self.k > 1 else y
+
+    def backward(self, d: torch.Tensor) -> torch.Tensor:
+        """``z = W^T d`` for d [N, out] -> [N, in] (one backward call per tile)."""
+        phys = d.repeat(1, self.k) / self.k if self.k > 1 else d
+        z = torch.zeros(d.shape[0], self.in_features)
+        for (r0, r1), row in zip(self.row_splits, self.tiles, strict=True):
+            for (c0, c1), per in zip(self.col_splits, row, strict=True):
+                z[:, c0:c1] += per.backward(phys[:, r0:r1].contiguous())
+        return z
+
+    def update(self, x: torch.Tensor, d: torch.Tensor, lr: float,
+               images: int = 1) -> None:
+        """Apply ``W <- W - lr d^T x`` for the rank-1 pairs (x [P, in], d [P, out]) in order.
+
+        ``images`` (number of images the P pairs come from, equal blocks) matters for
+        ``sample`` granularity only.
+        """
+        phys = d.repeat(1, self.k) if self.k > 1 else d
+        g = self.plan.granularity
+        for (r0, r1), row in zip(self.row_splits, self.tiles, strict=True):
+            for (c0, c1), per in zip(self.col_splits, row, strict=True):
+                xs, ds = x[:, c0:c1].contiguous(), phys[:, r0:r1].contiguous()
+                if g == "position":
+                    per.update(xs, ds, lr)
+                    continue
+                groups = images if g == "sample" else 1
+                for xg, dg in zip(xs.chunk(groups), ds.chunk(groups), strict=True):
+                    self._pulse_aggregate(per, xg, dg, lr)
+
+    @staticmethod
+    def _pulse_aggregate(per: Periphery, x: torch.Tensor, d: torch.Tensor, lr: float) -> None:
+        """Aggregated update: counts = stochastic round(-lr d^T x / dw_min), one pulse call."""
+        target = -lr * (d.T @ x) / per.dw_min
+        low = target.floor()
+        counts = low + (torch.rand(target.shape, generator=per.gen) < (target - low)).float()
+        per.array.pulse(counts.to(torch.int32))
