@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from rpuhw import DeviceSpec, SimulatedArray
+from rpuhw._jit import HAVE_NUMBA
 from rpuhw.devices import get_model
 from rpuhw.sim.io import IOConfig
 
@@ -69,7 +70,7 @@ def test_read_noise_std():
     assert torch.equal(a.weights, w)  # reading does not disturb
 
 
-@pytest.mark.parametrize("engine", ["torch", "numba"])
+@pytest.mark.parametrize("engine", ["torch"] + (["numba"] if HAVE_NUMBA else []))
 def test_program_reaches_targets_and_reports(engine):
     a = SimulatedArray(6, 7, "soft_bounds", seed=3, engine=engine)
     target = torch.empty(6, 7).uniform_(-0.3, 0.3, generator=torch.Generator().manual_seed(2))
