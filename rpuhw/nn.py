@@ -208,7 +208,8 @@ def convert(model: nn.Module, plan: dict[str, Any] | None = None,
 
     ``plan`` maps layer names to backend specs or LayerPlans, with ``default`` for the
     rest, e.g. ``{"layers": {"conv1": "sim:chip.yaml", "default": "sim"}}`` or directly
-    ``{"conv1": LayerPlan(...), "default": LayerPlan()}``. Weights are copied (programmed).
+    ``{"conv1": LayerPlan(...), "default": LayerPlan()}``; ``"float"`` (or None) keeps a
+    layer in floating point. Weights are copied (programmed).
     """
     from rpuhw.errors import ConfigError
 
@@ -225,7 +226,10 @@ def convert(model: nn.Module, plan: dict[str, Any] | None = None,
 
     for k, name in enumerate(names):
         module = model.get_submodule(name)
-        lp = as_plan(layers.get(name, default))
+        choice = layers.get(name, default)
+        if choice is None or choice == "float":  # stays a floating-point torch layer
+            continue
+        lp = as_plan(choice)
         s = None if seed is None else seed + 1000 * k
         if isinstance(module, nn.Linear):
             new = AnalogLinear(module.in_features, module.out_features,

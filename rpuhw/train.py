@@ -1,0 +1,303 @@
+"""Training runs: ``rpuhw train`` and :func:`train` (config, loop, checkpoints, results).
+
+A run trains a model from :mod:`rpuhw.models` on a dataset from :mod:`rpuhw.data`,
+with each layer on the backend its plan names (``float`` = plain torch, no arrays).
+Results go to a JSON file written atomically after every epoch; with a checkpoint
+directory the full state (weights, device parameters, every random generator, the
+position in the epoch) is written atomically every epoch and every
+``checkpoint_every`` images, and ``resume`` continues exactly where it stopped: a run
+killed at any point and resumed ends with the same numbers as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from rpuhw import __version__
+from rpuhw.config import from_mapping, load_yaml, require
+from rpuhw.data import epoch_order, load_dataset
+from rpuhw.errors import ConfigError
+from rpuhw.models import MODELS, build_model, layer_names
+from rpuhw.periphery import PeripheryConfig
+from rpuhw.schedule import MANAGEMENT, LayerPlan
+
+CHECKPOINT = "checkpoint.pt"
+# keys that may change between a run and its resumption
+_RESUMABLE_CHANGES = {"epochs", "out", "checkpoint", "checkpoint_every", "progress"}
+
+
+@dataclass
+class TrainConfig:
+    """One training run (YAML keys of ``--config``; every key also has a flag)."""
+
+    model: str = "lenet"
+    """Network name (``lenet``: the paper's CNN)."""
+    data: str = "mnist5k"
+    """``mnist5k`` (embedded, 4,000 train / 1,000 test) or a folder of MNIST IDX files."""
+    epochs: int = 1
+    """Passes over the training set."""
+    batch_size: int = 1
+    """Images per optimizer step (the paper: 1)."""
+    lr: float = 0.01
+    """Learning rate eta (the paper: 0.01)."""
+    backend: str = "sim"
+    """Array spec of every layer not named in ``layers`` (``float`` = plain torch)."""
+    layers: dict[str, str] = field(default_factory=dict)
+    """Per-layer array specs, e.g. ``{conv1: "sim:chip.yaml"}``."""
+    management: str = "nm+bm+um"
+    """Periphery techniques: none, nm, nm+bm, nm+bm+um."""
+    devices_per_weight: dict[str, int] = field(default_factory=dict)
+    """Devices per weight by layer name, e.g. ``{conv1: 4}`` (variability reduction)."""
+    update_granularity: str = "position"
+    """``position`` (paper), ``sample`` or ``batch`` (aggregated pulse counts)."""
+    bl: int = 10
+    """Pulse-train length BL."""
+    train_limit: int | None = None
+    """Use only the first N training images."""
+    test_limit: int | None = None
+    """Use only the first N test images."""
+    seed: int = 0
+    """Seeds initial weights, device draws, noise and the per-epoch shuffle."""
+    out: str | None = None
+    """Results JSON path."""
+    checkpoint: str | None = None
+    """Checkpoint directory (enables checkpoints)."""
+    checkpoint_every: int | None = None
+    """Also checkpoint every N training images."""
+    progress: bool = True
+    """Show a progress bar."""
+
+    def validate(self) -> None:
+        require(self.model in MODELS, "model",
+                f"must be one of {', '.join(MODELS)}; got {self.model!r}")
+        require(self.epochs >= 1, "epochs", f"must be >= 1, got {self.epochs}")
+        require(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
+        require(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
+        require(self.management in MANAGEMENT, "management",
+                f"must be one of {', '.join(MANAGEMENT)}; got {self.management!r}")
+        require(self.update_granularity in ("position", "sample", "batch"),
+                "update_granularity", "must be one of position, sample, batch; got "
+                f"{self.update_granularity!r}")
+        require(self.bl >= 1, "bl", f"must be >= 1, got {self.bl}")
+        for key in ("train_limit", "test_limit", "checkpoint_every"):
+            v = getattr(self, key)
+            require(v is None or v >= 1, key, f"must be >= 1 or null, got {v}")
+        names = layer_names(build_model(self.model))
+        for key in ("layers", "devices_per_weight"):
+            unknown = sorted(set(getattr(self, key)) - set(names))
+            require(not unknown, key, f"model {self.model} has no layer "
+                    f"{', '.join(unknown)} (layers: {', '.join(names)})")
+        for name, k in self.devices_per_weight.items():
+            require(isinstance(k, int) and k >= 1, f"devices_per_weight.{name}",
+                    f"must be an integer >= 1, got {k!r}")
+
+
+def load_config(path: str | None, overrides: dict[str, Any]) -> TrainConfig:
+    """Config from an optional YAML file, then command-line overrides (not None)."""
+    data = load_yaml(path) if path else {}
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    return from_mapping(TrainConfig, data, source=path or "command line")
+
+
+# ---------------------------------------------------------------------------------------
+def layer_backends(cfg: TrainConfig) -> dict[str, str]:
+    """Layer name -> backend spec."""
+    return {n: cfg.layers.get(n, cfg.backend) for n in layer_names(build_model(cfg.model))}
+
+
+def make_model(cfg: TrainConfig) -> nn.Module:
+    """The model with each layer on its backend, initialised from ``cfg.seed``."""
+    from rpuhw.nn import convert
+
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.model)
+    nm, bm, um = MANAGEMENT[cfg.management]
+    per = PeripheryConfig(noise_management=nm, bound_management=bm, update_management=um,
+                          bl=cfg.bl, lr=cfg.lr)
+    plan: dict[str, Any] = {}
+    for name, spec in layer_backends(cfg).items():
+        if spec == "float":
+            plan[name] = "float"
+            continue
+        plan[name] = LayerPlan(backend=spec, devices_per_weight=cfg.devices_per_weight.get(
+            name, 1), granularity=cfg.update_granularity, periphery=per)
+    convert(model, {"layers": plan, "default": "float"}, seed=cfg.seed)
+    return model
+
+
+def _peripheries(model: nn.Module):
+    from rpuhw.nn import analog_layers
+
+    return [p for _, layer in sorted(analog_layers(model).items())
+            for row in layer.grid.tiles for p in row]
+
+
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 100) -> float:
+    """Test error (fraction misclassified)."""
+    model.eval()
+    wrong = 0
+    with torch.no_grad():
+        for i in range(0, len(x), batch):
+            wrong += int((model(x[i:i + batch]).argmax(1) != y[i:i + batch]).sum())
+    model.train()
+    return wrong / max(len(x), 1)
+
+
+def _atomic_write(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    text = json.dumps(data, indent=1)
+    _atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def _comparable(cfg: TrainConfig) -> dict[str, Any]:
+    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _RESUMABLE_CHANGES}
+
+
+class Run:
+    """State of one training run (what a checkpoint holds)."""
+
+    def __init__(self, cfg: TrainConfig):
+        from rpuhw.nn import AnalogSGD
+
+        self.cfg = cfg
+        self.model = make_model(cfg)
+        self.opt = AnalogSGD(self.model.parameters(), lr=cfg.lr)
+        self.epoch = 0          # completed epochs
+        self.done = 0           # images done in the current epoch
+        self.loss_sum = 0.0
+        self.results: dict[str, Any] = {"test_error": [], "train_loss": [], "epoch_wall_s": []}
+        self.train_s = 0.0
+        self.images = 0
+
+    def state(self) -> dict[str, Any]:
+        return {"config": _comparable(self.cfg), "model": self.model.state_dict(),
+                "opt": self.opt.state_dict(), "epoch": self.epoch, "done": self.done,
+                "loss_sum": self.loss_sum, "results": self.results, "train_s": self.train_s,
+                "images": self.images, "torch_rng": torch.get_rng_state(),
+                "periphery_rng": [p.gen.get_state() for p in _peripheries(self.model)],
+                "rpuhw_version": __version__}
+
+    def load(self, st: dict[str, Any], source: str) -> None:
+        mine = _comparable(self.cfg)
+        if st.get("config") != mine:
+            diff = sorted(k for k in set(mine) | set(st.get("config", {}))
+                          if mine.get(k) != st.get("config", {}).get(k))
+            raise ConfigError(f"checkpoint is from another model or config (differs in: "
+                              f"{', '.join(diff)}); refusing to resume", source=source)
+        self.model.load_state_dict(st["model"])
+        self.opt.load_state_dict(st["opt"])
+        for p, g in zip(_peripheries(self.model), st["periphery_rng"], strict=True):
+            p.gen.set_state(g)
+        torch.set_rng_state(st["torch_rng"])
+        for key in ("epoch", "done", "loss_sum", "results", "train_s", "images"):
+            setattr(self, key, st[key])
+
+
+def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict[str, Any]:
+    """Run (or resume) training; returns the results dict (also written to ``cfg.out``)."""
+    cfg.validate()
+    data = load_dataset(cfg.data, train_limit=cfg.train_limit, test_limit=cfg.test_limit)
+    run = Run(cfg)
+    ckpt = Path(cfg.checkpoint) / CHECKPOINT if cfg.checkpoint else None
+    if resume:
+        if ckpt is None:
+            raise ConfigError("--resume needs --checkpoint DIR", key="resume")
+        if ckpt.exists():
+            try:
+                st = torch.load(ckpt, weights_only=False)
+            except Exception as exc:  # a corrupt file is bad input, not a crash
+                raise ConfigError(f"cannot read checkpoint ({exc})", source=str(ckpt)) from None
+            run.load(st, str(ckpt))
+            log(f"resumed from {ckpt}: epoch {run.epoch + 1}, image {run.done}")
+    elif ckpt is not None and ckpt.exists():
+        raise ConfigError("a checkpoint exists already; use --resume to continue it or "
+                          "another --checkpoint directory", source=str(ckpt))
+
+    def save_ckpt():
+        if ckpt is not None:
+            _atomic_write(ckpt, lambda tmp: torch.save(run.state(), tmp))
+
+    n = len(data.x_train)
+    loss_fn = nn.CrossEntropyLoss()
+    wall0 = time.perf_counter()
+    while run.epoch < cfg.epochs:
+        order = epoch_order(n, run.epoch, cfg.seed)
+        bar = _progress(cfg, n, run)
+        t0 = time.perf_counter()
+        while run.done < n:
+            idx = order[run.done:run.done + cfg.batch_size]
+            run.opt.zero_grad()
+            loss = loss_fn(run.model(data.x_train[idx]), data.y_train[idx])
+            loss.backward()
+            run.opt.step()
+            if not math.isfinite(loss.item()):
+                raise FloatingPointError(f"training diverged (loss {loss.item()}) at epoch "
+                                         f"{run.epoch + 1}, image {run.done}")
+            run.loss_sum += loss.item() * len(idx)
+            run.done += len(idx)
+            run.images += len(idx)
+            elapsed = run.train_s + time.perf_counter() - t0
+            if bar is not None:
+                bar.update(len(idx))
+                bar.set_postfix(loss=f"{run.loss_sum / run.done:.3f}",
+                                img_s=f"{run.images / max(elapsed, 1e-9):.0f}")
+            if cfg.checkpoint_every and run.done % cfg.checkpoint_every < len(idx) \
+                    and run.done < n:
+                run.train_s = elapsed
+                t0 = time.perf_counter()
+                save_ckpt()
+        run.train_s += time.perf_counter() - t0
+        if bar is not None:
+            bar.close()
+        err = evaluate(run.model, data.x_test, data.y_test)
+        run.results["test_error"].append(err)
+        run.results["train_loss"].append(run.loss_sum / n)
+        run.results["epoch_wall_s"].append(time.perf_counter() - wall0)
+        log(f"epoch {run.epoch + 1}/{cfg.epochs}: train loss {run.loss_sum / n:.4f}, "
+            f"test error {100 * err:.2f} %")
+        run.epoch += 1
+        run.done = 0
+        run.loss_sum = 0.0
+        save_ckpt()
+        if cfg.out:
+            _write_json(Path(cfg.out), _results(cfg, run, time.perf_counter() - wall0))
+    return _results(cfg, run, time.perf_counter() - wall0)
+
+
+def _results(cfg: TrainConfig, run: Run, wall: float) -> dict[str, Any]:
+    return {"config": dataclasses.asdict(cfg), "epochs": run.epoch,
+            "test_error": run.results["test_error"], "train_loss": run.results["train_loss"],
+            "images_per_s": run.images / run.train_s if run.train_s > 0 else None,
+            "wall_s": wall, "seed": cfg.seed, "backends": layer_backends(cfg),
+            "rpuhw_version": __version__}
+
+
+def _progress(cfg: TrainConfig, n: int, run: Run):
+    if not cfg.progress:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=n, initial=run.done, desc=f"epoch {run.epoch + 1}/{cfg.epochs}",
+                unit="img", leave=False, dynamic_ncols=True)
