@@ -124,6 +124,8 @@ def main(argv=None) -> int:
         "aihwkit_version": getattr(aihwkit, "__version__", "unknown"),
         "torch_version": torch.__version__,
         "torch_threads": torch.get_num_threads(),
+        "env_threads": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS",
+                                                        "OPENBLAS_NUM_THREADS")},
         "images": args.images,
         "warmup": args.warmup,
         "seconds": seconds,

@@ -2,7 +2,7 @@
 
     python -m benchmarks.train [--images 300] [--warmup 20] [--seed 0]
                                [--aihwkit-python /opt/aihwkit-venv/bin/python]
-                               [--profile N]
+                               [--profile N] [--threads N]
 
 Network (the paper's): conv 1->16 5x5, tanh, maxpool 2, conv 16->32 5x5, tanh,
 maxpool 2, flatten 512, fc 512->128, tanh, fc 128->10, cross-entropy on the logits;
@@ -30,7 +30,10 @@ and the load average before and after (the machine may be shared).
 
 ``--profile N`` additionally runs cProfile over N images of the rpuhw configuration
 (a fresh model, after its warm-up; not part of the timings) and reports the ten
-``rpuhw`` functions with the largest cumulative time.
+``rpuhw`` functions with the largest cumulative time and the ten with the largest own
+time. ``--threads N`` sets torch's and numba's thread counts (and aihwkit's torch
+threads, and OMP_NUM_THREADS / OPENBLAS_NUM_THREADS of its process) to N; by default
+each library keeps its own default.
 """
 
 from __future__ import annotations
@@ -153,8 +156,10 @@ def profile_rpuhw(x, y, warmup: int, images: int, seed: int, top: int = 10) -> d
                          "calls": ncalls, "tottime_s": round(tottime, 4),
                          "cumtime_s": round(cumtime, 4),
                          "cum_fraction_of_wall": round(cumtime / wall, 3)})
-    rows.sort(key=lambda r: -r["cumtime_s"])
-    return {"images": images, "wall_s_profiled": wall, "top_cumulative": rows[:top]}
+    by_cum = sorted(rows, key=lambda r: -r["cumtime_s"])[:top]
+    by_self = sorted(rows, key=lambda r: -r["tottime_s"])[:top]
+    return {"images": images, "wall_s_profiled": wall, "top_cumulative": by_cum,
+            "top_self": by_self}
 
 
 def write_inputs(folder: Path, x: torch.Tensor, y: torch.Tensor, seed: int) -> None:
@@ -168,7 +173,7 @@ def write_inputs(folder: Path, x: torch.Tensor, y: torch.Tensor, seed: int) -> N
 
 
 def run_aihwkit(python: str, x: torch.Tensor, y: torch.Tensor, warmup: int, images: int,
-                seed: int) -> dict | str:
+                seed: int, threads: int | None = None) -> dict | str:
     """aihwkit's figures from its own interpreter, or the reason they are missing."""
     if not python:
         return "no --aihwkit-python given"
@@ -182,7 +187,11 @@ def run_aihwkit(python: str, x: torch.Tensor, y: torch.Tensor, warmup: int, imag
         write_inputs(Path(tmp), x, y, seed)
         cmd = [python, str(script), "--data", tmp, "--warmup", str(warmup),
                "--images", str(images), "--seed", str(seed)]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
+        env = dict(os.environ)
+        if threads is not None:
+            cmd += ["--threads", str(threads)]
+            env.update(OMP_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS=str(threads))
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode:
         return f"aihwkit run failed: {proc.stderr.strip()[-500:]}"
     return json.loads(proc.stdout)
@@ -201,10 +210,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--profile", type=int, default=0, metavar="N",
                     help="also cProfile N images of the rpuhw configuration")
+    ap.add_argument("--threads", type=int, default=None, metavar="N",
+                    help="torch and numba threads here, torch threads in aihwkit's run")
     default_aihw = "/opt/aihwkit-venv/bin/python"
     ap.add_argument("--aihwkit-python", default=default_aihw if Path(default_aihw).exists()
                     else "", help="interpreter where `import aihwkit` works")
     args = ap.parse_args(argv)
+    if args.threads is not None:
+        if args.threads < 1:
+            print("benchmarks.train: --threads must be >= 1", file=sys.stderr)
+            return 2
+        torch.set_num_threads(args.threads)
+        numba.set_num_threads(min(args.threads, numba.config.NUMBA_NUM_THREADS))
     data = load_dataset("mnist5k")
     need = args.warmup + args.images
     if (args.images < 1 or args.warmup < 0 or args.profile < 0
@@ -231,13 +248,15 @@ def main(argv: list[str] | None = None) -> int:
     configs["rpuhw"] = {
         "backend": plan.backend, "management": "nm+bm+um", "granularity": plan.granularity,
         **bench("rpuhw", x, y, args.warmup, args.images, args.seed)}
-    aihw = run_aihwkit(args.aihwkit_python, x, y, args.warmup, args.images, args.seed)
+    aihw = run_aihwkit(args.aihwkit_python, x, y, args.warmup, args.images, args.seed,
+                       args.threads)
     if isinstance(aihw, str):
         configs["aihwkit"] = {"skipped": aihw}
     else:
         configs["aihwkit"] = {"version": aihw.get("aihwkit_version"),
                               "torch": aihw.get("torch_version"),
                               "torch_threads": aihw.get("torch_threads"),
+                              "env_threads": aihw.get("env_threads"),
                               "config": aihw.get("config"),
                               **summarize(aihw["seconds"], aihw["losses"])}
     result["loadavg_after"] = _load()

@@ -34,6 +34,7 @@ class _AnalogMVM(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, anchor: torch.Tensor, layer: AnalogLayer):
         ctx.layer = layer
+        ctx.images = layer._images
         ctx.save_for_backward(x)
         with torch.no_grad():
             return layer.grid.forward(x)
@@ -44,7 +45,7 @@ class _AnalogMVM(torch.autograd.Function):
         layer = ctx.layer
         d = d.detach().contiguous()
         if layer.training:
-            layer._pending.append((x, d))
+            layer._pending.append((x, d, ctx.images))
         z = layer.grid.backward(d) if ctx.needs_input_grad[0] else None
         return z, None, None
 
@@ -58,7 +59,8 @@ class AnalogLayer(nn.Module):
                      seed: int | None) -> None:
         self.plan = plan or LayerPlan()
         self.grid = TileGrid(out_f, in_f, self.plan, seed=seed)
-        self._pending: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._pending: list[tuple[torch.Tensor, torch.Tensor, int]] = []  # (x, d, images)
+        self._images = 0  # images in the current forward call (set before the MVM)
         # a placeholder parameter so that optimizers see the layer (and autograd calls
         # the backward even when the layer's input needs no gradient)
         self.analog_ctx = nn.Parameter(torch.zeros(1))
@@ -72,11 +74,13 @@ class AnalogLayer(nn.Module):
         """Send the stored (x, d) pairs of this step to the arrays, in order."""
         if not self._pending:
             return
-        images = len(self._pending)
+        # images summed over every forward/backward since the last step (gradient
+        # accumulation); sample granularity splits the pairs into that many blocks
+        images = sum(p[2] for p in self._pending)
         x = torch.cat([p[0] for p in self._pending])
         d = torch.cat([p[1] for p in self._pending])
         self._pending.clear()
-        self.grid.update(x, d, lr, images=self._images or images)
+        self.grid.update(x, d, lr, images=max(images, 1))
 
     def analog_weight(self) -> torch.Tensor:
         """The weights as read from the arrays, in torch's layout (bias column dropped)."""
@@ -90,7 +94,9 @@ class AnalogLayer(nn.Module):
         arrays = self.grid.arrays
         return {"plan_backend": self.plan.backend,
                 "arrays": [a.state_dict() if hasattr(a, "state_dict") else {"weights": a.read()}
-                           for a in arrays]}
+                           for a in arrays],
+                # the peripheries' pulse-train generators: a resumed run draws the same bits
+                "periphery_rng": [p.gen.get_state() for row in self.grid.tiles for p in row]}
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
         arrays = self.grid.arrays
@@ -102,6 +108,10 @@ class AnalogLayer(nn.Module):
                 a.load_state_dict(sd)
             else:
                 a.program(sd["weights"], tol=2 * a.nominal_step())
+        rngs = state.get("periphery_rng")
+        if rngs is not None:
+            for p, g in zip([p for row in self.grid.tiles for p in row], rngs, strict=True):
+                p.gen.set_state(g)
 
 
 class AnalogLinear(AnalogLayer):
@@ -111,7 +121,6 @@ class AnalogLinear(AnalogLayer):
                  plan: LayerPlan | None = None, seed: int | None = None):
         super().__init__()
         self.in_features, self.out_features, self.has_bias = in_features, out_features, bias
-        self._images = 0
         self._init_analog(out_features, in_features + int(bias), plan, seed)
         ref = nn.Linear(in_features, out_features, bias=bias)  # torch's default init
         self.set_weights(ref.weight.data, ref.bias.data if bias else None)
@@ -122,8 +131,8 @@ class AnalogLinear(AnalogLayer):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
-        y = self._mvm(x.reshape(-1, self.in_features))
         self._images = shape[0] if len(shape) > 1 else 1
+        y = self._mvm(x.reshape(-1, self.in_features))
         return y.reshape(*shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
@@ -143,7 +152,6 @@ class AnalogConv2d(AnalogLayer):
         self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel_size, self.stride, self.padding = ref.kernel_size, ref.stride, ref.padding
         self.has_bias = bias
-        self._images = 0
         fan_in = in_channels * self.kernel_size[0] * self.kernel_size[1]
         self._init_analog(out_channels, fan_in + int(bias), plan, seed)
         self.set_weights(ref.weight.data, ref.bias.data if bias else None)
@@ -159,8 +167,8 @@ class AnalogConv2d(AnalogLayer):
         wo = (w + 2 * self.padding[1] - kw) // self.stride[1] + 1
         cols = F.unfold(x, self.kernel_size, padding=self.padding, stride=self.stride)
         patches = cols.transpose(1, 2).reshape(n * ho * wo, -1)  # image-major positions
-        y = self._mvm(patches)
         self._images = n
+        y = self._mvm(patches)
         return y.reshape(n, ho * wo, self.out_channels).transpose(1, 2).reshape(
             n, self.out_channels, ho, wo)
 

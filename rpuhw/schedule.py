@@ -23,11 +23,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+import numpy as np
 import torch
 
 from rpuhw.backends import open_array
+from rpuhw.bits import PackedBits
 from rpuhw.config import require
 from rpuhw.periphery import Periphery, PeripheryConfig
+from rpuhw.sim.encode import encode_packed, encode_torch
 
 Granularity = Literal["position", "sample", "batch"]
 MANAGEMENT = {
@@ -160,7 +163,10 @@ class TileGrid:
         ``images`` (number of images the P pairs come from, equal blocks) matters for
         ``sample`` granularity only.
         """
-        phys = d.repeat(1, self.k) if self.k > 1 else d
+        if self.k > 1:
+            self._update_copies(x, d, lr, images)
+            return
+        phys = d
         g = self.plan.granularity
         for (r0, r1), row in zip(self.row_splits, self.tiles, strict=True):
             for (c0, c1), per in zip(self.col_splits, row, strict=True):
@@ -171,6 +177,52 @@ class TileGrid:
                 groups = images if g == "sample" else 1
                 for xg, dg in zip(xs.chunk(groups), ds.chunk(groups), strict=True):
                     self._pulse_aggregate(per, xg, dg, lr)
+
+    def _update_copies(self, x: torch.Tensor, d: torch.Tensor, lr: float, images: int) -> None:
+        """K > 1: the K copies of a weight get the same pulses.
+
+        The logical matrix's pulse trains (or aggregated counts) are drawn once, by the
+        first tile's periphery from the whole x and d (update management on the logical
+        vectors), the row lines fanned out to the K copies, and each tile gets its slice
+        in one call.
+        """
+        per0, k = self.tiles[0][0], self.k
+        x, d = x.detach().float(), d.detach().float()
+        g = self.plan.granularity
+        if g != "position":
+            groups = images if g == "sample" else 1
+            for xg, dg in zip(x.chunk(groups), d.chunk(groups), strict=True):
+                target = -lr * (dg.T @ xg) / per0.dw_min
+                low = target.floor()
+                up = torch.rand(target.shape, generator=per0.gen) < (target - low)
+                counts = (low + up.float()).to(torch.int32).repeat(k, 1)
+                for (r0, r1), row in zip(self.row_splits, self.tiles, strict=True):
+                    for (c0, c1), per in zip(self.col_splits, row, strict=True):
+                        per.array.pulse(counts[r0:r1, c0:c1].contiguous())
+            return
+        if x.shape[0] == 0:
+            return
+        sx, sd = per0._signed(x, d, float(lr))
+        bl = per0.config.bl
+        if per0._packed_ok():
+            pk = encode_packed(sx, sd, bl, per0._seed())
+            d_nz, d_pos = np.tile(pk.d_nz, (1, k)), np.tile(pk.d_pos, (1, k))
+
+            def part(r0, r1, c0, c1):
+                c = np.ascontiguousarray
+                return (PackedBits(c(pk.x_nz[:, c0:c1]), c(pk.x_pos[:, c0:c1]),
+                                   c(d_nz[:, r0:r1]), c(d_pos[:, r0:r1]), bl),)
+        else:
+            xb, db = encode_torch(sx, sd, bl, per0.gen)
+            db = db.repeat(1, 1, k)
+
+            def part(r0, r1, c0, c1):
+                return xb[:, :, c0:c1].contiguous(), db[:, :, r0:r1].contiguous()
+        for (r0, r1), row in zip(self.row_splits, self.tiles, strict=True):
+            for (c0, c1), per in zip(self.col_splits, row, strict=True):
+                per.array.update(*part(r0, r1, c0, c1))
+                per.stats.update_calls += 1
+                per.stats.updates += x.shape[0]
 
     @staticmethod
     def _pulse_aggregate(per: Periphery, x: torch.Tensor, d: torch.Tensor, lr: float) -> None:
