@@ -28,8 +28,8 @@ mapping at its defaults (``digital_bias = True``: the biases are digital in aihw
 an extra array column in rpuhw). ``AnalogSGD(lr=0.01)``, batch size 1.
 
 The first ``--warmup`` images train untimed; the next ``--images`` are timed
-(forward, backward, optimizer step of each image). Prints the seconds, images/s and
-the per-image training losses of the timed images.
+(forward, backward, optimizer step of each image). Prints the wall and CPU seconds,
+images/s and the per-image training losses of the timed images.
 """
 
 import argparse
@@ -114,10 +114,11 @@ def main(argv=None) -> int:
     for i in range(args.warmup):
         step(i)
     losses = []
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for i in range(args.warmup, args.warmup + args.images):
         losses.append(step(i))
     seconds = time.perf_counter() - t0
+    cpu_seconds = time.process_time() - c0
 
     cfg = rpu_config()
     result = {
@@ -129,6 +130,7 @@ def main(argv=None) -> int:
         "images": args.images,
         "warmup": args.warmup,
         "seconds": seconds,
+        "cpu_seconds": cpu_seconds,
         "images_per_s": args.images / seconds,
         "losses": losses,
         "config": {"device": "ConstantStepDevice()", "desired_bl": cfg.update.desired_bl,

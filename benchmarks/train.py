@@ -23,10 +23,12 @@ configurations start from the same initial weights (torch's default init under
 
 Each configuration trains ``--warmup`` images untimed (numba compilation, allocations),
 then times ``--images`` images (forward, backward, optimizer step each). Prints one
-JSON object: seconds and images/s per configuration, the mean training loss over the
-timed images and over their first and last 50 (a learning run's last-50 mean is below
-its first-50 mean), the ratios rpuhw/aihwkit and rpuhw/torch, versions, thread counts
-and the load average before and after (the machine may be shared).
+JSON object: per configuration the wall seconds, ``cpu_seconds`` (process CPU time of
+all threads: above the wall time when threads run or spin in parallel), images/s, the
+mean training loss over the timed images and over their first and last 50 (a learning
+run's last-50 mean is below its first-50 mean); the ratios rpuhw/aihwkit and
+rpuhw/torch, versions, thread counts and the load average before and after (the
+machine may be shared).
 
 ``--profile N`` additionally runs cProfile over N images of the rpuhw configuration
 (a fresh model, after its warm-up; not part of the timings) and reports the ten
@@ -118,11 +120,11 @@ def train(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torc
     return losses
 
 
-def summarize(seconds: float, losses: list[float]) -> dict:
+def summarize(seconds: float, losses: list[float], cpu_seconds: float | None) -> dict:
     n = len(losses)
     w = min(WINDOW, n)
     first, last = sum(losses[:w]) / w, sum(losses[-w:]) / w
-    return {"seconds": seconds, "images_per_s": n / seconds,
+    return {"seconds": seconds, "images_per_s": n / seconds, "cpu_seconds": cpu_seconds,
             "mean_loss": sum(losses) / n, f"first{WINDOW}_mean_loss": first,
             f"last{WINDOW}_mean_loss": last, "loss_decreased": last < first}
 
@@ -131,9 +133,9 @@ def bench(kind: str, x: torch.Tensor, y: torch.Tensor, warmup: int, images: int,
           seed: int) -> dict:
     model, opt = build(kind, seed)
     train(model, opt, x, y, 0, warmup)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     losses = train(model, opt, x, y, warmup, warmup + images)
-    return summarize(time.perf_counter() - t0, losses)
+    return summarize(time.perf_counter() - t0, losses, time.process_time() - c0)
 
 
 def profile_rpuhw(x, y, warmup: int, images: int, seed: int, top: int = 10) -> dict:
@@ -233,8 +235,8 @@ def main(argv: list[str] | None = None) -> int:
     x, y = data.x_train[:need].contiguous(), data.y_train[:need].contiguous()
 
     result: dict = {
-        "benchmark": "train", "command": "python -m benchmarks.train " + " ".join(
-            argv if argv is not None else sys.argv[1:]),
+        "benchmark": "train", "command": " ".join(
+            ["python -m benchmarks.train", *(argv if argv is not None else sys.argv[1:])]),
         "rpuhw_version": rpuhw.__version__, "torch": torch.__version__,
         "numba": numba.__version__, "python": platform.python_version(),
         "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
@@ -258,7 +260,8 @@ def main(argv: list[str] | None = None) -> int:
                               "torch_threads": aihw.get("torch_threads"),
                               "env_threads": aihw.get("env_threads"),
                               "config": aihw.get("config"),
-                              **summarize(aihw["seconds"], aihw["losses"])}
+                              **summarize(aihw["seconds"], aihw["losses"],
+                                          aihw.get("cpu_seconds"))}
     result["loadavg_after"] = _load()
     ips = {k: v["images_per_s"] for k, v in configs.items() if "images_per_s" in v}
     result["ratios"] = {"rpuhw_over_torch": ips["rpuhw"] / ips["torch"],

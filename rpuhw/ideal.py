@@ -25,6 +25,18 @@ class IdealArray(CrossPointArray):
         self.dw = float(dw)
         self.weights = torch.zeros(rows, cols)
 
+    def set_weights(self, w: torch.Tensor) -> None:
+        """Set the weights directly (exact; no bounds to respect)."""
+        from rpuhw.array import check_float
+
+        self.weights.copy_(check_float(w, "w", self.shape))
+
+    def state_dict(self) -> dict:
+        return {"weights": self.weights.clone()}
+
+    def load_state_dict(self, sd: dict) -> None:
+        self.set_weights(sd["weights"])
+
     def nominal_step(self) -> float:
         return self.dw
 

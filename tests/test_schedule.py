@@ -54,7 +54,7 @@ def uniform(*shape, seed: int, lo=-1.0, hi=1.0) -> torch.Tensor:
 
 
 def dw_grid(*shape, seed: int, scale=0.3) -> torch.Tensor:
-    """Weights on the ideal array's grid (multiples of dw): programming them is exact."""
+    """Weights on the ideal array's grid (multiples of dw)."""
     return torch.round(uniform(*shape, seed=seed) * scale / DW) * DW
 
 
@@ -120,9 +120,12 @@ def test_tiled_forward_backward_read_equal_untiled(nm):
     tiled = TileGrid(128, 513, ideal_plan(max_rows=64, max_cols=64, periphery=per), seed=0)
     for g in (one, tiled):
         g.set_weights(w)
-    # read() reassembles the tiles into the logical matrix (exact on the dw grid)
-    assert torch.allclose(tiled.read(), w, atol=1e-6)
+    # read() reassembles the tiles into the logical matrix; the ideal array has no direct
+    # set_weights, so weights are write-verified to within the program tolerance 2 dw
+    # (device by device, hence identically in both layouts)
+    assert float((tiled.read() - w).abs().max()) <= 2 * DW + 1e-6
     assert torch.equal(tiled.read(), one.read())
+    w = one.read()
     x = uniform(20, 513, seed=2)
     d = uniform(20, 128, seed=3)
     # sums of 513 float32 products in another order: rounding ~1e-6 relative
@@ -164,22 +167,29 @@ def test_position_update_with_certain_pulses_is_exact(kw):
 @pytest.mark.parametrize("um", [False, True])
 def test_position_update_mean_and_variance_match_binomial(um):
     """Stochastic pulses: per device z = (dW - E) / sd with the binomial variance of the
-    coincidence count (see module docstring). Over 160 devices, a correct update gives
-    max |z| < 4.5 (two-sided normal tail 6.8e-6 per device, ~1e-3 for all) and a mean z^2
-    near 1 (0.5..1.7: the devices share row/column bit streams, so this is looser than the
-    chi^2 sd of sqrt(2/160) = 0.11)."""
+    coincidence count (see module docstring). Each line keeps one sign (random magnitudes)
+    so that |E| ~ 1 is ~40 sd: a gain error of a few per cent shifts every z the same way.
+    A device's count is correlated (rho = E[p_d(1-p_d)] E[p_x]^2 / E[q(1-q)] = 0.3) with the
+    others in its row and column (shared bit streams). So: max |z| < 5 over 160 devices
+    (normal tail 5.7e-7 each; over 300 seeds the largest was 4.4); mean z^2 in 0.3..2.5
+    (correlations widen it beyond the chi^2 standard error sqrt(2/160) = 0.11: sd 0.22
+    over 300 seeds, range 0.56..2.13); |mean(z sign E)| < 1.25, since the mean of 160 z
+    has sd sqrt((1 + 19 * 0.3 + 7 * 0.3) / 160) = 0.23 (0.236 over 300 seeds) and 1.25 is
+    5 sd, while a 5 % gain error shifts it by ~2 (caught)."""
     out, inp, p = 8, 20, 400
     grid = TileGrid(out, inp, ideal_plan(periphery=exact(update_management=um)), seed=3)
-    x = uniform(p, inp, seed=10)
-    d = uniform(p, out, seed=11)
+    x = uniform(p, inp, seed=10, lo=0) * torch.sign(uniform(inp, seed=30))
+    d = uniform(p, out, seed=11, lo=0) * torch.sign(uniform(out, seed=31))
     grid.update(x, d, LR)
     dw = grid.read()
     expect = -LR * d.T @ x
     q = d.abs().T[:, None, :] * x.abs().T[None, :, :]  # [out, in, P]
     var = DW**2 * BL * (q * (1 - q)).sum(-1)
+    assert float((expect.abs() / var.sqrt()).min()) > 20
     z = (dw - expect) / var.sqrt()
-    assert float(z.abs().max()) < 4.5
-    assert 0.5 < float(z.pow(2).mean()) < 1.7
+    assert float(z.abs().max()) < 5.0
+    assert 0.3 < float(z.pow(2).mean()) < 2.5
+    assert abs(float((z * expect.sign()).mean())) < 1.25
 
 
 def test_k_copies_get_the_same_pulses_on_ideal():
@@ -215,7 +225,7 @@ def test_k_copies_on_ideal_equal_single_device():
     three = TileGrid(5, 9, ideal_plan(devices_per_weight=3, max_rows=4, max_cols=5), seed=0)
     for g in (one, three):
         g.set_weights(w)
-    assert torch.equal(three.read(), one.read())
+    assert torch.allclose(three.read(), one.read(), atol=1e-7)  # mean of 3 equal copies
     x, d = uniform(7, 9, seed=19), uniform(7, 5, seed=20)
     assert torch.allclose(three.forward(x), one.forward(x), atol=1e-6)
     assert torch.allclose(three.backward(d), one.backward(d), atol=1e-6)
@@ -286,7 +296,8 @@ def test_position_and_batch_agree_in_expectation():
     """R = 100 repetitions of the same (x, d): both granularities accumulate changes whose
     expectation is R * (-lr d^T x). Per device the difference has variance
     R (dw^2 BL sum_p q (1 - q)) (position) + R dw^2 f (1 - f) (batch rounding, f the
-    fractional part); |z| < 4.5 for all 40 devices (normal tail 6.8e-6 each)."""
+    fractional part); |z| < 5 for all 40 devices (normal tail 5.7e-7 each; the devices'
+    correlations through shared bit streams make the maximum's tail a little heavier)."""
     out, inp, p, reps = 4, 10, 8, 100
     x, d = uniform(p, inp, seed=25), uniform(p, out, seed=26)
     pos = TileGrid(out, inp, ideal_plan(), seed=5)
@@ -299,7 +310,7 @@ def test_position_and_batch_agree_in_expectation():
     f = target / DW - torch.floor(target / DW)
     var = reps * DW**2 * (BL * (q * (1 - q)).sum(-1) + f * (1 - f))
     z = (pos.read() - bat.read()) / var.sqrt()
-    assert float(z.abs().max()) < 4.5
+    assert float(z.abs().max()) < 5.0
     # and each against the exact expectation
     assert float(((bat.read() - reps * target).abs() / (DW * math.sqrt(reps) / 2)).max()) < 4.5
 
