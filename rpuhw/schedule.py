@@ -195,10 +195,7 @@ class TileGrid:
         if g != "position":
             groups = images if g == "sample" else 1
             for xg, dg in zip(x.chunk(groups), d.chunk(groups), strict=True):
-                target = -lr * (dg.T @ xg) / per0.dw_min
-                low = target.floor()
-                up = torch.rand(target.shape, generator=per0.gen) < (target - low)
-                counts = (low + up.float()).to(torch.int32).repeat(k, 1)
+                counts = _stochastic_counts(per0, xg, dg, lr).repeat(k, 1)
                 for (r0, r1), row in zip(self.row_splits, self.tiles, strict=True):
                     for (c0, c1), per in zip(self.col_splits, row, strict=True):
                         per.array.pulse(counts[r0:r1, c0:c1].contiguous())
@@ -229,8 +226,14 @@ class TileGrid:
 
     @staticmethod
     def _pulse_aggregate(per: Periphery, x: torch.Tensor, d: torch.Tensor, lr: float) -> None:
-        """Aggregated update: counts = stochastic round(-lr d^T x / dw_min), one pulse call."""
-        target = -lr * (d.T @ x) / per.dw_min
-        low = target.floor()
-        counts = low + (torch.rand(target.shape, generator=per.gen) < (target - low)).float()
-        per.array.pulse(counts.to(torch.int32))
+        """Aggregated update: one pulse call with the counts of :func:`_stochastic_counts`."""
+        per.array.pulse(_stochastic_counts(per, x, d, lr))
+
+
+def _stochastic_counts(per: Periphery, x: torch.Tensor, d: torch.Tensor,
+                       lr: float) -> torch.Tensor:
+    """Signed pulse counts ``stochastic_round(-lr d^T x / dw_min)`` (int32, unbiased)."""
+    target = -lr * (d.T @ x) / per.dw_min
+    low = target.floor()
+    up = torch.rand(target.shape, generator=per.gen) < (target - low)
+    return (low + up.float()).to(torch.int32)
