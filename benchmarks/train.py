@@ -59,7 +59,9 @@ import torch.nn.functional as F
 from torch import nn
 
 import rpuhw
+from benchmarks._common import aihwkit_unavailable
 from rpuhw.data import load_dataset
+from rpuhw.models import LeNet
 from rpuhw.nn import AnalogSGD, convert
 from rpuhw.schedule import LayerPlan
 
@@ -67,23 +69,6 @@ LR = 0.01
 BL = 10
 LAYERS = ("conv1", "conv2", "fc1", "fc2")
 WINDOW = 50
-
-
-class LeNet(nn.Module):
-    """The paper's LeNet (28x28 input): 16@5x5, pool, 32@5x5, pool, 512-128-10, tanh."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv1 = nn.Conv2d(1, 16, 5)
-        self.conv2 = nn.Conv2d(16, 32, 5)
-        self.fc1 = nn.Linear(512, 128)
-        self.fc2 = nn.Linear(128, 10)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.max_pool2d(torch.tanh(self.conv1(x)), 2)
-        x = F.max_pool2d(torch.tanh(self.conv2(x)), 2)
-        x = torch.tanh(self.fc1(x.flatten(1)))
-        return self.fc2(x)
 
 
 def initial_model(seed: int) -> LeNet:
@@ -177,13 +162,9 @@ def write_inputs(folder: Path, x: torch.Tensor, y: torch.Tensor, seed: int) -> N
 def run_aihwkit(python: str, x: torch.Tensor, y: torch.Tensor, warmup: int, images: int,
                 seed: int, threads: int | None = None) -> dict | str:
     """aihwkit's figures from its own interpreter, or the reason they are missing."""
-    if not python:
-        return "no --aihwkit-python given"
-    if not Path(python).exists():
-        return f"{python} not found"
-    probe = subprocess.run([python, "-c", "import aihwkit"], capture_output=True, text=True)
-    if probe.returncode:
-        return f"import aihwkit fails in {python}: {probe.stderr.strip().splitlines()[-1:]}"
+    reason = aihwkit_unavailable(python)
+    if reason:
+        return reason
     script = Path(__file__).with_name("_aihwkit_train.py")
     with tempfile.TemporaryDirectory(prefix="rpuhw-bench-train-") as tmp:
         write_inputs(Path(tmp), x, y, seed)

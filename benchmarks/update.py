@@ -39,6 +39,7 @@ import numba
 import torch
 
 import rpuhw
+from benchmarks._common import aihwkit_unavailable
 from rpuhw.periphery import Periphery, PeripheryConfig
 from rpuhw.sim.array import SimulatedArray
 from rpuhw.sim.reference import reference_update
@@ -103,13 +104,9 @@ def bench_layer(name: str, images: int, repeats: int, ref_updates: int, seed: in
 def run_aihwkit(python: str, layers: list[str], images: int, repeats: int,
                 seed: int) -> dict | str:
     """aihwkit's figures from its own interpreter, or the reason they are missing."""
-    if not python:
-        return "no --aihwkit-python given"
-    if not Path(python).exists():
-        return f"{python} not found"
-    probe = subprocess.run([python, "-c", "import aihwkit"], capture_output=True, text=True)
-    if probe.returncode:
-        return f"import aihwkit fails in {python}: {probe.stderr.strip().splitlines()[-1:]}"
+    reason = aihwkit_unavailable(python)
+    if reason:
+        return reason
     script = Path(__file__).with_name("_aihwkit_update.py")
     cmd = [python, str(script), "--layers", ",".join(layers), "--images", str(images),
            "--repeats", str(repeats), "--seed", str(seed)]
