@@ -136,13 +136,6 @@ def make_model(cfg: TrainConfig) -> nn.Module:
     return model
 
 
-def _peripheries(model: nn.Module):
-    from rpuhw.nn import analog_layers
-
-    return [p for _, layer in sorted(analog_layers(model).items())
-            for row in layer.grid.tiles for p in row]
-
-
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 100) -> float:
     """Test error (fraction misclassified)."""
     model.eval()
@@ -192,11 +185,12 @@ class Run:
         self.images = 0
 
     def state(self) -> dict[str, Any]:
+        # the model's state_dict holds the arrays (weights, device parameters, RNGs)
+        # and the peripheries' pulse-train generators
         return {"config": _comparable(self.cfg), "model": self.model.state_dict(),
                 "opt": self.opt.state_dict(), "epoch": self.epoch, "done": self.done,
                 "loss_sum": self.loss_sum, "results": self.results, "train_s": self.train_s,
                 "images": self.images, "torch_rng": torch.get_rng_state(),
-                "periphery_rng": [p.gen.get_state() for p in _peripheries(self.model)],
                 "rpuhw_version": __version__}
 
     def load(self, st: dict[str, Any], source: str) -> None:
@@ -208,8 +202,6 @@ class Run:
                               f"{', '.join(diff)}); refusing to resume", source=source)
         self.model.load_state_dict(st["model"])
         self.opt.load_state_dict(st["opt"])
-        for p, g in zip(_peripheries(self.model), st["periphery_rng"], strict=True):
-            p.gen.set_state(g)
         torch.set_rng_state(st["torch_rng"])
         for key in ("epoch", "done", "loss_sum", "results", "train_s", "images"):
             setattr(self, key, st[key])
