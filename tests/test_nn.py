@@ -19,29 +19,14 @@ from collections import defaultdict
 import pytest
 import torch
 import torch.nn.functional as F
+from plans import BL, DW, LR, exact, ideal_plan
 from torch import nn
 
 from rpuhw.errors import ConfigError
 from rpuhw.ideal import IdealArray
 from rpuhw.nn import AnalogConv2d, AnalogLinear, AnalogSGD, analog_layers, convert
-from rpuhw.periphery import PeripheryConfig
 from rpuhw.schedule import LayerPlan, TileGrid
 from rpuhw.sim.array import SimulatedArray
-
-DW = 0.001
-BL = 10
-LR = BL * DW
-
-
-def exact(**kw) -> PeripheryConfig:
-    cfg = {"noise_management": False, "bound_management": False,
-           "update_management": False, "bl": BL, **kw}
-    return PeripheryConfig(**cfg)
-
-
-def ideal_plan(**kw) -> LayerPlan:
-    kw.setdefault("periphery", exact())
-    return LayerPlan(backend="ideal", **kw)
 
 
 def rand(*shape, seed: int, scale=1.0) -> torch.Tensor:

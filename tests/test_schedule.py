@@ -21,28 +21,13 @@ from collections import defaultdict
 
 import pytest
 import torch
+from plans import BL, DW, LR, exact, ideal_plan
 
 from rpuhw.bits import PackedBits
 from rpuhw.errors import ConfigError
 from rpuhw.ideal import IdealArray
-from rpuhw.periphery import PeripheryConfig
 from rpuhw.schedule import LayerPlan, TileGrid, _splits
 from rpuhw.sim.array import SimulatedArray
-
-DW = 0.001
-BL = 10
-LR = BL * DW  # gain C = 1 with update management off
-
-
-def exact(**kw) -> PeripheryConfig:
-    cfg = {"noise_management": False, "bound_management": False,
-           "update_management": False, "bl": BL, **kw}
-    return PeripheryConfig(**cfg)
-
-
-def ideal_plan(**kw) -> LayerPlan:
-    kw.setdefault("periphery", exact())
-    return LayerPlan(backend="ideal", **kw)
 
 
 def gen(seed: int) -> torch.Generator:
