@@ -254,6 +254,17 @@ def test_bounds_saturate(case):
 
 
 # ---- update: pulse coincidences ---------------------------------------------------------
+def update_delta_of_device_ij(arr, case, x, d) -> torch.Tensor:
+    """Apply ``update(x, d)``; assert every device but (I, J) is unchanged; return the change."""
+    before = mean_read(arr, case)
+    arr.update(x, d)
+    after = mean_read(arr, case)
+    others = torch.ones(ROWS, COLS, dtype=torch.bool)
+    others[I, J] = False
+    assert_unchanged(before, after, case, where=others)
+    return after - before
+
+
 @cases
 @pytest.mark.parametrize("distractors", ["rows", "cols"])
 @pytest.mark.parametrize("x_col,d_row,net", [
@@ -267,13 +278,7 @@ def test_update_single_device(case, distractors, x_col, d_row, net):
     set_random_weights(arr)
     reps = coincidence_reps(case, abs(net))
     x, d = single_device_bits(x_col, d_row, distractors, reps)
-    before = mean_read(arr, case)
-    arr.update(x, d)
-    after = mean_read(arr, case)
-    delta = after - before
-    others = torch.ones(ROWS, COLS, dtype=torch.bool)
-    others[I, J] = False
-    assert_unchanged(before, after, case, where=others)
+    delta = update_delta_of_device_ij(arr, case, x, d)
     assert math.copysign(1, net) * delta[I, J] > margin(case), delta
     if case.exact:
         assert float(delta[I, J]) == pytest.approx(net * reps * case.step, abs=1e-6)
@@ -287,13 +292,7 @@ def test_update_mixed_directions_within_an_update(case):
     x_col = [-1 if t % 4 == 3 else 1 for t in range(bl)]  # 30 ups, 10 downs interleaved
     reps = coincidence_reps(case, 20)
     x, d = single_device_bits(x_col, [1] * bl, "none", reps)
-    before = mean_read(arr, case)
-    arr.update(x, d)
-    after = mean_read(arr, case)
-    delta = after - before
-    others = torch.ones(ROWS, COLS, dtype=torch.bool)
-    others[I, J] = False
-    assert_unchanged(before, after, case, where=others)
+    delta = update_delta_of_device_ij(arr, case, x, d)
     # net +20 pulses; c2c noise of 40 pulses has std sqrt(40) * 0.3 ~ 1.9 steps
     assert delta[I, J] > margin(case)
     if case.exact:
