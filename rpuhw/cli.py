@@ -165,6 +165,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_train)
 
+    p = sub.add_parser("emulate", add_help=False,
+                       help="serve emulated bench instruments on 127.0.0.1 "
+                            "(rpuhw emulate --help)")
+    p.set_defaults(func=_cmd_emulate)
+
     p = sub.add_parser("plot", help="test error vs epoch of several runs in one figure",
                        epilog="example:\n  rpuhw plot runs/*.json -o curves.png",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -174,7 +179,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _cmd_emulate(args: argparse.Namespace) -> int:  # pragma: no cover - dispatched in main
+    return _emulate([])
+
+
+def _emulate(argv: list[str]) -> int:
+    from rpuhw.drivers.emulators.cli import main as emulate_main
+
+    return emulate_main(argv)
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["emulate"]:  # its own parser: rpuhw emulate --help
+        return _emulate(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

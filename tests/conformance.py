@@ -143,3 +143,16 @@ CASES: list[BackendCase] = [
                 exact=True, has_bounds=False),
 ]
 """Every backend the conformance suite runs against (bench and ArC TWO add theirs here)."""
+
+
+# ---- ArC TWO (drivers/arc2.py; added by the arc2 helper) ----------------------------------
+def _arc2(rows: int, cols: int, seed: int | None) -> CrossPointArray:
+    """ArcTwoArray on a fake pyarc2.Instrument over a default-device SimulatedArray chip
+    (test_arc2.SimChip); the case is skipped where pyarc2 is not installed."""
+    from test_arc2 import fake_arc2_array
+
+    return fake_arc2_array(rows, cols, seed)
+
+
+# forward/backward are emulated as read + digital matmul, so no output noise beyond the read's
+CASES.append(BackendCase("arc2", _arc2, **{**_SIM, "out_noise": 0.0}))

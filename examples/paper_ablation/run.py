@@ -6,7 +6,8 @@ Runs every ``N_*.yaml`` beside this file (TrainConfig keys) with the common
 ``--epochs``, ``--seed``, ``--train-limit``, ``--test-limit``, writes
 ``OUT/N_name.json`` per rung, ``OUT/results.md`` (markdown table) and
 ``OUT/curves.png`` (test error vs epoch). Runs whose JSON already has the requested
-epochs are not repeated, so an interrupted ablation continues where it stopped.
+epochs are not repeated, and each rung checkpoints every epoch into
+``OUT/N_name.ckpt/``, so an interrupted ablation continues where it stopped.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import time
 from pathlib import Path
 
 from rpuhw.plots import plot_runs
-from rpuhw.train import load_config, train
+from rpuhw.train import CHECKPOINT, load_config, train
 
 HERE = Path(__file__).parent
 
@@ -43,12 +44,15 @@ def main(argv: list[str] | None = None) -> int:
         res_path = out / f"{cfg_path.stem}.json"
         done = json.loads(res_path.read_text()) if res_path.exists() else None
         if not done or done.get("epochs") != args.epochs:
+            ckpt = out / f"{cfg_path.stem}.ckpt"
             cfg = load_config(str(cfg_path), {
                 "epochs": args.epochs, "seed": args.seed, "train_limit": args.train_limit,
-                "test_limit": args.test_limit, "out": str(res_path), "progress": False})
+                "test_limit": args.test_limit, "out": str(res_path), "progress": False,
+                "checkpoint": str(ckpt)})
             print(f"== {cfg_path.stem}", flush=True)
             t0 = time.perf_counter()
-            train(cfg, log=lambda m: print("   " + m, flush=True))
+            resume = (ckpt / CHECKPOINT).exists()
+            train(cfg, resume=resume, log=lambda m: print("   " + m, flush=True))
             print(f"   {time.perf_counter() - t0:.0f} s", flush=True)
             done = json.loads(res_path.read_text())
         paths.append(str(res_path))

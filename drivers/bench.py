@@ -1,0 +1,374 @@
+"""BenchArray: a resistive test chip on a bench of lab instruments, as a CrossPointArray.
+
+The bench is a source-measure unit (two source channels: ``sense`` and
+``bias``), a Keithley 707B switch matrix that connects every chip line to one
+instrument terminal, and a pulse generator. Native operations:
+
+* ``read``: device by device, "grounded unselected lines": row i at the read
+  voltage (bias source), column j on the sense ammeter held at 0 V, every other
+  line grounded, so the sense current is ``-G_ij V_read`` with no sneak path.
+* ``pulse``: per device, V/2 (or V/3) scheme: the pulsed line at the pulse
+  amplitude, the other selected line grounded, unselected lines at V/2 (V/3,
+  2V/3); potentiation pulses the row, depression the column; a burst of n.
+
+``forward``, ``backward`` and ``update`` run through the framework's emulation
+(read + digital MVM; coincidence counting + ``pulse``).
+
+Safety envelope (enforced here and in the drivers, before any command leaves
+the host): no level above ``limits.v_max``; compliance set before any output
+turns on; every output off before any relay changes and on every exit path
+(exceptions, KeyboardInterrupt, ``close()``, garbage collection); a bench
+whose own pulse amplitude exceeds its limit is refused at load.
+
+Batching: with a 2600B whose TSP-Link reaches the 707B, one message reads a
+device (outputs off, route, wait for the relays, outputs on, measure, outputs
+off) and a pulsed device costs two (route + bias on; burst with the output
+off again when it replies). Without TSP-Link each step is its own message.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from rpuhw.drivers.bench_config import BenchConfig, load_bench
+from rpuhw.drivers.errors import InstrumentError
+from rpuhw.drivers.instruments import get_driver
+
+from rpuhw.array import Capabilities, CrossPointArray
+from rpuhw.errors import ConfigError
+
+log = logging.getLogger("rpuhw.drivers.bench")
+
+MAX_BURST = 100_000_000
+"""Largest burst count of one 33500B trigger (NCYC maximum)."""
+
+
+@dataclass
+class _Source:
+    """One source channel wired to a card row (a 2450, or a 2600B channel)."""
+
+    name: str
+    instrument: Any
+    channel: Any
+
+    @property
+    def tsp(self) -> bool:
+        return hasattr(self.channel, "cmd_output")
+
+
+class BenchArray(CrossPointArray):
+    """A chip on instruments, through the bench YAML's wiring and safety limits."""
+
+    capabilities = Capabilities(read=True, pulse=True)
+
+    def __init__(self, config: BenchConfig | str | Path, rows: int | None = None,
+                 cols: int | None = None, *, transports: dict[str, Any] | None = None):
+        """Connect the instruments and put the bench in its safe state.
+
+        Args:
+            config: a :class:`BenchConfig` or the path of a bench YAML.
+            rows, cols: the block of the chip to use (top-left; default: all wired).
+            transports: instrument name -> ready transport, instead of opening the
+                resources (tests, or an already-open session).
+        """
+        cfg = config if isinstance(config, BenchConfig) else load_bench(config)
+        rows = cfg.rows if rows is None else rows
+        cols = cfg.cols if cols is None else cols
+        super().__init__(rows, cols)
+        if rows > cfg.rows or cols > cfg.cols:
+            raise ConfigError(f"a {rows} x {cols} array does not fit the {cfg.rows} x "
+                              f"{cfg.cols} devices wired on this bench", source=cfg.source,
+                              key="rows" if rows > cfg.rows else "cols")
+        self.config = cfg
+        self._closed = False
+        self._instruments: dict[str, Any] = {}
+        try:
+            self._connect(transports or {})
+            self._setup()
+        except BaseException:
+            self.close()
+            raise
+
+    # ---- connection and safe state ---------------------------------------------------
+    def _connect(self, transports: dict[str, Any]) -> None:
+        cfg = self.config
+        v_max = cfg.limits.v_max
+        linked = {n: i for n, i in cfg.instruments.items() if i.tsp_link is not None}
+        for name, inst in cfg.instruments.items():
+            if name in linked:
+                continue
+            kwargs: dict[str, Any] = dict(backend=inst.backend, timeout_s=inst.timeout_s,
+                                          v_limit=v_max)
+            if inst.driver == "keysight33500b":
+                kwargs["channel"] = int(cfg.terminals["pulse"].channel or 1)
+            self._instruments[name] = get_driver(inst.driver)(
+                transports.get(name, inst.resource), **kwargs)
+        for name, inst in linked.items():
+            master = self._instruments[inst.tsp_link.via]
+            self._instruments[name] = get_driver(inst.driver)(
+                None, via=master, node=inst.tsp_link.node)
+        self._matrix = self._instruments[cfg.matrix_name()]
+        self._sense = self._source("sense")
+        self._bias = self._source("bias")
+        self._pulser = self._instruments[cfg.terminals["pulse"].instrument]
+        smu = self._sense.instrument
+        link = cfg.instruments[cfg.matrix_name()].tsp_link
+        self._fast = (self._sense.tsp and smu is self._bias.instrument and link is not None
+                      and self._instruments[link.via] is smu)
+
+    def _source(self, terminal: str) -> _Source:
+        term = self.config.terminals[terminal]
+        inst = self._instruments[term.instrument]
+        chan = getattr(inst, term.channel) if term.channel else inst
+        return _Source(terminal, inst, chan)
+
+    def _setup(self) -> None:
+        """Safe state: outputs off, relays open, pulse shape and compliances set."""
+        cfg = self.config
+        self._safe_off()
+        self._matrix.open_all()
+        self._pulser.voltage_limits(cfg.limits.v_max)
+        self._pulse_shape: tuple[float, float] | None = None
+        self._configure_pulser(cfg.pulse.potentiation.amplitude,
+                               cfg.pulse.potentiation.width_s)
+        for src in (self._sense, self._bias):
+            src.channel.source_voltage(0.0, cfg.read.compliance_a)
+
+    def _configure_pulser(self, amplitude: float, width_s: float) -> None:
+        if self._pulse_shape != (amplitude, width_s):
+            self._pulser.configure_pulse(amplitude, 0.0, width_s, self.config.pulse.period_s, 1)
+            self._pulse_shape = (amplitude, width_s)
+
+    def _safe_off(self) -> None:
+        """Every output off; reconnect once to do it if the session was lost. Never raises."""
+        for obj, how in ((getattr(self, "_pulser", None), "pulser"),
+                         (getattr(self, "_bias", None), "bias"),
+                         (getattr(self, "_sense", None), "sense")):
+            if obj is None:
+                continue
+            chan = obj if how == "pulser" else obj.channel
+            inst = obj if how == "pulser" else obj.instrument
+            for attempt in range(2):
+                try:
+                    if attempt:
+                        inst.transport.reconnect()
+                    chan.output(False)
+                    break
+                except Exception as exc:  # keep going: the other outputs must go off too
+                    if attempt:
+                        log.error("could not turn the %s output off (%s); check the bench", how,
+                                  exc)
+
+    def _guard(self, op, *args):
+        if self._closed:
+            raise InstrumentError(f"bench {self.config.source} is closed")
+        try:
+            return op(*args)
+        except BaseException:
+            self._safe_off()
+            raise
+
+    def reconnect(self) -> None:
+        """Re-open every instrument session and restore the safe state."""
+        seen = set()
+        for inst in self._instruments.values():
+            t = inst.transport
+            if id(t) not in seen:
+                seen.add(id(t))
+                t.reconnect()
+        self._setup()
+
+    def close(self) -> None:
+        """Outputs off, relays open, sessions closed (idempotent)."""
+        if getattr(self, "_closed", True):
+            return
+        self._closed = True
+        self._safe_off()
+        try:
+            if hasattr(self, "_matrix"):
+                self._matrix.open_all()
+        except Exception as exc:
+            log.error("could not open the matrix relays on close (%s)", exc)
+        linked_last = sorted(self._instruments.items(),
+                             key=lambda kv: self.config.instruments[kv[0]].tsp_link is None)
+        for _, inst in linked_last:
+            try:
+                inst.close()
+            except Exception as exc:
+                log.error("closing %s failed (%s)", inst, exc)
+
+    def __enter__(self) -> BenchArray:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    # ---- routing ---------------------------------------------------------------------
+    def _lines(self):
+        w = self.config.wiring
+        return [("row", k, line) for k, line in enumerate(w.rows)] + \
+               [("col", k, line) for k, line in enumerate(w.cols)]
+
+    def _route(self, assign: dict[tuple[str, int], str], default: str | None) -> list[str]:
+        """707B channels: each chip line to its terminal (``default`` for the rest)."""
+        chans = []
+        for kind, k, line in self._lines():
+            term = assign.get((kind, k), default)
+            if term is not None:
+                chans.append(self.config.channel(line, term))
+        return chans
+
+    def _read_route(self, i: int, j: int) -> list[str]:
+        return self._route({("row", i): "bias", ("col", j): "sense"}, "ground")
+
+    def _pulse_plan(self, i: int, j: int, up: bool):
+        """(channels, {source: level}) for a pulse on (i, j) in the bench's bias scheme."""
+        shape = self.config.pulse.potentiation if up else self.config.pulse.depression
+        v = shape.amplitude
+        hot, cold = (("row", i), ("col", j)) if up else (("col", j), ("row", i))
+        assign = {hot: "pulse", cold: "ground"}
+        if self.config.bias_scheme == "v/2":
+            return self._route(assign, "bias"), {"bias": v / 2, "sense": 0.0}
+        # V/3: unselected lines on the pulsed side at V/3 (sense), on the other side at 2V/3
+        for kind, k, _ in self._lines():
+            if (kind, k) not in assign:
+                same_side = kind == hot[0]
+                assign[(kind, k)] = "bias" if not same_side else "sense"
+        return self._route(assign, None), {"sense": v / 3, "bias": 2 * v / 3}
+
+    # ---- native operations ------------------------------------------------------------
+    def _read(self) -> torch.Tensor:
+        return self._guard(self._read_all)
+
+    def _read_all(self) -> torch.Tensor:
+        v = self.config.read.voltage
+        cur = torch.empty(self.rows, self.cols, dtype=torch.float64)
+        for i in range(self.rows):
+            for j in range(self.cols):
+                cur[i, j] = self._read_current(i, j)
+        self._check_errors()
+        g = -cur / v
+        return self.config.weights.to_weight(g).to(torch.float32)
+
+    def _read_current(self, i: int, j: int) -> float:
+        cfg, s, b = self.config, self._sense, self._bias
+        chans = self._read_route(i, j)
+        c = cfg.read.compliance_a
+        if self._fast:
+            stmts = [s.channel.cmd_output(False), b.channel.cmd_output(False),
+                     *self._matrix.cmd_close_exclusive(chans),
+                     *b.channel.cmd_source_voltage(cfg.read.voltage, c),
+                     *s.channel.cmd_source_voltage(0.0, c),
+                     b.channel.cmd_output(True), s.channel.cmd_output(True),
+                     s.channel.cmd_measure_current(),
+                     s.channel.cmd_output(False), b.channel.cmd_output(False)]
+            return float(s.instrument.tsp(stmts, reply=True))
+        s.channel.output(False)
+        b.channel.output(False)
+        self._matrix.close_exclusive(chans)
+        b.channel.source_voltage(cfg.read.voltage, c)
+        s.channel.source_voltage(0.0, c)
+        b.channel.output(True)
+        s.channel.output(True)
+        try:
+            return s.channel.measure_current()
+        finally:
+            s.channel.output(False)
+            b.channel.output(False)
+
+    def _pulse(self, counts: torch.Tensor) -> None:
+        self._guard(self._pulse_all, counts)
+
+    def _pulse_all(self, counts: torch.Tensor) -> None:
+        for i, j in counts.nonzero().tolist():
+            n = int(counts[i, j])
+            while n:
+                burst = max(-MAX_BURST, min(MAX_BURST, n))
+                self._pulse_device(i, j, burst)
+                n -= burst
+        self._bias.channel.output(False)
+        self._sense.channel.output(False)
+        self._check_errors()
+
+    def _pulse_device(self, i: int, j: int, n: int) -> None:
+        cfg, s, b = self.config, self._sense, self._bias
+        up = n > 0
+        shape = cfg.pulse.potentiation if up else cfg.pulse.depression
+        chans, levels = self._pulse_plan(i, j, up)
+        c = cfg.pulse.compliance_a
+        srcs = {"sense": s, "bias": b}
+        if self._fast:
+            stmts = [s.channel.cmd_output(False), b.channel.cmd_output(False),
+                     *self._matrix.cmd_close_exclusive(chans)]
+            for name, level in levels.items():
+                stmts += srcs[name].channel.cmd_source_voltage(level, c)
+            stmts += [b.channel.cmd_output(True)]
+            if cfg.bias_scheme == "v/3":
+                stmts += [s.channel.cmd_output(True)]
+            stmts += ["print(errorqueue.count)"]
+            if float(s.instrument.tsp(stmts, reply=True)) != 0:
+                self._check_errors()
+        else:
+            s.channel.output(False)
+            b.channel.output(False)
+            self._matrix.close_exclusive(chans)
+            for name, level in levels.items():
+                srcs[name].channel.source_voltage(level, c)
+            b.channel.output(True)
+            if cfg.bias_scheme == "v/3":
+                s.channel.output(True)
+        self._configure_pulser(shape.amplitude, shape.width_s)
+        self._pulser.fire(abs(n))
+
+    def _check_errors(self) -> None:
+        """Error queues of the SMU and the matrix (drivers check their own blocks)."""
+        if self._fast:
+            self._sense.instrument.check_errors()
+            self._matrix.check_errors()
+
+    # ---- information -------------------------------------------------------------------
+    def nominal_step(self) -> float:
+        return self.config.weights.dw_min
+
+    def stats(self) -> dict[str, int]:
+        """Messages and queries sent to all instruments since open."""
+        seen, msgs, queries = set(), 0, 0
+        for inst in self._instruments.values():
+            t = inst.transport
+            if id(t) not in seen:
+                seen.add(id(t))
+                msgs += t.messages
+                queries += t.queries
+        return {"messages": msgs, "queries": queries}
+
+    def snapshot(self) -> dict[str, Any]:
+        """Instrument identities and the bench settings (stored with measurements)."""
+        return {"bench": self.config.source,
+                "instruments": {n: getattr(i.transport, "idn", None)
+                                for n, i in self._instruments.items()},
+                "bias_scheme": self.config.bias_scheme,
+                "read_voltage": self.config.read.voltage,
+                "pulse": {"potentiation": vars(self.config.pulse.potentiation),
+                          "depression": vars(self.config.pulse.depression),
+                          "period_s": self.config.pulse.period_s},
+                "limits": vars(self.config.limits)}
+
+    def __repr__(self) -> str:
+        return f"BenchArray({self.config.source!r}, rows={self.rows}, cols={self.cols})"
+
+
+def open_bench(argument: str, rows: int, cols: int, seed: int | None = None) -> BenchArray:
+    """``open_array("bench:FILE.yaml", rows, cols)`` (hardware takes no seed)."""
+    if not argument:
+        raise ConfigError("expected bench:FILE.yaml", key="spec")
+    return BenchArray(load_bench(argument), rows, cols)

@@ -1,0 +1,339 @@
+"""The bench YAML: instruments, wiring, bias scheme, pulses, weight mapping, safety limits.
+
+Loading validates everything that can be checked without an instrument, so a
+bad file is refused with one :class:`~rpuhw.errors.ConfigError` naming the key
+before anything is sent anywhere. See docs/hardware.md for the reference and
+an annotated example; ``rpuhw emulate --bench-out`` writes a complete one.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rpuhw.config import from_mapping, load_yaml, require
+from rpuhw.errors import ConfigError
+
+DRIVER_CHANNELS: dict[str, tuple[str, ...]] = {
+    "keithley2450": ("",),
+    "keithley2600b": ("a", "b"),
+    "keithley707b": (),
+    "keysight33500b": ("1", "2"),
+}
+"""Drivers a bench may name, with the output channels a terminal may use."""
+
+SOURCE_DRIVERS = ("keithley2450", "keithley2600b")
+TERMINALS = ("sense", "bias", "pulse", "ground")
+_LINE = re.compile(r"^([1-6]):(\d{1,2})$")
+
+
+@dataclass
+class TspLink:
+    """Reach a TSP instrument through another one's TSP-Link session."""
+
+    via: str
+    """Name of the TSP master instrument (a keithley2600b of this bench)."""
+    node: int
+    """TSP-Link node number of the linked instrument (2-64)."""
+
+
+@dataclass
+class InstrumentConfig:
+    """One instrument of the bench."""
+
+    driver: str
+    """Driver name: keithley2450, keithley2600b, keithley707b or keysight33500b."""
+    resource: str = ""
+    """VISA resource string, e.g. ``TCPIP::192.168.0.12::5025::SOCKET``."""
+    backend: str = "@py"
+    """pyvisa backend (``@py``, ``@ivi``, ``path.yaml@sim``)."""
+    timeout_s: float = 2.0
+    """Reply timeout (s)."""
+    tsp_link: TspLink | None = None
+    """Reach this instrument through a TSP master instead of its own resource."""
+
+
+@dataclass
+class TerminalConfig:
+    """An instrument terminal wired to one row of the switch-matrix card."""
+
+    matrix_row: str
+    """Card row letter A-H."""
+    instrument: str | None = None
+    """Instrument name (none for ``ground``)."""
+    channel: str | None = None
+    """Output channel of that instrument (``a``/``b`` on a 2600B, ``1``/``2`` on a 33500B)."""
+
+
+@dataclass
+class Wiring:
+    """Chip lines -> switch-matrix columns, written ``"SLOT:COLUMN"`` (slot 1-6, column 1-12)."""
+
+    rows: list[str] = field(default_factory=list)
+    """Matrix column of each chip row line (array output i)."""
+    cols: list[str] = field(default_factory=list)
+    """Matrix column of each chip column line (array input j)."""
+
+
+@dataclass
+class ReadConfig:
+    """Device reads: row at ``voltage``, column on the sense ammeter, other lines grounded."""
+
+    voltage: float = 0.2
+    """Read voltage (V) across the selected device."""
+    compliance_a: float = 1e-3
+    """Current compliance (A) of the read sources."""
+
+
+@dataclass
+class PulseShape:
+    """One pulse polarity."""
+
+    amplitude: float = 1.2
+    """Voltage magnitude (V) across the selected device."""
+    width_s: float = 1e-6
+    """Pulse width (s)."""
+
+
+@dataclass
+class PulseConfig:
+    """Update pulses from the pulse generator."""
+
+    potentiation: PulseShape = field(default_factory=PulseShape)
+    """Row high, column grounded: weight up."""
+    depression: PulseShape = field(default_factory=PulseShape)
+    """Column high, row grounded: weight down."""
+    period_s: float = 2e-6
+    """Burst period (s); must exceed both widths."""
+    compliance_a: float = 1e-3
+    """Current compliance (A) of the bias sources while pulsing."""
+
+
+@dataclass
+class WeightMap:
+    """Conductance -> weight: ``w = w_min + (g - g_min) (w_max - w_min) / (g_max - g_min)``."""
+
+    g_min: float = 1e-6
+    """Conductance (S) that maps to ``w_min``."""
+    g_max: float = 1e-4
+    """Conductance (S) that maps to ``w_max``."""
+    w_min: float = -0.6
+    """Weight at ``g_min``."""
+    w_max: float = 0.6
+    """Weight at ``g_max``."""
+    dw_min: float = 0.001
+    """Nominal weight change of one pulse (first guess for write-verify)."""
+
+    def to_weight(self, g):
+        """Weight of conductance ``g`` (S)."""
+        return self.w_min + (g - self.g_min) * (self.w_max - self.w_min) / (self.g_max - self.g_min)
+
+    def validate(self) -> None:
+        require(self.g_min >= 0, "g_min", f"must be >= 0, got {self.g_min}")
+        require(self.g_max > self.g_min, "g_max",
+                f"must be > g_min ({self.g_min}), got {self.g_max}")
+        require(self.w_max > self.w_min, "w_max",
+                f"must be > w_min ({self.w_min}), got {self.w_max}")
+        require(self.dw_min > 0, "dw_min", f"must be > 0, got {self.dw_min}")
+
+
+@dataclass
+class Limits:
+    """The safety envelope, enforced in code before any command leaves the host."""
+
+    v_max: float = 2.0
+    """No source or pulse level above this magnitude (V)."""
+    compliance_max_a: float = 1e-2
+    """No current compliance above this (A)."""
+
+
+@dataclass
+class BenchConfig:
+    """A whole bench YAML."""
+
+    rows: int
+    """Chip row lines wired (array rows = outputs)."""
+    cols: int
+    """Chip column lines wired (array columns = inputs)."""
+    instruments: dict[str, Any]
+    """Instrument name -> :class:`InstrumentConfig`."""
+    terminals: dict[str, Any]
+    """``sense``, ``bias``, ``pulse``, ``ground`` -> :class:`TerminalConfig`."""
+    wiring: Wiring
+    """Chip lines -> switch-matrix columns."""
+    bias_scheme: str = "v/2"
+    """Unselected lines during pulses: ``v/2`` or ``v/3``."""
+    read: ReadConfig = field(default_factory=ReadConfig)
+    """Read settings."""
+    pulse: PulseConfig = field(default_factory=PulseConfig)
+    """Pulse settings."""
+    weights: WeightMap = field(default_factory=WeightMap)
+    """Conductance -> weight map."""
+    limits: Limits = field(default_factory=Limits)
+    """Safety limits."""
+    source: str = field(default="<bench>", init=False, repr=False)
+    """Where it was read from (for messages)."""
+
+    def channel(self, line: str, terminal: str) -> str:
+        """707B channel that connects chip line ``"S:C"`` to ``terminal``'s card row."""
+        slot, col = _LINE.match(line).groups()
+        return f"{slot}{self.terminals[terminal].matrix_row}{int(col):02d}"
+
+    def matrix_name(self) -> str:
+        return next(n for n, i in self.instruments.items() if i.driver == "keithley707b")
+
+
+def load_bench(path: str | Path) -> BenchConfig:
+    """Read and validate a bench YAML (nothing is contacted)."""
+    return bench_from_mapping(load_yaml(path), source=str(path))
+
+
+def bench_from_mapping(data: dict[str, Any], source: str = "<bench>") -> BenchConfig:
+    """Validate a bench mapping; every problem is one ConfigError naming the key."""
+    data = dict(data)
+    for key in ("rows", "cols", "instruments", "terminals", "wiring"):
+        if key not in data:
+            raise ConfigError("missing (a bench needs rows, cols, instruments, terminals and "
+                              "wiring)", source=source, key=key)
+    _check_quoted_lines(data.get("wiring"), source)
+    instruments = _mapping_of(InstrumentConfig, data.pop("instruments"), source, "instruments")
+    terminals = _mapping_of(TerminalConfig, data.pop("terminals"), source, "terminals")
+    cfg = from_mapping(BenchConfig, {**data, "instruments": {}, "terminals": {}}, source=source)
+    cfg.instruments, cfg.terminals, cfg.source = instruments, terminals, source
+    try:
+        _check(cfg)
+    except ConfigError as exc:
+        raise ConfigError(exc.detail, source=source, key=exc.key) from None
+    return cfg
+
+
+def _check_quoted_lines(wiring: Any, source: str) -> None:
+    """YAML 1.1 reads an unquoted 1:9 as the base-60 number 69: say so."""
+    if not isinstance(wiring, dict):
+        return
+    for name in ("rows", "cols"):
+        for k, line in enumerate(wiring.get(name) or []):
+            if isinstance(line, int):
+                raise ConfigError(f"got the number {line}; write matrix columns in quotes "
+                                  "('1:9'): YAML reads an unquoted 1:9 as a base-60 number",
+                                  source=source, key=f"wiring.{name}[{k}]")
+
+
+def _mapping_of(cls, value, source: str, key: str) -> dict[str, Any]:
+    if not isinstance(value, dict) or not value:
+        raise ConfigError(f"expected a non-empty mapping, got {value!r}", source=source, key=key)
+    out = {}
+    for name, block in value.items():
+        if not isinstance(block, dict):
+            raise ConfigError(f"expected a mapping, got {block!r}", source=source,
+                              key=f"{key}.{name}")
+        if "channel" in block and block["channel"] is not None:
+            block = {**block, "channel": str(block["channel"])}
+        out[str(name)] = from_mapping(cls, block, source=source, prefix=f"{key}.{name}.")
+    return out
+
+
+def _check(cfg: BenchConfig) -> None:
+    require(cfg.rows >= 1, "rows", f"must be >= 1, got {cfg.rows}")
+    require(cfg.cols >= 1, "cols", f"must be >= 1, got {cfg.cols}")
+    _check_instruments(cfg)
+    _check_terminals(cfg)
+    _check_wiring(cfg)
+    require(cfg.bias_scheme in ("v/2", "v/3"), "bias_scheme",
+            f"must be v/2 or v/3, got {cfg.bias_scheme!r}")
+    _check_levels(cfg)
+
+
+def _check_instruments(cfg: BenchConfig) -> None:
+    for name, inst in cfg.instruments.items():
+        key = f"instruments.{name}"
+        require(inst.driver in DRIVER_CHANNELS, f"{key}.driver",
+                f"unknown driver {inst.driver!r} (known: {', '.join(DRIVER_CHANNELS)})")
+        require(inst.timeout_s > 0, f"{key}.timeout_s", f"must be > 0, got {inst.timeout_s}")
+        if inst.tsp_link is None:
+            require(bool(inst.resource), f"{key}.resource", "missing (a VISA resource string)")
+            continue
+        via = cfg.instruments.get(inst.tsp_link.via)
+        require(via is not None and via.driver == "keithley2600b", f"{key}.tsp_link.via",
+                f"must name a keithley2600b of this bench, got {inst.tsp_link.via!r}")
+        require(inst.driver == "keithley707b", f"{key}.tsp_link",
+                f"only a keithley707b can be reached over TSP-Link here, not {inst.driver}")
+        require(2 <= inst.tsp_link.node <= 64, f"{key}.tsp_link.node",
+                f"must be in 2..64, got {inst.tsp_link.node}")
+    matrices = [n for n, i in cfg.instruments.items() if i.driver == "keithley707b"]
+    require(len(matrices) == 1, "instruments",
+            f"a bench needs exactly one keithley707b switch matrix, found {len(matrices)}")
+
+
+def _check_terminals(cfg: BenchConfig) -> None:
+    for name in TERMINALS:
+        require(name in cfg.terminals, f"terminals.{name}",
+                f"missing (a bench needs terminals {', '.join(TERMINALS)})")
+    rows_used: dict[str, str] = {}
+    for name, term in cfg.terminals.items():
+        key = f"terminals.{name}"
+        require(name in TERMINALS, key, f"unknown terminal (known: {', '.join(TERMINALS)})")
+        require(re.fullmatch(r"[A-H]", term.matrix_row or "") is not None, f"{key}.matrix_row",
+                f"must be a card row letter A-H, got {term.matrix_row!r}")
+        require(term.matrix_row not in rows_used, f"{key}.matrix_row",
+                f"card row {term.matrix_row} is already used by terminal "
+                f"{rows_used.get(term.matrix_row)}")
+        rows_used[term.matrix_row] = name
+        if name == "ground":
+            require(term.instrument is None, f"{key}.instrument", "ground takes no instrument")
+            continue
+        inst = cfg.instruments.get(term.instrument or "")
+        require(inst is not None, f"{key}.instrument",
+                f"unknown instrument {term.instrument!r} (bench has: "
+                f"{', '.join(cfg.instruments)})")
+        wanted = ("keysight33500b",) if name == "pulse" else SOURCE_DRIVERS
+        require(inst.driver in wanted, f"{key}.instrument",
+                f"{name} needs a {' or '.join(wanted)}, got {inst.driver}")
+        chans = DRIVER_CHANNELS[inst.driver]
+        chan = term.channel or ""
+        require(chan in chans, f"{key}.channel",
+                f"{inst.driver} has channels {', '.join(c or '(none)' for c in chans)}, "
+                f"got {term.channel!r}")
+    s, b = cfg.terminals["sense"], cfg.terminals["bias"]
+    require((s.instrument, s.channel) != (b.instrument, b.channel), "terminals.bias",
+            "sense and bias must be different source channels")
+
+
+def _check_wiring(cfg: BenchConfig) -> None:
+    for name, n in (("rows", cfg.rows), ("cols", cfg.cols)):
+        lines = getattr(cfg.wiring, name)
+        require(len(lines) == n, f"wiring.{name}",
+                f"expected {n} entries ({name}: {n}), got {len(lines)}")
+    seen: dict[tuple[int, int], str] = {}
+    for name in ("rows", "cols"):
+        for k, line in enumerate(getattr(cfg.wiring, name)):
+            key = f"wiring.{name}[{k}]"
+            m = _LINE.match(str(line))
+            require(m is not None, key, f"expected 'SLOT:COLUMN' (slot 1-6, column 1-12), "
+                                        f"got {line!r}")
+            slot, col = int(m.group(1)), int(m.group(2))
+            require(1 <= col <= 12, key, f"matrix column must be 1-12, got {col}")
+            require((slot, col) not in seen, key,
+                    f"matrix column {line} is already wired to {seen.get((slot, col))}")
+            seen[(slot, col)] = f"wiring.{name}[{k}]"
+
+
+def _check_levels(cfg: BenchConfig) -> None:
+    v_max, i_max = cfg.limits.v_max, cfg.limits.compliance_max_a
+    require(v_max > 0, "limits.v_max", f"must be > 0, got {v_max}")
+    require(i_max > 0, "limits.compliance_max_a", f"must be > 0, got {i_max}")
+    require(0 < cfg.read.voltage <= v_max, "read.voltage",
+            f"must be in (0, limits.v_max = {v_max}] V, got {cfg.read.voltage}")
+    for key, c in (("read.compliance_a", cfg.read.compliance_a),
+                   ("pulse.compliance_a", cfg.pulse.compliance_a)):
+        require(0 < c <= i_max, key, f"must be in (0, limits.compliance_max_a = {i_max}] A, "
+                                     f"got {c}")
+    for pol in ("potentiation", "depression"):
+        shape: PulseShape = getattr(cfg.pulse, pol)
+        require(0 < shape.amplitude <= v_max, f"pulse.{pol}.amplitude",
+                f"{shape.amplitude} V exceeds the bench's own limit limits.v_max = {v_max} V"
+                if shape.amplitude > v_max else f"must be > 0, got {shape.amplitude}")
+        require(0 < shape.width_s < cfg.pulse.period_s, f"pulse.{pol}.width_s",
+                f"must be > 0 and < pulse.period_s = {cfg.pulse.period_s}, got {shape.width_s}")
