@@ -28,23 +28,35 @@ off again when it replies). Without TSP-Link each step is its own message.
 
 from __future__ import annotations
 
+import atexit
 import logging
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from rpuhw.array import Capabilities, CrossPointArray
 from rpuhw.drivers.bench_config import BenchConfig, load_bench
 from rpuhw.drivers.errors import InstrumentError
 from rpuhw.drivers.instruments import get_driver
-
-from rpuhw.array import Capabilities, CrossPointArray
 from rpuhw.errors import ConfigError
 
 log = logging.getLogger("rpuhw.drivers.bench")
 
 MAX_BURST = 100_000_000
 """Largest burst count of one 33500B trigger (NCYC maximum)."""
+
+_OPEN: weakref.WeakSet = weakref.WeakSet()
+
+
+@atexit.register
+def _close_open_benches() -> None:
+    """Outputs off at interpreter exit. Registered after pyvisa's own exit handler (this
+    module imports it first), so it runs while the sessions are still open."""
+    for bench in list(_OPEN):
+        bench.close()
 
 
 @dataclass
@@ -86,6 +98,7 @@ class BenchArray(CrossPointArray):
         self.config = cfg
         self._closed = False
         self._instruments: dict[str, Any] = {}
+        _OPEN.add(self)
         try:
             self._connect(transports or {})
             self._setup()
@@ -259,6 +272,19 @@ class BenchArray(CrossPointArray):
         self._check_errors()
         g = -cur / v
         return self.config.weights.to_weight(g).to(torch.float32)
+
+    def read_devices(self, devices: list[tuple[int, int]]) -> torch.Tensor:
+        """Weights of the listed ``(row, col)`` devices only (one read each), float32 [n]."""
+        for i, j in devices:
+            if not (0 <= i < self.rows and 0 <= j < self.cols):
+                raise ValueError(f"devices: ({i}, {j}) is outside the {self.rows} x "
+                                 f"{self.cols} array")
+        return self._guard(self._read_list, list(devices))
+
+    def _read_list(self, devices: list[tuple[int, int]]) -> torch.Tensor:
+        cur = torch.tensor([self._read_current(i, j) for i, j in devices], dtype=torch.float64)
+        self._check_errors()
+        return self.config.weights.to_weight(-cur / self.config.read.voltage).to(torch.float32)
 
     def _read_current(self, i: int, j: int) -> float:
         cfg, s, b = self.config, self._sense, self._bias

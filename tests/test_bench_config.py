@@ -8,9 +8,9 @@ import threading
 import pytest
 import yaml
 from bench_yaml import bench_mapping
-from rpuhw.drivers.bench_config import bench_from_mapping, load_bench
 
 from rpuhw import open_array
+from rpuhw.drivers.bench_config import bench_from_mapping, load_bench
 from rpuhw.errors import ConfigError
 
 

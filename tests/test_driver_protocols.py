@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 
 import pytest
+
 from rpuhw.drivers.errors import (
     InstrumentCommandError,
     InstrumentError,

@@ -19,6 +19,7 @@ import threading
 import time
 
 import pytest
+
 from rpuhw.drivers.errors import InstrumentConnectionError, InstrumentTimeout
 from rpuhw.drivers.transport import Transport, VisaTransport
 
