@@ -39,7 +39,7 @@ import torch
 
 from rpuhw.array import Capabilities, CrossPointArray
 from rpuhw.drivers.bench_config import BenchConfig, load_bench
-from rpuhw.drivers.errors import InstrumentError
+from rpuhw.drivers.errors import InstrumentConnectionError, InstrumentError
 from rpuhw.drivers.instruments import get_driver
 from rpuhw.errors import ConfigError
 
@@ -98,6 +98,7 @@ class BenchArray(CrossPointArray):
         self.config = cfg
         self._closed = False
         self._instruments: dict[str, Any] = {}
+        self._read_msgs: dict[tuple[int, int], list[str]] = {}
         _OPEN.add(self)
         try:
             self._connect(transports or {})
@@ -142,7 +143,9 @@ class BenchArray(CrossPointArray):
     def _setup(self) -> None:
         """Safe state: outputs off, relays open, pulse shape and compliances set."""
         cfg = self.config
-        self._safe_off()
+        self._pulser.output(False)  # strict here: an instrument that does not answer at
+        for src in (self._bias, self._sense):  # open must fail the open, loudly
+            src.channel.output(False)
         self._matrix.open_all()
         self._pulser.voltage_limits(cfg.limits.v_max)
         self._pulse_shape: tuple[float, float] | None = None
@@ -157,7 +160,12 @@ class BenchArray(CrossPointArray):
             self._pulse_shape = (amplitude, width_s)
 
     def _safe_off(self) -> None:
-        """Every output off; reconnect once to do it if the session was lost. Never raises."""
+        """Every output off; reconnect once to do it if the session was lost.
+
+        Never stops half-way: an error on one output is logged and the others still go
+        off; a KeyboardInterrupt arriving meanwhile is re-raised once all are off.
+        """
+        interrupted: BaseException | None = None
         for obj, how in ((getattr(self, "_pulser", None), "pulser"),
                          (getattr(self, "_bias", None), "bias"),
                          (getattr(self, "_sense", None), "sense")):
@@ -165,16 +173,20 @@ class BenchArray(CrossPointArray):
                 continue
             chan = obj if how == "pulser" else obj.channel
             inst = obj if how == "pulser" else obj.instrument
-            for attempt in range(2):
+            for attempt in range(3):
                 try:
-                    if attempt:
+                    if attempt == 2:
                         inst.transport.reconnect()
                     chan.output(False)
                     break
+                except KeyboardInterrupt as exc:
+                    interrupted = exc
                 except Exception as exc:  # keep going: the other outputs must go off too
-                    if attempt:
-                        log.error("could not turn the %s output off (%s); check the bench", how,
-                                  exc)
+                    if attempt == 2:
+                        log.error("could not turn the %s output off (%s); check the bench",
+                                  how, exc)
+        if interrupted is not None:
+            raise interrupted
 
     def _guard(self, op, *args):
         if self._closed:
@@ -185,34 +197,50 @@ class BenchArray(CrossPointArray):
             self._safe_off()
             raise
 
-    def reconnect(self) -> None:
-        """Re-open every instrument session and restore the safe state."""
-        seen = set()
-        for inst in self._instruments.values():
-            t = inst.transport
-            if id(t) not in seen:
-                seen.add(id(t))
-                t.reconnect()
-        self._setup()
+    def reconnect(self, attempts: int = 3) -> None:
+        """Re-open every instrument session and restore the safe state (retried when a
+        session drops again meanwhile)."""
+        for attempt in range(attempts):
+            try:
+                seen = set()
+                for inst in self._instruments.values():
+                    t = inst.transport
+                    if id(t) not in seen:
+                        seen.add(id(t))
+                        t.reconnect()
+                self._setup()
+                return
+            except InstrumentConnectionError:
+                self._safe_off()
+                if attempt == attempts - 1:
+                    raise
 
     def close(self) -> None:
-        """Outputs off, relays open, sessions closed (idempotent)."""
+        """Outputs off, relays open, sessions closed (idempotent; finishes even when
+        interrupted, then re-raises the KeyboardInterrupt)."""
         if getattr(self, "_closed", True):
             return
         self._closed = True
-        self._safe_off()
-        try:
-            if hasattr(self, "_matrix"):
-                self._matrix.open_all()
-        except Exception as exc:
-            log.error("could not open the matrix relays on close (%s)", exc)
-        linked_last = sorted(self._instruments.items(),
-                             key=lambda kv: self.config.instruments[kv[0]].tsp_link is None)
-        for _, inst in linked_last:
-            try:
-                inst.close()
-            except Exception as exc:
-                log.error("closing %s failed (%s)", inst, exc)
+        _OPEN.discard(self)
+        interrupted: BaseException | None = None
+        steps = [self._safe_off]
+        if hasattr(self, "_matrix"):
+            steps.append(self._matrix.open_all)
+        linked_first = sorted(self._instruments.items(),
+                              key=lambda kv: self.config.instruments[kv[0]].tsp_link is None)
+        steps += [inst.close for _, inst in linked_first]
+        for step in steps:
+            for _ in range(2):  # one retry after an interrupt
+                try:
+                    step()
+                    break
+                except KeyboardInterrupt as exc:
+                    interrupted = exc
+                except Exception as exc:
+                    log.error("closing the bench: %s failed (%s)", step.__qualname__, exc)
+                    break
+        if interrupted is not None:
+            raise interrupted
 
     def __enter__(self) -> BenchArray:
         return self
@@ -223,7 +251,7 @@ class BenchArray(CrossPointArray):
     def __del__(self):
         try:
             self.close()
-        except Exception:
+        except BaseException:  # nothing may escape a finaliser
             pass
 
     # ---- routing ---------------------------------------------------------------------
@@ -288,16 +316,19 @@ class BenchArray(CrossPointArray):
 
     def _read_current(self, i: int, j: int) -> float:
         cfg, s, b = self.config, self._sense, self._bias
-        chans = self._read_route(i, j)
+        chans = None if (i, j) in self._read_msgs else self._read_route(i, j)
         c = cfg.read.compliance_a
         if self._fast:
-            stmts = [s.channel.cmd_output(False), b.channel.cmd_output(False),
-                     *self._matrix.cmd_close_exclusive(chans),
-                     *b.channel.cmd_source_voltage(cfg.read.voltage, c),
-                     *s.channel.cmd_source_voltage(0.0, c),
-                     b.channel.cmd_output(True), s.channel.cmd_output(True),
-                     s.channel.cmd_measure_current(),
-                     s.channel.cmd_output(False), b.channel.cmd_output(False)]
+            stmts = self._read_msgs.get((i, j))
+            if stmts is None:  # the same statements every time: built once per device
+                stmts = [s.channel.cmd_output(False), b.channel.cmd_output(False),
+                         *self._matrix.cmd_close_exclusive(chans),
+                         *b.channel.cmd_source_voltage(cfg.read.voltage, c),
+                         *s.channel.cmd_source_voltage(0.0, c),
+                         b.channel.cmd_output(True), s.channel.cmd_output(True),
+                         s.channel.cmd_measure_current(),
+                         s.channel.cmd_output(False), b.channel.cmd_output(False)]
+                self._read_msgs[(i, j)] = stmts
             return float(s.instrument.tsp(stmts, reply=True))
         s.channel.output(False)
         b.channel.output(False)

@@ -210,14 +210,14 @@ class VisaTransport(_Counting):
         self._open()
 
     def close(self) -> None:
-        """Close the session (idempotent)."""
+        """Close the session (idempotent).
+
+        The ResourceManager is left open: pyvisa-py hands every ResourceManager of a
+        process the same default session, so closing it would close every other
+        instrument's session too.
+        """
         self._close_resource()
-        if self._rm is not None:
-            try:
-                self._rm.close()
-            except Exception:  # pragma: no cover - best effort
-                pass
-            self._rm = None
+        self._rm = None
 
     # -- I/O --------------------------------------------------------------------------
     def _ready(self, message: str) -> None:

@@ -228,3 +228,13 @@ def test_reconnect_after_close(server, transport):
     transport.close()
     transport.reconnect()
     assert transport.query("ECHO? again") == "again"
+
+
+def test_closing_one_session_leaves_the_others_open(server):
+    """pyvisa-py shares its default ResourceManager session: closing one transport must
+    not close another instrument's session."""
+    a = VisaTransport(server.resource, timeout_s=1.0)
+    b = VisaTransport(server.resource, timeout_s=1.0)
+    a.close()
+    assert b.query("*IDN?") == b.idn
+    b.close()
