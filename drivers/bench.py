@@ -51,10 +51,10 @@ MAX_BURST = 100_000_000
 _OPEN: weakref.WeakSet = weakref.WeakSet()
 
 
-@atexit.register
 def _close_open_benches() -> None:
-    """Outputs off at interpreter exit. Registered after pyvisa's own exit handler (this
-    module imports it first), so it runs while the sessions are still open."""
+    """Outputs off at interpreter exit, while the sessions are still open: re-registered
+    after every bench opens, so it runs before pyvisa's own exit handler (atexit is LIFO
+    and pyvisa registers its handler when the first ResourceManager opens)."""
     for bench in list(_OPEN):
         bench.close()
 
@@ -99,9 +99,12 @@ class BenchArray(CrossPointArray):
         self._closed = False
         self._instruments: dict[str, Any] = {}
         self._read_msgs: dict[tuple[int, int], list[str]] = {}
+        self._mvm_cache: torch.Tensor | None = None
         _OPEN.add(self)
         try:
             self._connect(transports or {})
+            atexit.unregister(_close_open_benches)
+            atexit.register(_close_open_benches)
             self._setup()
         except BaseException:
             self.close()
@@ -343,7 +346,15 @@ class BenchArray(CrossPointArray):
             s.channel.output(False)
             b.channel.output(False)
 
+    def _mvm_weights(self) -> torch.Tensor:
+        """One read serves every emulated forward/backward until the next pulse (a read of
+        the whole chip costs one message per device)."""
+        if self._mvm_cache is None:
+            self._mvm_cache = self.read()
+        return self._mvm_cache
+
     def _pulse(self, counts: torch.Tensor) -> None:
+        self._mvm_cache = None
         self._guard(self._pulse_all, counts)
 
     def _pulse_all(self, counts: torch.Tensor) -> None:

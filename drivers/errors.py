@@ -6,6 +6,8 @@ the command. :class:`SafetyError` is raised *before* anything is sent to an inst
 
 from __future__ import annotations
 
+from rpuhw.errors import HardwareError
+
 
 def _with_resource(message: str, resource: str | None) -> str:
     if resource and resource not in message:
@@ -13,7 +15,7 @@ def _with_resource(message: str, resource: str | None) -> str:
     return message
 
 
-class InstrumentError(Exception):
+class InstrumentError(HardwareError):
     """Base class of all instrument failures; ``resource`` is the address or None."""
 
     def __init__(self, message: str, resource: str | None = None) -> None:

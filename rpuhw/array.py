@@ -163,7 +163,7 @@ class CrossPointArray(ABC):  # noqa: B024 - every hook is optional, see capabili
         if self.capabilities.forward:
             return self._forward(x)
         self._emulating("forward", "read + digital matmul")
-        return x @ self.read().T
+        return x @ self._mvm_weights().T
 
     def backward(self, d: torch.Tensor) -> torch.Tensor:
         """N transposed MVMs ``z = W^T d``: d [N, rows] -> z [N, cols]."""
@@ -171,7 +171,7 @@ class CrossPointArray(ABC):  # noqa: B024 - every hook is optional, see capabili
         if self.capabilities.backward:
             return self._backward(d)
         self._emulating("backward", "read + digital matmul")
-        return d @ self.read()
+        return d @ self._mvm_weights()
 
     def update(self, x_bits, d_bits=None) -> None:
         """P stochastic pulse-coincidence rank-1 updates, applied in order.
@@ -287,6 +287,11 @@ class CrossPointArray(ABC):  # noqa: B024 - every hook is optional, see capabili
         return 0.001
 
     # ---- backend hooks ---------------------------------------------------------------
+    def _mvm_weights(self) -> torch.Tensor:
+        """Weights an emulated forward/backward multiplies with (default: a fresh read;
+        slow backends may reuse one read until the next pulse)."""
+        return self.read()
+
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 

@@ -13,7 +13,7 @@ import json
 import sys
 
 from rpuhw import __version__
-from rpuhw.errors import ConfigError
+from rpuhw.errors import ConfigError, HardwareError
 
 EPILOG_DEVICE = """example:
   rpuhw device my_device.yaml          # validate a device YAML, print its parameters
@@ -102,6 +102,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
     except FloatingPointError as exc:
         print(f"rpuhw: {exc}", file=sys.stderr)
         return 1
+    except HardwareError as exc:
+        hint = (f"the last checkpoint in {cfg.checkpoint} is intact: run the same command with "
+                "--resume once the instrument is back" if cfg.checkpoint else
+                "train with --checkpoint DIR to be able to resume after such a failure")
+        print(f"rpuhw train: hardware error: {exc}; {hint}", file=sys.stderr)
+        return 1
     errs = ", ".join(f"{100 * e:.2f} %" for e in results["test_error"])
     print(f"test error per epoch: {errs}; {results['images_per_s']:.1f} images/s"
           + (f"; results in {cfg.out}" if cfg.out else ""))
@@ -165,6 +171,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_train)
 
+    for name, what in (("characterize", "measure devices' pulse response or read noise on "
+                                         "any array into a measurement CSV"),
+                       ("fit", "fit device models to a measurement CSV -> device YAML"),
+                       ("validate", "compare a fitted device YAML with the measurements")):
+        p = sub.add_parser(name, add_help=False, help=f"{what} (rpuhw {name} --help)")
+        p.set_defaults(func=_cmd_emulate)
     p = sub.add_parser("emulate", add_help=False,
                        help="serve emulated bench instruments on 127.0.0.1 "
                             "(rpuhw emulate --help)")
@@ -180,19 +192,31 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_emulate(args: argparse.Namespace) -> int:  # pragma: no cover - dispatched in main
-    return _emulate([])
+    return _delegate(args.command, [])
 
 
-def _emulate(argv: list[str]) -> int:
-    from rpuhw.drivers.emulators.cli import main as emulate_main
+_DELEGATED = {  # subcommands with their own parser (and --help) in the other packages
+    "emulate": ("rpuhw.drivers.emulators.cli", "main"),
+    "characterize": ("rpuhw.calibration.characterize_cli", "main"),
+    "fit": ("rpuhw.calibration.fit_cli", "main"),
+    "validate": ("rpuhw.calibration.validate", "main"),
+}
 
-    return emulate_main(argv)
+
+def _delegate(command: str, argv: list[str]) -> int:
+    import importlib
+
+    module, func = _DELEGATED[command]
+    main_fn = getattr(importlib.import_module(module), func)
+    if command == "emulate":
+        return main_fn(argv)
+    return main_fn(argv, prog=f"rpuhw {command}")
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["emulate"]:  # its own parser: rpuhw emulate --help
-        return _emulate(argv[1:])
+    if argv[:1] and argv[0] in _DELEGATED:  # their own parsers: rpuhw fit --help
+        return _delegate(argv[0], argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

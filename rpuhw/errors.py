@@ -24,3 +24,11 @@ class ConfigError(RpuhwError, ValueError):
         self.detail = message
         parts = [p for p in (source, f"key '{key}'" if key else None, message) if p]
         super().__init__(": ".join(parts))
+
+
+class HardwareError(RpuhwError):
+    """An instrument or board failed: lost connection, timeout, instrument error.
+
+    Raised by the hardware backends (``rpuhw.drivers``); the CLI reports it in one
+    line with what to do next (for training: resume from the last checkpoint).
+    """

@@ -29,6 +29,7 @@ from rpuhw.config import from_mapping, load_yaml, require
 from rpuhw.data import epoch_order, load_dataset
 from rpuhw.errors import ConfigError
 from rpuhw.models import MODELS, build_model, layer_names
+from rpuhw.nn import analog_layers
 from rpuhw.periphery import PeripheryConfig
 from rpuhw.schedule import MANAGEMENT, LayerPlan
 
@@ -212,6 +213,19 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict[str, Any]:
     cfg.validate()
     data = load_dataset(cfg.data, train_limit=cfg.train_limit, test_limit=cfg.test_limit)
     run = Run(cfg)
+    try:
+        return _run(cfg, run, data, resume, log)
+    finally:  # hardware arrays: outputs off and sessions closed on every exit path
+        for arr in _arrays(run.model):
+            if hasattr(arr, "close"):
+                arr.close()
+
+
+def _arrays(model: nn.Module) -> list:
+    return [a for layer in analog_layers(model).values() for a in layer.grid.arrays]
+
+
+def _run(cfg: TrainConfig, run: Run, data, resume: bool, log) -> dict[str, Any]:
     ckpt = Path(cfg.checkpoint) / CHECKPOINT if cfg.checkpoint else None
     if resume:
         if ckpt is None:

@@ -232,10 +232,13 @@ def _make_update_kernel(pulse):
 
 
 def _make_pulse_kernel(pulse):
-    @njit(parallel=True, cache=False)
+    # Serial: serial addressing is usually a few devices, where waking numba's thread pool
+    # costs more (ms on a busy machine) than the pulses; per-row streams make the result
+    # the same either way.
+    @njit(cache=False)
     def kernel(counts, W, prm, c, seed, noisy):
         rows, cols = counts.shape
-        for i in prange(rows):
+        for i in range(rows):
             s = stream_seed(seed, i)
             for j in range(cols):
                 n = counts[i, j]

@@ -1,0 +1,400 @@
+"""Characterisation protocols on any CrossPointArray that can pulse and read.
+
+Pulse response (``pulse_response``; ``survey`` runs it on every device): for each cycle
+``c`` the chosen devices go through an up half and a down half in lockstep::
+
+    read                                   -> rows (c, +1, pulse 0)
+    n times: pulse +1 all chosen, read     -> rows (c, +1, pulse k)
+    read                                   -> rows (c, -1, pulse 0)
+    n times: pulse -1 all chosen, read     -> rows (c, -1, pulse k)
+
+One ``array.pulse(counts)`` per pulse for all chosen devices, then one read of the
+chosen devices (``array.read_devices(indices)`` when the array has it, else
+``array.read()`` and pick).
+
+Read noise (``read_noise``): ``states`` levels, level 0 reached from the start by
+``start_pulses`` signed pulses (default ``-(pulses * (states - 1)) // 2``: the levels
+are centred on the starting state), each further level by ``pulses`` up pulses; at each
+level ``repeats`` reads, written as rows ``(cycle = level, polarity 0, pulse = repeat)``.
+
+Conductance: reads return weights; they are written in siemens through the
+``conductance`` map (see :func:`conductance_of`). An array without a map (``ideal``,
+``sim`` without a ``conductance:`` block) writes the weight itself, and the sidecar
+says ``conductance_unit: weight``.
+
+Resume: the protocol is a fixed list of steps (an optional pulse, then a read of every
+chosen device). Given the rows already in the file, a step whose devices were all read
+is skipped; a step read for some devices only (the run stopped between reads) reads the
+missing devices without pulsing again; the rest run as usual. So the finished file has
+every ``(device, cycle, polarity, pulse)`` exactly once. A physical array keeps its
+state across the interruption; a simulator re-opened from its spec starts afresh (the
+rows are then complete but the traces jump at the resume point). A run killed inside a
+pulse call, before any read of that step, repeats that pulse on resume (no way to know
+which devices a serial pulse call reached).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from rpuhw.array import CrossPointArray
+from rpuhw.device_spec import ConductanceMap
+from rpuhw.errors import ConfigError
+
+from .measurements import COLUMNS, Measurements, MeasurementWriter
+
+Device = tuple[int, int]
+"""Array position ``(row, col)``."""
+
+
+# ---- arguments -----------------------------------------------------------------------
+
+
+def parse_devices(spec: str, rows: int, cols: int, key: str = "--devices") -> list[Device]:
+    """Devices chosen by ``spec``: ``all``, ``N`` or ``r:c,r:c,...`` (row-major for all).
+
+    ``N`` picks N devices spread evenly over the array, deterministically: the points
+    of a near-square ``nr x nc`` grid at the centres of equal blocks (row
+    ``floor((a + 1/2) rows / nr)``, column ``floor((b + 1/2) cols / nc)``), N of them
+    at evenly spaced grid indices when the grid has more. Errors name ``key``.
+    """
+    text = str(spec).strip().lower()
+    total = rows * cols
+    if text == "all":
+        return [(i, j) for i in range(rows) for j in range(cols)]
+    if text.isdigit():
+        n = int(text)
+        if not 1 <= n <= total:
+            raise ConfigError(f"expected 1 to {total} devices on a {rows} x {cols} array, "
+                              f"got {n}", key=key)
+        return _spread(n, rows, cols)
+    out: list[Device] = []
+    for item in text.split(","):
+        r, sep, c = item.strip().partition(":")
+        try:
+            i, j = int(r), int(c)
+        except ValueError:
+            i = j = -1
+            sep = ""
+        if not sep:
+            raise ConfigError(f"expected 'all', a count N or a list 'row:col,row:col,...', "
+                              f"got {item.strip()!r} in {spec!r}", key=key)
+        if not (0 <= i < rows and 0 <= j < cols):
+            raise ConfigError(f"device {i}:{j} is outside the {rows} x {cols} array "
+                              f"(rows 0-{rows - 1}, cols 0-{cols - 1})", key=key)
+        if (i, j) in out:
+            raise ConfigError(f"device {i}:{j} is listed twice", key=key)
+        out.append((i, j))
+    return out
+
+
+def _spread(n: int, rows: int, cols: int) -> list[Device]:
+    nr = min(rows, max(1, round(math.sqrt(n * rows / cols))))
+    nc = min(cols, math.ceil(n / nr))
+    while nr * nc < n:
+        nr = min(rows, nr + 1)
+        nc = min(cols, math.ceil(n / nr))
+    grid = [((2 * a + 1) * rows // (2 * nr), (2 * b + 1) * cols // (2 * nc))
+            for a in range(nr) for b in range(nc)]
+    pick = [k * len(grid) // n for k in range(n)]
+    return [grid[k] for k in pick]
+
+
+def check_array(array: CrossPointArray) -> None:
+    """Refuse an array that cannot program devices or cannot read them, saying why.
+
+    Programming needs a native ``pulse`` or ``update`` (the base class emulates either
+    from the other); reading needs a native ``read`` or ``forward`` (or
+    ``read_devices``).
+    """
+    caps = array.capabilities
+    problems = []
+    if not (caps.pulse or caps.update):
+        problems.append("it cannot pulse devices (neither a native pulse nor a native update)")
+    if not (caps.read or caps.forward or hasattr(array, "read_devices")):
+        problems.append("it cannot read devices (neither a native read nor a native forward)")
+    if problems:
+        raise ConfigError(f"{array!r} cannot be characterised: {'; '.join(problems)}",
+                          key="--array")
+
+
+# ---- weight -> conductance -------------------------------------------------------------
+
+
+@dataclass
+class ConductanceOf:
+    """Affine weight -> conductance map used for the rows (``None`` bounds: identity)."""
+
+    g_min: float | None
+    """Conductance (S) at ``w_min``; None: conductance = weight."""
+    g_max: float | None
+    """Conductance (S) at ``w_max``."""
+    w_min: float = -1.0
+    """Weight at ``g_min``."""
+    w_max: float = 1.0
+    """Weight at ``g_max``."""
+
+    @property
+    def unit(self) -> str:
+        """``"S"`` or ``"weight"`` (identity)."""
+        return "weight" if self.g_min is None else "S"
+
+    def __call__(self, w: np.ndarray) -> np.ndarray:
+        w = np.asarray(w, dtype=np.float64)
+        if self.g_min is None or self.g_max is None:
+            return w
+        return self.g_min + (w - self.w_min) * (self.g_max - self.g_min) / (self.w_max
+                                                                            - self.w_min)
+
+    def to_meta(self) -> dict[str, Any] | None:
+        if self.g_min is None:
+            return None
+        return {"g_min": self.g_min, "g_max": self.g_max, "w_min": self.w_min,
+                "w_max": self.w_max}
+
+
+def conductance_of(array: CrossPointArray, conductance: ConductanceMap | None = None
+                   ) -> ConductanceOf:
+    """The map from the array's weights to siemens.
+
+    ``g = g_min + (w - w_min) (g_max - g_min) / (w_max - w_min)`` where ``[w_min, w_max]``
+    is the array's mean weight range: a SimulatedArray's model bounds, a bench's or ArC
+    TWO's ``config.weights``, else ``[-1, 1]``; ``g_min, g_max`` come from
+    ``conductance`` when given, else the SimulatedArray's device ``conductance:`` block,
+    else the hardware's ``config.weights``; without any, g = w (``unit == "weight"``).
+    """
+    spec = getattr(array, "spec", None)
+    weights = getattr(getattr(array, "config", None), "weights", None)
+    w_range = (-1.0, 1.0)
+    if spec is not None and hasattr(spec, "model"):
+        w_range = (float(spec.model.params.w_min), float(spec.model.params.w_max))
+    elif weights is not None and hasattr(weights, "w_min"):
+        w_range = (float(weights.w_min), float(weights.w_max))
+    if conductance is not None:
+        conductance.validate()
+        return ConductanceOf(float(conductance.g_min), float(conductance.g_max), *w_range)
+    if spec is not None and getattr(spec, "conductance", None) is not None:
+        return ConductanceOf(float(spec.conductance.g_min), float(spec.conductance.g_max),
+                             *w_range)
+    if weights is not None and hasattr(weights, "g_min"):
+        return ConductanceOf(float(weights.g_min), float(weights.g_max), *w_range)
+    return ConductanceOf(None, None)
+
+
+def read_voltage_of(array: CrossPointArray) -> float | None:
+    """The array's read voltage (V) when it has one (``config.read.voltage``)."""
+    read = getattr(getattr(array, "config", None), "read", None)
+    v = getattr(read, "voltage", None)
+    return float(v) if isinstance(v, (int, float)) else None
+
+
+def read_chosen(array: CrossPointArray, devices: list[Device]) -> np.ndarray:
+    """Weights of ``devices`` (float64 [n]): ``read_devices`` when available, else pick."""
+    if hasattr(array, "read_devices"):
+        w = array.read_devices(list(devices))
+        return np.asarray(w.detach().cpu().double().numpy() if isinstance(w, torch.Tensor)
+                          else w, dtype=np.float64).reshape(-1)
+    full = array.read().detach().cpu().double().numpy()
+    r = np.fromiter((d[0] for d in devices), dtype=np.int64, count=len(devices))
+    c = np.fromiter((d[1] for d in devices), dtype=np.int64, count=len(devices))
+    return full[r, c]
+
+
+# ---- the step engine -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Step:
+    """One protocol step: ``pulses`` signed pulses to every chosen device, then a read."""
+
+    cycle: int
+    """Cycle (pulse response) or state index (read noise) of the rows."""
+    polarity: int
+    """+1, -1, or 0 for read-noise rows."""
+    pulse: int
+    """Pulse index (or repeat index) of the rows."""
+    pulses: int
+    """Signed pulse count applied before the read (0: read only)."""
+
+
+def pulse_response_plan(pulses: int, cycles: int) -> list[Step]:
+    """Steps of the pulse-response protocol (see the module docstring)."""
+    plan = []
+    for c in range(cycles):
+        for pol in (1, -1):
+            plan.append(Step(c, pol, 0, 0))
+            plan.extend(Step(c, pol, k, pol) for k in range(1, pulses + 1))
+    return plan
+
+
+def read_noise_plan(repeats: int, states: int, pulses: int,
+                    start_pulses: int | None = None) -> list[Step]:
+    """Steps of the read-noise protocol (see the module docstring)."""
+    if start_pulses is None:
+        start_pulses = -(pulses * (states - 1)) // 2
+    plan = []
+    for s in range(states):
+        move = start_pulses if s == 0 else pulses
+        plan.extend(Step(s, 0, r, move if r == 0 else 0) for r in range(repeats))
+    return plan
+
+
+def _positive(value: Any, name: str, zero: bool = False) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or \
+            value < (0 if zero else 1):
+        raise ConfigError(f"expected a {'non-negative' if zero else 'positive'} integer, "
+                          f"got {value!r}", key=name)
+    return int(value)
+
+
+def _done_rows(existing: Measurements | None, devices: list[Device], cols: int
+               ) -> dict[tuple[int, int, int], set[int]]:
+    """(cycle, polarity, pulse) -> device ids already measured; refuses foreign devices."""
+    done: dict[tuple[int, int, int], set[int]] = {}
+    if existing is None or not len(existing):
+        return done
+    ids = {i * cols + j for i, j in devices}
+    foreign = set(np.unique(existing.device).tolist()) - ids
+    if foreign:
+        raise ConfigError(f"the file has rows of device(s) {sorted(foreign)[:5]} that are not "
+                          "among the chosen devices; resume with the original --devices",
+                          source=existing.source)
+    cyc = existing.cycles()
+    for d, c, p, k in zip(existing.device.tolist(), cyc.tolist(),
+                          existing.polarity.tolist(), existing.pulse.tolist(), strict=True):
+        done.setdefault((c, p, k), set()).add(d)
+    return done
+
+
+def run_plan(array: CrossPointArray, devices: list[Device], plan: list[Step],
+             writer: MeasurementWriter, conductance: ConductanceMap | None = None,
+             progress: bool = True, desc: str = "measuring",
+             on_step: Callable[[int], None] | None = None,
+             settings: dict[str, Any] | None = None) -> int:
+    """Execute ``plan`` on ``devices``, streaming one row per read to ``writer``.
+
+    Skips what ``writer.existing`` already holds (see the module docstring). When the
+    writer's sidecar has no ``settings`` yet, :func:`protocol_meta` of ``settings`` is
+    stored first. ``on_step(k)`` is called after plan step ``k``. Returns the number of
+    rows written.
+    """
+    check_array(array)
+    if not devices:
+        raise ConfigError("no devices chosen", key="--devices")
+    for i, j in devices:
+        if not (0 <= i < array.rows and 0 <= j < array.cols):
+            raise ConfigError(f"device {i}:{j} is outside the {array.rows} x {array.cols} "
+                              "array", key="--devices")
+    to_g = conductance_of(array, conductance)
+    v_read = read_voltage_of(array)
+    if "settings" not in writer.meta:
+        writer.update_meta(**protocol_meta(array, devices, settings or {}, conductance))
+    cols = array.cols
+    ids = [i * cols + j for i, j in devices]
+    done = _done_rows(writer.existing, devices, cols)
+    t_offset = 0.0
+    if writer.existing is not None and writer.existing.time_s is not None and \
+            len(writer.existing):
+        finite = writer.existing.time_s[np.isfinite(writer.existing.time_s)]
+        t_offset = float(finite.max()) if len(finite) else 0.0
+    todo = [(k, s) for k, s in enumerate(plan)
+            if len(done.get((s.cycle, s.polarity, s.pulse), ())) < len(devices)]
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(plan), initial=len(plan) - len(todo), desc=desc, unit="step",
+                   dynamic_ncols=True, leave=True)
+    t0 = time.monotonic()
+    written = 0
+    try:
+        for k, s in todo:
+            have = done.get((s.cycle, s.polarity, s.pulse), set())
+            sel = [n for n, d in enumerate(ids) if d not in have]
+            if len(sel) == len(devices) and s.pulses:
+                counts = torch.zeros(array.rows, array.cols, dtype=torch.int32)
+                for i, j in devices:
+                    counts[i, j] = s.pulses
+                array.pulse(counts)
+            chosen = devices if len(sel) == len(devices) else [devices[n] for n in sel]
+            g = to_g(read_chosen(array, chosen))
+            t = t_offset + time.monotonic() - t0
+            rows = [(ids[n], devices[n][0], devices[n][1], s.cycle, s.pulse, s.polarity,
+                     float(g[q]), round(t, 6), v_read) for q, n in enumerate(sel)]
+            written += writer.write(rows)
+            if bar is not None:
+                bar.update(1)
+            if on_step is not None:
+                on_step(k)
+    finally:
+        if bar is not None:
+            bar.close()
+    return written
+
+
+def protocol_meta(array: CrossPointArray, devices: list[Device], settings: dict[str, Any],
+                  conductance: ConductanceMap | None = None) -> dict[str, Any]:
+    """Sidecar content for a measurement of ``devices`` on ``array`` with ``settings``."""
+    to_g = conductance_of(array, conductance)
+    snap = getattr(array, "snapshot", None)
+    try:
+        instrument = snap() if callable(snap) else repr(array)
+    except Exception as exc:  # noqa: BLE001 - the snapshot is informative only
+        instrument = f"{array!r} (snapshot failed: {exc})"
+    return {"settings": {**settings, "rows": array.rows, "cols": array.cols,
+                         "devices": [list(d) for d in devices],
+                         "conductance_unit": to_g.unit, "conductance_map": to_g.to_meta(),
+                         "read_voltage": read_voltage_of(array)},
+            "instrument": instrument, "columns": list(COLUMNS)}
+
+
+# ---- the protocols ---------------------------------------------------------------------
+
+
+def pulse_response(array: CrossPointArray, devices: list[Device], pulses: int, cycles: int,
+                   writer: MeasurementWriter, conductance: ConductanceMap | None = None,
+                   progress: bool = True) -> int:
+    """n up pulses then n down pulses per cycle, a read after each, on ``devices``.
+
+    Rows as in the module docstring; returns the number of rows written (resumes from
+    ``writer.existing``).
+    """
+    pulses = _positive(pulses, "pulses")
+    cycles = _positive(cycles, "cycles")
+    return run_plan(array, devices, pulse_response_plan(pulses, cycles), writer, conductance,
+                    progress, desc="pulse response",
+                    settings={"protocol": "pulse-response", "pulses": pulses, "cycles": cycles})
+
+
+def read_noise(array: CrossPointArray, devices: list[Device], repeats: int, states: int,
+               writer: MeasurementWriter, pulses: int = 100, start_pulses: int | None = None,
+               conductance: ConductanceMap | None = None, progress: bool = True) -> int:
+    """``repeats`` reads at each of ``states`` levels ``pulses`` up pulses apart.
+
+    Rows have polarity 0, ``cycle`` = level index, ``pulse`` = repeat index. Level 0 is
+    reached by ``start_pulses`` signed pulses (default ``-(pulses * (states - 1)) // 2``).
+    """
+    repeats = _positive(repeats, "repeats")
+    states = _positive(states, "states")
+    pulses = _positive(pulses, "pulses", zero=True)
+    if start_pulses is not None and (isinstance(start_pulses, bool)
+                                     or not isinstance(start_pulses, (int, np.integer))):
+        raise ConfigError(f"expected an integer, got {start_pulses!r}", key="start_pulses")
+    plan = read_noise_plan(repeats, states, pulses, start_pulses)
+    return run_plan(array, devices, plan, writer, conductance, progress, desc="read noise",
+                    settings={"protocol": "read-noise", "repeats": repeats, "states": states,
+                              "pulses": pulses, "start_pulses": start_pulses})
+
+
+def survey(array: CrossPointArray, pulses: int, cycles: int, writer: MeasurementWriter,
+           conductance: ConductanceMap | None = None, progress: bool = True) -> int:
+    """Pulse response of every device of the array (for device-to-device maps)."""
+    devices = [(i, j) for i in range(array.rows) for j in range(array.cols)]
+    return pulse_response(array, devices, pulses, cycles, writer, conductance, progress)
