@@ -21,14 +21,6 @@ EPILOG_DEVICE = """example:
 """
 
 
-def _cmd_demo(args: argparse.Namespace) -> int:
-    print("rpuhw demo: coming soon - the end-to-end demo (emulated chip -> calibration -> "
-          "training) lands with the training, hardware and calibration issues.\n"
-          "Available now: the exact simulator and periphery; see README.md and "
-          "docs/simulator.md, and `python -m benchmarks.update` for the speed figures.")
-    return 0
-
-
 def _cmd_models(args: argparse.Namespace) -> int:
     from rpuhw.devices import get_model, model_names
 
@@ -129,10 +121,10 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"rpuhw {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    p = sub.add_parser("demo", help="the main job, end to end (coming soon)",
-                       epilog="example:\n  rpuhw demo",
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.set_defaults(func=_cmd_demo)
+    p = sub.add_parser("demo", add_help=False,
+                       help="the main job: emulated chip -> calibration -> training, with "
+                            "a report (rpuhw demo --help)")
+    p.set_defaults(func=_cmd_emulate)
     p = sub.add_parser("models", help="list the device models and their YAML keys",
                        epilog="example:\n  rpuhw models",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -200,6 +192,7 @@ _DELEGATED = {  # subcommands with their own parser (and --help) in the other pa
     "characterize": ("rpuhw.calibration.characterize_cli", "main"),
     "fit": ("rpuhw.calibration.fit_cli", "main"),
     "validate": ("rpuhw.calibration.validate", "main"),
+    "demo": ("rpuhw.calibration.demo", "main"),
 }
 
 

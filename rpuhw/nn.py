@@ -107,7 +107,7 @@ class AnalogLayer(nn.Module):
             if hasattr(a, "load_state_dict"):
                 a.load_state_dict(sd)
             else:
-                a.program(sd["weights"], tol=2 * a.nominal_step())
+                a.program(sd["weights"], tol=2 * a.nominal_step(), max_iter=10)
         rngs = state.get("periphery_rng")
         if rngs is not None:
             for p, g in zip([p for row in self.grid.tiles for p in row], rngs, strict=True):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from rpuhw.errors import ConfigError
 
@@ -39,4 +40,31 @@ def plot_runs(paths: list[str], output: str) -> None:
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(output, dpi=120)
+    plt.close(fig)
+
+
+def plot_weight_histograms(weights: dict[str, dict[str, Any]], output: str) -> None:
+    """One panel per layer: histograms of the trained weights of each run.
+
+    ``weights[run][layer]`` is an array of that layer's weights (any shape).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    layers = list(dict.fromkeys(layer for w in weights.values() for layer in w))
+    fig, axes = plt.subplots(1, len(layers), figsize=(3.2 * len(layers), 3.0), squeeze=False)
+    for ax, layer in zip(axes[0], layers, strict=True):
+        for run, w in weights.items():
+            if layer in w:
+                ax.hist(np.asarray(w[layer]).ravel(), bins=50, histtype="step", label=run,
+                        density=True)
+        ax.set_title(layer)
+        ax.set_xlabel("weight")
+    axes[0][0].set_ylabel("density")
+    axes[0][-1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(output, dpi=110)
     plt.close(fig)

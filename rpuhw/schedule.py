@@ -129,8 +129,8 @@ class TileGrid:
                 block = phys[r0:r1, c0:c1].contiguous()
                 if hasattr(per.array, "set_weights"):
                     per.array.set_weights(block)
-                else:
-                    per.array.program(block, tol=2 * per.array.nominal_step())
+                else:  # hardware: a few write-verify rounds (an initial state, not a result)
+                    per.array.program(block, tol=2 * per.array.nominal_step(), max_iter=2)
 
     def read(self) -> torch.Tensor:
         """The logical weights as read (the K copies averaged)."""

@@ -17,6 +17,7 @@ import math
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,8 @@ from rpuhw.schedule import MANAGEMENT, LayerPlan
 
 CHECKPOINT = "checkpoint.pt"
 # keys that may change between a run and its resumption
-_RESUMABLE_CHANGES = {"epochs", "out", "checkpoint", "checkpoint_every", "progress"}
+_RESUMABLE_CHANGES = {"epochs", "out", "checkpoint", "checkpoint_every", "progress",
+                      "threads"}
 
 
 @dataclass
@@ -78,11 +80,17 @@ class TrainConfig:
     """Also checkpoint every N training images."""
     progress: bool = True
     """Show a progress bar."""
+    threads: int | None = 1
+    """torch intra-op threads during training (null: torch's default). One thread is as
+    fast for these small per-image matrices and does not stall when other processes
+    share the cores (a 2-thread op then waits milliseconds for its second thread)."""
 
     def validate(self) -> None:
         require(self.model in MODELS, "model",
                 f"must be one of {', '.join(MODELS)}; got {self.model!r}")
         require(self.epochs >= 1, "epochs", f"must be >= 1, got {self.epochs}")
+        require(self.threads is None or self.threads >= 1, "threads",
+                f"must be >= 1 or null, got {self.threads}")
         require(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
         require(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
         require(self.management in MANAGEMENT, "management",
@@ -208,14 +216,32 @@ class Run:
             setattr(self, key, st[key])
 
 
-def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict[str, Any]:
-    """Run (or resume) training; returns the results dict (also written to ``cfg.out``)."""
+def train(cfg: TrainConfig, resume: bool = False, log=print,
+          on_model: Callable[[nn.Module], None] | None = None) -> dict[str, Any]:
+    """Run (or resume) training; returns the results dict (also written to ``cfg.out``).
+
+    ``on_model(model)`` is called with the trained model before its arrays are closed
+    (to read its weights). Hardware arrays report their instrument messages in the
+    results (``instrument_messages``: layer -> messages).
+    """
     cfg.validate()
     data = load_dataset(cfg.data, train_limit=cfg.train_limit, test_limit=cfg.test_limit)
+    threads = torch.get_num_threads()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     run = Run(cfg)
     try:
-        return _run(cfg, run, data, resume, log)
+        results = _run(cfg, run, data, resume, log)
+        msgs = {name: sum(a.stats()["messages"] for a in layer.grid.arrays)
+                for name, layer in analog_layers(run.model).items()
+                if all(hasattr(a, "stats") for a in layer.grid.arrays)}
+        if msgs:
+            results["instrument_messages"] = msgs
+        if on_model is not None:
+            on_model(run.model)
+        return results
     finally:  # hardware arrays: outputs off and sessions closed on every exit path
+        torch.set_num_threads(threads)
         for arr in _arrays(run.model):
             if hasattr(arr, "close"):
                 arr.close()

@@ -1,0 +1,1046 @@
+"""Fit the registered device models to pulse-response measurements.
+
+Method (``fit``), for every candidate model (see :mod:`rpuhw.calibration.fit_models` for
+each model's step rule in conductance units):
+
+1. **Steps.** Every pulse gives one step ``dg = g_after - g_before`` with its pre-pulse
+   conductance (``calibration.measurements.steps``). Conductances are normalised,
+   ``u = (g - G0) / S0``, with G0, S0 the 0.5 and 99.5 percentiles of all reads (only for
+   numerical conditioning).
+2. **Mean pulse response, per device.** One-step-ahead least squares of the measured steps
+   against the model's mean step at the measured pre-pulse state, up and down together:
+
+   .. math:: \\min \\sum_{steps} \\big(\\Delta u - \\mu_{model}(u_{pre}; \\theta_i, \\phi)\\big)^2
+
+   with per-device parameters :math:`\\theta_i` (bounds ``lo_i, hi_i``, step scales,
+   model extras) and parameters :math:`\\phi` shared by all devices (exp_step's A and
+   gamma, piecewise's node table). All devices go into one
+   ``scipy.optimize.least_squares`` call (trust-region reflective, sparse Jacobian
+   structure: a residual depends only on its own device's parameters and on
+   :math:`\\phi`), which is as fast as fitting devices one by one in a vectorised way.
+   One-step residuals use the measured states, so the cycle-to-cycle noise does not
+   accumulate as it would in a trace (rollout) fit, and they are unbiased when read
+   noise is small against the conductance range (errors in the pre-pulse state bias a
+   slope by ``sigma_read^2 / var(g)``).
+3. **Weight units.** The mean bounds ``g_min = mean_i lo_i``, ``g_max = mean_i hi_i``
+   map to ``w = -1, +1``; each device's parameters convert exactly (exp_step depends on
+   the centre, so it is refitted once with the converged centre).
+4. **Population parameters** (rpuhw/devices/base.py definitions): ``dw_min`` = mean of
+   ``(dw_up_i + dw_down_i) / 2``; ``up_down`` = mean of
+   ``r_i = (dw_up_i - dw_down_i) / (dw_up_i + dw_down_i)``; spreads ``dw_min_dtod`` =
+   std of ``(dw_up_i + dw_down_i)/2`` relative to ``dw_min``, ``up_down_dtod`` = std of
+   ``r_i``, ``w_min_dtod`` / ``w_max_dtod`` = std of the device bounds (relative to the
+   mean bounds, which are 1 in magnitude). Every spread is corrected for the devices'
+   own estimation error: ``var_true = var_across_devices - mean_i se_i^2`` (clipped at
+   0), with ``se_i`` from the per-device (sandwich) covariance of the least-squares fit
+   propagated by the delta method.
+5. **Noise.** Read noise ``sigma_r`` from read-noise rows (polarity 0: pooled variance
+   of repeated reads per device and level), else from the one-step residuals: a step
+   is a difference of two reads, so consecutive residuals have covariance
+   ``-sigma_r^2`` (kept when above three standard errors). Cycle-to-cycle noise
+   (multiplicative, as the models): ``dw_min_std^2 = sum(r^2 - 2 sigma_r^2) / sum(mu^2)``
+   over steps not near a bound (gap to the bound >= 3 mean steps).
+6. **Model choice** (``model="auto"``): BIC over all devices with a Gaussian likelihood
+   of one residual variance per device, ``BIC = k ln N - 2 ln L`` (k: all fitted
+   parameters plus one variance per device). BIC rather than AIC because N is large
+   (10^5 steps): AIC's penalty (2 per parameter) lets over-parametrised models
+   (piecewise, per-device exponents) win on tiny, physically irrelevant improvements,
+   while BIC's ``ln N`` per parameter is consistent (selects the true nested model as N
+   grows).
+7. **Is it explained?** The chosen fit is flagged (``ok = False``) when least squares
+   did not converge, when the residuals keep their sign along a trace (Wald-Wolfowitz
+   runs: fewer than ``runs_min`` times the runs expected for independent residuals;
+   independent noise gives 1.0, read noise more than 1.0), or when the mean step curve
+   (steps binned by position between each device's bounds) misses the data by more than
+   ``curve_error_max`` of its RMS.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from rpuhw.calibration.fit_models import FIT_MODELS, FitModel, Frame, Side
+from rpuhw.calibration.measurements import Measurements, steps
+from rpuhw.errors import ConfigError
+
+BASE = ("lo", "hi", "s_up", "s_dn")
+"""Per-device parameters every model has, in this order."""
+
+
+@dataclass
+class FitConfig:
+    """Options of :func:`fit`."""
+
+    criterion: str = "bic"
+    """Model choice for ``auto``: ``bic`` (default) or ``aic``."""
+    piecewise_nodes: int = 9
+    """Nodes of the piecewise table (odd, >= 3)."""
+    runs_min: float = 0.8
+    """Flag the fit when residual sign runs fall below this fraction of the expected."""
+    curve_error_max: float = 0.15
+    """Flag the fit when the binned mean step curve misses by more than this (relative RMS)."""
+    curve_bins: int = 10
+    """Bins between each device's bounds for the mean step curve."""
+    min_steps: int = 8
+    """Devices with fewer up or down steps are left out (and named in the notes)."""
+    max_nfev: int = 100
+    """Least-squares budget: Levenberg-Marquardt iterations."""
+    select_devices: int = 16
+    """``auto`` with more devices than this scores the models on this many (evenly
+    spaced) devices, then fits the chosen model to all."""
+
+
+@dataclass
+class ModelScore:
+    """How one candidate model fitted."""
+
+    model: str
+    converged: bool
+    ok: bool
+    reason: str
+    n: int
+    """Steps fitted."""
+    k: int
+    """Parameters (per-device, shared, and one residual variance per device)."""
+    rss: float
+    """Residual sum of squares (normalised conductance units)."""
+    log_likelihood: float
+    aic: float
+    bic: float
+    runs_ratio: float
+    curve_error: float
+    nfev: int
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+                for k, v in self.__dict__.items()}
+
+
+@dataclass
+class StepData:
+    """Steps of every device in normalised units (built by :func:`prepare`)."""
+
+    devices: np.ndarray
+    """Device ids, in fit order."""
+    rows: np.ndarray
+    """Array row of each device (-1 unknown)."""
+    cols: np.ndarray
+    """Array column of each device (-1 unknown)."""
+    g0: float
+    """Conductance (S) at u = 0."""
+    s0: float
+    """Conductance (S) per unit of u."""
+    up: Side
+    down: Side
+    trace_up: np.ndarray
+    """Trace (half-cycle) index of each up step; steps are in pulse order within a trace."""
+    trace_down: np.ndarray
+    lo0: np.ndarray
+    """Robust low (0.5 %) read of each device (u)."""
+    hi0: np.ndarray
+    """Robust high (99.5 %) read of each device (u)."""
+    read_var: float | None
+    """Pooled read-noise variance (u^2) from polarity-0 rows, None without them."""
+    read_dof: int
+    dropped: list[int]
+    """Device ids left out (too few steps)."""
+    stuck: list[int]
+    """Device ids left out because their conductance hardly changes (< 0.1 % of the median
+    device's range): a stuck device has no step rule to fit."""
+    traces: dict[tuple[int, int, int], tuple[np.ndarray, np.ndarray]] = field(repr=False,
+                                                                            default_factory=dict)
+    """(device index, cycle, polarity) -> (pulse numbers, reads in u) for plots."""
+
+    @property
+    def n_dev(self) -> int:
+        return len(self.devices)
+
+
+@dataclass
+class FitResult:
+    """Result of :func:`fit` for the chosen model."""
+
+    model: str
+    ok: bool
+    reason: str
+    explanation: str
+    params: dict[str, Any]
+    """Device-YAML keys of the model (weight units, w in [-1, 1])."""
+    uncertainties: dict[str, float]
+    """Standard error of each fitted key in ``params`` (and of g_min, g_max, read_noise)."""
+    g_min: float
+    """Mean lower bound (S) -> w = -1."""
+    g_max: float
+    """Mean upper bound (S) -> w = +1."""
+    read_noise: float
+    """Read noise (weight units)."""
+    per_device: dict[str, np.ndarray]
+    """Per device (ordered as ``per_device['device']``): ids, row, col, g_min, g_max (S),
+    dw_up, dw_down, up_down, w_min, w_max, model extras (weight units)."""
+    scores: dict[str, ModelScore]
+    """Every candidate model's score."""
+    criterion: str
+    notes: list[str] = field(default_factory=list)
+    data: StepData | None = field(default=None, repr=False)
+    fitmodel: FitModel | None = field(default=None, repr=False)
+    p: np.ndarray | None = field(default=None, repr=False)
+    """Per-device parameters [D, k] (normalised units)."""
+    glob: np.ndarray | None = field(default=None, repr=False)
+    frame: Frame | None = field(default=None, repr=False)
+
+    # ---- the model's mean response, for plots and checks -------------------------------
+    def mean_step(self, index: int, g: np.ndarray, up: bool) -> np.ndarray:
+        """Fitted mean signed step (S) of device ``index`` (fit order) at conductance g (S)."""
+        assert self.data is not None and self.fitmodel is not None and self.p is not None
+        d = self.data
+        u = (np.asarray(g, dtype=np.float64) - d.g0) / d.s0
+        p = np.broadcast_to(self.p[index], (len(u), self.p.shape[1]))
+        return self.fitmodel.step(up, u, p, self.glob, self.frame) * d.s0
+
+    def rollout(self, index: int, g_start: float, pulses: int, up: bool) -> np.ndarray:
+        """Mean trace (S) of ``pulses`` pulses from ``g_start``: [pulses + 1] reads."""
+        out = np.empty(pulses + 1)
+        out[0] = g_start
+        for k in range(pulses):
+            out[k + 1] = out[k] + self.mean_step(index, out[k:k + 1], up)[0]
+        return out
+
+    def to_device_spec(self):
+        """The fitted device: model in weight units (w in [-1, 1]) + conductance block."""
+        from rpuhw.device_spec import spec_from_mapping
+
+        mapping: dict[str, Any] = {"model": self.model, **self.params,
+                                   "io": {"read_noise": float(self.read_noise)}}
+        if self.g_min >= 0 and self.g_max > self.g_min:
+            mapping["conductance"] = {"g_min": float(self.g_min), "g_max": float(self.g_max)}
+        return spec_from_mapping(mapping, source=f"fit of {self.model}")
+
+
+# ---- data preparation -----------------------------------------------------------------
+
+
+def prepare(m: Measurements, min_steps: int = 8) -> StepData:
+    """Steps of ``m`` in normalised units; raises ConfigError when nothing can be fitted."""
+    traces = steps(m)
+    if not traces:
+        raise ConfigError("no pulse steps (rows with polarity +1/-1 and consecutive pulse "
+                          "numbers) to fit", source=m.source)
+    ids = np.unique(np.fromiter((k[0] for k in traces), dtype=np.int64))
+    counts = {int(d): [0, 0] for d in ids}
+    for (d, _c, pol), tr in traces.items():
+        counts[d][0 if pol > 0 else 1] += len(tr.pulse)
+    keep = np.array([min(counts[int(d)]) >= min_steps for d in ids])
+    span = {}
+    for (d, _c, _pol), tr in traces.items():
+        if len(tr.pulse):
+            lo, hi = span.get(d, (np.inf, -np.inf))
+            span[d] = (min(lo, tr.before.min(), tr.after.min()),
+                       max(hi, tr.before.max(), tr.after.max()))
+    ranges = np.array([span.get(int(d), (0.0, 0.0))[1] - span.get(int(d), (0.0, 0.0))[0]
+                       for d in ids])
+    stuck = keep & (ranges <= 1e-3 * np.median(ranges[keep])) if keep.any() else keep
+    dropped = [int(d) for d in ids[~keep]]
+    stuck_ids = [int(d) for d in ids[stuck]]
+    ids = ids[keep & ~stuck]
+    if not len(ids):
+        raise ConfigError(f"no device has {min_steps} or more up and down steps",
+                          source=m.source)
+    index = {int(d): i for i, d in enumerate(ids)}
+    pulse_sel = m.polarity != 0
+    g_all = m.conductance[pulse_sel]
+    g0 = float(np.percentile(g_all, 0.5))
+    s0 = float(np.percentile(g_all, 99.5)) - g0
+    if not np.isfinite(s0) or s0 <= 0:
+        raise ConfigError("the conductance does not change (all reads equal): nothing to fit",
+                          source=m.source)
+    parts: dict[int, list] = {1: [], -1: []}
+    plot_traces = {}
+    n_trace = 0
+    for (d, c, pol), tr in sorted(traces.items()):
+        if d not in index or not len(tr.pulse):
+            continue
+        i = index[d]
+        ub = (tr.before - g0) / s0
+        ua = (tr.after - g0) / s0
+        parts[pol].append((np.full(len(ub), i), ub, ua - ub, np.full(len(ub), n_trace)))
+        n_trace += 1
+        plot_traces[(i, c, pol)] = (np.r_[tr.pulse[0] - 1, tr.pulse], np.r_[ub[0], ua])
+    sides = {}
+    tr_ids = {}
+    for pol in (1, -1):
+        if not parts[pol]:
+            raise ConfigError("needs both up and down steps", source=m.source)
+        dev, u, du, tid = (np.concatenate(x) for x in zip(*parts[pol], strict=True))
+        sides[pol] = Side(u=u, dev=dev.astype(np.int64), du=du)
+        tr_ids[pol] = tid
+    # robust per-device extremes of the reads
+    lo0 = np.empty(len(ids))
+    hi0 = np.empty(len(ids))
+    all_dev = np.concatenate([sides[1].dev, sides[-1].dev])
+    all_u = np.concatenate([sides[1].u, sides[-1].u, sides[1].u + sides[1].du,
+                            sides[-1].u + sides[-1].du])
+    all_dev = np.concatenate([all_dev, all_dev])
+    order = np.argsort(all_dev, kind="stable")
+    bounds = np.searchsorted(all_dev[order], np.arange(len(ids) + 1))
+    for i in range(len(ids)):
+        vals = all_u[order[bounds[i]:bounds[i + 1]]]
+        lo0[i], hi0[i] = np.percentile(vals, [0.5, 99.5])
+    rows = np.full(len(ids), -1, dtype=np.int64)
+    cols = np.full(len(ids), -1, dtype=np.int64)
+    if m.row is not None and m.col is not None:
+        first = {}
+        for d, r, c in zip(m.device.tolist(), m.row.tolist(), m.col.tolist(), strict=True):
+            first.setdefault(d, (r, c))
+        for d, i in index.items():
+            rows[i], cols[i] = first.get(d, (-1, -1))
+    read_var, read_dof = _read_noise_rows(m, g0, s0)
+    return StepData(devices=ids, rows=rows, cols=cols, g0=g0, s0=s0, up=sides[1],
+                    down=sides[-1], trace_up=tr_ids[1], trace_down=tr_ids[-1], lo0=lo0,
+                    hi0=hi0, read_var=read_var, read_dof=read_dof, dropped=dropped, stuck=stuck_ids,
+                    traces=plot_traces)
+
+
+def _read_noise_rows(m: Measurements, g0: float, s0: float) -> tuple[float | None, int]:
+    """Pooled variance (u^2) of repeated reads per (device, level) and its dof."""
+    sel = m.polarity == 0
+    if sel.sum() < 3:
+        return None, 0
+    u = (m.conductance[sel] - g0) / s0
+    key = m.device[sel] * 1_000_003 + m.cycles()[sel]
+    _, grp = np.unique(key, return_inverse=True)
+    n = np.bincount(grp).astype(float)
+    mean = np.bincount(grp, u) / n
+    ss = np.bincount(grp, (u - mean[grp]) ** 2)
+    dof = int((n - 1).sum())
+    if dof < 2:
+        return None, 0
+    return float(ss.sum() / dof), dof
+
+
+# ---- one model ------------------------------------------------------------------------
+
+
+@dataclass
+class _Fitted:
+    model: FitModel
+    p: np.ndarray
+    glob: np.ndarray
+    frame: Frame
+    resid_up: np.ndarray
+    resid_down: np.ndarray
+    pred_up: np.ndarray
+    pred_down: np.ndarray
+    converged: bool
+    status_msg: str
+    nfev: int
+    seconds: float
+
+
+def _base_init(data: StepData, soft: bool) -> np.ndarray:
+    """Starting lo, hi, s_up, s_dn per device [D, 4]."""
+    n_dev = data.n_dev
+    base = np.empty((n_dev, 4))
+    base[:, 0], base[:, 1] = data.lo0, data.hi0
+    for k, side in enumerate((data.up, data.down)):
+        lo, hi = data.lo0[side.dev], data.hi0[side.dev]
+        inner = (side.u > lo + 0.25 * (hi - lo)) & (side.u < hi - 0.25 * (hi - lo))
+        base[:, 2 + k] = _median_by(side.dev[inner], np.abs(side.du[inner]), n_dev,
+                                    np.abs(side.du), side.dev)
+    if soft:
+        from rpuhw.calibration.fit_models import _regress
+
+        slope_u, icpt_u = _regress(*_inner(data.up, data), n_dev)
+        slope_d, icpt_d = _regress(*_inner(data.down, data), n_dev)
+        good = (slope_u < 0) & (slope_d > 0)
+        hi = np.where(good, -icpt_u / np.where(good, slope_u, -1.0), data.hi0)
+        lo = np.where(good, -icpt_d / np.where(good, slope_d, 1.0), data.lo0)
+        span0 = data.hi0 - data.lo0
+        good &= (hi > data.hi0 - 0.1 * span0) & (lo < data.lo0 + 0.1 * span0) & \
+            (hi - lo < 5 * span0)
+        base[:, 0] = np.where(good, lo, data.lo0)
+        base[:, 1] = np.where(good, hi, data.hi0)
+        span = base[:, 1] - base[:, 0]
+        base[:, 2] = np.where(good, -slope_u * span, 2 * base[:, 2])
+        base[:, 3] = np.where(good, slope_d * span, 2 * base[:, 3])
+    base[:, 2:] = np.maximum(base[:, 2:], 1e-9)
+    return base
+
+
+def _inner(side: Side, data: StepData) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    lo, hi = data.lo0[side.dev], data.hi0[side.dev]
+    sel = (side.u > lo + 0.1 * (hi - lo)) & (side.u < hi - 0.1 * (hi - lo))
+    return side.dev[sel], side.u[sel], np.abs(side.du[sel])
+
+
+def _median_by(dev: np.ndarray, x: np.ndarray, n_dev: int, x_all: np.ndarray,
+               dev_all: np.ndarray) -> np.ndarray:
+    """Median of x per device (falls back to the mean of x_all for empty devices)."""
+    out = np.bincount(dev_all, x_all, n_dev) / np.maximum(np.bincount(dev_all, None, n_dev), 1)
+    order = np.argsort(dev, kind="stable")
+    edges = np.searchsorted(dev[order], np.arange(n_dev + 1))
+    xs = x[order]
+    for i in range(n_dev):
+        if edges[i + 1] > edges[i]:
+            out[i] = np.median(xs[edges[i]:edges[i + 1]])
+    return out
+
+
+def _fit_model(fm: FitModel, data: StepData, frame: Frame, start: tuple | None,
+               max_nfev: int) -> _Fitted:
+    """Joint least squares of all devices for model ``fm``."""
+    t0 = time.perf_counter()
+    up, dn = data.up, data.down
+    if start is None:
+        base = _base_init(data, soft=fm.name in ("soft_bounds", "pow_step"))
+        inner = tuple(Side(u=u, dev=d, du=du) for d, u, du in
+                      (_inner(data.up, data), _inner(data.down, data)))
+        extra, glob = fm.init(inner, base, frame)
+        p0 = np.concatenate([base, extra], axis=1)
+    else:
+        p0, glob = start
+    lo_e, hi_e = fm.extra_bounds()
+    lo_g, hi_g = fm.glob_bounds()
+    bounds_p = (np.array([-np.inf, -np.inf, 0.0, 0.0] + list(lo_e)),
+                np.array([np.inf] * 4 + list(hi_e)))
+    bounds_g = (np.array(lo_g, dtype=float), np.array(hi_g, dtype=float))
+    p0 = np.clip(p0, *bounds_p)
+    glob = np.clip(np.asarray(glob, dtype=float), *bounds_g)
+    p, g, converged, msg, nfev = _levenberg_marquardt(fm, data, frame, p0, glob, bounds_p,
+                                                      bounds_g, max_nfev)
+    r = _residuals(fm, data, frame, p, g)
+    pred_up = fm.step(True, up.u, p[up.dev], g, frame)
+    pred_dn = fm.step(False, dn.u, p[dn.dev], g, frame)
+    finite = bool(np.all(np.isfinite(p)) and np.all(np.isfinite(g)) and np.all(np.isfinite(r)))
+    return _Fitted(model=fm, p=p, glob=g, frame=frame, resid_up=r[:len(up.u)],
+                   resid_down=r[len(up.u):], pred_up=pred_up, pred_down=pred_dn,
+                   converged=bool(converged and finite), status_msg=msg, nfev=nfev,
+                   seconds=time.perf_counter() - t0)
+
+
+def _residuals(fm: FitModel, data: StepData, frame: Frame, p: np.ndarray,
+               g: np.ndarray) -> np.ndarray:
+    """Measured minus model step, up steps then down steps."""
+    up, dn = data.up, data.down
+    return np.concatenate([up.du - fm.step(True, up.u, p[up.dev], g, frame),
+                           dn.du - fm.step(False, dn.u, p[dn.dev], g, frame)])
+
+
+def _levenberg_marquardt(fm: FitModel, data: StepData, frame: Frame, p: np.ndarray,
+                         g: np.ndarray, bounds_p: tuple, bounds_g: tuple, max_iter: int
+                         ) -> tuple[np.ndarray, np.ndarray, bool, str, int]:
+    """Projected Levenberg-Marquardt for block-structured least squares.
+
+    A residual depends on its own device's parameters (block-diagonal Jacobian part) and
+    on the shared ones; the normal equations are solved through the Schur complement of
+    the per-device blocks, so an iteration costs O(N k^2) for N steps instead of a dense
+    (D k)^3 solve. Jacobians by forward differences (one vectorised residual evaluation
+    per parameter column, for all devices at once); Marquardt's diagonal scaling; steps
+    projected onto the parameter bounds. Converged when the relative cost decrease of
+    an accepted step falls below 1e-8 (or the step below 1e-10 relative).
+    """
+    dev = np.concatenate([data.up.dev, data.down.dev])
+    n_dev, k = p.shape
+    kg = len(g)
+    r = _residuals(fm, data, frame, p, g)
+    cost = float(r @ r)
+    lam = 1e-3
+    nfev = 1
+    for it in range(max_iter):
+        jd = np.empty((len(r), k))
+        for j in range(k):
+            h = 1e-7 * np.maximum(np.abs(p[:, j]), np.abs(p[:, 1] - p[:, 0]) + 1e-12)
+            pp = p.copy()
+            pp[:, j] += h
+            jd[:, j] = (r - _residuals(fm, data, frame, pp, g)) / h[dev]  # d pred / d p
+        jg = np.empty((len(r), kg))
+        for j in range(kg):
+            h = 1e-7 * max(abs(g[j]), 1e-2)
+            gg = g.copy()
+            gg[j] += h
+            jg[:, j] = (r - _residuals(fm, data, frame, p, gg)) / h
+        nfev += k + kg
+        a = np.empty((n_dev, k, k))
+        for i in range(k):
+            for j in range(i, k):
+                a[:, i, j] = a[:, j, i] = np.bincount(dev, jd[:, i] * jd[:, j], n_dev)
+        b = np.stack([np.bincount(dev, jd[:, i] * r, n_dev) for i in range(k)], axis=1)
+        if kg:
+            c = np.empty((n_dev, k, kg))
+            for i in range(k):
+                for j in range(kg):
+                    c[:, i, j] = np.bincount(dev, jd[:, i] * jg[:, j], n_dev)
+            agg = jg.T @ jg
+            bg = jg.T @ r
+        diag = np.maximum(np.einsum("dii->di", a), 1e-30)
+        improved = False
+        for _ in range(20):
+            a_l = a + lam * diag[:, :, None] * np.eye(k)
+            if kg:
+                ainv = np.linalg.inv(a_l)
+                ainv_c = ainv @ c                                   # [D, k, kg]
+                schur = agg + lam * np.diag(np.maximum(np.diag(agg), 1e-30)) - \
+                    np.einsum("dik,dij->kj", c, ainv_c)
+                rhs = bg - np.einsum("dik,di->k", ainv_c, b)
+                step_g = np.linalg.lstsq(schur, rhs, rcond=None)[0]
+                step_p = np.einsum("dij,dj->di", ainv, b - c @ step_g)
+            else:
+                step_g = np.zeros(0)
+                step_p = np.linalg.solve(a_l, b[:, :, None])[:, :, 0]
+            p_new = np.clip(p + step_p, *bounds_p)
+            g_new = np.clip(g + step_g, *bounds_g)
+            r_new = _residuals(fm, data, frame, p_new, g_new)
+            nfev += 1
+            cost_new = float(r_new @ r_new)
+            if np.isfinite(cost_new) and cost_new < cost:
+                rel = (cost - cost_new) / max(cost, 1e-300)
+                small = np.max(np.abs(p_new - p)) <= 1e-10 * (np.max(np.abs(p)) + 1e-12)
+                p, g, r, cost = p_new, g_new, r_new, cost_new
+                lam = max(lam / 3.0, 1e-9)
+                improved = True
+                break
+            lam *= 4.0
+        if not improved:
+            # no decrease even with heavy damping: at a (local) minimum to working precision
+            return p, g, True, f"no further decrease after {it + 1} iterations", nfev
+        if rel < 1e-10 or small:
+            return p, g, True, f"converged after {it + 1} iterations", nfev
+    return p, g, False, f"no convergence within {max_iter} iterations", nfev
+
+
+def _fit_with_frame(name: str, data: StepData, cfg: FitConfig) -> _Fitted:
+    """Fit ``name``; exp_step is refitted once with the centre of the fitted bounds."""
+    fm = FIT_MODELS[name](cfg.piecewise_nodes)
+    frame = Frame(u_ref=0.5 * float(np.mean(data.lo0) + np.mean(data.hi0)),
+                  h_ref=0.5 * float(np.mean(data.hi0) - np.mean(data.lo0)))
+    fitted = _fit_model(fm, data, frame, None, cfg.max_nfev)
+    if name == "exp_step":
+        lo, hi = float(fitted.p[:, 0].mean()), float(fitted.p[:, 1].mean())
+        new = Frame(u_ref=0.5 * (lo + hi), h_ref=0.5 * (hi - lo))
+        if abs(new.u_ref - frame.u_ref) > 1e-4 * new.h_ref:
+            t = fitted.seconds
+            fitted = _fit_model(fm, data, new, (fitted.p, fitted.glob), cfg.max_nfev)
+            fitted.seconds += t
+    return fitted
+
+
+# ---- residual analysis ------------------------------------------------------------------
+
+
+def _runs_ratio(resid: np.ndarray, traces: np.ndarray, scale: float) -> float:
+    """Observed / expected number of sign runs of the residuals within traces."""
+    sel = np.abs(resid) > 1e-9 * scale
+    r, t = resid[sel], traces[sel]
+    if len(r) < 20:
+        return float("nan")
+    s = r > 0
+    new_trace = np.r_[True, t[1:] != t[:-1]]
+    runs = np.sum(new_trace | np.r_[True, s[1:] != s[:-1]])
+    _, tid = np.unique(t, return_inverse=True)
+    n = np.bincount(tid).astype(float)
+    n_pos = np.bincount(tid, s.astype(float))
+    expected = np.sum(1.0 + 2.0 * n_pos * (n - n_pos) / n)
+    return float(runs / expected)
+
+
+def _curve_error(f: _Fitted, data: StepData, bins: int) -> float:
+    """Relative RMS miss of the binned mean step curve (bins between device bounds)."""
+    num = den = 0.0
+    for side, resid in ((data.up, f.resid_up), (data.down, f.resid_down)):
+        lo, hi = f.p[side.dev, 0], f.p[side.dev, 1]
+        frac = np.clip((side.u - lo) / np.maximum(hi - lo, 1e-12), 0, 1 - 1e-12)
+        b = (frac * bins).astype(int)
+        n = np.bincount(b, minlength=bins).astype(float)
+        obs = np.bincount(b, side.du, bins) / np.maximum(n, 1)
+        miss = np.bincount(b, resid, bins) / np.maximum(n, 1)
+        num += np.sum(n * miss ** 2)
+        den += np.sum(n * obs ** 2)
+    return float(math.sqrt(num / den)) if den > 0 else float("inf")
+
+
+def _free(f: _Fitted, data: StepData) -> tuple[np.ndarray, np.ndarray]:
+    """Masks of the up and down steps not near a bound (gap >= 3 |mean step| > 0).
+
+    Steps near a hard bound are clipped (their noise is truncated, and a device resting
+    at its bound gives runs of equal tiny residuals), so the noise estimate and the runs
+    test use only these.
+    """
+    out = []
+    for side, pred, up in ((data.up, f.pred_up, True), (data.down, f.pred_down, False)):
+        lo, hi = f.p[side.dev, 0], f.p[side.dev, 1]
+        gap = (hi - side.u) if up else (side.u - lo)
+        out.append((gap >= 3 * np.abs(pred)) & (np.abs(pred) > 0))
+    return out[0], out[1]
+
+
+def _noise(f: _Fitted, data: StepData) -> tuple[float, float, float, float, np.ndarray]:
+    """(read variance u^2, its SE, dw_min_std, its SE, per-device sigma^2)."""
+    r_all, mu_all, ok_all, dev_all, tr_all = [], [], [], [], []
+    free = _free(f, data)
+    for side, resid, pred, tr, ok in ((data.up, f.resid_up, f.pred_up, data.trace_up, free[0]),
+                                      (data.down, f.resid_down, f.pred_down,
+                                       data.trace_down, free[1])):
+        r_all.append(resid)
+        mu_all.append(pred)
+        ok_all.append(ok)
+        dev_all.append(side.dev)
+        tr_all.append(tr)
+    if data.read_var is not None:
+        read_var = data.read_var
+        read_se = read_var * math.sqrt(2.0 / max(data.read_dof, 1))
+    else:
+        prods = []
+        for r, ok, tr in zip(r_all, ok_all, tr_all, strict=True):
+            pair = ok[1:] & ok[:-1] & (tr[1:] == tr[:-1])
+            prods.append((r[1:] * r[:-1])[pair])
+        pr = np.concatenate(prods)
+        if len(pr) > 10:
+            est = -float(pr.mean())
+            se = float(pr.std() / math.sqrt(len(pr)))
+            read_var, read_se = (est, se) if est > 3 * se else (0.0, se)
+        else:
+            read_var, read_se = 0.0, 0.0
+    r = np.concatenate(r_all)
+    mu = np.concatenate(mu_all)
+    ok = np.concatenate(ok_all)
+    dev = np.concatenate(dev_all)
+    n_dev = data.n_dev
+    num = np.bincount(dev[ok], r[ok] ** 2 - 2 * read_var, n_dev)
+    den = np.bincount(dev[ok], mu[ok] ** 2, n_dev)
+    k_dev = f.p.shape[1]
+    n_i = np.bincount(dev[ok], None, n_dev)
+    dof = np.maximum(n_i / np.maximum(n_i - k_dev, 1), 1.0)
+    var_i = np.where(den > 0, num * dof / np.where(den > 0, den, 1), np.nan)
+    total = float(np.sum(num * dof) / np.sum(den)) if np.sum(den) > 0 else 0.0
+    std = math.sqrt(max(total, 0.0))
+    sig_i = np.sqrt(np.clip(var_i[np.isfinite(var_i)], 0, None))
+    std_se = float(sig_i.std(ddof=1) / math.sqrt(len(sig_i))) if len(sig_i) > 1 else 0.0
+    return read_var, read_se, std, std_se, var_i
+
+
+def _score(f: _Fitted, data: StepData, cfg: FitConfig) -> ModelScore:
+    n_dev = data.n_dev
+    r = np.concatenate([f.resid_up, f.resid_down])
+    dev = np.concatenate([data.up.dev, data.down.dev])
+    n_i = np.bincount(dev, None, n_dev)
+    rss_i = np.bincount(dev, r * r, n_dev)
+    scale = float(np.mean(np.abs(np.concatenate([data.up.du, data.down.du])))) or 1.0
+    floor = (1e-12 * scale) ** 2
+    var_i = np.maximum(rss_i / np.maximum(n_i, 1), floor)
+    ll = float(-0.5 * np.sum(n_i * (np.log(2 * np.pi * var_i) + 1.0)))
+    n = int(n_i.sum())
+    k = int(f.p.size + len(f.glob) + n_dev)
+    aic = 2 * k - 2 * ll
+    bic = k * math.log(n) - 2 * ll
+    tr = np.concatenate([data.trace_up, data.trace_down])
+    free = np.concatenate(_free(f, data))
+    runs = _runs_ratio(r[free], tr[free], scale)
+    exact = math.sqrt(float(np.mean(r * r))) < 1e-6 * scale
+    curve = _curve_error(f, data, cfg.curve_bins)
+    reasons = []
+    if not f.converged:
+        reasons.append(f"least squares did not converge ({f.status_msg}; residual RMS "
+                       f"{math.sqrt(float(np.mean(r * r))) * data.s0:.3g} S)")
+    if not np.all(f.p[:, 1] > f.p[:, 0]):
+        reasons.append(f"{int(np.sum(f.p[:, 1] <= f.p[:, 0]))} device(s) with g_max <= g_min")
+    if not exact and math.isfinite(runs) and runs < cfg.runs_min:
+        reasons.append(f"residuals are structured: {runs:.2f} of the sign runs expected for "
+                       f"independent noise (< {cfg.runs_min})")
+    if not exact and curve > cfg.curve_error_max:
+        reasons.append(f"mean step curve misses the data by {100 * curve:.0f} % RMS "
+                       f"(> {100 * cfg.curve_error_max:.0f} %)")
+    return ModelScore(model=f.model.name, converged=f.converged, ok=not reasons,
+                      reason="; ".join(reasons), n=n, k=k, rss=float(rss_i.sum()),
+                      log_likelihood=ll, aic=aic, bic=bic, runs_ratio=runs,
+                      curve_error=curve, nfev=f.nfev, seconds=f.seconds)
+
+
+# ---- uncertainties ----------------------------------------------------------------------
+
+
+def _device_jacobian(f: _Fitted, data: StepData) -> np.ndarray:
+    """d residual / d (own device's parameters), [N, k_dev] by central differences."""
+    up, dn = data.up, data.down
+    k_dev = f.p.shape[1]
+
+    def pred(p: np.ndarray) -> np.ndarray:
+        return np.concatenate([f.model.step(True, up.u, p[up.dev], f.glob, f.frame),
+                               f.model.step(False, dn.u, p[dn.dev], f.glob, f.frame)])
+
+    cols = []
+    for j in range(k_dev):
+        h = 1e-6 * np.maximum(np.abs(f.p[:, j]), np.abs(f.p[:, 1] - f.p[:, 0]))
+        pp, pm = f.p.copy(), f.p.copy()
+        pp[:, j] += h
+        pm[:, j] -= h
+        dev = np.concatenate([up.dev, dn.dev])
+        cols.append((pred(pm) - pred(pp)) / (2 * h[dev]))  # d resid = -d pred
+    return np.stack(cols, axis=1)
+
+
+def _device_cov(f: _Fitted, data: StepData) -> np.ndarray:
+    """Per-device sandwich covariance [D, k, k] of the own parameters (globals fixed)."""
+    jac = _device_jacobian(f, data)
+    r = np.concatenate([f.resid_up, f.resid_down])
+    dev = np.concatenate([data.up.dev, data.down.dev])
+    n_dev, k = data.n_dev, jac.shape[1]
+    a = np.empty((n_dev, k, k))
+    b = np.empty((n_dev, k, k))
+    for i in range(k):
+        for j in range(i, k):
+            prod = jac[:, i] * jac[:, j]
+            a[:, i, j] = a[:, j, i] = np.bincount(dev, prod, n_dev)
+            b[:, i, j] = b[:, j, i] = np.bincount(dev, prod * r * r, n_dev)
+    ainv = np.linalg.pinv(a, rcond=1e-10, hermitian=True)
+    return ainv @ b @ ainv
+
+
+def _glob_se(f: _Fitted, data: StepData) -> np.ndarray:
+    """Standard errors of the shared parameters (own devices' parameters held fixed)."""
+    if not len(f.glob):
+        return np.zeros(0)
+    up, dn = data.up, data.down
+
+    def pred(g: np.ndarray) -> np.ndarray:
+        return np.concatenate([f.model.step(True, up.u, f.p[up.dev], g, f.frame),
+                               f.model.step(False, dn.u, f.p[dn.dev], g, f.frame)])
+
+    cols = []
+    for j in range(len(f.glob)):
+        h = 1e-6 * max(abs(f.glob[j]), 1e-3)
+        gp, gm = f.glob.copy(), f.glob.copy()
+        gp[j] += h
+        gm[j] -= h
+        cols.append((pred(gp) - pred(gm)) / (2 * h))
+    jac = np.stack(cols, axis=1)
+    r = np.concatenate([f.resid_up, f.resid_down])
+    a = jac.T @ jac
+    b = (jac * (r * r)[:, None]).T @ jac
+    ainv = np.linalg.pinv(a, rcond=1e-10, hermitian=True)
+    return np.sqrt(np.clip(np.diag(ainv @ b @ ainv), 0, None))
+
+
+# ---- weight units and population -------------------------------------------------------
+
+
+def _per_device(f: _Fitted, u_mid: float, du: float, p: np.ndarray | None = None
+                ) -> dict[str, np.ndarray]:
+    """Per-device parameters in weight units (w = 2 (u - u_mid) / du)."""
+    p = f.p if p is None else p
+    out = f.model.weights(p, f.glob, f.frame, u_mid, du)
+    up, dn = out["dw_up"], out["dw_down"]
+    tot = up + dn
+    out["dw"] = 0.5 * tot
+    out["up_down"] = np.where(tot > 0, (up - dn) / np.where(tot > 0, tot, 1.0), 0.0)
+    out["w_min"] = 2.0 * (p[:, 0] - u_mid) / du
+    out["w_max"] = 2.0 * (p[:, 1] - u_mid) / du
+    return out
+
+
+def _device_se(f: _Fitted, cov: np.ndarray, u_mid: float, du: float
+               ) -> dict[str, np.ndarray]:
+    """Delta-method standard errors of every per-device quantity of :func:`_per_device`."""
+    base = _per_device(f, u_mid, du)
+    k = f.p.shape[1]
+    grads = {name: np.empty((f.p.shape[0], k)) for name in base}
+    for j in range(k):
+        h = 1e-6 * np.maximum(np.abs(f.p[:, j]), np.abs(f.p[:, 1] - f.p[:, 0]))
+        pp, pm = f.p.copy(), f.p.copy()
+        pp[:, j] += h
+        pm[:, j] -= h
+        hi, lo = _per_device(f, u_mid, du, pp), _per_device(f, u_mid, du, pm)
+        for name in base:
+            grads[name][:, j] = (hi[name] - lo[name]) / (2 * h)
+    return {name: np.sqrt(np.clip(np.einsum("di,dij,dj->d", g, cov, g), 0, None))
+            for name, g in grads.items()}
+
+
+def _random_effects(x: np.ndarray, se: np.ndarray) -> tuple[float, float]:
+    """Population mean and spread of per-device estimates ``x`` with standard errors ``se``.
+
+    Random-effects model ``x_i = mu + tau xi_i + se_i eps_i`` (Paule-Mandel): tau^2 solves
+    ``sum_i w_i (x_i - mu)^2 = n - 1`` with ``w_i = 1 / (tau^2 + se_i^2)`` and
+    ``mu = sum w_i x_i / sum w_i``. Devices whose own estimate is poor (large se_i) weigh
+    less, and the spread is corrected for the estimation error (with equal se_i it is
+    ``var(x) - se^2``).
+    """
+    n = len(x)
+    if n < 2:
+        return float(x.mean()) if n else 0.0, 0.0
+    se2 = np.where(np.isfinite(se), se, 1e30) ** 2
+
+    def q(t2: float) -> tuple[float, float]:
+        w = 1.0 / (t2 + se2 + 1e-300)
+        mu = float(np.sum(w * x) / np.sum(w))
+        return float(np.sum(w * (x - mu) ** 2)) - (n - 1), mu
+
+    hi = float(np.var(x)) * 4 + 1e-300
+    if q(0.0)[0] <= 0:
+        return q(0.0)[1], 0.0
+    lo = 0.0
+    for _ in range(80):
+        mid = 0.5 * (lo + hi)
+        if q(mid)[0] > 0:
+            lo = mid
+        else:
+            hi = mid
+    return q(hi)[1], math.sqrt(hi)
+
+
+def _spread(x: np.ndarray, se: np.ndarray) -> float:
+    """Spread across devices corrected for the devices' own estimation error."""
+    return _random_effects(x, se)[1]
+
+
+SHAPE_BOUNDS = ("soft_bounds", "pow_step")
+"""Models whose step goes to zero at the bounds, so the bounds follow from the step shape
+even when a device never gets there; the others have hard bounds, seen only when reached."""
+
+
+def _reached(f: _Fitted, data: StepData) -> tuple[np.ndarray, np.ndarray]:
+    """Per device: was the lower / upper hard bound reached (the clip active >= 2 times)?"""
+    out = []
+    for side, up in ((data.down, False), (data.up, True)):
+        p = f.p[side.dev]
+        mag = p[:, 2 if up else 3] * f.model.shape(up, side.u, p[:, 0], p[:, 1], p[:, 4:],
+                                                    f.glob, f.frame)
+        gap = (p[:, 1] - side.u) if up else (side.u - p[:, 0])
+        clipped = mag > gap + 1e-9 * np.abs(mag)
+        out.append(np.bincount(side.dev, clipped, data.n_dev) >= 2)
+    return out[0], out[1]
+
+
+def _censored_normal(x: np.ndarray, reached: np.ndarray, lower: bool) -> tuple[float, float]:
+    """Mean and std of a normal population of bounds, some only known to lie beyond x.
+
+    A device that never reached its lower (upper) bound only tells that the bound is
+    below (above) its extreme read: maximum likelihood with those as censored values
+    (Tobit), ``ln L = sum_seen ln phi((x - mu)/sigma)/sigma + sum_censored ln Phi(...)``.
+    """
+    from scipy.optimize import minimize
+    from scipy.stats import norm
+
+    seen, cens = x[reached], x[~reached]
+    if len(cens) == 0 or len(seen) < 2:
+        return float(x.mean()), float(x.std(ddof=1)) if len(x) > 1 else 0.0
+    sign = 1.0 if lower else -1.0  # lower: true < c -> Phi((c - mu)/s)
+
+    def nll(th: np.ndarray) -> float:
+        mu, s = th[0], math.exp(th[1])
+        return -(np.sum(norm.logpdf(seen, mu, s)) +
+                 np.sum(norm.logcdf(sign * (cens - mu) / s)))
+
+    s0 = max(float(x.std(ddof=1)), 1e-6 * (abs(float(x.mean())) + 1e-12), 1e-12)
+    res = minimize(nll, np.array([float(x.mean()), math.log(s0)]), method="Nelder-Mead",
+                   options={"xatol": 1e-10, "fatol": 1e-10, "maxiter": 2000})
+    return float(res.x[0]), float(math.exp(res.x[1]) * math.sqrt(len(x) / max(len(x) - 1, 1)))
+
+
+def _population(f: _Fitted, data: StepData, cfg: FitConfig, read_var: float,
+                read_se: float, c2c: float, c2c_se: float) -> dict[str, Any]:
+    lo, hi = f.p[:, 0], f.p[:, 1]
+    notes = []
+    if f.model.name in SHAPE_BOUNDS:
+        reached_lo = reached_hi = np.ones(data.n_dev, dtype=bool)
+        cov0 = _device_cov(f, data)
+        u_min = _random_effects(lo, np.sqrt(cov0[:, 0, 0]))[0]
+        u_max = _random_effects(hi, np.sqrt(cov0[:, 1, 1]))[0]
+        sd_lo = sd_hi = None
+    else:
+        reached_lo, reached_hi = _reached(f, data)
+        u_min, sd_lo = _censored_normal(lo, reached_lo, lower=True)
+        u_max, sd_hi = _censored_normal(hi, reached_hi, lower=False)
+        for name, r in (("lower", reached_lo), ("upper", reached_hi)):
+            if (~r).any():
+                notes.append(f"{int((~r).sum())} of {data.n_dev} devices never reached their "
+                             f"{name} bound: estimated as censored values (Tobit)")
+            if r.sum() < 2:
+                notes.append(f"fewer than 2 devices reached their {name} bound: its mean and "
+                             "spread are only the extent of the measured range")
+    u_mid, du = 0.5 * (u_min + u_max), u_max - u_min
+    dev = _per_device(f, u_mid, du)
+    cov = _device_cov(f, data)
+    se = _device_se(f, cov, u_mid, du)
+    n = data.n_dev
+    sq = math.sqrt(n)
+    dw_min = _random_effects(dev["dw"], se["dw"])[0]
+    params: dict[str, Any] = {
+        "dw_min": dw_min,
+        "dw_min_dtod": _spread(dev["dw"], se["dw"]) / dw_min if dw_min > 0 else 0.0,
+        "dw_min_std": c2c,
+        "up_down": _random_effects(dev["up_down"], se["up_down"])[0],
+        "up_down_dtod": _spread(dev["up_down"], se["up_down"]),
+        "w_min": -1.0,
+        "w_max": 1.0,
+        "w_min_dtod": (_spread(dev["w_min"], se["w_min"]) if sd_lo is None
+                       else 2.0 * sd_lo / du),
+        "w_max_dtod": (_spread(dev["w_max"], se["w_max"]) if sd_hi is None
+                       else 2.0 * sd_hi / du),
+    }
+    unc: dict[str, float] = {
+        "dw_min": float(dev["dw"].std(ddof=1) / sq) if n > 1 else 0.0,
+        "up_down": float(dev["up_down"].std(ddof=1) / sq) if n > 1 else 0.0,
+        "dw_min_std": c2c_se,
+    }
+    for key in ("dw_min_dtod", "up_down_dtod", "w_min_dtod", "w_max_dtod"):
+        unc[key] = params[key] / math.sqrt(2.0 * max(n - 1, 1))
+    name = f.model.name
+    if name == "linear_step":
+        for d, sign in (("up", -1.0), ("down", 1.0)):
+            gam = sign * dev[f"gamma_{d}"]  # slopes times the mean bound magnitude (1)
+            params[f"gamma_{d}"] = _random_effects(gam, se[f"gamma_{d}"])[0]
+            params[f"gamma_{d}_dtod"] = _spread(gam, se[f"gamma_{d}"])
+            unc[f"gamma_{d}"] = float(gam.std(ddof=1) / sq) if n > 1 else 0.0
+            unc[f"gamma_{d}_dtod"] = params[f"gamma_{d}_dtod"] / math.sqrt(2.0 * max(n - 1, 1))
+    elif name == "pow_step":
+        gu, gd = dev["pow_gamma_up"], dev["pow_gamma_down"]
+        mean_g = 0.5 * (gu + gd)
+        se_m = 0.5 * np.hypot(se["pow_gamma_up"], se["pow_gamma_down"])
+        pg = _random_effects(mean_g, se_m)[0]
+        gain, beta = mean_g / pg, 0.5 * (gu - gd) / pg
+        params.update(pow_gamma=pg, pow_gamma_dtod=_spread(gain, se_m / pg),
+                      pow_up_down=_random_effects(beta, se_m / pg)[0],
+                      pow_up_down_dtod=_spread(beta, se_m / pg))
+        unc.update(pow_gamma=float(mean_g.std(ddof=1) / sq) if n > 1 else 0.0,
+                   pow_up_down=float(beta.std(ddof=1) / sq) if n > 1 else 0.0)
+    elif name in ("exp_step", "piecewise"):
+        params.update(f.model.spec_extras(f.glob))
+        gse = _glob_se(f, data)
+        if name == "exp_step":
+            unc.update(A_up=float(np.exp(f.glob[0]) * gse[0]),
+                       A_down=float(np.exp(f.glob[1]) * gse[1]),
+                       gamma_up=float(gse[2]), gamma_down=float(gse[3]))
+        else:
+            half = len(gse) // 2
+            unc["piecewise_up"] = float(np.max(gse[:half]))
+            unc["piecewise_down"] = float(np.max(gse[half:]))
+    if name == "pow_step":
+        params["up_down"] = float(np.clip(params["up_down"], -0.99, 0.99))
+    s0 = data.s0
+    g_min, g_max = data.g0 + u_min * s0, data.g0 + u_max * s0
+    unc["g_min"] = 0.5 * du * params["w_min_dtod"] / sq * s0
+    unc["g_max"] = 0.5 * du * params["w_max_dtod"] / sq * s0
+    read_noise = 2.0 * math.sqrt(max(read_var, 0.0)) / du
+    unc["read_noise"] = (read_se / (2 * math.sqrt(read_var)) * 2.0 / du
+                         if read_var > 0 else 2.0 * math.sqrt(read_se) / du)
+    per = {"device": data.devices, "row": data.rows, "col": data.cols,
+           "g_min": data.g0 + lo * s0, "g_max": data.g0 + hi * s0,
+           "dw_up": dev["dw_up"], "dw_down": dev["dw_down"], "dw": dev["dw"],
+           "up_down": dev["up_down"], "w_min": dev["w_min"], "w_max": dev["w_max"]}
+    for key in ("gamma_up", "gamma_down", "pow_gamma_up", "pow_gamma_down"):
+        if key in dev:
+            per[key] = dev[key]
+    per["dw_se"] = se["dw"]
+    per["reached_min"], per["reached_max"] = reached_lo, reached_hi
+    return {"params": params, "unc": unc, "g_min": g_min, "g_max": g_max,
+            "read_noise": read_noise, "per_device": per, "notes": notes}
+
+
+# ---- entry point ------------------------------------------------------------------------
+
+
+def _subset(m: Measurements, devices: np.ndarray, n: int) -> Measurements:
+    """The rows of ``n`` evenly spaced devices of ``devices`` (plus nothing else)."""
+    ids = np.asarray(devices)[np.linspace(0, len(devices) - 1, n).round().astype(int)]
+    keep = np.isin(m.device, ids)
+    cut = {f.name: (getattr(m, f.name)[keep] if isinstance(getattr(m, f.name), np.ndarray)
+                    else getattr(m, f.name))
+           for f in dataclasses.fields(m)}
+    return Measurements(**cut)
+
+
+def fit(m: Measurements, model: str = "auto", config: FitConfig | None = None) -> FitResult:
+    """Fit ``model`` (a registered name, or ``auto``: every model, chosen by BIC) to ``m``.
+
+    Raises ConfigError for unusable data or an unknown model name; a fit that is not
+    trustworthy comes back with ``ok = False`` and the ``reason``.
+    """
+    cfg = config or FitConfig()
+    if cfg.criterion not in ("bic", "aic"):
+        raise ConfigError(f"expected 'bic' or 'aic', got {cfg.criterion!r}", key="criterion")
+    if model != "auto" and model not in FIT_MODELS:
+        raise ConfigError(f"unknown model {model!r} (known: auto, "
+                          f"{', '.join(sorted(FIT_MODELS))})", key="--model")
+    data = prepare(m, cfg.min_steps)
+    names = sorted(FIT_MODELS) if model == "auto" else [model]
+    fits: dict[str, _Fitted] = {}
+    scores: dict[str, ModelScore] = {}
+    # auto on many devices: score every model on an evenly spaced subset of devices (the
+    # criterion still sees thousands of steps), then fit the chosen model on all of them
+    subset = model == "auto" and data.n_dev > cfg.select_devices
+    sel = prepare(_subset(m, data.devices, cfg.select_devices), cfg.min_steps) if subset \
+        else data
+    for name in names:
+        fits[name] = _fit_with_frame(name, sel, cfg)
+        scores[name] = _score(fits[name], sel, cfg)
+    key = cfg.criterion
+
+    def crit(s: ModelScore) -> float:
+        v = getattr(s, key)
+        return v if s.converged and math.isfinite(v) else math.inf
+
+    ranked = sorted(names, key=lambda n: crit(scores[n]))
+    chosen = ranked[0]
+    if subset:  # the best model on every device; the next best if that fit fails there
+        sub_scores = dict(scores)
+        for cand in [n for n in ranked if math.isfinite(crit(sub_scores[n]))][:3]:
+            fits[cand] = _fit_with_frame(cand, data, cfg)
+            scores[cand] = _score(fits[cand], data, cfg)
+            if scores[cand].ok:
+                chosen = cand
+                break
+        ranked = [chosen] + [n for n in ranked if n != chosen]
+        sel_score = sub_scores[chosen]
+    else:
+        sel_score = scores[chosen]
+    f, sc = fits[chosen], scores[chosen]
+    if model == "auto":
+        basis = scores if not subset else sub_scores
+        order = sorted(names, key=lambda n: crit(basis[n]))
+        better = order[:order.index(chosen)]  # scored better but failed on all devices
+        runner = next((n for n in order if n != chosen and n not in better), None)
+        where = (f"{sel_score.n} steps of {sel.n_dev} devices"
+                 + (f", an evenly spaced subset of the {data.n_dev}; the chosen model was then "
+                    "fitted to all" if subset else ""))
+        if runner is not None and math.isfinite(crit(basis[runner])):
+            explanation = (f"{chosen}: {key.upper()} {crit(sel_score):.1f} lower than {runner} "
+                           f"by {crit(basis[runner]) - crit(sel_score):.1f} (of {len(names)} "
+                           f"models; {key.upper()} = k ln N - 2 ln L over {where})")
+        else:
+            explanation = f"{chosen}: the only model that converged ({where})"
+        for n in better:
+            explanation += (f"; {n} scored better on the subset but its fit to all devices "
+                            f"failed ({scores[n].reason})")
+    else:
+        explanation = f"{chosen}: requested; {key.upper()} {crit(sc):.1f} over {sc.n} steps"
+    read_var, read_se, c2c, c2c_se, _ = _noise(f, data)
+    pop = _population(f, data, cfg, read_var, read_se, c2c, c2c_se)
+    notes = list(pop["notes"])
+    if data.dropped:
+        notes.append(f"left out {len(data.dropped)} device(s) with < {cfg.min_steps} up or "
+                     f"down steps: {data.dropped[:10]}")
+    if data.stuck:
+        notes.append(f"left out {len(data.stuck)} stuck device(s) (conductance range < 0.1 % "
+                     f"of the median device's): {data.stuck[:10]}")
+    if data.read_var is None:
+        notes.append("read noise estimated from consecutive step residuals (no read-noise "
+                     "rows)")
+    if pop["g_min"] < 0:
+        notes.append("fitted g_min < 0 (conductance in weight units?): no conductance block")
+    reason = sc.reason
+    if not sc.ok and model == "auto":
+        others = [n for n in ranked[1:] if scores[n].ok]
+        if others:
+            reason += f" (a worse-scoring model fits without these problems: {others[0]})"
+    return FitResult(model=chosen, ok=sc.ok, reason=reason, explanation=explanation,
+                     params=pop["params"], uncertainties=pop["unc"], g_min=pop["g_min"],
+                     g_max=pop["g_max"], read_noise=pop["read_noise"],
+                     per_device=pop["per_device"], scores=scores, criterion=key,
+                     notes=notes, data=data, fitmodel=f.model, p=f.p, glob=f.glob,
+                     frame=f.frame)

@@ -1,0 +1,113 @@
+"""Fit results as text and JSON: the parameter table and the ``--report`` file."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from rpuhw.calibration.fit import FitResult
+
+
+def mid_range_steps(spec) -> tuple[float, float]:
+    """Mean up and down conductance step (S) of a device spec at mid-range.
+
+    The "mean device" of the spec (every ``*_dtod`` set to 0) at
+    ``w = (w_min + w_max) / 2``; converted with the spec's conductance block,
+    ``dg = dw (g_max - g_min) / (w_max - w_min)``.
+    """
+    p = spec.model.params
+    mean = dataclasses.replace(p, **{f.name: 0.0 for f in dataclasses.fields(p)
+                                     if f.name.endswith("_dtod")})
+    model = type(spec.model)(mean)
+    state = model.draw(1, 1, torch.Generator().manual_seed(0))
+    state = {k: v.double() for k, v in state.items()}
+    w = torch.full((1, 1), 0.5 * (p.w_min + p.w_max), dtype=torch.float64)
+    scale = (spec.conductance.g_max - spec.conductance.g_min) / (p.w_max - p.w_min)
+    up = float(model.step(w, torch.ones(1, 1, dtype=torch.bool), state)) * scale
+    down = float(model.step(w, torch.zeros(1, 1, dtype=torch.bool), state)) * scale
+    return up, down
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, bool) or v is None:
+        return str(v)
+    if isinstance(v, (int, float)):
+        return f"{v:.4g}"
+    if isinstance(v, list):
+        return "[" + ", ".join(f"{x:.3g}" for x in v) + "]"
+    return str(v)
+
+
+def parameter_table(res: FitResult) -> str:
+    """Text table: every fitted key with its value and standard error."""
+    lines = [f"model {res.model} ({'ok' if res.ok else 'NOT OK: ' + res.reason})",
+             f"  {res.explanation}",
+             f"  {'parameter':18s} {'value':>12s} {'std. error':>12s}"]
+    rows = [("g_min [S]", res.g_min, res.uncertainties.get("g_min")),
+            ("g_max [S]", res.g_max, res.uncertainties.get("g_max"))]
+    rows += [(k, v, res.uncertainties.get(k)) for k, v in res.params.items()]
+    rows.append(("read_noise", res.read_noise, res.uncertainties.get("read_noise")))
+    for name, value, se in rows:
+        se_txt = "" if se is None else _fmt(se)
+        lines.append(f"  {name:18s} {_fmt(value):>12s} {se_txt:>12s}")
+    lines.append(f"  devices {len(res.per_device['device'])}, steps "
+                 f"{res.scores[res.model].n}")
+    if len(res.scores) > 1:
+        lines.append(f"  {'candidate':14s} {res.criterion.upper():>14s} {'runs':>6s} "
+                     f"{'curve err':>9s}  ok")
+        for s in sorted(res.scores.values(), key=lambda s: getattr(s, res.criterion)):
+            lines.append(f"  {s.model:14s} {getattr(s, res.criterion):14.1f} "
+                         f"{s.runs_ratio:6.2f} {100 * s.curve_error:8.1f}%  {s.ok}")
+    lines += [f"  note: {n}" for n in res.notes]
+    return "\n".join(lines)
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, np.ndarray):
+        return [_jsonable(x) for x in v.tolist()]
+    if isinstance(v, (np.floating, float)):
+        return float(v) if math.isfinite(float(v)) else None
+    if isinstance(v, (np.integer,)):
+        return int(v)
+    if isinstance(v, (np.bool_,)):
+        return bool(v)
+    if isinstance(v, dict):
+        return {k: _jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    return v
+
+
+def report(res: FitResult) -> dict[str, Any]:
+    """The ``--report`` JSON content: chosen model and why, scores, per-device fits."""
+    return _jsonable({
+        "model": res.model, "ok": res.ok, "reason": res.reason,
+        "explanation": res.explanation, "criterion": res.criterion,
+        "g_min": res.g_min, "g_max": res.g_max, "read_noise": res.read_noise,
+        "params": res.params, "uncertainties": res.uncertainties,
+        "scores": {k: s.to_dict() for k, s in res.scores.items()},
+        "notes": res.notes,
+        "per_device": res.per_device,
+    })
+
+
+def write_report(res: FitResult, path: str | Path) -> None:
+    """Write :func:`report` as JSON atomically (temporary file + rename)."""
+    path = Path(path)
+    text = json.dumps(report(res), indent=1)
+    fd, tmp = tempfile.mkstemp(dir=path.parent or ".", prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
