@@ -100,6 +100,7 @@ class BenchArray(CrossPointArray):
         self._instruments: dict[str, Any] = {}
         self._read_msgs: dict[tuple[int, int], list[str]] = {}
         self._mvm_cache: torch.Tensor | None = None
+        self._plans: dict[tuple[int, int, bool], tuple[list[str], dict[str, float]]] = {}
         _OPEN.add(self)
         try:
             self._connect(transports or {})
@@ -277,6 +278,12 @@ class BenchArray(CrossPointArray):
 
     def _pulse_plan(self, i: int, j: int, up: bool):
         """(channels, {source: level}) for a pulse on (i, j) in the bench's bias scheme."""
+        key = (i, j, up)
+        if key not in self._plans:
+            self._plans[key] = self._make_pulse_plan(i, j, up)
+        return self._plans[key]
+
+    def _make_pulse_plan(self, i: int, j: int, up: bool):
         shape = self.config.pulse.potentiation if up else self.config.pulse.depression
         v = shape.amplitude
         hot, cold = (("row", i), ("col", j)) if up else (("col", j), ("row", i))

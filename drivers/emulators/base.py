@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import re
 from typing import ClassVar
 
 from rpuhw.drivers.emulators.chip import EmulatedChip
 
+_SPECIAL = re.compile(r"[\"'();]")
+
 
 def split_outside_quotes(text: str, sep: str = ";") -> list[str]:
     """Split ``text`` on ``sep`` where it is outside "..." / '...' and parentheses."""
-    parts, cur, quote, depth = [], [], "", 0
-    for ch in text:
+    if sep == ";" and not any(c in text for c in "\"'()"):
+        return text.split(sep)
+    parts, start, quote, depth = [], 0, "", 0
+    pattern = _SPECIAL if sep == ";" else re.compile("[\"'()" + re.escape(sep) + "]")
+    for m in pattern.finditer(text):  # only the special characters, not every character
+        ch = m.group()
         if quote:
             if ch == quote:
                 quote = ""
@@ -21,11 +28,9 @@ def split_outside_quotes(text: str, sep: str = ";") -> list[str]:
         elif ch == ")":
             depth -= 1
         elif ch == sep and depth == 0:
-            parts.append("".join(cur))
-            cur = []
-            continue
-        cur.append(ch)
-    parts.append("".join(cur))
+            parts.append(text[start:m.start()])
+            start = m.end()
+    parts.append(text[start:])
     return parts
 
 

@@ -26,6 +26,7 @@ exponentially smaller below it, 0 under a threshold).
 
 from __future__ import annotations
 
+import functools
 import re
 import threading
 from dataclasses import dataclass
@@ -75,6 +76,7 @@ class Source:
     """Current limit (A); reported currents are clamped to it."""
 
 
+@functools.lru_cache(maxsize=4096)
 def parse_channel(channel: str) -> tuple[int, str, int]:
     """``"1A09"`` -> (slot 1, card row "A", column 9); ValueError when malformed."""
     m = CHANNEL_RE.match(channel)
