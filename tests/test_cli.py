@@ -12,9 +12,11 @@ def rpuhw(*args: str) -> subprocess.CompletedProcess:
                           text=True, timeout=120)
 
 
-def test_demo_and_models_run():
-    out = rpuhw("demo")
-    assert out.returncode == 0 and "coming soon" in out.stdout
+def test_demo_help_and_models_run():
+    out = rpuhw("demo", "--help")  # the demo itself runs in test_demo.py
+    assert out.returncode == 0 and "--quick" in out.stdout and "--full" in out.stdout
+    out = rpuhw("demo", "--quick", "--full")
+    assert out.returncode == 2 and "not allowed with" in out.stderr
     out = rpuhw("models")
     assert out.returncode == 0
     names = [line.split()[0] for line in out.stdout.splitlines()]
