@@ -17,10 +17,10 @@ exit status: 0 written; 1 the fit is not trustworthy (nothing written, see the r
 """
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = "rpuhw fit") -> argparse.ArgumentParser:
     from rpuhw.calibration.fit_models import FIT_MODELS
 
-    p = argparse.ArgumentParser(prog="rpuhw fit", epilog=EPILOG,
+    p = argparse.ArgumentParser(prog=prog, epilog=EPILOG,
                                 description="Fit device models to a measurement CSV and "
                                             "write a device YAML for sim:device.yaml.",
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -37,14 +37,14 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, prog: str = "rpuhw fit") -> int:
     """Run ``rpuhw fit``; returns the exit status."""
     from rpuhw.calibration.fit import FitConfig, fit
     from rpuhw.calibration.fit_report import parameter_table, write_report
     from rpuhw.calibration.measurements import load_measurements
     from rpuhw.device_spec import save_device
 
-    parser = build_parser()
+    parser = build_parser(prog)
     parser.error = lambda message: _fail(message)  # type: ignore[method-assign]
     try:
         args = parser.parse_args(sys.argv[1:] if argv is None else list(argv))

@@ -5,14 +5,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from rpuhw._io import atomic_write
 from rpuhw.calibration.fit import FitResult
 
 
@@ -103,11 +102,4 @@ def write_report(res: FitResult, path: str | Path) -> None:
     """Write :func:`report` as JSON atomically (temporary file + rename)."""
     path = Path(path)
     text = json.dumps(report(res), indent=1)
-    fd, tmp = tempfile.mkstemp(dir=path.parent or ".", prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, text)

@@ -31,7 +31,6 @@ import json
 import math
 import os
 import re
-import tempfile
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -41,6 +40,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from rpuhw._io import atomic_write
 from rpuhw.errors import ConfigError
 
 COLUMNS = ("device", "row", "col", "cycle", "pulse", "polarity", "conductance", "time_s",
@@ -99,16 +99,7 @@ def sidecar_path(path: str | Path) -> Path:
 
 def write_json_atomic(path: str | Path, data: Any) -> None:
     """Write ``data`` as JSON to ``path`` through a temporary file and ``os.replace``."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, indent=1, default=_json_default)
-            fh.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, json.dumps(data, indent=1, default=_json_default) + "\n")
 
 
 def _json_default(obj: Any) -> Any:

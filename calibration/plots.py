@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from rpuhw._io import atomic_write
 from rpuhw.calibration.fit import FitResult
 
 
@@ -88,14 +87,7 @@ def plot_fit(res: FitResult, path: str | Path, n_traces: int = 4) -> None:
         fig.colorbar(im, ax=ax, shrink=0.8)
         ax.set(title=unit, xlabel=label.split(" / ")[-1], ylabel=label.split(" / ")[0])
     fig.tight_layout()
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent or ".", prefix=f".{path.name}.", suffix=".png")
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=90)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=90, format="png"))
     finally:
         plt.close(fig)

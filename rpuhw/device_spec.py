@@ -20,14 +20,13 @@
 from __future__ import annotations
 
 import dataclasses
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from rpuhw._io import atomic_write
 from rpuhw.config import from_mapping, load_yaml, require
 from rpuhw.devices import DeviceModel, get_model
 from rpuhw.errors import ConfigError
@@ -129,11 +128,4 @@ def save_device(spec: DeviceSpec, path: str | Path) -> None:
     """Write ``spec`` as YAML atomically (temporary file + rename)."""
     path = Path(path)
     text = yaml.safe_dump(spec.to_mapping(), sort_keys=False)
-    fd, tmp = tempfile.mkstemp(dir=path.parent or ".", prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, text)

@@ -88,8 +88,16 @@ def test_specs(tmp_path):
         rpuhw.open_array("sim:powstep", 2, 2)
     with pytest.raises(ConfigError, match="takes no argument"):
         rpuhw.open_array("ideal:x", 2, 2)
-    with pytest.raises(ConfigError, match="not available"):
+    with pytest.raises(ConfigError, match="b.yaml: file not found"):
         rpuhw.open_array("bench:b.yaml", 2, 2)
+    from rpuhw.backends import _FACTORIES, register_backend
+
+    register_backend("nothere", "no_such_module:open_it")
+    try:
+        with pytest.raises(ConfigError, match="not available"):
+            rpuhw.open_array("nothere:x", 2, 2)
+    finally:
+        _FACTORIES.pop("nothere")
 
 
 def test_register_backend_plugs_in_without_core_changes():

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 
 import numpy as np
 import pytest
@@ -216,8 +215,9 @@ def test_resume_refuses_foreign_header(tmp_path):
         MeasurementWriter(tmp_path / "none.csv", {}, resume=True)
 
 
-def test_large_file_writes_and_loads_fast(tmp_path):
-    """64 devices x 5 cycles x 800 reads = 256k rows load in well under 2 s."""
+def test_large_file_round_trips(tmp_path):
+    """64 devices x 5 cycles x 800 reads = 256k rows, written in per-step blocks, load back
+    exactly (their speed is measured by ``python -m benchmarks.fit``, not here)."""
     path = tmp_path / "big.csv"
     n_dev, cycles, reads = 64, 5, 800
     rng = np.random.default_rng(0)
@@ -226,19 +226,14 @@ def test_large_file_writes_and_loads_fast(tmp_path):
     rows = [(d, d // 8, d % 8, c, k % half, 1 if k < half else -1,
              float(g[(c * reads + k) * n_dev + d]), 0.25, 0.2)
             for c in range(cycles) for k in range(reads) for d in range(n_dev)]
-    t0 = time.perf_counter()
     with MeasurementWriter(path, META) as w:
         for s in range(0, len(rows), n_dev):
             w.write(rows[s:s + n_dev])
         w.finish()
-    t_write = time.perf_counter() - t0
-    t0 = time.perf_counter()
     m = load_measurements(path)
-    t_load = time.perf_counter() - t0
     assert len(m) == 256_000
     np.testing.assert_array_equal(m.conductance, [r[6] for r in rows])
-    assert t_load < 2.0, f"load took {t_load:.2f} s"
-    assert t_write < 5.0, f"write took {t_write:.2f} s"
+    np.testing.assert_array_equal(m.polarity, [r[5] for r in rows])
 
 
 def _m(rows, cycle=True):

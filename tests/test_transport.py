@@ -211,7 +211,9 @@ def test_tcp_nodelay_write_write_query_latency(transport):
         transport.write(f"VAL {i}")
         assert transport.query(f"ECHO? {i}") == str(i)
     per_iteration_s = (time.perf_counter() - t0) / n
-    assert per_iteration_s < 0.010, f"{per_iteration_s * 1e3:.1f} ms per write, write, query"
+    # Nagle + delayed ACK cost ~44 ms per iteration here (measured); without it < 1 ms.
+    # 30 ms keeps the check immune to a busy machine and still catches the stall.
+    assert per_iteration_s < 0.030, f"{per_iteration_s * 1e3:.1f} ms per write, write, query"
 
 
 def test_transcript_recording(server):

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from rpuhw._io import atomic_write
 from rpuhw.device_spec import DeviceSpec, load_device
 from rpuhw.drivers.emulators.base import Personality
 from rpuhw.drivers.emulators.chip import GROUND, EmulatedChip, PulsePhysics, default_wiring
@@ -187,15 +186,7 @@ class Emulator:
         """Write :meth:`bench_config` as YAML atomically (temporary file + os.replace)."""
         path = Path(path)
         text = yaml.safe_dump(self.bench_config(), sort_keys=False, default_flow_style=None)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w") as fh:
-                fh.write(text)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return path
+        return atomic_write(path, text)
 
     def __repr__(self) -> str:
         state = "serving" if self.servers else "idle"

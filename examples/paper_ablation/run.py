@@ -24,6 +24,15 @@ from rpuhw.train import CHECKPOINT, load_config, train
 HERE = Path(__file__).parent
 
 
+def _first_epochs(res: dict, n: int) -> dict:
+    """The results of the first ``n`` epochs of a longer run."""
+    out = dict(res, epochs=n)
+    for key in ("test_error", "train_loss", "epoch_wall_s"):
+        if key in res:
+            out[key] = res[key][:n]
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--epochs", type=int, default=3)
@@ -43,6 +52,10 @@ def main(argv: list[str] | None = None) -> int:
     for cfg_path in configs:
         res_path = out / f"{cfg_path.stem}.json"
         done = json.loads(res_path.read_text()) if res_path.exists() else None
+        if done and done.get("epochs", 0) > args.epochs:
+            # a longer run of this rung exists: its first epochs are exactly this run
+            # (same seed, same data order per epoch, constant learning rate)
+            done = _first_epochs(done, args.epochs)
         if not done or done.get("epochs") != args.epochs:
             ckpt = out / f"{cfg_path.stem}.ckpt"
             cfg = load_config(str(cfg_path), {
