@@ -118,12 +118,15 @@ class AnalogLinear(AnalogLayer):
     """``nn.Linear`` on arrays: y = W x + b with b an extra array column fixed at 1."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True,
-                 plan: LayerPlan | None = None, seed: int | None = None):
+                 plan: LayerPlan | None = None, seed: int | None = None, init: bool = True):
+        """``init=False`` leaves the arrays as they are (``convert`` writes the original
+        layer's weights instead: on hardware, writing is write-verify programming)."""
         super().__init__()
         self.in_features, self.out_features, self.has_bias = in_features, out_features, bias
         self._init_analog(out_features, in_features + int(bias), plan, seed)
         ref = nn.Linear(in_features, out_features, bias=bias)  # torch's default init
-        self.set_weights(ref.weight.data, ref.bias.data if bias else None)
+        if init:
+            self.set_weights(ref.weight.data, ref.bias.data if bias else None)
 
     def set_weights(self, weight: torch.Tensor, bias: torch.Tensor | None = None) -> None:
         w = torch.cat([weight, bias[:, None]], 1) if self.has_bias else weight
@@ -145,7 +148,9 @@ class AnalogConv2d(AnalogLayer):
     position; the kernel bank is one ``out x (in*kh*kw + 1)`` matrix."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
-                 bias: bool = True, plan: LayerPlan | None = None, seed: int | None = None):
+                 bias: bool = True, plan: LayerPlan | None = None, seed: int | None = None,
+                 init: bool = True):
+        """``init`` as for :class:`AnalogLinear`."""
         super().__init__()
         ref = nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride, padding=padding,
                         bias=bias)
@@ -154,7 +159,8 @@ class AnalogConv2d(AnalogLayer):
         self.has_bias = bias
         fan_in = in_channels * self.kernel_size[0] * self.kernel_size[1]
         self._init_analog(out_channels, fan_in + int(bias), plan, seed)
-        self.set_weights(ref.weight.data, ref.bias.data if bias else None)
+        if init:
+            self.set_weights(ref.weight.data, ref.bias.data if bias else None)
 
     def set_weights(self, weight: torch.Tensor, bias: torch.Tensor | None = None) -> None:
         w = weight.reshape(self.out_channels, -1)
@@ -241,14 +247,14 @@ def convert(model: nn.Module, plan: dict[str, Any] | None = None,
         s = None if seed is None else seed + 1000 * k
         if isinstance(module, nn.Linear):
             new = AnalogLinear(module.in_features, module.out_features,
-                               bias=module.bias is not None, plan=lp, seed=s)
+                               bias=module.bias is not None, plan=lp, seed=s, init=False)
         else:
             if module.groups != 1 or module.dilation != (1, 1) or module.padding_mode != "zeros":
                 raise ConfigError(f"layer {name}: only groups=1, dilation=1, zero padding "
                                   "convolutions map onto arrays", key="layers")
             new = AnalogConv2d(module.in_channels, module.out_channels, module.kernel_size,
                                stride=module.stride, padding=module.padding,
-                               bias=module.bias is not None, plan=lp, seed=s)
+                               bias=module.bias is not None, plan=lp, seed=s, init=False)
         new.set_weights(module.weight.data, module.bias.data if module.bias is not None else None)
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model

@@ -217,6 +217,10 @@ def train(cfg: TrainConfig, resume: bool = False, log=print,
     """
     cfg.validate()
     data = load_dataset(cfg.data, train_limit=cfg.train_limit, test_limit=cfg.test_limit)
+    ckpt = Path(cfg.checkpoint) / CHECKPOINT if cfg.checkpoint else None
+    if not resume and ckpt is not None and ckpt.exists():  # before any array is written
+        raise ConfigError("a checkpoint exists already; use --resume to continue it or "
+                          "another --checkpoint directory", source=str(ckpt))
     threads = torch.get_num_threads()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -254,9 +258,6 @@ def _run(cfg: TrainConfig, run: Run, data, resume: bool, log) -> dict[str, Any]:
                 raise ConfigError(f"cannot read checkpoint ({exc})", source=str(ckpt)) from None
             run.load(st, str(ckpt))
             log(f"resumed from {ckpt}: epoch {run.epoch + 1}, image {run.done}")
-    elif ckpt is not None and ckpt.exists():
-        raise ConfigError("a checkpoint exists already; use --resume to continue it or "
-                          "another --checkpoint directory", source=str(ckpt))
 
     def save_ckpt():
         if ckpt is not None:
