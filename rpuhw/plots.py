@@ -15,8 +15,9 @@ def _label(path: Path, res: dict) -> str:
     return f"{path.stem} ({'/'.join(backends)}, {cfg.get('management', '?')})"
 
 
-def plot_runs(paths: list[str], output: str) -> None:
-    """Test error (%) vs epoch of each results JSON, log y axis, one line per run."""
+def plot_runs(paths: list[str], output: str, epochs: int | None = None) -> None:
+    """Test error (%) vs epoch of each results JSON, log y axis, one line per run
+    (the first ``epochs`` epochs of each when given)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -27,7 +28,7 @@ def plot_runs(paths: list[str], output: str) -> None:
         path = Path(name)
         try:
             res = json.loads(path.read_text())
-            errors = [100 * e for e in res["test_error"]]
+            errors = [100 * e for e in res["test_error"][:epochs]]
         except FileNotFoundError:
             raise ConfigError("file not found", source=name) from None
         except (json.JSONDecodeError, KeyError, TypeError) as exc:

@@ -20,3 +20,11 @@ def pytest_generate_tests(metafunc):
         resources = metafunc.config.getoption("instrument")
         metafunc.parametrize("instrument_resource", resources or [None],
                              ids=resources or ["no-instrument"])
+
+
+def pytest_configure(config):
+    # one torch thread: the suite's tensors are small, and a 2-thread op stalls for
+    # milliseconds whenever another process holds the second core
+    import torch
+
+    torch.set_num_threads(1)

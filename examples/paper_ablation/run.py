@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     table = ("| rung | backend | management | devices per weight | test error per epoch (%) "
              "| final (%) | images/s |\n|---|---|---|---|---|---|---|\n" + "\n".join(rows))
     (out / "results.md").write_text(table + "\n")
-    plot_runs(paths, str(out / "curves.png"))
+    plot_runs(paths, str(out / "curves.png"), epochs=args.epochs)
     print(table)
     return 0
 
