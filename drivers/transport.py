@@ -264,7 +264,9 @@ class VisaTransport(_Counting):
         if self._stale:
             log.info("%s: reconnecting after a failed re-sync", self.resource)
             self.reconnect()
-        if self._peer_closed():
+        # (on a raw socket a closed peer shows as EOF at the read; through pyvisa-py the
+        # read would busy-spin for the whole timeout, so look before sending)
+        if self._raw is None and self._peer_closed():
             raise InstrumentConnectionError(
                 f"connection closed by the instrument (sending {message!r}); call reconnect()",
                 self.resource,
