@@ -45,6 +45,9 @@ from rpuhw.errors import ConfigError
 
 log = logging.getLogger("rpuhw.drivers.bench")
 
+PIPELINE = 8
+"""Read messages in flight at once (fast path); small, so an error costs little."""
+
 MAX_BURST = 100_000_000
 """Largest burst count of one 33500B trigger (NCYC maximum)."""
 
@@ -302,14 +305,8 @@ class BenchArray(CrossPointArray):
         return self._guard(self._read_all)
 
     def _read_all(self) -> torch.Tensor:
-        v = self.config.read.voltage
-        cur = torch.empty(self.rows, self.cols, dtype=torch.float64)
-        for i in range(self.rows):
-            for j in range(self.cols):
-                cur[i, j] = self._read_current(i, j)
-        self._check_errors()
-        g = -cur / v
-        return self.config.weights.to_weight(g).to(torch.float32)
+        devices = [(i, j) for i in range(self.rows) for j in range(self.cols)]
+        return self._read_list(devices).reshape(self.rows, self.cols)
 
     def read_devices(self, devices: list[tuple[int, int]]) -> torch.Tensor:
         """Weights of the listed ``(row, col)`` devices only (one read each), float32 [n]."""
@@ -320,26 +317,65 @@ class BenchArray(CrossPointArray):
         return self._guard(self._read_list, list(devices))
 
     def _read_list(self, devices: list[tuple[int, int]]) -> torch.Tensor:
-        cur = torch.tensor([self._read_current(i, j) for i, j in devices], dtype=torch.float64)
+        if self._fast:
+            cur = self._read_pipelined(devices)
+        else:
+            cur = [self._read_current(i, j) for i, j in devices]
         self._check_errors()
+        cur = torch.tensor(cur, dtype=torch.float64)
         return self.config.weights.to_weight(-cur / self.config.read.voltage).to(torch.float32)
+
+    def _read_pipelined(self, devices: list[tuple[int, int]]) -> list[float]:
+        """One message per device, up to PIPELINE of them in flight: the SMU executes its
+        input queue in order (each message turns the outputs off before it routes), so
+        the host's turn-around overlaps the instrument's work instead of adding to it."""
+        smu = self._sense.instrument
+        t = smu.transport
+        out: list[float] = []
+        in_flight = 0
+        try:
+            for i, j in devices:
+                message = "; ".join(self._read_statements(i, j))
+                smu.recent.append(message)
+                t.write(message)
+                in_flight += 1
+                if in_flight == PIPELINE:
+                    out.append(float(t.read()))
+                    in_flight -= 1
+            while in_flight:
+                out.append(float(t.read()))
+                in_flight -= 1
+        except BaseException:
+            if in_flight:  # replies still on their way would answer the next query
+                try:
+                    t.clear()
+                except Exception:
+                    pass
+            raise
+        return out
+
+    def _read_statements(self, i: int, j: int) -> list[str]:
+        """The one-message read of (i, j) through TSP-Link (cached per device)."""
+        stmts = self._read_msgs.get((i, j))
+        if stmts is None:
+            cfg, s, b = self.config, self._sense, self._bias
+            c = cfg.read.compliance_a
+            stmts = [s.channel.cmd_output(False), b.channel.cmd_output(False),
+                     *self._matrix.cmd_close_exclusive(self._read_route(i, j)),
+                     *b.channel.cmd_source_voltage(cfg.read.voltage, c),
+                     *s.channel.cmd_source_voltage(0.0, c),
+                     b.channel.cmd_output(True), s.channel.cmd_output(True),
+                     s.channel.cmd_measure_current(),
+                     s.channel.cmd_output(False), b.channel.cmd_output(False)]
+            self._read_msgs[(i, j)] = stmts
+        return stmts
 
     def _read_current(self, i: int, j: int) -> float:
         cfg, s, b = self.config, self._sense, self._bias
-        chans = None if (i, j) in self._read_msgs else self._read_route(i, j)
-        c = cfg.read.compliance_a
         if self._fast:
-            stmts = self._read_msgs.get((i, j))
-            if stmts is None:  # the same statements every time: built once per device
-                stmts = [s.channel.cmd_output(False), b.channel.cmd_output(False),
-                         *self._matrix.cmd_close_exclusive(chans),
-                         *b.channel.cmd_source_voltage(cfg.read.voltage, c),
-                         *s.channel.cmd_source_voltage(0.0, c),
-                         b.channel.cmd_output(True), s.channel.cmd_output(True),
-                         s.channel.cmd_measure_current(),
-                         s.channel.cmd_output(False), b.channel.cmd_output(False)]
-                self._read_msgs[(i, j)] = stmts
-            return float(s.instrument.tsp(stmts, reply=True))
+            return float(s.instrument.tsp(self._read_statements(i, j), reply=True))
+        chans = self._read_route(i, j)
+        c = cfg.read.compliance_a
         s.channel.output(False)
         b.channel.output(False)
         self._matrix.close_exclusive(chans)
