@@ -102,6 +102,7 @@ class BenchArray(CrossPointArray):
         self._closed = False
         self._instruments: dict[str, Any] = {}
         self._read_msgs: dict[tuple[int, int], list[str]] = {}
+        self._route_msgs: dict[tuple[int, int, bool], list[str]] = {}
         self._mvm_cache: torch.Tensor | None = None
         self._plans: dict[tuple[int, int, bool], tuple[list[str], dict[str, float]]] = {}
         _OPEN.add(self)
@@ -419,14 +420,17 @@ class BenchArray(CrossPointArray):
         c = cfg.pulse.compliance_a
         srcs = {"sense": s, "bias": b}
         if self._fast:
-            stmts = [s.channel.cmd_output(False), b.channel.cmd_output(False),
-                     *self._matrix.cmd_close_exclusive(chans)]
-            for name, level in levels.items():
-                stmts += srcs[name].channel.cmd_source_voltage(level, c)
-            stmts += [b.channel.cmd_output(True)]
-            if cfg.bias_scheme == "v/3":
-                stmts += [s.channel.cmd_output(True)]
-            stmts += ["print(errorqueue.count)"]
+            stmts = self._route_msgs.get((i, j, up))
+            if stmts is None:  # the same statements every time: built once per device
+                stmts = [s.channel.cmd_output(False), b.channel.cmd_output(False),
+                         *self._matrix.cmd_close_exclusive(chans)]
+                for name, level in levels.items():
+                    stmts += srcs[name].channel.cmd_source_voltage(level, c)
+                stmts += [b.channel.cmd_output(True)]
+                if cfg.bias_scheme == "v/3":
+                    stmts += [s.channel.cmd_output(True)]
+                stmts += ["print(errorqueue.count)"]
+                self._route_msgs[(i, j, up)] = stmts
             if float(s.instrument.tsp(stmts, reply=True)) != 0:
                 self._check_errors()
         else:
