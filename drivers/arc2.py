@@ -62,6 +62,7 @@ from rpuhw.array import Capabilities, CrossPointArray
 from rpuhw.config import from_mapping, load_yaml, require
 from rpuhw.errors import ConfigError
 
+from .bench_config import WeightMap
 from .errors import InstrumentConnectionError, SafetyError
 
 try:
@@ -134,38 +135,6 @@ class PulseConfig:
     """Row (bit-line) ``+amplitude`` above the column: weight up."""
     depression: PulseShape = field(default_factory=PulseShape)
     """Column (word-line) ``+amplitude`` above the row: weight down."""
-
-
-@dataclass
-class WeightMap:
-    """Conductance -> weight: ``w = w_min + (g - g_min) (w_max - w_min) / (g_max - g_min)``."""
-
-    g_min: float = 1e-6
-    """Conductance (S) that maps to ``w_min``."""
-    g_max: float = 1e-4
-    """Conductance (S) that maps to ``w_max``."""
-    w_min: float = -0.6
-    """Weight at ``g_min``."""
-    w_max: float = 0.6
-    """Weight at ``g_max``."""
-    dw_min: float = 0.001
-    """Nominal weight change of one pulse (first guess for write-verify)."""
-
-    def to_weight(self, g):
-        """Weight of conductance ``g`` (S); works on floats and arrays."""
-        return self.w_min + (g - self.g_min) * (self.w_max - self.w_min) / (self.g_max - self.g_min)
-
-    def to_conductance(self, w):
-        """Conductance (S) of weight ``w`` (the inverse of :meth:`to_weight`)."""
-        return self.g_min + (w - self.w_min) * (self.g_max - self.g_min) / (self.w_max - self.w_min)
-
-    def validate(self) -> None:
-        require(self.g_min >= 0, "g_min", f"must be >= 0, got {self.g_min}")
-        require(self.g_max > self.g_min, "g_max",
-                f"must be > g_min ({self.g_min}), got {self.g_max}")
-        require(self.w_max > self.w_min, "w_max",
-                f"must be > w_min ({self.w_min}), got {self.w_max}")
-        require(self.dw_min > 0, "dw_min", f"must be > 0, got {self.dw_min}")
 
 
 @dataclass

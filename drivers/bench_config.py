@@ -127,8 +127,12 @@ class WeightMap:
     """Nominal weight change of one pulse (first guess for write-verify)."""
 
     def to_weight(self, g):
-        """Weight of conductance ``g`` (S)."""
+        """Weight of conductance ``g`` (S); floats, arrays or tensors."""
         return self.w_min + (g - self.g_min) * (self.w_max - self.w_min) / (self.g_max - self.g_min)
+
+    def to_conductance(self, w):
+        """Conductance (S) of weight ``w`` (the inverse of :meth:`to_weight`)."""
+        return self.g_min + (w - self.w_min) * (self.g_max - self.g_min) / (self.w_max - self.w_min)
 
     def validate(self) -> None:
         require(self.g_min >= 0, "g_min", f"must be >= 0, got {self.g_min}")
