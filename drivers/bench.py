@@ -469,14 +469,20 @@ class BenchArray(CrossPointArray):
     def snapshot(self) -> dict[str, Any]:
         """Instrument identities and the bench settings (stored with measurements)."""
         return {"bench": self.config.source,
-                "instruments": {n: getattr(i.transport, "idn", None)
-                                for n, i in self._instruments.items()},
+                "instruments": {n: self._identity(n) for n in self._instruments},
                 "bias_scheme": self.config.bias_scheme,
                 "read_voltage": self.config.read.voltage,
                 "pulse": {"potentiation": vars(self.config.pulse.potentiation),
                           "depression": vars(self.config.pulse.depression),
                           "period_s": self.config.pulse.period_s},
                 "limits": vars(self.config.limits)}
+
+    def _identity(self, name: str) -> str | None:
+        link = self.config.instruments[name].tsp_link
+        if link is not None:  # its session is the master's: that *IDN? is the master's
+            return f"{self.config.instruments[name].driver} at TSP-Link node {link.node} of " \
+                   f"{link.via}"
+        return getattr(self._instruments[name].transport, "idn", None)
 
     def __repr__(self) -> str:
         return f"BenchArray({self.config.source!r}, rows={self.rows}, cols={self.cols})"

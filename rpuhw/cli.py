@@ -166,7 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
     for name, what in (("characterize", "measure devices' pulse response or read noise on "
                                          "any array into a measurement CSV"),
                        ("fit", "fit device models to a measurement CSV -> device YAML"),
-                       ("validate", "compare a fitted device YAML with the measurements")):
+                       ("validate", "compare a fitted device YAML with the measurements"),
+                       ("bench", "check a bench YAML: connect, identify, safe state, read")):
         p = sub.add_parser(name, add_help=False, help=f"{what} (rpuhw {name} --help)")
         p.set_defaults(func=_cmd_emulate)
     p = sub.add_parser("emulate", add_help=False,
@@ -193,6 +194,7 @@ _DELEGATED = {  # subcommands with their own parser (and --help) in the other pa
     "fit": ("rpuhw.calibration.fit_cli", "main"),
     "validate": ("rpuhw.calibration.validate", "main"),
     "demo": ("rpuhw.calibration.demo", "main"),
+    "bench": ("rpuhw.drivers.bench_cli", "main"),
 }
 
 

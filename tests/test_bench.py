@@ -136,3 +136,17 @@ def test_emulate_cli_then_open_array(tmp_path):
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=20) == 0
+
+
+def test_bench_command_checks_a_bench(tmp_path):
+    """``rpuhw bench`` validates, connects, identifies and reads; bad YAML exits 2."""
+    from rpuhw.cli import main
+
+    with Emulator(rows=ROWS, cols=COLS, seed=2) as emu:
+        path = emu.write_bench(tmp_path / "bench.yaml")
+        assert main(["bench", str(path), "--read"]) == 0
+        assert emu.chip.hot_switches == 0
+        assert not any(s.output for s in emu.chip.sources.values())
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(path.read_text().replace("v_max: 2.0", "v_max: 0.5"))
+    assert main(["bench", str(bad)]) == 2
