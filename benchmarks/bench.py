@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -38,6 +39,23 @@ def start_emulator(rows: int, cols: int, latency_ms: float, out: Path) -> subpro
     return proc
 
 
+@contextmanager
+def emulated_array(rows: int, cols: int, latency_ms: float):
+    """``open_array("bench:...")`` on a fresh ``rpuhw emulate`` subprocess; yields
+    ``(array, tmp_dir)``; closes the array and stops the emulator on every exit path."""
+    from rpuhw import open_array
+
+    with tempfile.TemporaryDirectory() as tmp:
+        bench_yaml = Path(tmp) / "bench.yaml"
+        proc = start_emulator(rows, cols, latency_ms, bench_yaml)
+        try:
+            with open_array(f"bench:{bench_yaml}", rows, cols) as arr:
+                yield arr, Path(tmp)
+        finally:
+            proc.terminate()
+            proc.wait(timeout=10)
+
+
 def _measure(bench, op, repeats: int) -> dict:
     walls, msgs = [], []
     for _ in range(repeats):
@@ -51,24 +69,12 @@ def _measure(bench, op, repeats: int) -> dict:
 
 
 def run(rows: int, cols: int, latency_ms: float, repeats: int) -> dict:
-    from rpuhw import open_array
-
-    with tempfile.TemporaryDirectory() as tmp:
-        bench_yaml = Path(tmp) / "bench.yaml"
-        proc = start_emulator(rows, cols, latency_ms, bench_yaml)
-        try:
-            arr = open_array(f"bench:{bench_yaml}", rows, cols)
-            try:
-                g = torch.Generator().manual_seed(0)
-                counts = torch.randint(1, 4, (rows, cols), generator=g)
-                signs = torch.randint(0, 2, (rows, cols), generator=g) * 2 - 1
-                read = _measure(arr, arr.read, repeats)
-                pulse = _measure(arr, lambda: arr.pulse(counts * signs), repeats)
-            finally:
-                arr.close()
-        finally:
-            proc.terminate()
-            proc.wait(timeout=10)
+    with emulated_array(rows, cols, latency_ms) as (arr, _):
+        g = torch.Generator().manual_seed(0)
+        counts = torch.randint(1, 4, (rows, cols), generator=g)
+        signs = torch.randint(0, 2, (rows, cols), generator=g) * 2 - 1
+        read = _measure(arr, arr.read, repeats)
+        pulse = _measure(arr, lambda: arr.pulse(counts * signs), repeats)
     out = {}
     for name, r in (("read_all", read), ("pulse_program", pulse)):
         lower = r["messages"] * latency_ms / 1000

@@ -24,40 +24,27 @@ import json
 import os
 import platform
 import sys
-import tempfile
 import time
-from pathlib import Path
 
-from benchmarks.bench import start_emulator
+from benchmarks.bench import emulated_array
 
 
 def run(rows: int, cols: int, devices: int, pulses: int, cycles: int,
         latency_ms: float) -> dict:
     """One pulse-response run on a fresh emulator; wall time and message counts."""
-    from rpuhw import open_array
     from rpuhw.calibration.measurements import MeasurementWriter
     from rpuhw.calibration.protocols import parse_devices, pulse_response
 
     chosen = parse_devices(str(devices), rows, cols)
     steps = cycles * 2 * (pulses + 1)
-    with tempfile.TemporaryDirectory() as tmp:
-        bench_yaml = Path(tmp) / "bench.yaml"
-        proc = start_emulator(rows, cols, latency_ms, bench_yaml)
-        try:
-            arr = open_array(f"bench:{bench_yaml}", rows, cols)
-            try:
-                writer = MeasurementWriter(Path(tmp) / "meas.csv", {})
-                before = arr.stats()["messages"]
-                t0 = time.perf_counter()
-                written = pulse_response(arr, chosen, pulses, cycles, writer, progress=False)
-                wall = time.perf_counter() - t0
-                msgs = arr.stats()["messages"] - before
-                writer.finish()
-            finally:
-                arr.close()
-        finally:
-            proc.terminate()
-            proc.wait(timeout=10)
+    with emulated_array(rows, cols, latency_ms) as (arr, tmp):
+        writer = MeasurementWriter(tmp / "meas.csv", {})
+        before = arr.stats()["messages"]
+        t0 = time.perf_counter()
+        written = pulse_response(arr, chosen, pulses, cycles, writer, progress=False)
+        wall = time.perf_counter() - t0
+        msgs = arr.stats()["messages"] - before
+        writer.finish()
     lower = msgs * latency_ms / 1000
     return {"latency_ms": latency_ms, "wall_s": round(wall, 3), "rows_written": written,
             "protocol_steps": steps, "messages": msgs,

@@ -192,9 +192,7 @@ def _run(args: argparse.Namespace, prog: str) -> int:
               f"{sidecar_path(out)} in {time.monotonic() - t0:.1f} s")
         return 0
     finally:
-        close = getattr(array, "close", None)
-        if callable(close):
-            close()
+        array.close()
 
 
 if __name__ == "__main__":  # pragma: no cover

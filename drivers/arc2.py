@@ -322,12 +322,6 @@ class ArcTwoArray(CrossPointArray):
         if inst is not None:
             inst.finalise_operation(_pyarc2().IdleMode.Float)
 
-    def __enter__(self) -> ArcTwoArray:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
     def __del__(self):
         try:
             self.close()

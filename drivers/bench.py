@@ -250,12 +250,6 @@ class BenchArray(CrossPointArray):
         if interrupted is not None:
             raise interrupted
 
-    def __enter__(self) -> BenchArray:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
     def __del__(self):
         try:
             self.close()

@@ -77,8 +77,7 @@ def train_lenet(SPEC: str, train_limit: int, test_limit: int) -> dict:
         # a hardware array holds instrument sessions: close it (outputs off, relays open)
         for layer in analog_layers(model).values():
             for array in layer.grid.arrays:
-                if hasattr(array, "close"):
-                    array.close()
+                array.close()
     return {"error": error, "messages": messages, "seconds": time.perf_counter() - t0}
 
 

@@ -146,6 +146,16 @@ class CrossPointArray(ABC):  # noqa: B024 - every hook is optional, see capabili
     def __repr__(self) -> str:
         return f"{type(self).__name__}(rows={self.rows}, cols={self.cols})"
 
+    def close(self) -> None:  # noqa: B027 - optional hook, a no-op for simulators
+        """Release the backend (hardware: outputs off, sessions closed); idempotent.
+        Simulators hold nothing to release. Arrays are context managers that close."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     def _emulating(self, op: str, how: str) -> None:
         key = (type(self), op)
         if key not in CrossPointArray._announced:

@@ -238,8 +238,7 @@ def train(cfg: TrainConfig, resume: bool = False, log=print,
     finally:  # hardware arrays: outputs off and sessions closed on every exit path
         torch.set_num_threads(threads)
         for arr in _arrays(run.model):
-            if hasattr(arr, "close"):
-                arr.close()
+            arr.close()
 
 
 def _arrays(model: nn.Module) -> list:

@@ -565,3 +565,12 @@ def test_open_array_missing_yaml(tmp_path, monkeypatch):
     with pytest.raises(ConfigError) as info:
         open_array("sim:missing.yaml", ROWS, COLS)
     assert "missing.yaml" in str(info.value)
+
+
+@cases
+def test_arrays_are_context_managers_and_close_twice(case):
+    """Every backend can be closed (hardware: outputs off, sessions closed) and used in
+    ``with``; a second close is harmless."""
+    with make(case) as arr:
+        assert arr.read().shape == (ROWS, COLS)
+    arr.close()
