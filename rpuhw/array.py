@@ -76,21 +76,24 @@ def _as_tensor(value, name: str) -> torch.Tensor:
     raise ValueError(f"{name}: expected a torch.Tensor, got {type(value).__name__}")
 
 
-def check_float(value, name: str, shape: tuple[int | None, ...]) -> torch.Tensor:
+def check_float(value, name: str, shape: tuple[int | None, ...],
+                finite: bool = True) -> torch.Tensor:
     """Validate a float tensor of ``shape`` (None = any size); return CPU float32.
 
-    Raises ValueError naming the expected and given shape/dtype, or non-finite entries.
+    Raises ValueError naming the expected and given shape/dtype, or non-finite entries
+    (``finite=False`` skips that test, for callers whose compiled kernels do it).
     """
     t = _as_tensor(value, name)
-    expect = "[" + ", ".join("N" if s is None else str(s) for s in shape) + "]"
     if t.dim() != len(shape) or any(
             s is not None and s != g for s, g in zip(shape, t.shape, strict=True)):
+        expect = "[" + ", ".join("N" if s is None else str(s) for s in shape) + "]"
         raise ValueError(f"{name}: expected shape {expect}, got {list(t.shape)}")
-    if not t.is_floating_point():
-        raise ValueError(f"{name}: expected a floating-point tensor, got {t.dtype}")
-    t = t.detach().to("cpu", torch.float32)
+    if t.dtype is not torch.float32 or t.device.type != "cpu" or t.requires_grad:
+        if not t.is_floating_point():
+            raise ValueError(f"{name}: expected a floating-point tensor, got {t.dtype}")
+        t = t.detach().to("cpu", torch.float32)
     # one reduction: max|t| is nan or inf exactly when some entry is
-    if t.numel() and not math.isfinite(float(t.abs().amax())):
+    if finite and t.numel() and not math.isfinite(float(t.abs().amax())):
         raise ValueError(f"{name}: contains non-finite values (nan or inf)")
     return t
 
@@ -301,6 +304,19 @@ class CrossPointArray(ABC):  # noqa: B024 - every hook is optional, see capabili
         """Weights an emulated forward/backward multiplies with (default: a fresh read;
         slow backends may reuse one read until the next pulse)."""
         return self.read()
+
+    def _managed_mvm(self, v: torch.Tensor, transposed: bool, noise_management: bool,
+                     bound_management: bool, bm_bound: float,
+                     max_halvings: int) -> tuple[torch.Tensor, tuple[int, int, int, int]] | None:
+        """Optional native hook: the periphery's noise- and bound-managed MVMs in one call.
+
+        Must give what :class:`~rpuhw.periphery.Periphery` computes through
+        ``forward``/``backward`` (same distribution) and return ``(y, (array calls,
+        vectors sent, BM halvings, unresolved vectors))``; raise ValueError on
+        non-finite input. ``v`` is float32 [N, cols] (``transposed``: [N, rows]).
+        None (the default) = not offered: the periphery runs its generic path.
+        """
+        return None
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError

@@ -77,8 +77,11 @@ class AnalogLayer(nn.Module):
         # images summed over every forward/backward since the last step (gradient
         # accumulation); sample granularity splits the pairs into that many blocks
         images = sum(p[2] for p in self._pending)
-        x = torch.cat([p[0] for p in self._pending])
-        d = torch.cat([p[1] for p in self._pending])
+        if len(self._pending) == 1:
+            x, d = self._pending[0][:2]
+        else:
+            x = torch.cat([p[0] for p in self._pending])
+            d = torch.cat([p[1] for p in self._pending])
         self._pending.clear()
         self.grid.update(x, d, lr, images=max(images, 1))
 
@@ -96,7 +99,7 @@ class AnalogLayer(nn.Module):
                 "arrays": [a.state_dict() if hasattr(a, "state_dict") else {"weights": a.read()}
                            for a in arrays],
                 # the peripheries' pulse-train generators: a resumed run draws the same bits
-                "periphery_rng": [p.gen.get_state() for row in self.grid.tiles for p in row]}
+                "periphery_rng": [p.rng_state() for row in self.grid.tiles for p in row]}
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
         arrays = self.grid.arrays
@@ -111,7 +114,7 @@ class AnalogLayer(nn.Module):
         rngs = state.get("periphery_rng")
         if rngs is not None:
             for p, g in zip([p for row in self.grid.tiles for p in row], rngs, strict=True):
-                p.gen.set_state(g)
+                p.set_rng_state(g)
 
 
 class AnalogLinear(AnalogLayer):

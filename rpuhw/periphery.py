@@ -37,23 +37,25 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
+import numpy as np
 import torch
 
+from rpuhw import periphery_kernels as pk
 from rpuhw._jit import HAVE_NUMBA
 from rpuhw.array import CrossPointArray, check_float
 from rpuhw.bits import MAX_BL, PackedBits
 from rpuhw.config import require
-from rpuhw.sim.encode import encode_packed, encode_torch, row_absmax
+from rpuhw.periphery_kernels import signed_encode_kernel, signed_probabilities_kernel
+from rpuhw.seeds import SeedStream
+from rpuhw.sim.encode import SERIAL_SLOTS, encode_packed, encode_torch, row_absmax
 from rpuhw.sim.io import quantize
+from rpuhw.sim.mvm import SAT_RTOL
 
 __all__ = ["Periphery", "PeripheryConfig", "PeripheryStats"]
 
 _DEFAULT_OUT_BOUND = 12.0
-_F32_SAFE = 1e30
-"""Gains up to this are applied in float32 (C |v| may overflow to inf, which clips to
-p = 1 correctly); larger ones would turn into inf and 0 * inf = nan, so float64 is used."""
-_SAT_RTOL = 1e-6
-"""An output counts as saturated when ``|y| >= out_bound * (1 - _SAT_RTOL)``."""
+_F32_SAFE = pk.F32_SAFE
+_SAT_RTOL = SAT_RTOL
 
 
 @dataclass
@@ -199,6 +201,7 @@ class Periphery:
             self.gen.seed()
         else:
             self.gen.manual_seed(int(seed))
+        self._seeds = SeedStream.from_generator(self.gen)  # seeds of the compiled encoder
         self.stats = PeripheryStats()
 
     def __repr__(self) -> str:
@@ -228,18 +231,34 @@ class Periphery:
     # ---- forward / backward ----------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Managed MVMs ``y = W x``: x [N, cols] -> y [N, rows] (any scale of x)."""
-        x = check_float(x, "x", (None, self.array.cols))
+        # nan/inf are rejected by the array (or its managed MVM), not here: one pass less
+        x = check_float(x, "x", (None, self.array.cols), finite=False)
         return self._mvm(x, self.array.forward, self.array.rows, "forward",
                          self.config.bound_management)
 
     def backward(self, d: torch.Tensor) -> torch.Tensor:
         """Managed transposed MVMs ``z = W^T d``: d [N, rows] -> z [N, cols]."""
-        d = check_float(d, "d", (None, self.array.rows))
+        d = check_float(d, "d", (None, self.array.rows), finite=False)
         return self._mvm(d, self.array.backward, self.array.cols, "backward",
                          self.config.bound_management and self.config.bm_backward)
 
     def _mvm(self, v: torch.Tensor, op, n_out: int, kind: str, bm: bool) -> torch.Tensor:
         c = self.config
+        if not (c.inp_res or c.out_res):  # the array may do all of it in one native call
+            fused = self.array._managed_mvm(v, kind == "backward", c.noise_management, bm,
+                                            self.out_bound, c.bm_max_halvings)
+            if fused is not None:
+                y, (calls, vectors, halvings, unresolved) = fused
+                st = self.stats
+                if kind == "forward":
+                    st.forward_calls += calls
+                    st.forward_vectors += vectors
+                else:
+                    st.backward_calls += calls
+                    st.backward_vectors += vectors
+                st.bm_halvings += halvings
+                st.bm_unresolved += unresolved
+                return y
         n = v.shape[0]
         out = torch.zeros(n, n_out)
         if n == 0:
@@ -299,8 +318,9 @@ class Periphery:
         return self._probabilities(x, d, lr)
 
     def _check_update(self, x, d, lr):
-        x = check_float(x, "x", (None, self.array.cols))
-        d = check_float(d, "d", (None, self.array.rows))
+        # with numba, the probability kernel rejects nan/inf in the same pass
+        x = check_float(x, "x", (None, self.array.cols), finite=not HAVE_NUMBA)
+        d = check_float(d, "d", (None, self.array.rows), finite=not HAVE_NUMBA)
         if x.shape[0] != d.shape[0]:
             raise ValueError(f"x and d: expected the same number of update vectors P, got "
                              f"x {list(x.shape)} and d {list(d.shape)}")
@@ -311,16 +331,34 @@ class Periphery:
         return x, d, float(lr)
 
     def _probabilities(self, x: torch.Tensor, d: torch.Tensor, lr: float):
-        sx, sd, _ = self._signed_probabilities(x, d, lr)
+        sx, sd, _, _ = self._signed_probabilities(x, d, lr)
         return sx.abs(), sd.abs()
 
-    def _signed_probabilities(self, x: torch.Tensor, d: torch.Tensor, lr: float):
-        """``(sign(x) p_x, -sign(d) p_d, (max p_x, max p_d))``: d lines carry -sign(d).
+    def _gain(self, lr: float) -> float:
+        return math.sqrt(lr / (self.config.bl * self.dw_min))
 
-        Gains are computed in float64 per update vector and applied in float32.
+    def _signed_probabilities(self, x: torch.Tensor, d: torch.Tensor, lr: float):
+        """``(sign(x) p_x, -sign(d) p_d, (max p_x, max p_d), (sum p_x, sum p_d))``: d lines
+        carry -sign(d). Gains are computed in float64 per update vector and applied in
+        float32; one compiled pass with numba (:mod:`rpuhw.periphery_kernels`, the same
+        arithmetic as :meth:`_signed_probabilities_torch`), which also rejects nan/inf.
         """
+        if not HAVE_NUMBA:
+            return self._signed_probabilities_torch(x, d, lr)
+        xa = np.ascontiguousarray(x.detach().to("cpu", torch.float32).numpy())
+        da = np.ascontiguousarray(d.detach().to("cpu", torch.float32).numpy())
+        sx, sd = np.empty_like(xa), np.empty_like(da)
+        stats = np.zeros(4)
+        status = signed_probabilities_kernel(xa, da, self._gain(lr),
+                                             self.config.update_management, sx, sd, stats)
+        self._raise_nonfinite(status)
+        return (torch.from_numpy(sx), torch.from_numpy(sd), (stats[2], stats[3]),
+                (stats[0], stats[1]))
+
+    def _signed_probabilities_torch(self, x: torch.Tensor, d: torch.Tensor, lr: float):
+        """:meth:`_signed_probabilities` with tensor operations (no numba)."""
         c = self.config
-        gain = math.sqrt(lr / (c.bl * self.dw_min))
+        gain = self._gain(lr)
         x_max = row_absmax(x).double()[:, None]
         d_max = row_absmax(d).double()[:, None]
         live = (x_max > 0) & (d_max > 0)  # otherwise no coincidence is possible: p = 0
@@ -344,19 +382,68 @@ class Periphery:
         def top(g, m):
             return float((g * m).clamp(max=1.0).max()) if m.numel() else 0.0
 
-        return scaled(x, cx), scaled(d, -cd), (top(cx, x_max), top(cd, d_max))
+        sx, sd = scaled(x, cx), scaled(d, -cd)
+        return (sx, sd, (top(cx, x_max), top(cd, d_max)),
+                (float(sx.abs().sum(dtype=torch.float64)),
+                 float(sd.abs().sum(dtype=torch.float64))))
 
     def _signed(self, x, d, lr):
         """Signed probabilities of an update, recording their statistics."""
-        sx, sd, (px_max, pd_max) = self._signed_probabilities(x, d, lr)
-        st = self.stats
-        st.px_max, st.pd_max = px_max, pd_max
-        st.px_mean = float(torch.linalg.vector_norm(sx, ord=1)) / sx.numel() if sx.numel() else 0.0
-        st.pd_mean = float(torch.linalg.vector_norm(sd, ord=1)) / sd.numel() if sd.numel() else 0.0
+        sx, sd, tops, sums = self._signed_probabilities(x, d, lr)
+        self._record(tops, sums, sx.numel(), sd.numel())
         return sx, sd
 
+    def _record(self, tops, sums, nx: int, nd: int) -> None:
+        st = self.stats
+        st.px_max, st.pd_max = float(tops[0]), float(tops[1])
+        st.px_mean = float(sums[0]) / nx if nx else 0.0
+        st.pd_mean = float(sums[1]) / nd if nd else 0.0
+
+    def _encode_packed(self, x: torch.Tensor, d: torch.Tensor, lr: float) -> PackedBits:
+        """Validated x, d -> PackedBits (numba, BL <= 64), recording the statistics.
+
+        Small calls compute the probabilities and the masks in one compiled call
+        (:func:`~rpuhw.periphery_kernels.signed_encode_kernel`); large ones use the
+        parallel encoder. Both give the bits of ``encode_packed(*_signed(...), seed)``.
+        """
+        bl = self.config.bl
+        P, cols, rows = x.shape[0], x.shape[1], d.shape[1]
+        if P * (cols + rows) * bl >= SERIAL_SLOTS:
+            sx, sd = self._signed(x, d, lr)
+            return encode_packed(sx, sd, bl, self._seed())
+        xa = np.ascontiguousarray(x.numpy())
+        da = np.ascontiguousarray(d.numpy())
+        x_nz, x_pos = np.empty((P, cols), np.uint64), np.empty((P, cols), np.uint64)
+        d_nz, d_pos = np.empty((P, rows), np.uint64), np.empty((P, rows), np.uint64)
+        stats = np.zeros(4)
+        status = signed_encode_kernel(xa, da, self._gain(lr), self.config.update_management,
+                                      bl, np.uint64(self._seeds.peek()), x_nz, x_pos, d_nz,
+                                      d_pos, stats)
+        self._raise_nonfinite(status)  # before the seed is consumed: bad input changes nothing
+        self._seed()
+        self._record(stats[2:], stats[:2], xa.size, da.size)
+        return PackedBits(x_nz, x_pos, d_nz, d_pos, bl)
+
+    @staticmethod
+    def _raise_nonfinite(status: int) -> None:
+        if status != pk.OK:
+            name = "x" if status == pk.X_NONFINITE else "d"
+            raise ValueError(f"{name}: contains non-finite values (nan or inf)")
+
     def _seed(self) -> int:
-        return int(torch.randint(0, 2**62, (1,), generator=self.gen))
+        return self._seeds()
+
+    def rng_state(self) -> dict:
+        """State of the periphery's randomness (generator and seed stream), for checkpoints."""
+        return {"gen": self.gen.get_state(), "seeds": self._seeds.state}
+
+    def set_rng_state(self, state) -> None:
+        """Restore :meth:`rng_state` (a bare generator state is accepted too)."""
+        if isinstance(state, torch.Tensor):
+            self.gen.set_state(state)
+            return
+        self.gen.set_state(state["gen"])
+        self._seeds.state = int(state["seeds"])
 
     def _packed_ok(self) -> bool:
         return self.engine == "numba" and self.config.bl <= MAX_BL
@@ -370,9 +457,9 @@ class Periphery:
         if self.config.bl > MAX_BL:
             raise ValueError(f"encode: packed bits hold at most {MAX_BL} slots, config bl is "
                              f"{self.config.bl} (use encode_bits)")
-        sx, sd = self._signed(x, d, lr)
         if self.engine == "numba":
-            return encode_packed(sx, sd, self.config.bl, self._seed())
+            return self._encode_packed(x, d, lr)
+        sx, sd = self._signed(x, d, lr)
         return PackedBits.from_bits(*encode_torch(sx, sd, self.config.bl, self.gen))
 
     def encode_bits(self, x: torch.Tensor, d: torch.Tensor,
@@ -384,9 +471,9 @@ class Periphery:
         :meth:`encode` would give for the same generator state.
         """
         x, d, lr = self._check_update(x, d, lr)
-        sx, sd = self._signed(x, d, lr)
         if self._packed_ok():
-            return encode_packed(sx, sd, self.config.bl, self._seed()).to_bits()
+            return self._encode_packed(x, d, lr).to_bits()
+        sx, sd = self._signed(x, d, lr)
         return encode_torch(sx, sd, self.config.bl, self.gen)
 
     def update(self, x: torch.Tensor, d: torch.Tensor, lr: float | None = None) -> None:
@@ -405,10 +492,10 @@ class Periphery:
         x, d, lr = self._check_update(x, d, lr)
         if x.shape[0] == 0:
             return
-        sx, sd = self._signed(x, d, lr)
         if self._packed_ok():
-            self.array.update(encode_packed(sx, sd, self.config.bl, self._seed()))
+            self.array.update(self._encode_packed(x, d, lr))
         else:
+            sx, sd = self._signed(x, d, lr)
             self.array.update(*encode_torch(sx, sd, self.config.bl, self.gen))
         self.stats.update_calls += 1
         self.stats.updates += x.shape[0]

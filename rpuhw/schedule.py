@@ -140,6 +140,8 @@ class TileGrid:
     # ---- cycles ----------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``y = W x`` for x [N, in] -> [N, out] (one forward call per tile)."""
+        if len(self.tiles) == 1 and len(self.tiles[0]) == 1 and self.k == 1:
+            return self.tiles[0][0].forward(x)  # one tile: no slicing, no partial sums
         parts = []
         for row in self.tiles:
             acc = None
@@ -152,6 +154,8 @@ class TileGrid:
 
     def backward(self, d: torch.Tensor) -> torch.Tensor:
         """``z = W^T d`` for d [N, out] -> [N, in] (one backward call per tile)."""
+        if len(self.tiles) == 1 and len(self.tiles[0]) == 1 and self.k == 1:
+            return self.tiles[0][0].backward(d)
         phys = d.repeat(1, self.k) / self.k if self.k > 1 else d
         z = torch.zeros(d.shape[0], self.in_features)
         for (r0, r1), row in zip(self.row_splits, self.tiles, strict=True):

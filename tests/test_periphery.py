@@ -431,7 +431,8 @@ def test_bad_inputs_raise_and_change_nothing():
     sim = rpuhw.open_array("sim", ROWS, COLS, seed=2)
     sim.set_weights(0.1 * torch.ones(ROWS, COLS))
     per = Periphery(sim, seed=0)
-    w0, rng0, gen0 = sim.read(), per.gen.get_state(), sim.gen.get_state()
+    w0, rng0, gen0 = sim.read(), per.rng_state(), sim.state_dict()
+    seeds0 = (rng0["seeds"], gen0["seeds"])
     stats0 = dict(vars(per.stats))
     x, d = torch.rand(4, COLS), torch.rand(4, ROWS)
     nan_x = x.clone()
@@ -460,7 +461,9 @@ def test_bad_inputs_raise_and_change_nothing():
         with pytest.raises(ValueError, match=match):
             fn(*args)
     assert torch.equal(sim.read(), w0)
-    assert torch.equal(per.gen.get_state(), rng0) and torch.equal(sim.gen.get_state(), gen0)
+    rng1, gen1 = per.rng_state(), sim.state_dict()
+    assert torch.equal(rng1["gen"], rng0["gen"]) and torch.equal(gen1["rng"], gen0["rng"])
+    assert (rng1["seeds"], gen1["seeds"]) == seeds0  # no seed consumed by a bad call
     assert dict(vars(per.stats)) == stats0
     with pytest.raises(ValueError, match="CrossPointArray"):
         Periphery("sim")

@@ -13,7 +13,9 @@ from rpuhw.array import Capabilities, CrossPointArray
 from rpuhw.bits import MAX_BL, PackedBits
 from rpuhw.device_spec import DeviceSpec
 from rpuhw.devices import DeviceModel, get_model
+from rpuhw.seeds import SeedStream
 from rpuhw.sim.io import analog_mvm
+from rpuhw.sim.mvm import NONFINITE, finish_kernel, prepare_kernel
 from rpuhw.sim.update_torch import apply_counts, update_torch
 
 Engine = Literal["auto", "numba", "torch"]
@@ -57,6 +59,7 @@ class SimulatedArray(CrossPointArray):
         self.seed = int.from_bytes(os.urandom(7), "little") if seed is None else int(seed)
         self.gen = torch.Generator().manual_seed(self.seed)
         self.state = self.model.draw(rows, cols, self.gen)
+        self._seeds = SeedStream.from_generator(self.gen)  # seeds of the compiled calls
         use_numba = engine != "torch" and HAVE_NUMBA and self.model.nb_pulse is not None
         self.engine = "numba" if use_numba else "torch"
         self.weights = torch.zeros(rows, cols)
@@ -75,7 +78,7 @@ class SimulatedArray(CrossPointArray):
                       out=self.weights)
 
     def _call_seed(self) -> int:
-        return int(torch.randint(0, 2**62, (1,), generator=self.gen))
+        return self._seeds()
 
     def nominal_step(self) -> float:
         return self.model.params.dw_min
@@ -89,10 +92,43 @@ class SimulatedArray(CrossPointArray):
 
     # ---- native operations -----------------------------------------------------------
     def _forward(self, x):
+        if self.engine == "numba":
+            return self._compiled_mvm(x, False, False, False, 1.0, 0)[0]
         return analog_mvm(x, self.weights, self.io, self.gen)
 
     def _backward(self, d):
+        if self.engine == "numba":
+            return self._compiled_mvm(d, True, False, False, 1.0, 0)[0]
         return analog_mvm(d, self.weights.T, self.io, self.gen)
+
+    def _managed_mvm(self, v, transposed, noise_management, bound_management, bm_bound,
+                     max_halvings):
+        if self.engine != "numba":
+            return None
+        return self._compiled_mvm(v, transposed, noise_management, bound_management,
+                                  bm_bound, max_halvings)
+
+    def _compiled_mvm(self, v, transposed, nm, bm, bm_bound, max_halvings):
+        """The numba MVM of :mod:`rpuhw.sim.mvm` (noise from this array's generator)."""
+        io = self.io
+        va = np.ascontiguousarray(v.numpy(), dtype=np.float32)
+        n = va.shape[0]
+        xn = np.empty_like(va)
+        scale, live, exact = np.empty(n, np.float32), np.empty(n, np.bool_), np.empty(n, np.bool_)
+        inp_res = float(io.inp_res or 0.0)
+        n_live = prepare_kernel(va, nm, float(io.inp_bound), inp_res, xn, scale, live, exact)
+        if n_live == NONFINITE:
+            raise ValueError(f"{'d' if transposed else 'x'}: contains non-finite values "
+                             "(nan or inf)")
+        w = self.weights
+        y = torch.from_numpy(xn) @ (w if transposed else w.T)
+        out = np.empty((n, y.shape[1]), np.float32)
+        counters = np.zeros(4, np.int64)
+        finish_kernel(y.numpy(), va, w.numpy(), transposed, live, exact, scale, bm,
+                      float(bm_bound), int(max_halvings), float(io.out_noise),
+                      float(io.inp_bound), inp_res, float(io.out_bound),
+                      float(io.out_res or 0.0), np.uint64(self._call_seed()), out, counters)
+        return torch.from_numpy(out), tuple(counters.tolist())
 
     def _read(self):
         w = self.weights.clone()
@@ -131,7 +167,8 @@ class SimulatedArray(CrossPointArray):
         """Weights, per-device parameters, seed and RNG state (for checkpoints)."""
         return {"weights": self.weights.clone(), "state": {k: v.clone() for k, v in
                                                            self.state.items()},
-                "seed": self.seed, "rng": self.gen.get_state(), "model": self.model.name}
+                "seed": self.seed, "rng": self.gen.get_state(), "seeds": self._seeds.state,
+                "model": self.model.name}
 
     def load_state_dict(self, sd: dict[str, Any]) -> None:
         """Restore :meth:`state_dict`; the model name and shapes must match."""
@@ -147,3 +184,5 @@ class SimulatedArray(CrossPointArray):
         self._prm[:] = np.stack([self.state[k].numpy() for k in self.model.state_names])
         self.seed = sd["seed"]
         self.gen.set_state(sd["rng"])
+        if "seeds" in sd:
+            self._seeds.state = int(sd["seeds"])

@@ -30,7 +30,7 @@ gives a threshold of ``2**32`` (always on), ``p = 0`` never. The comparison is
 branch-free (the borrow of ``u - threshold``), and lines are processed in
 blocks of updates so that the compiler can interleave many independent
 streams; blocks run in parallel for large calls and on one thread for small
-ones (fewer than ``_SERIAL_SLOTS`` slots), with bit-identical results.
+ones (fewer than ``SERIAL_SLOTS`` slots), with bit-identical results.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ _TWO32 = 4294967296.0
 _LOW32 = np.uint64(0xFFFFFFFF)
 _BLOCK = 32
 """Updates per block of the compiled encoder (one block per parallel task)."""
-_SERIAL_SLOTS = 1_000_000
+SERIAL_SLOTS = 1_000_000
 """Calls with fewer slots (P * lines * BL) than this run on one thread."""
 
 
@@ -181,7 +181,7 @@ def encode_packed(ax: torch.Tensor, ad: torch.Tensor, bl: int, seed: int):
     if not 1 <= bl <= MAX_BL:
         raise ValueError(f"bl: packed encoding takes 1..{MAX_BL} slots, got {bl}")
     ax, ad = _as_f32(ax), _as_f32(ad)
-    small = ax.shape[0] * (ax.shape[1] + ad.shape[1]) * bl < _SERIAL_SLOTS
+    small = ax.shape[0] * (ax.shape[1] + ad.shape[1]) * bl < SERIAL_SLOTS
     kernel = encode_kernel_serial if small else encode_kernel
     P, cols, rows = ax.shape[0], ax.shape[1], ad.shape[1]
     x_nz, x_pos = np.empty((P, cols), np.uint64), np.empty((P, cols), np.uint64)
