@@ -4,11 +4,13 @@
 
 Starts ``rpuhw emulate`` in its own process (so the emulator's work does not
 share this interpreter), opens ``bench:BENCH.yaml``, and times a read of every
-device and a pulse program (every device 1-3 pulses, random signs). The
-emulator spends ``--latency-ms`` on every message it receives, so
-``messages x latency`` is the instrument-time lower bound of an operation;
-``ratio = wall / (messages x latency)`` says how much the host adds (target:
-at most 1.1). Prints one JSON object.
+device and a pulse program (every device 1-3 pulses, random signs), once per pulse
+source: ``pulse_program`` with the 33500B (two messages per pulsed device, strictly
+sequential), ``pulse_program_smu`` with ``--pulse-source smu`` (the 2600B's sense
+channel pulses: one message per device, pipelined). The emulator spends
+``--latency-ms`` on every message it receives, so ``messages x latency`` is the
+instrument-time lower bound of an operation; ``ratio = wall / (messages x latency)``
+says how much the host adds (target: at most 1.1). Prints one JSON object.
 """
 
 from __future__ import annotations
@@ -26,10 +28,12 @@ from pathlib import Path
 import torch
 
 
-def start_emulator(rows: int, cols: int, latency_ms: float, out: Path) -> subprocess.Popen:
+def start_emulator(rows: int, cols: int, latency_ms: float, out: Path,
+                   pulse_source: str = "generator") -> subprocess.Popen:
     """``rpuhw emulate`` in a subprocess; returns once it printed ``ready``."""
     cmd = [sys.executable, "-m", "rpuhw.cli", "emulate", "--rows", str(rows), "--cols",
-           str(cols), "--latency-ms", str(latency_ms), "--bench-out", str(out)]
+           str(cols), "--latency-ms", str(latency_ms), "--pulse-source", pulse_source,
+           "--bench-out", str(out)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
     line = proc.stdout.readline()
@@ -40,14 +44,15 @@ def start_emulator(rows: int, cols: int, latency_ms: float, out: Path) -> subpro
 
 
 @contextmanager
-def emulated_array(rows: int, cols: int, latency_ms: float):
-    """``open_array("bench:...")`` on a fresh ``rpuhw emulate`` subprocess; yields
+def emulated_array(rows: int, cols: int, latency_ms: float, pulse_source: str = "generator"):
+    """``open_array("bench:...")`` on a fresh ``rpuhw emulate`` subprocess (pulses from the
+    33500B, or from the 2600B's sense channel with ``pulse_source="smu"``); yields
     ``(array, tmp_dir)``; closes the array and stops the emulator on every exit path."""
     from rpuhw import open_array
 
     with tempfile.TemporaryDirectory() as tmp:
         bench_yaml = Path(tmp) / "bench.yaml"
-        proc = start_emulator(rows, cols, latency_ms, bench_yaml)
+        proc = start_emulator(rows, cols, latency_ms, bench_yaml, pulse_source)
         try:
             with open_array(f"bench:{bench_yaml}", rows, cols) as arr:
                 yield arr, Path(tmp)
@@ -69,16 +74,21 @@ def _measure(bench, op, repeats: int) -> dict:
 
 
 def run(rows: int, cols: int, latency_ms: float, repeats: int) -> dict:
+    g = torch.Generator().manual_seed(0)
+    counts = torch.randint(1, 4, (rows, cols), generator=g)
+    signs = torch.randint(0, 2, (rows, cols), generator=g) * 2 - 1
+    program = counts * signs
     with emulated_array(rows, cols, latency_ms) as (arr, _):
-        g = torch.Generator().manual_seed(0)
-        counts = torch.randint(1, 4, (rows, cols), generator=g)
-        signs = torch.randint(0, 2, (rows, cols), generator=g) * 2 - 1
         read = _measure(arr, arr.read, repeats)
-        pulse = _measure(arr, lambda: arr.pulse(counts * signs), repeats)
+        pulse = _measure(arr, lambda: arr.pulse(program), repeats)
+    with emulated_array(rows, cols, latency_ms, pulse_source="smu") as (arr, _):
+        pulse_smu = _measure(arr, lambda: arr.pulse(program), repeats)
     out = {}
-    for name, r in (("read_all", read), ("pulse_program", pulse)):
+    for name, r, source in (("read_all", read, None), ("pulse_program", pulse, "generator"),
+                            ("pulse_program_smu", pulse_smu, "smu")):
         lower = r["messages"] * latency_ms / 1000
-        out[name] = {**r, "messages_per_device": r["messages"] / (rows * cols),
+        out[name] = {**({"pulse_source": source} if source else {}), **r,
+                     "messages_per_device": r["messages"] / (rows * cols),
                      "instrument_time_s": lower,
                      "ratio": r["wall_s"] / lower if lower else None}
     return out

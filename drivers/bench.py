@@ -2,7 +2,9 @@
 
 The bench is a source-measure unit (two source channels: ``sense`` and
 ``bias``), a Keithley 707B switch matrix that connects every chip line to one
-instrument terminal, and a pulse generator. Native operations:
+instrument terminal, and a pulse source: a pulse generator, or (v/2 only, pulses of
+at least 100 us) the sense channel of a 2600B itself, with KIPulse's
+``PulseVMeasureI``. Native operations:
 
 * ``read``: device by device, "grounded unselected lines": row i at the read
   voltage (bias source), column j on the sense ammeter held at 0 V, every other
@@ -22,8 +24,11 @@ whose own pulse amplitude exceeds its limit is refused at load.
 
 Batching: with a 2600B whose TSP-Link reaches the 707B, one message reads a
 device (outputs off, route, wait for the relays, outputs on, measure, outputs
-off) and a pulsed device costs two (route + bias on; burst with the output
-off again when it replies). Without TSP-Link each step is its own message.
+off), up to :data:`PIPELINE` of them in flight. A pulsed device costs two messages
+with a pulse generator (route + bias on; burst with the output off again when it
+replies), strictly in sequence; with the SMU as pulse source it costs one (outputs
+off, route, bias on, ``PulseVMeasureI`` on the sense channel, outputs off, error
+count), pipelined like reads. Without TSP-Link each step is its own message.
 """
 
 from __future__ import annotations
@@ -50,6 +55,11 @@ PIPELINE = 8
 
 MAX_BURST = 100_000_000
 """Largest burst count of one 33500B trigger (NCYC maximum)."""
+
+MAX_SMU_BURST = 60_000
+"""Largest ``points`` of one ``PulseVMeasureI`` (it stores a reading per pulse in
+``smuX.nvbuffer1``: > 60,000 readings with timestamps and source values, 2600B
+specifications); a burst is also kept under half the SMU's reply timeout."""
 
 _OPEN: weakref.WeakSet = weakref.WeakSet()
 
@@ -103,6 +113,7 @@ class BenchArray(CrossPointArray):
         self._instruments: dict[str, Any] = {}
         self._read_msgs: dict[tuple[int, int], list[str]] = {}
         self._route_msgs: dict[tuple[int, int, bool], list[str]] = {}
+        self._smu_pulse_msgs: dict[tuple[int, int, bool], tuple[str, str]] = {}
         self._mvm_cache: torch.Tensor | None = None
         self._plans: dict[tuple[int, int, bool], tuple[list[str], dict[str, float]]] = {}
         _OPEN.add(self)
@@ -126,7 +137,8 @@ class BenchArray(CrossPointArray):
             kwargs: dict[str, Any] = dict(backend=inst.backend, timeout_s=inst.timeout_s,
                                           v_limit=v_max)
             if inst.driver == "keysight33500b":
-                kwargs["channel"] = int(cfg.terminals["pulse"].channel or 1)
+                pulse = cfg.terminals["pulse"]
+                kwargs["channel"] = int(pulse.channel or 1) if pulse.instrument == name else 1
             self._instruments[name] = get_driver(inst.driver)(
                 transports.get(name, inst.resource), **kwargs)
         for name, inst in linked.items():
@@ -136,7 +148,10 @@ class BenchArray(CrossPointArray):
         self._matrix = self._instruments[cfg.matrix_name()]
         self._sense = self._source("sense")
         self._bias = self._source("bias")
-        self._pulser = self._instruments[cfg.terminals["pulse"].instrument]
+        # the sense channel pulses (PulseVMeasureI): there is no pulse generator to drive
+        self._smu_pulse = cfg.pulse_source == "smu"
+        self._pulser = None if self._smu_pulse else \
+            self._instruments[cfg.terminals["pulse"].instrument]
         smu = self._sense.instrument
         link = cfg.instruments[cfg.matrix_name()].tsp_link
         self._fast = (self._sense.tsp and smu is self._bias.instrument and link is not None
@@ -151,14 +166,16 @@ class BenchArray(CrossPointArray):
     def _setup(self) -> None:
         """Safe state: outputs off, relays open, pulse shape and compliances set."""
         cfg = self.config
-        self._pulser.output(False)  # strict here: an instrument that does not answer at
-        for src in (self._bias, self._sense):  # open must fail the open, loudly
+        if self._pulser is not None:  # strict here: an instrument that does not answer
+            self._pulser.output(False)  # at open must fail the open, loudly
+        for src in (self._bias, self._sense):
             src.channel.output(False)
         self._matrix.open_all()
-        self._pulser.voltage_limits(cfg.limits.v_max)
         self._pulse_shape: tuple[float, float] | None = None
-        self._configure_pulser(cfg.pulse.potentiation.amplitude,
-                               cfg.pulse.potentiation.width_s)
+        if self._pulser is not None:
+            self._pulser.voltage_limits(cfg.limits.v_max)
+            self._configure_pulser(cfg.pulse.potentiation.amplitude,
+                                   cfg.pulse.potentiation.width_s)
         for src in (self._sense, self._bias):
             src.channel.source_voltage(0.0, cfg.read.compliance_a)
 
@@ -321,27 +338,37 @@ class BenchArray(CrossPointArray):
         return self.config.weights.to_weight(-cur / self.config.read.voltage).to(torch.float32)
 
     def _read_pipelined(self, devices: list[tuple[int, int]]) -> list[float]:
-        """One message per device, up to PIPELINE of them in flight: the SMU executes its
-        input queue in order (each message turns the outputs off before it routes), so
-        the host's turn-around overlaps the instrument's work instead of adding to it."""
+        """One message per device, up to PIPELINE of them in flight (:meth:`_pipeline`)."""
+        return self._pipeline(("; ".join(self._read_statements(i, j)) for i, j in devices),
+                              float)
+
+    def _pipeline(self, messages, parse, stop=lambda reply: False) -> list:
+        """Send TSP messages to the SMU with up to PIPELINE in flight; ``parse`` each reply,
+        in order. The SMU executes its input queue in order (each message turns the
+        outputs off before it routes), so the host's turn-around overlaps the
+        instrument's work instead of adding to it. After a parsed reply for which
+        ``stop`` is true no more messages are sent (those in flight are still read); on
+        any exception the session is cleared (replies on their way would answer the next
+        query)."""
         smu = self._sense.instrument
         t = smu.transport
-        out: list[float] = []
+        out: list = []
         in_flight = 0
         try:
-            for i, j in devices:
-                message = "; ".join(self._read_statements(i, j))
+            for message in messages:
                 smu.recent.append(message)
                 t.write(message)
                 in_flight += 1
                 if in_flight == PIPELINE:
-                    out.append(float(t.read()))
+                    out.append(parse(t.read()))
                     in_flight -= 1
+                    if stop(out[-1]):
+                        break
             while in_flight:
-                out.append(float(t.read()))
+                out.append(parse(t.read()))
                 in_flight -= 1
         except BaseException:
-            if in_flight:  # replies still on their way would answer the next query
+            if in_flight:
                 try:
                     t.clear()
                 except Exception:
@@ -396,15 +423,30 @@ class BenchArray(CrossPointArray):
         self._guard(self._pulse_all, counts)
 
     def _pulse_all(self, counts: torch.Tensor) -> None:
+        bursts = []
+        top = self._max_burst()
         for i, j in counts.nonzero().tolist():
             n = int(counts[i, j])
             while n:
-                burst = max(-MAX_BURST, min(MAX_BURST, n))
-                self._pulse_device(i, j, burst)
+                burst = max(-top, min(top, n))
+                bursts.append((i, j, burst))
                 n -= burst
+        if self._smu_pulse and self._fast:
+            self._pulse_pipelined(bursts)
+        else:
+            for i, j, n in bursts:
+                self._pulse_device(i, j, n)
         self._bias.channel.output(False)
         self._sense.channel.output(False)
         self._check_errors()
+
+    def _max_burst(self) -> int:
+        """Pulses per burst: the 33500B's NCYC maximum, or for the SMU the reading buffer
+        and half the reply timeout (the reply comes when the pulse train is done)."""
+        if not self._smu_pulse:
+            return MAX_BURST
+        timeout_s = self.config.instruments[self.config.terminals["pulse"].instrument].timeout_s
+        return max(1, min(MAX_SMU_BURST, int(0.5 * timeout_s / self.config.pulse.period_s)))
 
     def _pulse_device(self, i: int, j: int, n: int) -> None:
         cfg, s, b = self.config, self._sense, self._bias
@@ -413,6 +455,17 @@ class BenchArray(CrossPointArray):
         chans, levels = self._pulse_plan(i, j, up)
         c = cfg.pulse.compliance_a
         srcs = {"sense": s, "bias": b}
+        if self._smu_pulse:  # separate instruments: the SMU message's steps, one by one
+            s.channel.output(False)
+            b.channel.output(False)
+            self._matrix.close_exclusive(chans)
+            b.channel.source_voltage(levels["bias"], c)
+            b.channel.output(True)
+            # limit, PulseVMeasureI, sense output off and the error check: one message
+            s.channel.pulse_voltage(shape.amplitude, shape.width_s, abs(n), c,
+                                    cfg.pulse.period_s)
+            b.channel.output(False)
+            return
         if self._fast:
             stmts = self._route_msgs.get((i, j, up))
             if stmts is None:  # the same statements every time: built once per device
@@ -438,6 +491,46 @@ class BenchArray(CrossPointArray):
                 s.channel.output(True)
         self._configure_pulser(shape.amplitude, shape.width_s)
         self._pulser.fire(abs(n))
+
+    def _smu_pulse_message(self, i: int, j: int, n: int) -> str:
+        """The one-message SMU pulse burst of ``n`` (signed) on (i, j) through TSP-Link:
+        both outputs off, route (hot line to the pulse/sense card row, cold line to
+        ground, the rest to bias), bias at V/2 with its compliance, bias on, the sense
+        compliance, ``PulseVMeasureI`` on sense (0 V between pulses), sense off, bias off,
+        ``print(errorqueue.count)``. The statements are built once per device and
+        polarity; only the count changes."""
+        up = n > 0
+        parts = self._smu_pulse_msgs.get((i, j, up))
+        if parts is None:
+            cfg, s, b = self.config, self._sense, self._bias
+            shape = cfg.pulse.potentiation if up else cfg.pulse.depression
+            chans, levels = self._pulse_plan(i, j, up)
+            c = cfg.pulse.compliance_a
+            limit, train, off = s.channel.cmd_pulse_voltage(
+                shape.amplitude, shape.width_s, 1, c, cfg.pulse.period_s)
+            head = [s.channel.cmd_output(False), b.channel.cmd_output(False),
+                    *self._matrix.cmd_close_exclusive(chans),
+                    *b.channel.cmd_source_voltage(levels["bias"], c),
+                    b.channel.cmd_output(True), limit,
+                    train.rpartition(",")[0]]  # "PulseVMeasureI(smua, 0, V, ton, toff"
+            tail = [off, b.channel.cmd_output(False), "print(errorqueue.count)"]
+            parts = ("; ".join(head) + ", ", "); " + "; ".join(tail))
+            self._smu_pulse_msgs[(i, j, up)] = parts
+        return f"{parts[0]}{abs(n)}{parts[1]}"
+
+    def _pulse_pipelined(self, bursts: list[tuple[int, int, int]]) -> None:
+        """SMU pulses, one message per burst, up to PIPELINE in flight (as reads): every
+        message turns both outputs off before its relays move and ends with them off, so
+        the SMU's input queue keeps the envelope. Replies (error counts) are read in
+        order; a non-zero count stops sending, the replies still in flight are read, and
+        the instrument's error is raised; any exception clears the session first."""
+        smu = self._sense.instrument
+        counts = self._pipeline((self._smu_pulse_message(i, j, n) for i, j, n in bursts),
+                                smu._error_count, stop=bool)
+        if any(counts):
+            self._check_errors()
+            raise InstrumentError("a pulse message reported instrument errors that were "
+                                  "gone when the queue was read", smu.resource)
 
     def _check_errors(self) -> None:
         """Error queues of the SMU and the matrix (drivers check their own blocks)."""
@@ -466,7 +559,8 @@ class BenchArray(CrossPointArray):
                 "instruments": {n: self._identity(n) for n in self._instruments},
                 "bias_scheme": self.config.bias_scheme,
                 "read_voltage": self.config.read.voltage,
-                "pulse": {"potentiation": vars(self.config.pulse.potentiation),
+                "pulse": {"source": self.config.pulse_source,
+                          "potentiation": vars(self.config.pulse.potentiation),
                           "depression": vars(self.config.pulse.depression),
                           "period_s": self.config.pulse.period_s},
                 "limits": vars(self.config.limits)}

@@ -35,7 +35,8 @@ def main(argv: list[str] | None = None, prog: str = "rpuhw bench") -> int:
         cfg = load_bench(args.bench)
         print(f"{args.bench}: {cfg.rows} x {cfg.cols} devices, bias scheme {cfg.bias_scheme}, "
               f"read {cfg.read.voltage} V, pulses {cfg.pulse.potentiation.amplitude} / "
-              f"{cfg.pulse.depression.amplitude} V, limit {cfg.limits.v_max} V")
+              f"{cfg.pulse.depression.amplitude} V from the {cfg.pulse_source}, "
+              f"limit {cfg.limits.v_max} V")
         with BenchArray(cfg) as bench:
             for name, idn in bench.snapshot()["instruments"].items():
                 print(f"  {name:8s} {cfg.instruments[name].driver:15s} {idn}")

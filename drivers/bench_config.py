@@ -25,7 +25,18 @@ DRIVER_CHANNELS: dict[str, tuple[str, ...]] = {
 """Drivers a bench may name, with the output channels a terminal may use."""
 
 SOURCE_DRIVERS = ("keithley2450", "keithley2600b")
+PULSE_DRIVERS = ("keysight33500b", "keithley2600b")
+"""Drivers a ``pulse`` terminal may name: a pulse generator, or the sense SMU channel."""
 TERMINALS = ("sense", "bias", "pulse", "ground")
+SMU_MIN_PULSE_WIDTH_S = 100e-6
+"""Shortest pulse (s) a bench asks of a 2600B channel (``PulseVMeasureI``'s ``ton``).
+
+The Series 2600B specifications (Models 2601B/2602B/2604B, SPEC-2602B, "Pulse
+specifications") give a minimum programmable pulse width of 100 us, noting that a settled
+pulse at a given level and load can need longer; the reference manual (2600BS-901-01,
+"Pulse characteristics") defers pulse widths to those specifications, and its source
+settling times (< 50 us on the 1 V range, < 110 us on the 10 V range) rule out shorter
+pulses anyway. Shorter pulses need a pulse generator (``keysight33500b``)."""
 _LINE = re.compile(r"^([1-6]):(\d{1,2})$")
 
 
@@ -64,7 +75,11 @@ class TerminalConfig:
     instrument: str | None = None
     """Instrument name (none for ``ground``)."""
     channel: str | None = None
-    """Output channel of that instrument (``a``/``b`` on a 2600B, ``1``/``2`` on a 33500B)."""
+    """Output channel of that instrument (``a``/``b`` on a 2600B, ``1``/``2`` on a 33500B).
+
+    ``pulse`` names a 33500B channel, or the sense 2600B channel itself (instrument and
+    channel of ``sense``, v/2 only, widths >= :data:`SMU_MIN_PULSE_WIDTH_S`): that
+    channel then pulses with ``PulseVMeasureI`` and may share sense's card row."""
 
 
 @dataclass
@@ -99,7 +114,7 @@ class PulseShape:
 
 @dataclass
 class PulseConfig:
-    """Update pulses from the pulse generator."""
+    """Update pulses from the ``pulse`` terminal (a pulse generator or the sense SMU)."""
 
     potentiation: PulseShape = field(default_factory=PulseShape)
     """Row high, column grounded: weight up."""
@@ -188,6 +203,13 @@ class BenchConfig:
     def matrix_name(self) -> str:
         return next(n for n, i in self.instruments.items() if i.driver == "keithley707b")
 
+    @property
+    def pulse_source(self) -> str:
+        """``"generator"`` (a keysight33500b pulses) or ``"smu"`` (the sense 2600B channel
+        pulses with ``PulseVMeasureI``)."""
+        inst = self.instruments.get(self.terminals["pulse"].instrument or "")
+        return "smu" if inst is not None and inst.driver == "keithley2600b" else "generator"
+
 
 def load_bench(path: str | Path) -> BenchConfig:
     """Read and validate a bench YAML (nothing is contacted)."""
@@ -247,6 +269,9 @@ def _check(cfg: BenchConfig) -> None:
     _check_wiring(cfg)
     require(cfg.bias_scheme in ("v/2", "v/3"), "bias_scheme",
             f"must be v/2 or v/3, got {cfg.bias_scheme!r}")
+    require(cfg.bias_scheme == "v/2" or cfg.pulse_source == "generator", "bias_scheme",
+            "v/3 needs both SMU channels for its biases (V/3 and 2V/3), so the sense channel "
+            "cannot also pulse: use v/2 with an SMU pulse terminal, or a keysight33500b")
     _check_levels(cfg)
 
 
@@ -281,28 +306,43 @@ def _check_terminals(cfg: BenchConfig) -> None:
         require(name in TERMINALS, key, f"unknown terminal (known: {', '.join(TERMINALS)})")
         require(re.fullmatch(r"[A-H]", term.matrix_row or "") is not None, f"{key}.matrix_row",
                 f"must be a card row letter A-H, got {term.matrix_row!r}")
-        require(term.matrix_row not in rows_used, f"{key}.matrix_row",
-                f"card row {term.matrix_row} is already used by terminal "
-                f"{rows_used.get(term.matrix_row)}")
-        rows_used[term.matrix_row] = name
         if name == "ground":
             require(term.instrument is None, f"{key}.instrument", "ground takes no instrument")
-            continue
-        inst = cfg.instruments.get(term.instrument or "")
-        require(inst is not None, f"{key}.instrument",
-                f"unknown instrument {term.instrument!r} (bench has: "
-                f"{', '.join(cfg.instruments)})")
-        wanted = ("keysight33500b",) if name == "pulse" else SOURCE_DRIVERS
-        require(inst.driver in wanted, f"{key}.instrument",
-                f"{name} needs a {' or '.join(wanted)}, got {inst.driver}")
-        chans = DRIVER_CHANNELS[inst.driver]
-        chan = term.channel or ""
-        require(chan in chans, f"{key}.channel",
-                f"{inst.driver} has channels {', '.join(c or '(none)' for c in chans)}, "
-                f"got {term.channel!r}")
+        else:
+            inst = cfg.instruments.get(term.instrument or "")
+            require(inst is not None, f"{key}.instrument",
+                    f"unknown instrument {term.instrument!r} (bench has: "
+                    f"{', '.join(cfg.instruments)})")
+            wanted = PULSE_DRIVERS if name == "pulse" else SOURCE_DRIVERS
+            require(inst.driver in wanted, f"{key}.instrument",
+                    f"{name} needs a {' or '.join(wanted)}, got {inst.driver}")
+            chans = DRIVER_CHANNELS[inst.driver]
+            chan = term.channel or ""
+            require(chan in chans, f"{key}.channel",
+                    f"{inst.driver} has channels {', '.join(c or '(none)' for c in chans)}, "
+                    f"got {term.channel!r}")
+        # one card row per terminal; the one exception: an SMU pulse terminal is the sense
+        # channel itself, so it may sit on sense's card row (the same wire)
+        shared = rows_used.get(term.matrix_row)
+        smu_pulse_on_sense = {name, shared} == {"pulse", "sense"} and cfg.pulse_source == "smu"
+        require(shared is None or smu_pulse_on_sense, f"{key}.matrix_row",
+                f"card row {term.matrix_row} is already used by terminal {shared}")
+        rows_used.setdefault(term.matrix_row, name)
     s, b = cfg.terminals["sense"], cfg.terminals["bias"]
     require((s.instrument, s.channel) != (b.instrument, b.channel), "terminals.bias",
             "sense and bias must be different source channels")
+    if cfg.pulse_source == "smu":
+        _check_smu_pulse(cfg)
+
+
+def _check_smu_pulse(cfg: BenchConfig) -> None:
+    """A 2600B pulse terminal is the sense channel itself (KIPulse ``PulseVMeasureI``)."""
+    p, s = cfg.terminals["pulse"], cfg.terminals["sense"]
+    which = "instrument" if p.instrument != s.instrument else "channel"
+    require((p.instrument, p.channel) == (s.instrument, s.channel), f"terminals.pulse.{which}",
+            f"an SMU pulse terminal must be the sense channel (instrument {s.instrument!r}, "
+            f"channel {s.channel!r}; the bias channel holds V/2 meanwhile), got instrument "
+            f"{p.instrument!r}, channel {p.channel!r}")
 
 
 def _check_wiring(cfg: BenchConfig) -> None:
@@ -341,3 +381,8 @@ def _check_levels(cfg: BenchConfig) -> None:
                 if shape.amplitude > v_max else f"must be > 0, got {shape.amplitude}")
         require(0 < shape.width_s < cfg.pulse.period_s, f"pulse.{pol}.width_s",
                 f"must be > 0 and < pulse.period_s = {cfg.pulse.period_s}, got {shape.width_s}")
+        if cfg.pulse_source == "smu":
+            require(shape.width_s >= SMU_MIN_PULSE_WIDTH_S, f"pulse.{pol}.width_s",
+                    f"must be >= {SMU_MIN_PULSE_WIDTH_S:g} s, the 2600B's minimum pulse width "
+                    f"(SMU pulse terminal), got {shape.width_s}; use a keysight33500b pulse "
+                    "terminal for shorter pulses")

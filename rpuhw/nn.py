@@ -19,9 +19,9 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from rpuhw.im2col import col2im, im2col, out_size
 from rpuhw.schedule import LayerPlan, TileGrid
 
 __all__ = ["AnalogConv2d", "AnalogLayer", "AnalogLinear", "AnalogSGD", "analog_layers",
@@ -33,11 +33,11 @@ class _AnalogMVM(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, anchor: torch.Tensor, layer: AnalogLayer):
+        # (autograd runs Function.forward with gradients off)
         ctx.layer = layer
         ctx.images = layer._images
         ctx.save_for_backward(x)
-        with torch.no_grad():
-            return layer.grid.forward(x)
+        return layer.grid.forward(x)
 
     @staticmethod
     def backward(ctx, d: torch.Tensor):
@@ -48,6 +48,33 @@ class _AnalogMVM(torch.autograd.Function):
             layer._pending.append((x, d, ctx.images))
         z = layer.grid.backward(d) if ctx.needs_input_grad[0] else None
         return z, None, None
+
+
+class _AnalogConvMVM(torch.autograd.Function):
+    """A convolution on the arrays: im2col (bias column included), one MVM per output
+    position; backward: transposed MVMs, col2im, storing (patches, d) for the update."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, anchor: torch.Tensor, layer: AnalogConv2d):
+        n, _, h, w = x.shape
+        ho, wo = out_size(h, w, layer.kernel_size, layer.stride, layer.padding)
+        patches = im2col(x, layer.kernel_size, layer.stride, layer.padding, layer.has_bias)
+        ctx.layer, ctx.patches, ctx.shape = layer, patches, (n, x.shape[1], h, w)
+        y = layer.grid.forward(patches)  # [n * ho * wo, out], image-major positions
+        return y.view(n, ho * wo, -1).transpose(1, 2).reshape(n, -1, ho, wo)
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):
+        layer, n = ctx.layer, ctx.shape[0]
+        out = g.shape[1]
+        d = g.detach().reshape(n, out, -1).transpose(1, 2).reshape(-1, out).float()
+        if layer.training:
+            layer._pending.append((ctx.patches, d, n))
+        dx = None
+        if ctx.needs_input_grad[0]:
+            z = layer.grid.backward(d)
+            dx = col2im(z, ctx.shape, layer.kernel_size, layer.stride, layer.padding)
+        return dx, None, None
 
 
 class AnalogLayer(nn.Module):
@@ -170,16 +197,10 @@ class AnalogConv2d(AnalogLayer):
         self.grid.set_weights(torch.cat([w, bias[:, None]], 1) if self.has_bias else w)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        n, _, h, w = x.shape
-        kh, kw = self.kernel_size
-        ho = (h + 2 * self.padding[0] - kh) // self.stride[0] + 1
-        wo = (w + 2 * self.padding[1] - kw) // self.stride[1] + 1
-        cols = F.unfold(x, self.kernel_size, padding=self.padding, stride=self.stride)
-        patches = cols.transpose(1, 2).reshape(n * ho * wo, -1)  # image-major positions
-        self._images = n
-        y = self._mvm(patches)
-        return y.reshape(n, ho * wo, self.out_channels).transpose(1, 2).reshape(
-            n, self.out_channels, ho, wo)
+        if x.dim() != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(f"{type(self).__name__}: expected input [N, {self.in_channels}, "
+                             f"H, W], got {list(x.shape)}")
+        return _AnalogConvMVM.apply(x, self.analog_ctx, self)
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "

@@ -399,12 +399,16 @@ class Periphery:
         st.px_mean = float(sums[0]) / nx if nx else 0.0
         st.pd_mean = float(sums[1]) / nd if nd else 0.0
 
-    def _encode_packed(self, x: torch.Tensor, d: torch.Tensor, lr: float) -> PackedBits:
+    def _encode_packed(self, x: torch.Tensor, d: torch.Tensor, lr: float,
+                       live_only: bool = False) -> PackedBits:
         """Validated x, d -> PackedBits (numba, BL <= 64), recording the statistics.
 
         Small calls compute the probabilities and the masks in one compiled call
-        (:func:`~rpuhw.periphery_kernels.signed_encode_kernel`); large ones use the
-        parallel encoder. Both give the bits of ``encode_packed(*_signed(...), seed)``.
+        (:func:`~rpuhw.periphery_kernels.signed_encode_kernel`), which skips updates
+        whose x or d is all zero (no pulse is possible); ``live_only`` leaves them out
+        of the result (what ``update`` sends: the array's result is the same), else
+        they are all-zero rows. Large calls use the parallel encoder. Either way every
+        update gets the bits of ``encode_packed(*_signed(...), seed)``.
         """
         bl = self.config.bl
         P, cols, rows = x.shape[0], x.shape[1], d.shape[1]
@@ -416,13 +420,21 @@ class Periphery:
         x_nz, x_pos = np.empty((P, cols), np.uint64), np.empty((P, cols), np.uint64)
         d_nz, d_pos = np.empty((P, rows), np.uint64), np.empty((P, rows), np.uint64)
         stats = np.zeros(4)
-        status = signed_encode_kernel(xa, da, self._gain(lr), self.config.update_management,
-                                      bl, np.uint64(self._seeds.peek()), x_nz, x_pos, d_nz,
-                                      d_pos, stats)
+        status, live = signed_encode_kernel(
+            xa, da, self._gain(lr), self.config.update_management, bl,
+            np.uint64(self._seeds.peek()), x_nz, x_pos, d_nz, d_pos, stats)
         self._raise_nonfinite(status)  # before the seed is consumed: bad input changes nothing
         self._seed()
         self._record(stats[2:], stats[:2], xa.size, da.size)
-        return PackedBits(x_nz, x_pos, d_nz, d_pos, bl)
+        n = live.shape[0]
+        if live_only:
+            return PackedBits(x_nz[:n], x_pos[:n], d_nz[:n], d_pos[:n], bl)
+        masks = []
+        for a in (x_nz, x_pos, d_nz, d_pos):
+            full = np.zeros_like(a)
+            full[live] = a[:n]
+            masks.append(full)
+        return PackedBits(*masks, bl)
 
     @staticmethod
     def _raise_nonfinite(status: int) -> None:
@@ -493,7 +505,7 @@ class Periphery:
         if x.shape[0] == 0:
             return
         if self._packed_ok():
-            self.array.update(self._encode_packed(x, d, lr))
+            self.array.update(self._encode_packed(x, d, lr, live_only=True))
         else:
             sx, sd = self._signed(x, d, lr)
             self.array.update(*encode_torch(sx, sd, self.config.bl, self.gen))

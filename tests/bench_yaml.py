@@ -35,3 +35,15 @@ def bench_mapping(rows: int = 2, cols: int = 3, ports=(1, 2, 3)) -> dict:
                     "dw_min": 0.001},
         "limits": {"v_max": 2.0, "compliance_max_a": 1e-2},
     })
+
+
+def smu_pulse_mapping(rows: int = 2, cols: int = 3, ports=(1, 2)) -> dict:
+    """The same bench with the 2600B's sense channel (smua, card row A) as pulse source:
+    no 33500B, v/2, pulses of 100 us (the 2600B's minimum) every 200 us."""
+    m = bench_mapping(rows, cols, ports=(*ports, 3))
+    del m["instruments"]["pulser"]
+    m["terminals"]["pulse"] = {"instrument": "smu", "channel": "a", "matrix_row": "A"}
+    m["pulse"] = {"potentiation": {"amplitude": 1.2, "width_s": 1e-4},
+                  "depression": {"amplitude": 1.2, "width_s": 1e-4},
+                  "period_s": 2e-4, "compliance_a": 1e-3}
+    return m

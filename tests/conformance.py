@@ -159,11 +159,12 @@ CASES.append(BackendCase("arc2", _arc2, **{**_SIM, "out_noise": 0.0}))
 
 
 # ---- Bench (drivers/bench.py) over the shipped emulators, real pyvisa-py sockets ----------
-def _bench(rows: int, cols: int, seed: int | None) -> CrossPointArray:
-    """BenchArray (2600B + TSP-linked 707B + 33500B) on ``rpuhw emulate``'s servers in this
-    process, through pyvisa-py on 127.0.0.1; the chip is the simulator's default device with
-    a conductance block, starting at weight 0. The servers stop after the array is closed
-    or collected."""
+def _bench(rows: int, cols: int, seed: int | None,
+           pulse_source: str = "generator") -> CrossPointArray:
+    """BenchArray (2600B + TSP-linked 707B + 33500B, or with ``pulse_source="smu"`` the
+    2600B's sense channel pulsing) on ``rpuhw emulate``'s servers in this process, through
+    pyvisa-py on 127.0.0.1; the chip is the simulator's default device with a conductance
+    block, starting at weight 0. The servers stop after the array is closed or collected."""
     import weakref
 
     import torch
@@ -178,7 +179,7 @@ def _bench(rows: int, cols: int, seed: int | None) -> CrossPointArray:
     # switching threshold 0.7 V above V/2 = 0.6 V: half-selected devices are not disturbed
     # (the contract's pulse addresses single devices; disturb is tested in test_emulators)
     emu = Emulator(spec, rows=rows, cols=cols, seed=seed or 0,
-                   physics=PulsePhysics(v_min=0.7)).start()
+                   physics=PulsePhysics(v_min=0.7), pulse_source=pulse_source).start()
     emu.chip.array.set_weights(torch.zeros(rows, cols))
     arr = BenchArray(bench_from_mapping(emu.bench_config(), source="<emulated bench>"))
     weakref.finalize(arr, emu.stop)
@@ -188,3 +189,6 @@ def _bench(rows: int, cols: int, seed: int | None) -> CrossPointArray:
 # reads print 6 significant digits (the 2600B's default ASCII precision): a read is exact
 # to ~1e-6 in weight, far inside every tolerance; forward/backward = read + digital matmul
 CASES.append(BackendCase("bench", _bench, seeded=False, **{**_SIM, "out_noise": 0.0}))
+# the same bench pulsed by the 2600B's sense channel (rpuhw emulate --pulse-source smu)
+CASES.append(BackendCase("bench-smu-pulse", lambda r, c, s: _bench(r, c, s, "smu"),
+                         seeded=False, **{**_SIM, "out_noise": 0.0}))

@@ -3,7 +3,8 @@
 Reads must equal the hidden chip's weights within its read noise, pulses must move
 exactly the addressed device by its count (and half-selected ones only by the
 bias scheme's disturb), for every bench the emulator can serve: 2600B with and
-without TSP-Link, two 2450s, V/2 and V/3. The end-to-end check runs
+without TSP-Link, two 2450s, V/2 and V/3, a pulse generator or the 2600B's sense
+channel as pulse source. The end-to-end check runs
 ``rpuhw emulate`` as a separate process and opens ``bench:BENCH.yaml``.
 """
 
@@ -44,8 +45,11 @@ def _tol(emu: Emulator) -> float:
 
 
 VARIANTS = [dict(smu="2600b", tsp_link=True), dict(smu="2600b", tsp_link=False),
-            dict(smu="2450"), dict(smu="2600b", tsp_link=True, bias_scheme="v/3")]
-IDS = ["2600b-tsplink", "2600b", "2450", "2600b-v3"]
+            dict(smu="2450"), dict(smu="2600b", tsp_link=True, bias_scheme="v/3"),
+            dict(smu="2600b", tsp_link=True, pulse_source="smu"),
+            dict(smu="2600b", tsp_link=False, pulse_source="smu")]
+IDS = ["2600b-tsplink", "2600b", "2450", "2600b-v3", "2600b-tsplink-smupulse",
+       "2600b-smupulse"]
 
 
 @pytest.mark.parametrize("variant", VARIANTS, ids=IDS)
@@ -110,14 +114,27 @@ def test_read_all_costs_one_message_per_device_plus_a_constant():
         assert b.stats()["messages"] - before <= ROWS * COLS + 2
 
 
+@pytest.mark.parametrize("source, per_device", [("generator", 2), ("smu", 1)])
+def test_pulse_program_messages_per_device(source, per_device):
+    """A pulse generator costs two messages per pulsed device (route; burst), the SMU one
+    (pipelined); plus 4 (outputs off, error queues of the SMU and the matrix)."""
+    with Emulator(rows=ROWS, cols=COLS, pulse_source=source) as emu, \
+            BenchArray(bench_from_mapping(emu.bench_config())) as b:
+        before = b.stats()["messages"]
+        b.pulse(torch.ones(ROWS, COLS, dtype=torch.int32))
+        assert b.stats()["messages"] - before == per_device * ROWS * COLS + 4
+
+
 @pytest.mark.timeout(180)
-def test_emulate_cli_then_open_array(tmp_path):
+@pytest.mark.parametrize("source", ["generator", "smu"])
+def test_emulate_cli_then_open_array(tmp_path, source):
     """Done-when of the hardware issue: ``rpuhw emulate ...`` in its own process, then
-    ``open_array("bench:BENCH.yaml", ...)`` reads and pulses the emulated chip."""
+    ``open_array("bench:BENCH.yaml", ...)`` reads and pulses the emulated chip (pulses
+    from the 33500B, or from the 2600B's sense channel with ``--pulse-source smu``)."""
     bench_yaml = tmp_path / "bench.yaml"
     proc = subprocess.Popen(
         [sys.executable, "-m", "rpuhw.cli", "emulate", "--rows", "4", "--cols", "4",
-         "--seed", "1", "--bench-out", str(bench_yaml)],
+         "--seed", "1", "--pulse-source", source, "--bench-out", str(bench_yaml)],
         stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:
         assert proc.stdout.readline().strip() == f"ready {bench_yaml}"

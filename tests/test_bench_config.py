@@ -7,7 +7,7 @@ import threading
 
 import pytest
 import yaml
-from bench_yaml import bench_mapping
+from bench_yaml import bench_mapping, smu_pulse_mapping
 
 from rpuhw import open_array
 from rpuhw.drivers.bench_config import bench_from_mapping, load_bench
@@ -54,7 +54,12 @@ BAD = [
     ("terminals.sense.channel", "c", "terminals.sense.channel", "channels"),
     ("terminals.bias.matrix_row", "A", "terminals.bias.matrix_row", "already used"),
     ("terminals.bias.matrix_row", "Z", "terminals.bias.matrix_row", "A-H"),
-    ("terminals.pulse.instrument", "smu", "terminals.pulse.instrument", "keysight33500b"),
+    ("terminals.pulse.instrument", "matrix", "terminals.pulse.instrument",
+     "keysight33500b or keithley2600b"),
+    # a pulse generator never shares a card row (only the SMU pulse shares sense's)
+    ("terminals.pulse.matrix_row", "A", "terminals.pulse.matrix_row", "already used"),
+    # a 2600B pulse terminal must be the sense channel: here its channel 1 is not a 2600B's
+    ("terminals.pulse.instrument", "smu", "terminals.pulse.channel", "channels"),
     ("terminals.extra", {"matrix_row": "E"}, "terminals.extra", "unknown terminal"),
     ("wiring.rows", ["1:1"], "wiring.rows", "expected 2"),
     ("wiring.cols", ["1:3", "1:4", "1:1"], "wiring.cols[2]", "already wired"),
@@ -73,6 +78,11 @@ BAD = [
 def test_bad_bench_names_the_key(path, value, key, words):
     m = bench_mapping()
     _set(m, path, value)
+    _assert_refused(m, key, words)
+
+
+def _assert_refused(m: dict, key: str, words: str) -> None:
+    """Loading ``m`` raises one ConfigError naming the file, ``key`` and ``words``."""
     with pytest.raises(ConfigError) as info:
         bench_from_mapping(m, source="bench.yaml")
     msg = str(info.value)
@@ -81,8 +91,56 @@ def test_bad_bench_names_the_key(path, value, key, words):
     assert words in msg, msg
 
 
+def test_smu_pulse_mapping_loads_and_shares_the_sense_row():
+    cfg = bench_from_mapping(smu_pulse_mapping(), source="b.yaml")
+    assert cfg.pulse_source == "smu"
+    assert bench_from_mapping(bench_mapping()).pulse_source == "generator"
+    # the pulsed line goes to the sense card row A (the same SMU output)
+    assert cfg.channel(cfg.wiring.rows[0], "pulse") == cfg.channel(cfg.wiring.rows[0], "sense")
+    m = smu_pulse_mapping()
+    m["terminals"]["pulse"]["matrix_row"] = "E"  # a second wire from smua: also fine
+    assert bench_from_mapping(m).channel(cfg.wiring.cols[0], "pulse") == "1E03"
+    m = smu_pulse_mapping()
+    m["pulse"]["potentiation"]["width_s"] = 1e-4  # exactly the minimum is accepted
+    m["pulse"]["depression"]["width_s"] = 1.5e-4
+    bench_from_mapping(m)
+
+
+def _add_second_smu(m):
+    m["instruments"]["smu2"] = {"driver": "keithley2600b",
+                                "resource": "TCPIP::127.0.0.1::9::SOCKET"}
+    m["terminals"]["pulse"]["instrument"] = "smu2"
+
+
+SMU_BAD = [
+    # (path, value, key named in the message, words in the message)
+    ("bias_scheme", "v/3", "bias_scheme", "v/3 needs both SMU channels"),
+    ("terminals.pulse.channel", "b", "terminals.pulse.channel", "sense channel"),
+    ("terminals.pulse.matrix_row", "B", "terminals.pulse.matrix_row", "already used by "
+     "terminal bias"),
+    ("pulse.potentiation.width_s", 5e-5, "pulse.potentiation.width_s", "minimum pulse width"),
+    ("pulse.depression.width_s", 1e-6, "pulse.depression.width_s", "keysight33500b"),
+    ("pulse.depression.width_s", 2e-4, "pulse.depression.width_s", "period_s"),
+    ("pulse.potentiation.amplitude", 2.5, "pulse.potentiation.amplitude", "exceeds"),
+    ("pulse.period_s", 1e-4, "pulse.potentiation.width_s", "period_s"),
+    ("terminals.pulse", _add_second_smu, "terminals.pulse.instrument", "sense channel"),
+]
+
+
+@pytest.mark.parametrize("path,value,key,words", SMU_BAD,
+                         ids=[f"{b[0]}-{b[3]}" for b in SMU_BAD])
+def test_bad_smu_pulse_bench_names_the_key(path, value, key, words):
+    m = smu_pulse_mapping()
+    if callable(value):
+        value(m)
+    else:
+        _set(m, path, value)
+    _assert_refused(m, key, words)
+
+
 @pytest.mark.timeout(20)
-def test_bad_bench_contacts_no_instrument(tmp_path):
+@pytest.mark.parametrize("source", ["generator", "smu"])
+def test_bad_bench_contacts_no_instrument(tmp_path, source):
     """A limit violation is refused at load: not even a connection is made."""
     srv = socket.socket()
     srv.bind(("127.0.0.1", 0))
@@ -99,11 +157,17 @@ def test_bad_bench_contacts_no_instrument(tmp_path):
 
     t = threading.Thread(target=accept)
     t.start()
-    m = bench_mapping(ports=(port, port, port))
-    m["pulse"]["depression"]["amplitude"] = 5.0
+    if source == "generator":
+        m = bench_mapping(ports=(port, port, port))
+        m["pulse"]["depression"]["amplitude"] = 5.0
+        key = "pulse.depression.amplitude"
+    else:  # an SMU pulse shorter than the 2600B can make
+        m = smu_pulse_mapping(ports=(port, port))
+        m["pulse"]["depression"]["width_s"] = 1e-6
+        key = "pulse.depression.width_s"
     path = tmp_path / "bench.yaml"
     path.write_text(yaml.safe_dump(m))
-    with pytest.raises(ConfigError, match="pulse.depression.amplitude"):
+    with pytest.raises(ConfigError, match=key):
         open_array(f"bench:{path}", 2, 3)
     t.join()
     srv.close()

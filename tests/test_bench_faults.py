@@ -43,9 +43,9 @@ def _read_tol(emu: Emulator) -> float:
     return 6 * emu.spec.io.read_noise + 1e-5
 
 
-def _setup_messages() -> dict[str, int]:
+def _setup_messages(pulse_source: str = "generator") -> dict[str, int]:
     """Messages each instrument receives while a bench opens (fault-free run)."""
-    with Emulator(rows=ROWS, cols=COLS) as emu:
+    with Emulator(rows=ROWS, cols=COLS, pulse_source=pulse_source) as emu:
         bench = BenchArray(_config(emu))
         counts = dict(emu.stats()["messages"])
         bench.close()
@@ -132,3 +132,45 @@ def test_interrupted_loop_keeps_what_it_returned(setup_messages):
             assert abs(w - truth[i, j]) <= _read_tol(emu)
         assert _outputs_off(emu)
         bench.close()
+
+
+# ---- the SMU pulse path (one pipelined message per pulsed device) ---------------------------
+
+def test_drop_mid_smu_pulse_program_then_reconnect():
+    """The connection drops at the 4th of 6 pipelined pulse messages: a clear connection
+    error, every output off (the messages that ran each ended with them off), no relay
+    switched hot; after reconnect() the same program pulses and reads fine."""
+    n = _setup_messages("smu")["smu"] + 3
+    with Emulator(rows=ROWS, cols=COLS, faults=[f"drop-after:{n}"],
+                  pulse_source="smu") as emu:
+        bench = BenchArray(_config(emu))
+        counts = torch.tensor([[3, -2, 1], [-1, 2, -3]], dtype=torch.int32)
+        with pytest.raises(InstrumentConnectionError) as info:
+            bench.pulse(counts)
+        assert "TCPIP::127.0.0.1" in str(info.value)
+        assert _outputs_off(emu) and emu.chip.hot_switches == 0
+        bench.reconnect()
+        w0 = emu.chip.weights()
+        bench.pulse(counts)
+        moved = emu.chip.weights() - w0
+        assert (torch.as_tensor(moved).sign() == counts.sign()).all()
+        w = bench.read()
+        assert (w - torch.as_tensor(emu.chip.weights(), dtype=torch.float32)).abs().max() \
+            <= _read_tol(emu)
+        bench.close()
+        assert _outputs_off(emu) and emu.chip.hot_switches == 0
+
+
+def test_error_mid_smu_pulse_program_is_raised_then_the_next_call_works():
+    n = _setup_messages("smu")["smu"] + 2
+    with Emulator(rows=ROWS, cols=COLS, faults=[f"error-after:{n}"],
+                  pulse_source="smu") as emu:
+        bench = BenchArray(_config(emu))
+        with pytest.raises(InstrumentCommandError) as info:
+            bench.pulse(torch.ones(ROWS, COLS, dtype=torch.int32))
+        assert "injected fault" in str(info.value)
+        assert any("PulseVMeasureI" in c for c in info.value.recent_commands)
+        assert _outputs_off(emu)
+        bench.pulse(torch.ones(ROWS, COLS, dtype=torch.int32))  # queue drained: works
+        bench.close()
+        assert _outputs_off(emu) and emu.chip.hot_switches == 0

@@ -12,6 +12,12 @@ that asserts the envelope:
 3. every output off whenever a relay changed;
 4. every output off after each operation, after an interrupt, and after close.
 
+An SMU pulse (KIPulse ``PulseVMeasureI(smuX, bias, level, ...)``) turns smuX's output on
+for the pulse train: it needs smuX's compliance first, both levels within the limit,
+and the statement right after it must turn smuX off again. The benches: 2600B with
+and without TSP-Link, two 2450s, each pulsed by a 33500B, and the 2600B (with and
+without TSP-Link) pulsed by its own sense channel.
+
 Rule 3 and 4 are also checked on the emulated instruments' own state.
 """
 
@@ -58,7 +64,8 @@ class Recorder:
 def make_bench(variant: str, recorder: Recorder):
     smu = "2450" if variant == "2450" else "2600b"
     emu = Emulator(rows=ROWS, cols=COLS, serve=False, smu=smu,
-                   tsp_link=variant == "2600b-linked")
+                   tsp_link=variant.startswith("2600b-linked"),
+                   pulse_source="smu" if variant.endswith("-smupulse") else "generator")
     cfg = bench_from_mapping(emu.bench_config(), source="<safety>")
     transports = {name: LoopbackTransport(recorder.wrap(name, inst.handle), resource=name)
                   for name, inst in emu.instruments.items()
@@ -75,12 +82,14 @@ _SCPI_LEVEL = re.compile(r"^:?SOUR(?:CE)?\d?:VOLT(?:AGE)?(?::LEV(?:EL)?)?(?::HIG
                          r"([-+0-9.eE]+)$", re.IGNORECASE)
 _SCPI_OUT = re.compile(r"^:?OUTP(?:UT)?(\d?)\s+(ON|OFF|1|0)$", re.IGNORECASE)
 _RELAY = re.compile(r"channel\.(exclusiveclose|close|open)\(")
+_PULSE_CH = re.compile(r"PulseVMeasureI\(\s*(smu[ab])\s*,")
 
 
 def check_transcript(log: list[tuple[str, str]]) -> dict[str, bool]:
     """Assert rules 1-3 along the transcript; return the output states at its end."""
     on: dict[str, bool] = {}
     armed: set[str] = set()
+    pulsing: str | None = None  # the channel a PulseVMeasureI left on (next part: its off)
     for name, message in log:
         if message.startswith("*IDN?") or message.startswith("*LANG?"):
             continue
@@ -106,6 +115,16 @@ def check_transcript(log: list[tuple[str, str]]) -> dict[str, bool]:
                     on[key] = m.group(2) == "ON"
                 if _RELAY.search(part):
                     assert not any(on.values()), f"relay change with outputs on {on}: {where}"
+                if pulsing is not None:  # the part right after a pulse train turns it off
+                    assert on.get(pulsing) is False, \
+                        f"{pulsing} left on after PulseVMeasureI: {where}"
+                    pulsing = None
+                m = _PULSE_CH.search(part)
+                if m:  # the pulse train: the channel's output is on from here
+                    key = f"{name}.{m.group(1)}"
+                    assert key in armed, f"pulse before compliance: {where}"
+                    on[key] = True
+                    pulsing = key
                 continue
             up = part.upper()
             if up in ("*RST",):
@@ -125,6 +144,7 @@ def check_transcript(log: list[tuple[str, str]]) -> dict[str, bool]:
                 if state:
                     assert key in armed, f"output on before compliance/load: {where}"
                 on[key] = state
+    assert pulsing is None, f"{pulsing} left on: the transcript ends with PulseVMeasureI"
     return on
 
 
@@ -169,6 +189,16 @@ def run_op(bench: BenchArray, op) -> None:
             assert len(bench._recorder.log) == before, "a refused level still sent something"
         else:
             bench._bias.channel.source_voltage(v, 1e-3)
+    elif kind == "pulse_shape" and bench._pulser is None:  # the SMU pulses: a direct train
+        v = op[1]
+        before = len(bench._recorder.log)
+        if v > V_MAX:
+            with pytest.raises(SafetyError):
+                bench._sense.channel.pulse_voltage(v, 1e-4, 2, 1e-3, 2e-4)
+            assert len(bench._recorder.log) == before, "a refused level still sent something"
+        else:
+            bench._bias.channel.output(False)  # the relays stay as the last operation left
+            bench._sense.channel.pulse_voltage(v, 1e-4, 2, 1e-3, 2e-4)
     elif kind == "pulse_shape":
         v = op[1]
         before = len(bench._recorder.log)
@@ -181,7 +211,8 @@ def run_op(bench: BenchArray, op) -> None:
             bench._pulse_shape = None  # the bench reconfigures its own shape next time
 
 
-@pytest.mark.parametrize("variant", ["2600b-linked", "2600b", "2450"])
+@pytest.mark.parametrize("variant", ["2600b-linked", "2600b", "2450", "2600b-linked-smupulse",
+                                     "2600b-smupulse"])
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(ops=st.lists(op_st, min_size=1, max_size=6), interrupt_at=st.none() | st.integers(0, 120))
 def test_envelope_holds_on_random_programs(variant, ops, interrupt_at):
@@ -220,6 +251,50 @@ def test_transcript_checker_catches_violations():
         check_transcript([("pulser", ":SOUR1:VOLT:HIGH 2.4")])
     with pytest.raises(AssertionError, match="before compliance/load"):
         check_transcript([("pulser", ":OUTP1 ON")])
+
+
+def _smu_pulse_message() -> str:
+    """A real one-message SMU pulse of device (0, 1) from an SMU-pulsed bench's transcript."""
+    rec = Recorder(None)
+    _, bench = make_bench("2600b-linked-smupulse", rec)
+    bench.pulse(torch.tensor([[0, 3, 0], [0, 0, 0]], dtype=torch.int32))
+    bench.close()
+    pulses = [m for _, m in rec.log if "PulseVMeasureI" in m]
+    assert len(pulses) == 1
+    return pulses[0]
+
+
+def test_transcript_checker_catches_violations_on_the_smu_pulse_path():
+    """The real SMU pulse message passes; each mutation of it breaks one rule and fails."""
+    msg = _smu_pulse_message()
+    assert check_transcript([("smu", msg)]) == {"smu.smua": False, "smu.smub": False}
+    stmts = msg.split("; ")
+    k = next(i for i, p in enumerate(stmts) if p.startswith("PulseVMeasureI"))
+    route = next(p for p in stmts if "exclusiveclose" in p)
+
+    def mutated(parts: list[str]) -> list[tuple[str, str]]:
+        return [("smu", "; ".join(parts))]
+
+    # relays switched while the pulse output is still on (right after the train)
+    with pytest.raises(AssertionError, match="relay change with outputs on"):
+        check_transcript(mutated(stmts[:k + 1] + [route] + stmts[k + 1:]))
+    # relays switched with the bias output on (route moved after bias on)
+    moved = [p for p in stmts if p != route]
+    on_b = moved.index("smub.source.output = smub.OUTPUT_ON")
+    with pytest.raises(AssertionError, match="relay change with outputs on"):
+        check_transcript(mutated(moved[:on_b + 1] + [route] + moved[on_b + 1:]))
+    # the pulse channel not turned off right after the train
+    with pytest.raises(AssertionError, match="left on after PulseVMeasureI"):
+        check_transcript(mutated(stmts[:k + 1] + stmts[k + 2:]))
+    with pytest.raises(AssertionError, match="left on"):
+        check_transcript(mutated(stmts[:k + 1]))
+    # the train before its compliance
+    no_limit = [p for p in stmts if p != "smua.source.limiti = 0.001"]
+    with pytest.raises(AssertionError, match="pulse before compliance"):
+        check_transcript(mutated(no_limit))
+    # a pulse level above the limit
+    with pytest.raises(AssertionError):
+        check_transcript(mutated([p.replace("0, 1.2,", "0, 2.5,") for p in stmts]))
 
 
 def test_off_before_switch_order_with_spies(mocker):

@@ -127,6 +127,23 @@ def v2_potentiation(smu, pulser, cfg: dict, i: int, j: int, n: int) -> None:
     smu.query("smub.source.output = smub.OUTPUT_OFF; print(errorqueue.count)")
 
 
+def v2_potentiation_smu(smu, cfg: dict, i: int, j: int, n: int) -> None:
+    """The same V/2 burst from the 2600B's sense channel (bench YAML of
+    ``--pulse-source smu``: the pulse terminal is smua on card row A), in one message:
+    outputs off, route, smub at V/2 and on, smua's limit, PulseVMeasureI (0 V -> 1.2 V,
+    100 us on, 100 us off, n times), both off, the error count."""
+    assert cfg["terminals"]["pulse"] == {"instrument": "smu", "channel": "a",
+                                         "matrix_row": "A"}
+    route = channels(cfg, {("rows", i): "pulse", ("cols", j): "ground"}, "bias")
+    assert smu.query("smua.source.output = smua.OUTPUT_OFF; smub.source.output = "
+                     f'smub.OUTPUT_OFF; node[2].channel.exclusiveclose("{route}"); '
+                     "waitcomplete(0); smub.source.limiti = 0.001; smub.source.levelv = 0.6; "
+                     "smub.source.output = smub.OUTPUT_ON; smua.source.limiti = 0.001; "
+                     f"PulseVMeasureI(smua, 0, 1.2, 0.0001, 0.0001, {n}); "
+                     "smua.source.output = smua.OUTPUT_OFF; smub.source.output = "
+                     "smub.OUTPUT_OFF; print(errorqueue.count)") == TSP_ZERO
+
+
 class Loop:
     """query/write over an in-process personality (no sockets)."""
 
@@ -381,6 +398,40 @@ def test_pulse_v_measure_i_on_the_2600b_pulses_its_row():
     assert e.stats()["hot_switches"] == 0
 
 
+def test_smu_pulsed_v2_burst_disturbs_like_the_generator():
+    """--pulse-source smu: a V/2 potentiation of (1, 2) from smua moves (1, 2) up by ~n
+    steps; its half-selected neighbours (row 1, column 2) see +V/2 and move exactly as
+    they do under the 33500B's burst (same seed, same amplitude: the same draws), and
+    the rest see 0 V and stay."""
+    import torch
+
+    n = 250
+
+    def moved(source: str) -> np.ndarray:
+        e = Emulator(spec_from_mapping(LINEAR), rows=ROWS, cols=COLS, seed=4, serve=False,
+                     pulse_source=source)
+        e.chip.array.set_weights(torch.zeros(ROWS, COLS))  # far from the bounds (+-0.6)
+        cfg, smu = e.bench_config(), Loop(e.instruments["smu"])
+        w0 = e.chip.weights()
+        if source == "smu":
+            v2_potentiation_smu(smu, cfg, 1, 2, n)
+        else:
+            v2_potentiation(smu, Loop(e.instruments["pulser"]), cfg, 1, 2, n)
+        assert e.stats()["hot_switches"] == 0
+        assert not any(src.output for src in e.chip.sources.values())
+        return (e.chip.weights() - w0) / LINEAR["dw_min"]
+
+    smu, gen = moved("smu"), moved("generator")
+    assert abs(smu[1, 2] - n) < 5 * np.sqrt(n) * LINEAR["dw_min_std"] + 5
+    half = np.zeros((ROWS, COLS), dtype=bool)
+    half[1, :] = half[:, 2] = True
+    half[1, 2] = False
+    np.testing.assert_allclose(smu[half], gen[half], atol=1e-9)
+    # p(0.6 V) = exp(-6) per pulse: ~0.6 steps per half-selected device, all upwards
+    assert (smu[half] >= -1e-9).all() and 0 < smu[half].sum() < 30
+    assert np.all(smu[~half & (np.arange(COLS) != 2)[None, :]] == 0)
+
+
 def test_hot_switches_counted_only_with_an_output_on(emu):
     c = Raw(emu.resources["smu"])
     try:
@@ -529,6 +580,11 @@ def test_bad_fault_specs_are_refused(bad):
 def test_emulator_argument_checks_and_wiring():
     with pytest.raises(ValueError, match="72"):
         Emulator(rows=40, cols=33, serve=False)
+    with pytest.raises(ValueError, match="pulse_source"):
+        Emulator(rows=2, cols=2, pulse_source="laser", serve=False)
+    for bad in (dict(smu="2450"), dict(bias_scheme="v/3")):
+        with pytest.raises(ValueError, match="pulse_source 'smu' needs"):
+            Emulator(rows=2, cols=2, pulse_source="smu", serve=False, **bad)
     with pytest.raises(ValueError, match="stuck"):
         Emulator(rows=2, cols=2, faults=["stuck:2,0"], serve=False)
     e = Emulator(rows=30, cols=42, serve=False)
@@ -593,6 +649,23 @@ def test_emulator_bench_config_validates_in_process(emu):
     _check_bench(emu.bench_config(), ROWS, COLS)
 
 
+def test_smu_pulse_source_bench_config():
+    """--pulse-source smu: no 33500B; the pulse terminal is smua on sense's card row,
+    pulses of 100 us (the 2600B's minimum) every 200 us."""
+    e = Emulator(rows=ROWS, cols=COLS, pulse_source="smu", serve=False)
+    data = e.bench_config()
+    assert set(e.instruments) == {"smu", "matrix"} and "pulser" not in data["instruments"]
+    assert {i["driver"] for i in data["instruments"].values()} == {"keithley2600b",
+                                                                  "keithley707b"}
+    assert data["terminals"]["pulse"] == {"instrument": "smu", "channel": "a",
+                                          "matrix_row": "A"}
+    assert data["bias_scheme"] == "v/2"
+    assert data["pulse"]["potentiation"]["width_s"] == 1e-4
+    assert data["pulse"]["period_s"] == 2e-4
+    from rpuhw.drivers.bench_config import bench_from_mapping
+    assert bench_from_mapping(data, source="emulated").pulse_source == "smu"
+
+
 def test_write_bench_is_atomic_and_round_trips(emu, tmp_path):
     path = emu.write_bench(tmp_path / "b.yaml")
     assert yaml.safe_load(path.read_text()) == emu.bench_config()
@@ -604,6 +677,9 @@ def test_write_bench_is_atomic_and_round_trips(emu, tmp_path):
     (["--fault", "explode"], "--fault"),
     (["--rows", "40", "--cols", "40"], "--rows"),
     (["--smu", "2400"], "--smu"),
+    (["--pulse-source", "laser"], "--pulse-source"),
+    (["--pulse-source", "smu", "--smu", "2450"], "--pulse-source"),
+    (["--pulse-source", "smu", "--bias-scheme", "v/3"], "--pulse-source"),
 ])
 def test_cli_bad_input_exits_2_with_one_line(argv, arg, tmp_path, capsys):
     out = tmp_path / "bench.yaml"

@@ -21,6 +21,11 @@ MAX_LINES = 72
 """Chip lines a 707B can wire (6 slots x 12 columns)."""
 READ_VOLTAGE = 0.2
 """Read voltage (V) written into the bench YAML (below the disturb threshold)."""
+PULSE_SOURCES = ("generator", "smu")
+"""Who pulses on the emulated bench: the 33500B, or the 2600B's sense channel (smua)."""
+SMU_PULSE_WIDTH_S = 1.0e-4
+"""Pulse width (s) in the bench YAML of an SMU-pulsed bench (the 2600B's minimum; the
+chip's pulse physics does not depend on the width)."""
 
 
 def resolve_device(device: str | Path | DeviceSpec | None) -> DeviceSpec:
@@ -33,7 +38,7 @@ def resolve_device(device: str | Path | DeviceSpec | None) -> DeviceSpec:
 
 
 class Emulator:
-    """An emulated bench: SMU, 707B switch matrix and 33500B pulser around one chip.
+    """An emulated bench: SMU, 707B switch matrix and a pulse source around one chip.
 
     Args:
         device: truth device (YAML path or DeviceSpec; None = packaged hidden device);
@@ -48,6 +53,9 @@ class Emulator:
             (two 2450s: ``smu`` = sense, ``smu_bias`` = bias; no TSP-Link).
         tsp_link: with a 2600B, the 707B is also reachable as ``node[2].`` through it
             (and the bench YAML says so).
+        pulse_source: ``generator`` (a 33500B on card row C pulses) or ``smu`` (the
+            2600B's sense channel smua pulses with ``PulseVMeasureI`` on its own card row
+            A; no 33500B is served; needs smu 2600b and bias scheme v/2).
         serve: start TCP servers in :meth:`start` (False: in-process ``handle`` only).
         physics: pulse-effectiveness model (default :class:`PulsePhysics`).
     """
@@ -55,7 +63,8 @@ class Emulator:
     def __init__(self, device: str | Path | DeviceSpec | None = None, rows: int = 8,
                  cols: int = 8, seed: int = 0, latency_ms: float = 0.0, faults=(),
                  bias_scheme: str = "v/2", smu: str = "2600b", tsp_link: bool = True,
-                 serve: bool = True, physics: PulsePhysics | None = None):
+                 serve: bool = True, physics: PulsePhysics | None = None,
+                 pulse_source: str = "generator"):
         if int(rows) < 1 or int(cols) < 1:
             raise ValueError(f"rows and cols must be >= 1, got {rows} x {cols}")
         if rows + cols > MAX_LINES:
@@ -67,6 +76,12 @@ class Emulator:
             raise ValueError(f"smu must be '2600b' or '2450', got {smu!r}")
         if latency_ms < 0:
             raise ValueError(f"latency_ms must be >= 0, got {latency_ms}")
+        if pulse_source not in PULSE_SOURCES:
+            raise ValueError(f"pulse_source must be 'generator' or 'smu', got {pulse_source!r}")
+        if pulse_source == "smu" and (smu != "2600b" or bias_scheme != "v/2"):
+            raise ValueError("pulse_source 'smu' needs smu '2600b' and bias_scheme 'v/2' (the "
+                             "sense channel pulses while the bias channel holds V/2), got "
+                             f"smu {smu!r}, bias_scheme {bias_scheme!r}")
         self.faults = parse_faults(faults)
         for r, c in self.faults.stuck:
             if r >= rows or c >= cols:
@@ -75,7 +90,7 @@ class Emulator:
         self.spec = resolve_device(device)
         self.rows, self.cols, self.seed = int(rows), int(cols), int(seed)
         self.latency_ms = float(latency_ms)
-        self.bias_scheme, self.smu = bias_scheme, smu
+        self.bias_scheme, self.smu, self.pulse_source = bias_scheme, smu, pulse_source
         self.tsp_link = tsp_link and smu == "2600b"
         self.serve = serve
         self.chip = EmulatedChip(self.spec, self.rows, self.cols, self.seed,
@@ -92,10 +107,11 @@ class Emulator:
             self.instruments["smu_bias"] = Keithley2450(self.chip, key="smu_bias")
             sense, bias = "smu", "smu_bias"
         self.instruments["matrix"] = matrix
-        self.instruments["pulser"] = Keysight33500B(self.chip)
         self.chip.connect_row("A", sense)
         self.chip.connect_row("B", bias)
-        self.chip.connect_row("C", "pulser.1")
+        if pulse_source == "generator":
+            self.instruments["pulser"] = Keysight33500B(self.chip)
+            self.chip.connect_row("C", "pulser.1")
         self.chip.connect_row("D", GROUND)
         self.servers: dict[str, InstrumentServer] = {}
 
@@ -161,8 +177,13 @@ class Emulator:
         instruments["matrix"] = inst("keithley707b", "matrix")
         if self.tsp_link:
             instruments["matrix"]["tsp_link"] = {"via": "smu", "node": 2}
-        instruments["pulser"] = inst("keysight33500b", "pulser")
-        terminals["pulse"] = {"instrument": "pulser", "channel": 1, "matrix_row": "C"}
+        if self.pulse_source == "generator":
+            instruments["pulser"] = inst("keysight33500b", "pulser")
+            terminals["pulse"] = {"instrument": "pulser", "channel": 1, "matrix_row": "C"}
+            width_s = 1.0e-6
+        else:  # the sense channel itself, on its own card row
+            terminals["pulse"] = {"instrument": "smu", "channel": "a", "matrix_row": "A"}
+            width_s = SMU_PULSE_WIDTH_S
         terminals["ground"] = {"matrix_row": "D"}
         lines = [f"{s}:{col}" for s, col in self.chip.wiring]
         return {
@@ -173,9 +194,9 @@ class Emulator:
             "wiring": {"rows": lines[: self.rows], "cols": lines[self.rows:]},
             "bias_scheme": self.bias_scheme,
             "read": {"voltage": READ_VOLTAGE, "compliance_a": 1.0e-3},
-            "pulse": {"potentiation": {"amplitude": v_pulse, "width_s": 1.0e-6},
-                      "depression": {"amplitude": v_pulse, "width_s": 1.0e-6},
-                      "period_s": 2.0e-6, "compliance_a": 1.0e-3},
+            "pulse": {"potentiation": {"amplitude": v_pulse, "width_s": width_s},
+                      "depression": {"amplitude": v_pulse, "width_s": width_s},
+                      "period_s": 2 * width_s, "compliance_a": 1.0e-3},
             "weights": {"g_min": float(c.g_min), "g_max": float(c.g_max),
                         "w_min": float(p.w_min), "w_max": float(p.w_max),
                         "dw_min": float(p.dw_min)},
@@ -190,5 +211,5 @@ class Emulator:
 
     def __repr__(self) -> str:
         state = "serving" if self.servers else "idle"
-        return (f"Emulator({self.rows}x{self.cols}, smu={self.smu!r}, seed={self.seed}, "
-                f"{state})")
+        return (f"Emulator({self.rows}x{self.cols}, smu={self.smu!r}, "
+                f"pulse_source={self.pulse_source!r}, seed={self.seed}, {state})")

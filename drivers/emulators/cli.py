@@ -18,6 +18,7 @@ PROG = "rpuhw emulate"
 EPILOG = """example:
   rpuhw emulate --rows 8 --cols 8 --bench-out bench.yaml &   # prints: ready bench.yaml
   rpuhw emulate --device truth.yaml --rows 4 --cols 5 --fault stuck:1,2 --bench-out b.yaml
+  rpuhw emulate --pulse-source smu --bench-out b.yaml   # the 2600B's smua pulses (v/2)
 faults: latency[:MS]  drop-after:N  no-terminator[:N]  error-after:N  stuck:R,C
 """
 
@@ -49,6 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--smu", default="2600b", choices=["2600b", "2450"])
     p.add_argument("--no-tsp-link", action="store_true",
                    help="with a 2600B, do not declare the 707B as TSP-Link node 2")
+    p.add_argument("--pulse-source", default="generator", choices=["generator", "smu"],
+                   help="who pulses: the 33500B (default) or the 2600B's sense channel "
+                        "with PulseVMeasureI (needs --smu 2600b, --bias-scheme v/2); "
+                        "chooses the bench YAML written")
     p.add_argument("--bench-out", required=True, metavar="BENCH.yaml",
                    help="where to write the bench YAML")
     return p
@@ -76,6 +81,10 @@ def main(argv: list[str] | None = None) -> int:
                      "lines do not fit the switch matrix (at most 72)")
     if args.latency_ms < 0:
         return _fail(f"--latency-ms: must be >= 0, got {args.latency_ms}")
+    if args.pulse_source == "smu" and (args.smu != "2600b" or args.bias_scheme != "v/2"):
+        return _fail("--pulse-source: smu needs --smu 2600b and --bias-scheme v/2 (the sense "
+                     "channel pulses while the bias channel holds V/2), got --smu "
+                     f"{args.smu} --bias-scheme {args.bias_scheme}")
     try:
         parse_faults(args.fault)
     except ValueError as exc:
@@ -87,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         emu = Emulator(args.device, rows=args.rows, cols=args.cols, seed=args.seed,
                        latency_ms=args.latency_ms, faults=args.fault,
                        bias_scheme=args.bias_scheme, smu=args.smu,
-                       tsp_link=not args.no_tsp_link)
+                       tsp_link=not args.no_tsp_link, pulse_source=args.pulse_source)
     except (ConfigError, ValueError) as exc:
         key = "--fault" if str(exc).startswith("fault ") else "--device"
         return _fail(f"{key}: {exc}")

@@ -82,37 +82,42 @@ def _draw(thr, start, m, nw):
 
 
 @njit(inline="always")
-def _encode_block(ax, ad, bl, s0, b, x_nz, x_pos, d_nz, d_pos):
-    """Encode updates ``b * _BLOCK ...`` (one block) into the four mask arrays."""
-    P, cols = ax.shape
+def _encode_block(ax, ad, bl, s0, idx, b, x_nz, x_pos, d_nz, d_pos):
+    """Encode updates ``idx[b * _BLOCK ...]`` (one block) into rows ``b * _BLOCK ...`` of
+    the four mask arrays. Line k of update ``p = idx[r]`` draws from its own segment of
+    the stream (positions ``(p * L + line) * nw``), so the bits of an update do not
+    depend on which other updates are encoded with it."""
+    cols = ax.shape[1]
     rows = ad.shape[1]
     L = cols + rows
     nw = (bl + 1) // 2
     full = ~np.uint64(0) if bl >= 64 else (np.uint64(1) << np.uint64(bl)) - np.uint64(1)
-    p0 = b * _BLOCK
-    p1 = min(P, p0 + _BLOCK)
-    n = (p1 - p0) * L
+    r0 = b * _BLOCK
+    r1 = min(idx.shape[0], r0 + _BLOCK)
+    n = (r1 - r0) * L
     thr = np.empty(n, dtype=np.uint64)
     start = np.empty(n, dtype=np.uint64)
     m = np.zeros(n, dtype=np.uint64)
-    for q in range(p1 - p0):
+    for q in range(r1 - r0):
+        p = idx[r0 + q]
         for j in range(cols):
-            thr[q * L + j] = _threshold(ax[p0 + q, j])
+            thr[q * L + j] = _threshold(ax[p, j])
         for i in range(rows):
-            thr[q * L + cols + i] = _threshold(ad[p0 + q, i])
-    for q in range(n):  # state before the first word of line k = p0 * L + q
-        start[q] = s0 + np.uint64((p0 * L + q) * nw) * _GOLDEN
+            thr[q * L + cols + i] = _threshold(ad[p, i])
+        for k in range(L):  # state before the first word of line p * L + k
+            start[q * L + k] = s0 + np.uint64((p * L + k) * nw) * _GOLDEN
     _draw(thr, start, m, nw)
-    for q in range(p1 - p0):
-        p = p0 + q
+    for q in range(r1 - r0):
+        p = idx[r0 + q]
+        r = r0 + q
         for j in range(cols):
             mask = m[q * L + j] & full
-            x_nz[p, j] = mask
-            x_pos[p, j] = mask & (np.uint64(0) - np.uint64(ax[p, j] > 0))  # branch-free
+            x_nz[r, j] = mask
+            x_pos[r, j] = mask & (np.uint64(0) - np.uint64(ax[p, j] > 0))  # branch-free
         for i in range(rows):
             mask = m[q * L + cols + i] & full
-            d_nz[p, i] = mask
-            d_pos[p, i] = mask & (np.uint64(0) - np.uint64(ad[p, i] > 0))
+            d_nz[r, i] = mask
+            d_pos[r, i] = mask & (np.uint64(0) - np.uint64(ad[p, i] > 0))
 
 
 @njit(parallel=True)
@@ -126,16 +131,24 @@ def encode_kernel(ax, ad, bl, seed, x_nz, x_pos, d_nz, d_pos):
     Parallel over blocks of updates; bit-identical to :func:`encode_kernel_serial`.
     """
     s0 = stream_seed(seed, 0)
+    idx = np.arange(ax.shape[0])
     for b in prange((ax.shape[0] + _BLOCK - 1) // _BLOCK):
-        _encode_block(ax, ad, bl, s0, b, x_nz, x_pos, d_nz, d_pos)
+        _encode_block(ax, ad, bl, s0, idx, b, x_nz, x_pos, d_nz, d_pos)
 
 
 @njit
 def encode_kernel_serial(ax, ad, bl, seed, x_nz, x_pos, d_nz, d_pos):
     """:func:`encode_kernel` on one thread (small calls: no parallel start-up cost)."""
+    encode_rows_serial(ax, ad, bl, seed, np.arange(ax.shape[0]), x_nz, x_pos, d_nz, d_pos)
+
+
+@njit
+def encode_rows_serial(ax, ad, bl, seed, idx, x_nz, x_pos, d_nz, d_pos):
+    """Encode only the updates ``idx`` (ascending) into rows 0, 1, ... of the masks; each
+    gets exactly the bits :func:`encode_kernel` gives it."""
     s0 = stream_seed(seed, 0)
-    for b in range((ax.shape[0] + _BLOCK - 1) // _BLOCK):
-        _encode_block(ax, ad, bl, s0, b, x_nz, x_pos, d_nz, d_pos)
+    for b in range((idx.shape[0] + _BLOCK - 1) // _BLOCK):
+        _encode_block(ax, ad, bl, s0, idx, b, x_nz, x_pos, d_nz, d_pos)
 
 
 @njit
