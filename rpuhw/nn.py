@@ -228,13 +228,17 @@ class AnalogSGD(torch.optim.SGD):
             with torch.enable_grad():
                 loss = closure()
         analog = []
+        digital = False
         for group in self.param_groups:
             for p in group["params"]:
                 layer = getattr(p, "_rpuhw_layer", None)
                 if layer is not None:
                     analog.append((layer, group["lr"]))
                     p.grad = None
-        super().step()
+                elif p.grad is not None:
+                    digital = True
+        if digital:  # (SGD skips parameters without a gradient anyway)
+            super().step()
         for layer, lr in analog:
             layer.apply_update(lr)
         return loss

@@ -45,9 +45,9 @@ from rpuhw._jit import HAVE_NUMBA
 from rpuhw.array import CrossPointArray, check_float
 from rpuhw.bits import MAX_BL, PackedBits
 from rpuhw.config import require
-from rpuhw.periphery_kernels import signed_encode_kernel, signed_probabilities_kernel
+from rpuhw.periphery_kernels import signed_probabilities_kernel
 from rpuhw.seeds import SeedStream
-from rpuhw.sim.encode import SERIAL_SLOTS, encode_packed, encode_torch, row_absmax
+from rpuhw.sim.encode import as_f32_array, encode_packed_np, encode_torch, row_absmax
 from rpuhw.sim.io import quantize
 from rpuhw.sim.mvm import SAT_RTOL
 
@@ -345,15 +345,19 @@ class Periphery:
         """
         if not HAVE_NUMBA:
             return self._signed_probabilities_torch(x, d, lr)
-        xa = np.ascontiguousarray(x.detach().to("cpu", torch.float32).numpy())
-        da = np.ascontiguousarray(d.detach().to("cpu", torch.float32).numpy())
-        sx, sd = np.empty_like(xa), np.empty_like(da)
-        stats = np.zeros(4)
+        sx, sd, stats = self._signed_np(x, d, lr)
+        return (torch.from_numpy(sx), torch.from_numpy(sd), (stats[2], stats[3]),
+                (stats[0], stats[1]))
+
+    def _signed_np(self, x: torch.Tensor, d: torch.Tensor, lr: float):
+        """The compiled pass of :meth:`_signed_probabilities`: numpy ``sx, sd`` and
+        ``stats = [sum p_x, sum p_d, max p_x, max p_d]``."""
+        xa, da = as_f32_array(x), as_f32_array(d)
+        sx, sd, stats = np.empty_like(xa), np.empty_like(da), np.empty(4)
         status = signed_probabilities_kernel(xa, da, self._gain(lr),
                                              self.config.update_management, sx, sd, stats)
         self._raise_nonfinite(status)
-        return (torch.from_numpy(sx), torch.from_numpy(sd), (stats[2], stats[3]),
-                (stats[0], stats[1]))
+        return sx, sd, stats
 
     def _signed_probabilities_torch(self, x: torch.Tensor, d: torch.Tensor, lr: float):
         """:meth:`_signed_probabilities` with tensor operations (no numba)."""
@@ -399,42 +403,13 @@ class Periphery:
         st.px_mean = float(sums[0]) / nx if nx else 0.0
         st.pd_mean = float(sums[1]) / nd if nd else 0.0
 
-    def _encode_packed(self, x: torch.Tensor, d: torch.Tensor, lr: float,
-                       live_only: bool = False) -> PackedBits:
-        """Validated x, d -> PackedBits (numba, BL <= 64), recording the statistics.
-
-        Small calls compute the probabilities and the masks in one compiled call
-        (:func:`~rpuhw.periphery_kernels.signed_encode_kernel`), which skips updates
-        whose x or d is all zero (no pulse is possible); ``live_only`` leaves them out
-        of the result (what ``update`` sends: the array's result is the same), else
-        they are all-zero rows. Large calls use the parallel encoder. Either way every
-        update gets the bits of ``encode_packed(*_signed(...), seed)``.
-        """
-        bl = self.config.bl
-        P, cols, rows = x.shape[0], x.shape[1], d.shape[1]
-        if P * (cols + rows) * bl >= SERIAL_SLOTS:
-            sx, sd = self._signed(x, d, lr)
-            return encode_packed(sx, sd, bl, self._seed())
-        xa = np.ascontiguousarray(x.numpy())
-        da = np.ascontiguousarray(d.numpy())
-        x_nz, x_pos = np.empty((P, cols), np.uint64), np.empty((P, cols), np.uint64)
-        d_nz, d_pos = np.empty((P, rows), np.uint64), np.empty((P, rows), np.uint64)
-        stats = np.zeros(4)
-        status, live = signed_encode_kernel(
-            xa, da, self._gain(lr), self.config.update_management, bl,
-            np.uint64(self._seeds.peek()), x_nz, x_pos, d_nz, d_pos, stats)
-        self._raise_nonfinite(status)  # before the seed is consumed: bad input changes nothing
-        self._seed()
-        self._record(stats[2:], stats[:2], xa.size, da.size)
-        n = live.shape[0]
-        if live_only:
-            return PackedBits(x_nz[:n], x_pos[:n], d_nz[:n], d_pos[:n], bl)
-        masks = []
-        for a in (x_nz, x_pos, d_nz, d_pos):
-            full = np.zeros_like(a)
-            full[live] = a[:n]
-            masks.append(full)
-        return PackedBits(*masks, bl)
+    def _encode_packed(self, x: torch.Tensor, d: torch.Tensor, lr: float) -> PackedBits:
+        """Validated x, d -> PackedBits (numba, BL <= 64), recording the statistics; the
+        bits of ``encode_packed(*_signed(...), seed)``. nan/inf raise before a seed is
+        consumed (bad input changes nothing)."""
+        sx, sd, stats = self._signed_np(x, d, lr)
+        self._record(stats[2:], stats[:2], sx.size, sd.size)
+        return encode_packed_np(sx, sd, self.config.bl, self._seed())
 
     @staticmethod
     def _raise_nonfinite(status: int) -> None:
@@ -505,7 +480,7 @@ class Periphery:
         if x.shape[0] == 0:
             return
         if self._packed_ok():
-            self.array.update(self._encode_packed(x, d, lr, live_only=True))
+            self.array.update(self._encode_packed(x, d, lr))
         else:
             sx, sd = self._signed(x, d, lr)
             self.array.update(*encode_torch(sx, sd, self.config.bl, self.gen))

@@ -19,7 +19,6 @@ import math
 import numpy as np
 
 from rpuhw._jit import njit
-from rpuhw.sim.encode import encode_rows_serial
 
 F32_SAFE = 1e30
 """Gains up to this are applied in float32 (C |v| may overflow to inf, which clips to
@@ -99,40 +98,3 @@ def signed_probabilities_kernel(x, d, gain, um, sx, sd, stats):
     stats[3] = top_d
     return OK
 
-
-@njit
-def signed_encode_kernel(x, d, gain, um, bl, seed, x_nz, x_pos, d_nz, d_pos, stats):
-    """:func:`signed_probabilities_kernel`, then the packed encoder on the *live* updates
-    only (those whose x and d are both non-zero; the others have no pulse at all),
-    written to rows 0 .. n_live - 1 of the masks, each with exactly the bits
-    :func:`rpuhw.sim.encode.encode_kernel` gives it. Returns ``(status, live indices)``.
-    """
-    sx = np.empty_like(x)
-    sd = np.empty_like(d)
-    status = signed_probabilities_kernel(x, d, gain, um, sx, sd, stats)
-    n = x.shape[0]
-    live = np.empty(n, dtype=np.int64)
-    n_live = 0
-    if status == OK:
-        for p in range(n):
-            if _live(x, d, p):
-                live[n_live] = p
-                n_live += 1
-        encode_rows_serial(sx, sd, bl, seed, live[:n_live], x_nz, x_pos, d_nz, d_pos)
-    return status, live[:n_live]
-
-
-@njit(inline="always")
-def _live(x, d, p):
-    """Update p has a non-zero x and a non-zero d (else its probabilities are all 0)."""
-    any_x = False
-    for j in range(x.shape[1]):
-        if x[p, j] != 0.0:
-            any_x = True
-            break
-    if not any_x:
-        return False
-    for i in range(d.shape[1]):
-        if d[p, i] != 0.0:
-            return True
-    return False

@@ -177,16 +177,10 @@ def test_fused_encoding_gives_the_bits_of_the_two_step_encoding():
     for name in ("x_nz", "x_pos", "d_nz", "d_pos"):
         assert np.array_equal(getattr(full, name), getattr(ref, name)), name
     dead = ((x == 0).all(1) | (d == 0).all(1)).numpy()
-    assert dead.sum() >= 10 and not full.d_nz[dead].any()
-    # live-only: exactly the live rows, in order, with the same bits
-    per2 = Periphery(fused, seed=5)
-    live = per2._encode_packed(x, d, 0.01, live_only=True)
-    assert live.n_updates == int((~dead).sum())
-    assert np.array_equal(live.x_nz, ref.x_nz[~dead])
-    assert np.array_equal(live.d_pos, ref.d_pos[~dead])
+    assert dead.sum() >= 10 and not full.d_nz[dead].any() and not full.x_nz[dead].any()
 
 
-def test_update_with_live_rows_only_changes_the_weights_as_the_full_masks_do():
+def test_periphery_update_changes_the_weights_as_its_encoded_bits_do():
     io = IOConfig()
     a, b = (SimulatedArray(ROWS, COLS, device=DeviceSpec(get_model("constant_step")(), io=io),
                            seed=4) for _ in range(2))
@@ -194,9 +188,9 @@ def test_update_with_live_rows_only_changes_the_weights_as_the_full_masks_do():
     d = d * 1e2
     per = Periphery(a, seed=9)
     seed = per._seeds.peek()
-    per.update(x, d, 0.01)  # live rows only
+    per.update(x, d, 0.01)
     sx, sd, _, _ = per._signed_probabilities_torch(x, d, 0.01)
-    b.update(encode_packed(sx, sd, per.config.bl, seed))  # every row
+    b.update(encode_packed(sx, sd, per.config.bl, seed))
     assert torch.equal(a.read(), b.read())
     assert not torch.equal(a.read(), torch.zeros(ROWS, COLS))
 
@@ -244,3 +238,40 @@ def test_seed_stream_peek_call_and_restore():
     t = SeedStream(0)
     t.state = s.state
     assert [s() for _ in range(5)] == [t() for _ in range(5)]
+
+
+def test_packed_encoder_matches_its_documented_stream_layout():
+    """Bits recomputed in plain Python from the layout in rpuhw.sim.encode's docstring
+    (line k = p * (cols + rows) + j, its ceil(BL/2) words at splitmix64 positions
+    k * ceil(BL/2) + 1 ... from stream_seed(seed, 0); slot 2w from the high 32 bits,
+    2w + 1 from the low; on when u < floor(p * 2**32)), with p = 0 and p = 1 lines
+    among the others (the encoder skips drawing those)."""
+    from rpuhw.seeds import _GOLDEN, _MASK, _mix
+    from rpuhw.sim.kernels import stream_seed
+
+    g = torch.Generator().manual_seed(7)
+    P, cols, rows, bl, seed = 5, 6, 4, 7, 123456789
+    ax = (torch.rand(P, cols, generator=g) * 2 - 1)
+    ad = (torch.rand(P, rows, generator=g) * 2 - 1)
+    ax[1] = 0.0
+    ax[2, :3] = 1.0
+    ad[3, 1] = -1.0
+    ad[4] = 0.0
+    got = encode_packed(ax, ad, bl, seed)
+    s0 = int(stream_seed(np.uint64(seed), 0))
+    nw = (bl + 1) // 2
+    for p in range(P):
+        for k, a in enumerate(list(ax[p]) + list(ad[p])):
+            a = float(a)
+            thr = int(min(abs(a), 1.0) * 2.0**32)
+            nz = 0
+            for w in range(nw):
+                r = _mix((s0 + ((p * (cols + rows) + k) * nw + w + 1) * _GOLDEN) & _MASK)
+                for t, u in ((2 * w, r >> 32), (2 * w + 1, r & 0xFFFFFFFF)):
+                    if t < bl and u < thr:
+                        nz |= 1 << t
+            pos = nz if a > 0 else 0
+            if k < cols:
+                assert (int(got.x_nz[p, k]), int(got.x_pos[p, k])) == (nz, pos), (p, k)
+            else:
+                assert (int(got.d_nz[p, k - cols]), int(got.d_pos[p, k - cols])) == (nz, pos)

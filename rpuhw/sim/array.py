@@ -14,6 +14,7 @@ from rpuhw.bits import MAX_BL, PackedBits
 from rpuhw.device_spec import DeviceSpec
 from rpuhw.devices import DeviceModel, get_model
 from rpuhw.seeds import SeedStream
+from rpuhw.sim import kernels
 from rpuhw.sim.io import analog_mvm
 from rpuhw.sim.mvm import NONFINITE, finish_kernel, prepare_kernel
 from rpuhw.sim.update_torch import apply_counts, update_torch
@@ -145,16 +146,12 @@ class SimulatedArray(CrossPointArray):
     def _update_packed(self, packed: PackedBits):
         if self.engine != "numba":
             return self._update(*packed.to_bits())
-        from rpuhw.sim import kernels
-
         kernel = kernels.update_kernel_for(self.model.nb_pulse)
         kernel(packed.x_nz, packed.x_pos, packed.d_nz, packed.d_pos, self.weights.numpy(),
                self._prm, self._const, self._call_seed(), self.model.noisy)
 
     def _pulse(self, counts):
         if self.engine == "numba":
-            from rpuhw.sim import kernels
-
             kernel = kernels.pulse_kernel_for(self.model.nb_pulse)
             kernel(counts.numpy(), self.weights.numpy(), self._prm, self._const,
                    self._call_seed(), self.model.noisy)

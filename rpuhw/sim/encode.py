@@ -47,6 +47,8 @@ __all__ = ["HAVE_NUMBA", "MAX_BL", "encode_kernel", "encode_kernel_serial", "enc
 _TWO32 = 4294967296.0
 _LOW32 = np.uint64(0xFFFFFFFF)
 _BLOCK = 32
+_ALWAYS = np.uint64(4294967296)
+"""Threshold of p = 1: every 32-bit uniform is below it."""
 """Updates per block of the compiled encoder (one block per parallel task)."""
 SERIAL_SLOTS = 1_000_000
 """Calls with fewer slots (P * lines * BL) than this run on one thread."""
@@ -63,7 +65,8 @@ def _mix(z):
 @njit(inline="always")
 def _threshold(a):
     """``floor(|a| * 2**32)`` with ``|a|`` clipped to 1, as uint64."""
-    return np.uint64(min(abs(np.float64(a)), 1.0) * _TWO32)
+    # via int64: x86 has no direct float -> uint64 conversion (values are <= 2**32)
+    return np.uint64(np.int64(min(abs(np.float64(a)), 1.0) * _TWO32))
 
 
 @njit
@@ -82,42 +85,55 @@ def _draw(thr, start, m, nw):
 
 
 @njit(inline="always")
-def _encode_block(ax, ad, bl, s0, idx, b, x_nz, x_pos, d_nz, d_pos):
-    """Encode updates ``idx[b * _BLOCK ...]`` (one block) into rows ``b * _BLOCK ...`` of
-    the four mask arrays. Line k of update ``p = idx[r]`` draws from its own segment of
-    the stream (positions ``(p * L + line) * nw``), so the bits of an update do not
-    depend on which other updates are encoded with it."""
+def _block_scratch(n):
+    """Work arrays of one block: thresholds, stream states, line numbers, masks, draws."""
+    return (np.empty(n, dtype=np.uint64), np.empty(n, dtype=np.uint64),
+            np.empty(n, dtype=np.int64), np.empty(n, dtype=np.uint64),
+            np.empty(n, dtype=np.uint64))
+
+
+@njit(inline="always")
+def _encode_block(ax, ad, bl, s0, b, x_nz, x_pos, d_nz, d_pos, scratch):
+    """Encode updates ``b * _BLOCK ...`` (one block) into the four mask arrays, using the
+    work arrays ``scratch`` (:func:`_block_scratch` of at least ``_BLOCK * lines``)."""
+    thr, start, line, m, drawn = scratch
     cols = ax.shape[1]
     rows = ad.shape[1]
     L = cols + rows
     nw = (bl + 1) // 2
     full = ~np.uint64(0) if bl >= 64 else (np.uint64(1) << np.uint64(bl)) - np.uint64(1)
     r0 = b * _BLOCK
-    r1 = min(idx.shape[0], r0 + _BLOCK)
-    n = (r1 - r0) * L
-    thr = np.empty(n, dtype=np.uint64)
-    start = np.empty(n, dtype=np.uint64)
-    m = np.zeros(n, dtype=np.uint64)
+    r1 = min(ax.shape[0], r0 + _BLOCK)
+    # only lines with 0 < p < 1 draw: p = 0 gives no bit, p = 1 every bit (what their
+    # draws would give), and a line's stream does not depend on the others
+    nd = 0
     for q in range(r1 - r0):
-        p = idx[r0 + q]
-        for j in range(cols):
-            thr[q * L + j] = _threshold(ax[p, j])
-        for i in range(rows):
-            thr[q * L + cols + i] = _threshold(ad[p, i])
-        for k in range(L):  # state before the first word of line p * L + k
-            start[q * L + k] = s0 + np.uint64((p * L + k) * nw) * _GOLDEN
-    _draw(thr, start, m, nw)
+        p = r0 + q
+        for k in range(L):
+            t = _threshold(ax[p, k]) if k < cols else _threshold(ad[p, k - cols])
+            if t == 0:
+                m[q * L + k] = 0
+            elif t >= _ALWAYS:
+                m[q * L + k] = ~np.uint64(0)
+            else:
+                thr[nd] = t
+                start[nd] = s0 + np.uint64((p * L + k) * nw) * _GOLDEN  # before word 1
+                line[nd] = q * L + k
+                drawn[nd] = 0
+                nd += 1
+    _draw(thr[:nd], start[:nd], drawn[:nd], nw)
+    for e in range(nd):
+        m[line[e]] = drawn[e]
     for q in range(r1 - r0):
-        p = idx[r0 + q]
-        r = r0 + q
+        p = r0 + q
         for j in range(cols):
             mask = m[q * L + j] & full
-            x_nz[r, j] = mask
-            x_pos[r, j] = mask & (np.uint64(0) - np.uint64(ax[p, j] > 0))  # branch-free
+            x_nz[p, j] = mask
+            x_pos[p, j] = mask & (np.uint64(0) - np.uint64(ax[p, j] > 0))  # branch-free
         for i in range(rows):
             mask = m[q * L + cols + i] & full
-            d_nz[r, i] = mask
-            d_pos[r, i] = mask & (np.uint64(0) - np.uint64(ad[p, i] > 0))
+            d_nz[p, i] = mask
+            d_pos[p, i] = mask & (np.uint64(0) - np.uint64(ad[p, i] > 0))
 
 
 @njit(parallel=True)
@@ -131,24 +147,18 @@ def encode_kernel(ax, ad, bl, seed, x_nz, x_pos, d_nz, d_pos):
     Parallel over blocks of updates; bit-identical to :func:`encode_kernel_serial`.
     """
     s0 = stream_seed(seed, 0)
-    idx = np.arange(ax.shape[0])
+    n = _BLOCK * (ax.shape[1] + ad.shape[1])
     for b in prange((ax.shape[0] + _BLOCK - 1) // _BLOCK):
-        _encode_block(ax, ad, bl, s0, idx, b, x_nz, x_pos, d_nz, d_pos)
+        _encode_block(ax, ad, bl, s0, b, x_nz, x_pos, d_nz, d_pos, _block_scratch(n))
 
 
 @njit
 def encode_kernel_serial(ax, ad, bl, seed, x_nz, x_pos, d_nz, d_pos):
     """:func:`encode_kernel` on one thread (small calls: no parallel start-up cost)."""
-    encode_rows_serial(ax, ad, bl, seed, np.arange(ax.shape[0]), x_nz, x_pos, d_nz, d_pos)
-
-
-@njit
-def encode_rows_serial(ax, ad, bl, seed, idx, x_nz, x_pos, d_nz, d_pos):
-    """Encode only the updates ``idx`` (ascending) into rows 0, 1, ... of the masks; each
-    gets exactly the bits :func:`encode_kernel` gives it."""
     s0 = stream_seed(seed, 0)
-    for b in range((idx.shape[0] + _BLOCK - 1) // _BLOCK):
-        _encode_block(ax, ad, bl, s0, idx, b, x_nz, x_pos, d_nz, d_pos)
+    scratch = _block_scratch(_BLOCK * (ax.shape[1] + ad.shape[1]))
+    for b in range((ax.shape[0] + _BLOCK - 1) // _BLOCK):
+        _encode_block(ax, ad, bl, s0, b, x_nz, x_pos, d_nz, d_pos, scratch)
 
 
 @njit
@@ -174,8 +184,12 @@ def row_absmax(a: torch.Tensor) -> torch.Tensor:
     return a.abs().amax(dim=1)
 
 
-def _as_f32(a: torch.Tensor) -> np.ndarray:
-    return np.ascontiguousarray(a.detach().to("cpu", torch.float32).numpy())
+def as_f32_array(a: torch.Tensor) -> np.ndarray:
+    """A C-contiguous float32 numpy view (or copy) of a CPU tensor."""
+    if a.dtype is not torch.float32 or a.requires_grad:
+        a = a.detach().to("cpu", torch.float32)
+    out = a.numpy()
+    return out if out.flags.c_contiguous else np.ascontiguousarray(out)
 
 
 def encode_packed(ax: torch.Tensor, ad: torch.Tensor, bl: int, seed: int):
@@ -187,20 +201,24 @@ def encode_packed(ax: torch.Tensor, ad: torch.Tensor, bl: int, seed: int):
         bl: slots per update, ``1 <= bl <= 64``.
         seed: call seed, ``0 <= seed < 2**64``; equal seeds give equal bits.
     """
-    from rpuhw.bits import PackedBits
-
     if not HAVE_NUMBA:
         raise RuntimeError("encode_packed needs numba (use encode_torch)")
     if not 1 <= bl <= MAX_BL:
         raise ValueError(f"bl: packed encoding takes 1..{MAX_BL} slots, got {bl}")
-    ax, ad = _as_f32(ax), _as_f32(ad)
+    return encode_packed_np(as_f32_array(ax), as_f32_array(ad), int(bl), seed)
+
+
+def encode_packed_np(ax: np.ndarray, ad: np.ndarray, bl: int, seed: int):
+    """:func:`encode_packed` of C-contiguous float32 numpy arrays (no checks)."""
+    from rpuhw.bits import PackedBits
+
     small = ax.shape[0] * (ax.shape[1] + ad.shape[1]) * bl < SERIAL_SLOTS
     kernel = encode_kernel_serial if small else encode_kernel
     P, cols, rows = ax.shape[0], ax.shape[1], ad.shape[1]
     x_nz, x_pos = np.empty((P, cols), np.uint64), np.empty((P, cols), np.uint64)
     d_nz, d_pos = np.empty((P, rows), np.uint64), np.empty((P, rows), np.uint64)
-    kernel(ax, ad, int(bl), np.uint64(seed), x_nz, x_pos, d_nz, d_pos)
-    return PackedBits(x_nz, x_pos, d_nz, d_pos, int(bl))
+    kernel(ax, ad, bl, np.uint64(seed), x_nz, x_pos, d_nz, d_pos)
+    return PackedBits(x_nz, x_pos, d_nz, d_pos, bl)
 
 
 def encode_torch(ax: torch.Tensor, ad: torch.Tensor, bl: int,
