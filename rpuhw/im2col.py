@@ -35,18 +35,29 @@ def _patch_kernel(x, kh, kw, sh, sw, ph, pw, ho, wo, bias, out, adjoint):
         for oy in range(ho):
             for ox in range(wo):
                 r = (b * ho + oy) * wo + ox
+                y0, x0 = oy * sh - ph, ox * sw - pw
+                inside = y0 >= 0 and x0 >= 0 and y0 + kh <= h and x0 + kw <= w
                 k = 0
                 for ch in range(c):
                     for i in range(kh):
-                        y = oy * sh - ph + i
-                        for j in range(kw):
-                            xx = ox * sw - pw + j
-                            inside = 0 <= y < h and 0 <= xx < w
+                        y = y0 + i
+                        if inside:  # the common case: no bounds test per pixel
                             if adjoint:
-                                if inside:
+                                for j in range(kw):
+                                    x[b, ch, y, x0 + j] += out[r, k + j]
+                            else:
+                                for j in range(kw):
+                                    out[r, k + j] = x[b, ch, y, x0 + j]
+                            k += kw
+                            continue
+                        for j in range(kw):
+                            xx = x0 + j
+                            hit = 0 <= y < h and 0 <= xx < w
+                            if adjoint:
+                                if hit:
                                     x[b, ch, y, xx] += out[r, k]
                             else:
-                                out[r, k] = x[b, ch, y, xx] if inside else 0.0
+                                out[r, k] = x[b, ch, y, xx] if hit else 0.0
                             k += 1
                 if bias and not adjoint:
                     out[r, k] = 1.0

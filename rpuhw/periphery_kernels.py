@@ -19,6 +19,7 @@ import math
 import numpy as np
 
 from rpuhw._jit import njit
+from rpuhw.sim.mvm import INF_BITS, bits_to_f32, row_absmax_bits
 
 F32_SAFE = 1e30
 """Gains up to this are applied in float32 (C |v| may overflow to inf, which clips to
@@ -27,38 +28,44 @@ p = 1 correctly); larger ones would turn into inf and 0 * inf = nan, so float64 
 OK, X_NONFINITE, D_NONFINITE = 0, 1, 2
 """Status codes of :func:`signed_probabilities_kernel`."""
 
-_F32_MAX = np.float32(3.4028235e38)
-
 
 @njit(inline="always")
-def _absmax(a, p):
-    """max |a[p, :]| as float64, or -1.0 when the row holds nan or inf."""
-    top = np.float32(0.0)
-    for j in range(a.shape[1]):
-        v = abs(a[p, j])
-        if not v <= _F32_MAX:
-            return -1.0
-        if v > top:
-            top = v
-    return np.float64(top)
+def _absmax(a, bits, p):
+    """max |a[p, :]| as float64, or -1.0 when the row holds nan or inf (``bits`` is
+    ``a.view(uint32)``: an integer max, which vectorises)."""
+    top = row_absmax_bits(bits, p)
+    if top >= INF_BITS:
+        return -1.0
+    return np.float64(bits_to_f32(top))
 
 
 @njit(inline="always")
 def _scale_rows(a, g, sign, gmax, out):
-    """out[p] = clip(sign * g[p] * a[p], -1, 1); returns sum |out|."""
-    total = 0.0
+    """out[p] = clip(sign * g[p] * a[p], -1, 1); returns sum |out| (four partial sums,
+    so that the additions do not wait on each other)."""
     wide = not gmax < F32_SAFE
+    s0 = s1 = s2 = s3 = 0.0
+    m = a.shape[1]
     for p in range(a.shape[0]):
         gp = sign * g[p]
-        g32 = np.float32(gp)
-        for j in range(a.shape[1]):
-            if wide:
-                v = np.float32(min(max(np.float64(a[p, j]) * gp, -1.0), 1.0))
-            else:
-                v = min(max(a[p, j] * g32, np.float32(-1.0)), np.float32(1.0))
-            out[p, j] = v
-            total += abs(v)
-    return total
+        if wide:
+            for j in range(m):
+                out[p, j] = np.float32(min(max(np.float64(a[p, j]) * gp, -1.0), 1.0))
+        else:
+            g32 = np.float32(gp)
+            for j in range(m):
+                out[p, j] = min(max(a[p, j] * g32, np.float32(-1.0)), np.float32(1.0))
+        j = 0
+        while j + 4 <= m:
+            s0 += abs(out[p, j])
+            s1 += abs(out[p, j + 1])
+            s2 += abs(out[p, j + 2])
+            s3 += abs(out[p, j + 3])
+            j += 4
+        while j < m:
+            s0 += abs(out[p, j])
+            j += 1
+    return (s0 + s1) + (s2 + s3)
 
 
 @njit
@@ -70,14 +77,15 @@ def signed_probabilities_kernel(x, d, gain, um, sx, sd, stats):
     :data:`D_NONFINITE` when x or d holds nan or inf (then nothing else is valid).
     """
     n = x.shape[0]
+    xb, db = x.view(np.uint32), d.view(np.uint32)
     cx = np.empty(n)
     cd = np.empty(n)
     top_x = top_d = gx_max = gd_max = 0.0
     for p in range(n):
-        x_max = _absmax(x, p)
+        x_max = _absmax(x, xb, p)
         if x_max < 0.0:
             return X_NONFINITE
-        d_max = _absmax(d, p)
+        d_max = _absmax(d, db, p)
         if d_max < 0.0:
             return D_NONFINITE
         if x_max > 0.0 and d_max > 0.0:

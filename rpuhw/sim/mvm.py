@@ -34,6 +34,30 @@ import numpy as np
 from rpuhw._jit import njit
 from rpuhw.sim.kernels import normal, stream_seed
 
+INF_BITS = np.uint32(0x7F800000)
+"""Bit pattern of +inf: |x| as uint32 bits is at least this exactly when x is nan or inf."""
+
+
+@njit(inline="always")
+def row_absmax_bits(bits, k):
+    """max |a[k, j]| of float32 ``a`` as the uint32 bit pattern (``bits = a.view(uint32)``).
+
+    Non-negative floats order like their bit patterns, so an integer max (which
+    vectorises, unlike a float max that must respect nan) gives the float max; a
+    result >= :data:`INF_BITS` means the row holds nan or inf.
+    """
+    top = np.uint32(0)
+    for j in range(bits.shape[1]):
+        top = max(top, bits[k, j] & np.uint32(0x7FFFFFFF))
+    return top
+
+
+@njit(inline="always")
+def bits_to_f32(b):
+    """The float32 whose bit pattern is the uint32 ``b``."""
+    return np.array([b], dtype=np.uint32).view(np.float32)[0]
+
+
 SAT_RTOL = 1e-6
 """An output counts as saturated when ``|y| >= bm_bound * (1 - SAT_RTOL)``."""
 
@@ -70,15 +94,13 @@ def prepare_kernel(v, nm, inp_bound, inp_res, xn, scale, live, exact):
     n, n_in = v.shape
     inp_bound = np.float32(inp_bound)
     inp_step = np.float32(inp_res * 2.0 * inp_bound) if inp_res > 0.0 else np.float32(0.0)
+    bits = v.view(np.uint32)
     n_live = 0
     for k in range(n):
-        top = np.float32(0.0)
-        for j in range(n_in):
-            a = abs(v[k, j])
-            if not a <= np.float32(3.4028235e38):  # nan or inf
-                return NONFINITE
-            if a > top:
-                top = a
+        top_bits = row_absmax_bits(bits, k)
+        if top_bits >= INF_BITS:  # nan or inf
+            return NONFINITE
+        top = bits_to_f32(top_bits)
         scale[k] = 1.0
         live[k] = True
         if nm:
@@ -93,9 +115,17 @@ def prepare_kernel(v, nm, inp_bound, inp_res, xn, scale, live, exact):
             exact[k] = inp_step == 0.0 and top <= inp_bound
         n_live += 1
         s = scale[k]
-        for j in range(n_in):
-            x = v[k, j] / s if nm else v[k, j]
-            xn[k, j] = _dac(x, inp_bound, inp_step)
+        if inp_step == 0.0:  # branch-free loops (they vectorise)
+            if nm:
+                for j in range(n_in):
+                    xn[k, j] = min(max(v[k, j] / s, -inp_bound), inp_bound)
+            else:
+                for j in range(n_in):
+                    xn[k, j] = min(max(v[k, j], -inp_bound), inp_bound)
+        else:
+            for j in range(n_in):
+                x = v[k, j] / s if nm else v[k, j]
+                xn[k, j] = _dac(x, inp_bound, inp_step)
     return n_live
 
 
@@ -117,6 +147,7 @@ def finish_kernel(y, v, w, transposed, live, exact, scale, bm, bm_bound, max_hal
     limit = bm_bound * (1.0 - SAT_RTOL)
     state = stream_seed(seed, 0)
     row = np.empty(n_out, dtype=np.float32)
+    noise = np.zeros(n_out, dtype=np.float32)
     n_live = halvings = unresolved = deepest = 0
     for k in range(n):
         if not live[k]:
@@ -132,16 +163,22 @@ def finish_kernel(y, v, w, transposed, live, exact, scale, bm, bm_bound, max_hal
                 clean_factor = np.float32(1.0)
             else:
                 clean_factor = np.float32(1.0) / factor
-            saturated = False
-            for i in range(n_out):
-                yi = y[k, i] * clean_factor
-                if out_noise > 0.0:
+            if out_noise > 0.0:  # the draws first, in their own tight loop
+                for i in range(n_out):
                     state, g = normal(state)
-                    yi = np.float32(yi + np.float32(out_noise * g))
-                yi = _adc(yi, out_bound, out_step)
+                    noise[i] = np.float32(out_noise * g)
+            top = np.float32(0.0)
+            for i in range(n_out):  # then branch-free arithmetic (it vectorises)
+                yi = np.float32(y[k, i] * clean_factor + noise[i])
+                yi = min(max(yi, -out_bound), out_bound)
                 row[i] = yi
-                if abs(yi) >= limit:
-                    saturated = True
+                top = max(top, abs(yi))
+            if out_step > 0.0:
+                top = np.float32(0.0)
+                for i in range(n_out):
+                    row[i] = _adc(row[i], out_bound, out_step)
+                    top = max(top, abs(row[i]))
+            saturated = top >= limit
             if not (bm and saturated):
                 break
             if level >= max_halvings:
