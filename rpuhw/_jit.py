@@ -16,10 +16,8 @@ try:  # pragma: no cover - exercised implicitly
     HAVE_NUMBA = True
 
     def njit(*args, **kwargs):
-        """``numba.njit`` with rpuhw's defaults (cached, GIL released, fastmath off for
-        exactness)."""
+        """``numba.njit`` with rpuhw's defaults (cached, fastmath off for exactness)."""
         kwargs.setdefault("cache", True)
-        kwargs.setdefault("nogil", True)  # compiled calls let other Python threads run
         return _numba.njit(*args, **kwargs)
 
     prange = _numba.prange

@@ -275,23 +275,3 @@ def test_packed_encoder_matches_its_documented_stream_layout():
                 assert (int(got.x_nz[p, k]), int(got.x_pos[p, k])) == (nz, pos), (p, k)
             else:
                 assert (int(got.d_nz[p, k - cols]), int(got.d_pos[p, k - cols])) == (nz, pos)
-
-
-def test_serial_and_parallel_update_kernels_agree():
-    """Small calls use the serial kernel; both walk each row with its own stream, so the
-    weights are identical (checked for a noisy model, where every pulse draws)."""
-    from rpuhw.sim import kernels
-
-    model = get_model("soft_bounds")()
-    a = SimulatedArray(ROWS, COLS, device=model, seed=2)
-    x, d = _update_data(seed=4, p=300)
-    packed = Periphery(a, seed=3).encode(x, d * 1e2, 0.05)
-    assert packed.d_nz.any()
-    results = []
-    for make in (kernels.update_kernel_for, kernels.serial_update_kernel_for):
-        w = a.weights.numpy().copy()
-        make(model.nb_pulse)(packed.x_nz, packed.x_pos, packed.d_nz, packed.d_pos, w,
-                             a._prm, a._const, 77, model.noisy)
-        results.append(w)
-    assert np.array_equal(results[0], results[1])
-    assert not np.array_equal(results[0], a.weights.numpy())

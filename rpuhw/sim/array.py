@@ -21,10 +21,6 @@ from rpuhw.sim.update_torch import apply_counts, update_torch
 
 Engine = Literal["auto", "numba", "torch"]
 
-SERIAL_UPDATE_PAIRS = 4_000_000
-"""Update calls with fewer (update, device) pairs than this run the compiled kernel on
-the calling thread (a batch-1 training step of the paper's conv2 has 0.8 million)."""
-
 
 class SimulatedArray(CrossPointArray):
     """A simulated array of ``rows x cols`` devices of one device model.
@@ -150,10 +146,7 @@ class SimulatedArray(CrossPointArray):
     def _update_packed(self, packed: PackedBits):
         if self.engine != "numba":
             return self._update(*packed.to_bits())
-        p = packed.x_nz.shape[0]
-        small = p * self.rows * self.cols < SERIAL_UPDATE_PAIRS
-        kernel = (kernels.serial_update_kernel_for if small
-                  else kernels.update_kernel_for)(self.model.nb_pulse)
+        kernel = kernels.update_kernel_for(self.model.nb_pulse)
         kernel(packed.x_nz, packed.x_pos, packed.d_nz, packed.d_pos, self.weights.numpy(),
                self._prm, self._const, self._call_seed(), self.model.noisy)
 

@@ -171,16 +171,6 @@ def update_kernel_for(pulse):
     device (i, j) gets a pulse in slot t of update p when both bits are non-zero,
     up when their signs agree, each with one fresh normal when ``noisy``.
     """
-    return _update_kernels(pulse)[0]
-
-
-def serial_update_kernel_for(pulse):
-    """:func:`update_kernel_for` on one thread (the same results: rows have their own
-    streams), for small calls, where starting the thread pool costs more than it saves."""
-    return _update_kernels(pulse)[1]
-
-
-def _update_kernels(pulse):
     key = ("update", pulse)
     if key not in _KERNELS:
         _KERNELS[key] = _make_update_kernel(pulse)
@@ -197,58 +187,48 @@ def pulse_kernel_for(pulse):
 
 def _make_update_kernel(pulse):
     # A closure, so that numba inlines ``pulse`` (passing it as an argument costs ~50 %).
-    @njit(inline="always", cache=False)
-    def row(i, xnz, xpos, dnz, dpos, W, prm, c, seed, noisy, hit):
-        """Row i through the P updates (its own stream: rows are independent)."""
-        P, cols = xnz.shape
-        one = np.uint64(1)
-        s = stream_seed(seed, i)
-        for p in range(P):
-            dm = dnz[p, i]
-            if dm == 0:
-                continue
-            dp = dpos[p, i]
-            # 1) branch-free list of the columns with a coincidence in this update
-            m = 0
-            for j in range(cols):
-                hit[m] = j
-                m += (dm & xnz[p, j]) != 0
-            # 2) their pulses, in slot order
-            for e in range(m):
-                j = hit[e]
-                co = dm & xnz[p, j]
-                upm = co & ~(dp ^ xpos[p, j])
-                w = np.float64(W[i, j])
-                xi = 0.0
-                if upm == co or upm == 0:  # one direction (the usual case)
-                    up = upm != 0
-                    for _ in range(popcount(co)):
-                        if noisy:
-                            s, xi = normal(s)
-                        w = pulse(w, up, xi, prm, i, j, c)
-                else:  # the sign changes between slots: follow slot order
-                    mm = co
-                    while mm != 0:
-                        low = mm & (~mm + one)
-                        if noisy:
-                            s, xi = normal(s)
-                        w = pulse(w, (upm & low) != 0, xi, prm, i, j, c)
-                        mm ^= low
-                W[i, j] = w
-
     @njit(parallel=True, cache=False)
     def kernel(xnz, xpos, dnz, dpos, W, prm, c, seed, noisy):
-        for i in prange(dnz.shape[1]):
-            row(i, xnz, xpos, dnz, dpos, W, prm, c, seed, noisy,
-                np.empty(xnz.shape[1] + 1, np.int64))
+        P, cols = xnz.shape
+        rows = dnz.shape[1]
+        one = np.uint64(1)
+        for i in prange(rows):
+            s = stream_seed(seed, i)
+            hit = np.empty(cols + 1, np.int64)
+            for p in range(P):
+                dm = dnz[p, i]
+                if dm == 0:
+                    continue
+                dp = dpos[p, i]
+                # 1) branch-free list of the columns with a coincidence in this update
+                m = 0
+                for j in range(cols):
+                    hit[m] = j
+                    m += (dm & xnz[p, j]) != 0
+                # 2) their pulses, in slot order
+                for e in range(m):
+                    j = hit[e]
+                    co = dm & xnz[p, j]
+                    upm = co & ~(dp ^ xpos[p, j])
+                    w = np.float64(W[i, j])
+                    xi = 0.0
+                    if upm == co or upm == 0:  # one direction (the usual case)
+                        up = upm != 0
+                        for _ in range(popcount(co)):
+                            if noisy:
+                                s, xi = normal(s)
+                            w = pulse(w, up, xi, prm, i, j, c)
+                    else:  # the sign changes between slots: follow slot order
+                        mm = co
+                        while mm != 0:
+                            low = mm & (~mm + one)
+                            if noisy:
+                                s, xi = normal(s)
+                            w = pulse(w, (upm & low) != 0, xi, prm, i, j, c)
+                            mm ^= low
+                    W[i, j] = w
 
-    @njit(cache=False)
-    def serial(xnz, xpos, dnz, dpos, W, prm, c, seed, noisy):
-        hit = np.empty(xnz.shape[1] + 1, np.int64)
-        for i in range(dnz.shape[1]):
-            row(i, xnz, xpos, dnz, dpos, W, prm, c, seed, noisy, hit)
-
-    return kernel, serial
+    return kernel
 
 
 def _make_pulse_kernel(pulse):
