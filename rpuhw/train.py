@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from rpuhw import __version__
-from rpuhw._io import atomic_write
+from rpuhw._io import atomic_write, remove_stale_temps
 from rpuhw.config import from_mapping, load_yaml, require
 from rpuhw.data import epoch_order, load_dataset
 from rpuhw.errors import ConfigError
@@ -250,6 +250,7 @@ def _run(cfg: TrainConfig, run: Run, data, resume: bool, log) -> dict[str, Any]:
     if resume:
         if ckpt is None:
             raise ConfigError("--resume needs --checkpoint DIR", key="resume")
+        remove_stale_temps(ckpt)  # a killed run may have died in the middle of a write
         if ckpt.exists():
             try:
                 st = torch.load(ckpt, weights_only=False)

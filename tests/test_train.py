@@ -76,6 +76,21 @@ def test_killed_run_resumes_to_the_same_result(tmp_path):
     assert not list(ckdir.glob(".*.tmp"))  # atomic writes leave no temp files
 
 
+def test_resume_removes_the_temp_file_of_a_writer_killed_mid_write(tmp_path):
+    """SIGKILL during a checkpoint write leaves ``.checkpoint.pt.*.tmp`` (the writer
+    cannot clean up); resuming removes it and leaves unrelated files alone."""
+    ck = tmp_path / "ck"
+    cfg = dict(SMALL, epochs=1, train_limit=20, test_limit=10, checkpoint=str(ck))
+    first = train(TrainConfig(backend="ideal", **cfg), log=lambda *_: None)
+    stale = ck / f".{CHECKPOINT}.k1ll3d.tmp"
+    stale.write_bytes(b"half a checkpoint")
+    other = ck / "notes.tmp"
+    other.write_text("mine")
+    again = train(TrainConfig(backend="ideal", **cfg), resume=True, log=lambda *_: None)
+    assert not stale.exists() and other.read_text() == "mine"
+    assert again["test_error"] == first["test_error"]
+
+
 def test_checkpoint_from_another_config_is_refused(tmp_path):
     ck = tmp_path / "ck"
     cfg = dict(SMALL, epochs=1, train_limit=20, test_limit=10, checkpoint=str(ck))
