@@ -40,7 +40,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from rpuhw._io import atomic_write
+from rpuhw._io import atomic_write, remove_stale_temps
 from rpuhw.errors import ConfigError
 
 COLUMNS = ("device", "row", "col", "cycle", "pulse", "polarity", "conductance", "time_s",
@@ -186,6 +186,7 @@ class MeasurementWriter:
             cut = data.rfind(b"\n") + 1
             if cut < len(data):  # a line cut short by a kill: drop it
                 fh.truncate(cut)
+        remove_stale_temps(sidecar_path(self.path))  # a sidecar write cut short by a kill
         self.existing = load_measurements(self.path, partial=True)
 
     def __enter__(self) -> MeasurementWriter:

@@ -197,10 +197,12 @@ def test_resume_drops_a_line_cut_by_a_kill(tmp_path):
     w.close()
     with open(path, "a") as fh:
         fh.write("1,0,1,0,2,1,1.0")  # half a row, as a SIGKILL mid-write could leave
+    stale = tmp_path / ".m.json.x7q.tmp"  # and a sidecar write it cut short
+    stale.write_text('{"half": ')
     m = load_measurements(path, partial=True)  # incomplete sidecar: the stub is ignored
     assert len(m) == 5
     w = MeasurementWriter(path, META, resume=True)
-    assert len(w.existing) == 5
+    assert len(w.existing) == 5 and not stale.exists()
     w.write(rows[5:])
     w.finish()
     assert len(load_measurements(path)) == len(rows)
