@@ -231,7 +231,7 @@ class Periphery:
     # ---- forward / backward ----------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Managed MVMs ``y = W x``: x [N, cols] -> y [N, rows] (any scale of x)."""
-        # nan/inf are rejected by the array (or its managed MVM), not here: one pass less
+        # nan/inf are rejected by the managed MVM or in _mvm's generic path (one pass)
         x = check_float(x, "x", (None, self.array.cols), finite=False)
         return self._mvm(x, self.array.forward, self.array.rows, "forward",
                          self.config.bound_management)
@@ -259,6 +259,10 @@ class Periphery:
                 st.bm_halvings += halvings
                 st.bm_unresolved += unresolved
                 return y
+        # generic path: reject nan/inf here (NM would take a nan row for an all-zero one)
+        if v.numel() and not math.isfinite(float(v.abs().amax())):
+            raise ValueError(f"{'x' if kind == 'forward' else 'd'}: contains non-finite "
+                             "values (nan or inf)")
         n = v.shape[0]
         out = torch.zeros(n, n_out)
         if n == 0:

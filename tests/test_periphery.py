@@ -465,6 +465,13 @@ def test_bad_inputs_raise_and_change_nothing():
     assert torch.equal(rng1["gen"], rng0["gen"]) and torch.equal(gen1["rng"], gen0["rng"])
     assert (rng1["seeds"], gen1["seeds"]) == seeds0  # no seed consumed by a bad call
     assert dict(vars(per.stats)) == stats0
+    # the generic path (a backend without the managed MVM): a nan row must not pass
+    # for an all-zero row under noise management
+    ideal = Periphery(IdealArray(ROWS, COLS))
+    for fn, bad in ((ideal.forward, nan_x), (ideal.backward, inf_d)):
+        with pytest.raises(ValueError, match="non-finite"):
+            fn(bad)
+    assert ideal.stats.forward_calls == 0 and ideal.stats.backward_calls == 0
     with pytest.raises(ValueError, match="CrossPointArray"):
         Periphery("sim")
     with pytest.raises(ValueError, match="engine"):
