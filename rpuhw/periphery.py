@@ -54,8 +54,6 @@ from rpuhw.sim.mvm import SAT_RTOL
 __all__ = ["Periphery", "PeripheryConfig", "PeripheryStats"]
 
 _DEFAULT_OUT_BOUND = 12.0
-_F32_SAFE = pk.F32_SAFE
-_SAT_RTOL = SAT_RTOL
 
 
 @dataclass
@@ -286,7 +284,7 @@ class Periphery:
             out[idx] = y * scale[:, None]
             if not bm or idx.numel() == 0:
                 break
-            sat = (y_raw.abs() >= bound * (1.0 - _SAT_RTOL)).any(dim=1)
+            sat = (y_raw.abs() >= bound * (1.0 - SAT_RTOL)).any(dim=1)
             if not sat.any():
                 break
             if halvings >= c.bm_max_halvings:
@@ -382,7 +380,7 @@ class Periphery:
         def scaled(v, g):
             if not v.numel():
                 return v.clone()
-            if float(g.abs().max()) < _F32_SAFE:
+            if float(g.abs().max()) < pk.F32_SAFE:
                 return (v * g.float()).clamp_(-1.0, 1.0)
             # gains beyond float32 range (extreme x_max / d_max ratios): multiply in float64
             return (v.double() * g).clamp_(-1.0, 1.0).float()
