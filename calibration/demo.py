@@ -24,6 +24,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -106,6 +107,22 @@ def emulated_bench(out: Path, seed: int = 0, log=print):
                 proc.wait()
         if old is not None:
             signal.signal(signal.SIGTERM, old)
+
+
+@contextmanager
+def bench_or_emulator(path: str | None, folder: Path | None = None):
+    """Yield the bench YAML ``path``, or, when it is None, the YAML of an emulated bench
+    (:func:`emulated_bench`, its files in ``folder`` or a temporary folder) that is
+    stopped again on every exit path. Lets a script run on real instruments or without."""
+    if path:
+        yield Path(path)
+        return
+    if folder is not None:
+        with emulated_bench(Path(folder)) as bench:
+            yield bench
+        return
+    with tempfile.TemporaryDirectory() as tmp, emulated_bench(Path(tmp)) as bench:
+        yield bench
 
 
 def _hidden_device():

@@ -41,10 +41,10 @@ import argparse
 import sys
 import tempfile
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 from rpuhw import open_array
+from rpuhw.calibration.demo import bench_or_emulator
 from rpuhw.calibration.fit import fit
 from rpuhw.calibration.fit_report import parameter_table
 from rpuhw.calibration.measurements import MeasurementWriter, load_measurements
@@ -70,18 +70,6 @@ def measure_chip(bench: Path, csv: Path, devices: int, pulses: int, cycles: int)
             writer.finish()
         print(f"measured {len(chosen)} devices x {cycles} cycle(s) x {2 * pulses} pulses "
               f"({chip.stats()['messages']} instrument messages) -> {csv}")
-
-
-@contextmanager
-def bench_or_emulator(path: str | None, folder: Path):
-    """The given bench YAML, or an emulated bench (``rpuhw emulate``) for the duration."""
-    if path:
-        yield Path(path)
-        return
-    from rpuhw.calibration.demo import emulated_bench
-
-    with emulated_bench(folder) as bench:   # stopped again on every exit path
-        yield bench
 
 
 def main(argv: list[str] | None = None) -> int:

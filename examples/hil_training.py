@@ -26,23 +26,11 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-from contextlib import contextmanager
 from pathlib import Path
 
+from rpuhw.calibration.demo import bench_or_emulator
 from rpuhw.errors import ConfigError, HardwareError
 from rpuhw.train import CHECKPOINT, load_config, train
-
-
-@contextmanager
-def bench_or_emulator(path: str | None, folder: Path):
-    """The given bench YAML, or an emulated bench (``rpuhw emulate``) for the duration."""
-    if path:
-        yield Path(path)
-        return
-    from rpuhw.calibration.demo import emulated_bench
-
-    with emulated_bench(folder) as bench:   # stopped again on every exit path
-        yield bench
 
 
 def run(args: argparse.Namespace, ckpt: Path) -> int:

@@ -24,14 +24,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 import time
-from contextlib import contextmanager
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from rpuhw.calibration.demo import bench_or_emulator
 from rpuhw.data import load_dataset
 from rpuhw.models import LeNet
 from rpuhw.nn import AnalogSGD, analog_layers, convert
@@ -79,19 +77,6 @@ def train_lenet(SPEC: str, train_limit: int, test_limit: int) -> dict:
             for array in layer.grid.arrays:
                 array.close()
     return {"error": error, "messages": messages, "seconds": time.perf_counter() - t0}
-
-
-@contextmanager
-def bench_or_emulator(path: str | None):
-    """The given bench YAML, or an emulated bench (``rpuhw emulate``) for the duration."""
-    if path:
-        yield Path(path)
-        return
-    with tempfile.TemporaryDirectory() as tmp:
-        from rpuhw.calibration.demo import emulated_bench
-
-        with emulated_bench(Path(tmp)) as bench:   # stopped again on every exit path
-            yield bench
 
 
 def main(argv: list[str] | None = None) -> int:

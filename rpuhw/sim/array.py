@@ -15,6 +15,7 @@ from rpuhw.device_spec import DeviceSpec
 from rpuhw.devices import DeviceModel, get_model
 from rpuhw.seeds import SeedStream
 from rpuhw.sim import kernels
+from rpuhw.sim.encode import as_f32_array
 from rpuhw.sim.io import analog_mvm
 from rpuhw.sim.mvm import NONFINITE, finish_kernel, prepare_kernel
 from rpuhw.sim.update_torch import apply_counts, update_torch
@@ -112,7 +113,7 @@ class SimulatedArray(CrossPointArray):
     def _compiled_mvm(self, v, transposed, nm, bm, bm_bound, max_halvings):
         """The numba MVM of :mod:`rpuhw.sim.mvm` (noise from this array's generator)."""
         io = self.io
-        va = np.ascontiguousarray(v.numpy(), dtype=np.float32)
+        va = as_f32_array(v)
         n = va.shape[0]
         xn = np.empty_like(va)
         scale, live, exact = np.empty(n, np.float32), np.empty(n, np.bool_), np.empty(n, np.bool_)
