@@ -14,6 +14,10 @@ configurations start from the same initial weights (torch's default init under
 * ``rpuhw``: every layer on ``sim`` (the paper's RPU baseline device) with full
   management (``LayerPlan.management("nm+bm+um")``), ``position`` granularity, BL 10,
   through ``convert`` and ``AnalogSGD``;
+* ``rpuhw_no_background``: the same with background updates off
+  (:mod:`rpuhw.sim.background`): one thread does everything. ``rpuhw`` keeps the
+  default, on with two or more CPUs: the compiled part of each layer's update runs
+  on one background thread, overlapping the next layer's update and the next image;
 * ``aihwkit``: aihwkit 1.2, ``SingleRPUConfig(device=ConstantStepDevice())``, fixed
   BL 10, update management on, update-BL management off, IO defaults (noise and
   bound management on), ``AnalogSGD``; run by ``_aihwkit_train.py`` in the
@@ -35,7 +39,9 @@ machine may be shared).
 ``rpuhw`` functions with the largest cumulative time and the ten with the largest own
 time. ``--threads N`` sets torch's and numba's thread counts (and aihwkit's torch
 threads, and OMP_NUM_THREADS / OPENBLAS_NUM_THREADS of its process) to N; by default
-each library keeps its own default.
+each library keeps its own default. rpuhw's background update thread (in ``rpuhw``
+only) runs its kernels with the same numba thread count. The ratios compare both
+rpuhw configurations with aihwkit.
 """
 
 from __future__ import annotations
@@ -64,6 +70,7 @@ from rpuhw.data import load_dataset
 from rpuhw.models import LeNet
 from rpuhw.nn import AnalogSGD, convert
 from rpuhw.schedule import LayerPlan
+from rpuhw.sim import background
 
 LR = 0.01
 BL = 10
@@ -228,9 +235,13 @@ def main(argv: list[str] | None = None) -> int:
     configs = result["configs"]
     configs["torch"] = bench("torch", x, y, args.warmup, args.images, args.seed)
     plan = rpuhw_plan()
-    configs["rpuhw"] = {
-        "backend": plan.backend, "management": "nm+bm+um", "granularity": plan.granularity,
-        **bench("rpuhw", x, y, args.warmup, args.images, args.seed)}
+    for name, flag in (("rpuhw", None), ("rpuhw_no_background", False)):
+        background.set_enabled(flag)
+        configs[name] = {
+            "backend": plan.backend, "management": "nm+bm+um",
+            "granularity": plan.granularity, "background_updates": background.enabled(),
+            **bench("rpuhw", x, y, args.warmup, args.images, args.seed)}
+    background.set_enabled(None)
     aihw = run_aihwkit(args.aihwkit_python, x, y, args.warmup, args.images, args.seed,
                        args.threads)
     if isinstance(aihw, str):
@@ -245,9 +256,10 @@ def main(argv: list[str] | None = None) -> int:
                                           aihw.get("cpu_seconds"))}
     result["loadavg_after"] = _load()
     ips = {k: v["images_per_s"] for k, v in configs.items() if "images_per_s" in v}
-    result["ratios"] = {"rpuhw_over_torch": ips["rpuhw"] / ips["torch"],
-                        "rpuhw_over_aihwkit": (ips["rpuhw"] / ips["aihwkit"]
-                                               if "aihwkit" in ips else None)}
+    result["ratios"] = {"rpuhw_over_torch": ips["rpuhw"] / ips["torch"]}
+    for name in ("rpuhw", "rpuhw_no_background"):
+        result["ratios"][f"{name}_over_aihwkit"] = (ips[name] / ips["aihwkit"]
+                                                    if "aihwkit" in ips else None)
     if args.profile > 0:
         m = args.warmup + args.profile
         result["rpuhw_profile"] = profile_rpuhw(data.x_train[:m].contiguous(),

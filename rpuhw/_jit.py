@@ -16,8 +16,11 @@ try:  # pragma: no cover - exercised implicitly
     HAVE_NUMBA = True
 
     def njit(*args, **kwargs):
-        """``numba.njit`` with rpuhw's defaults (cached, fastmath off for exactness)."""
+        """``numba.njit`` with rpuhw's defaults: cached, fastmath off (exactness), and the
+        GIL released while a kernel runs (none touches Python objects), so that the
+        background update thread (:mod:`rpuhw.sim.background`) runs alongside."""
         kwargs.setdefault("cache", True)
+        kwargs.setdefault("nogil", True)
         return _numba.njit(*args, **kwargs)
 
     prange = _numba.prange

@@ -26,6 +26,7 @@ import math
 from abc import ABC
 from dataclasses import dataclass, field, fields
 
+import numpy as np
 import torch
 
 from rpuhw.bits import PackedBits
@@ -317,6 +318,19 @@ class CrossPointArray(ABC):  # noqa: B024 - every hook is optional, see capabili
         None (the default) = not offered: the periphery runs its generic path.
         """
         return None
+
+    def _update_signed(self, sx: np.ndarray, sd: np.ndarray, bl: int, seed: int) -> bool:
+        """Optional native hook: apply the pulse trains of signed probabilities.
+
+        ``sx [P, cols]``, ``sd [P, rows]`` are float32 ``sign * p`` as the periphery
+        computed them; the bits must be those of
+        ``rpuhw.sim.encode.encode_packed_np(sx, sd, bl, seed)``, applied as
+        :meth:`update` would. The backend may finish the work later (in the
+        background) as long as every later call on the array sees it done. Return
+        False (the default) when not offered: the periphery encodes and calls
+        :meth:`update`.
+        """
+        return False
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError

@@ -409,9 +409,14 @@ class Periphery:
         """Validated x, d -> PackedBits (numba, BL <= 64), recording the statistics; the
         bits of ``encode_packed(*_signed(...), seed)``. nan/inf raise before a seed is
         consumed (bad input changes nothing)."""
+        return encode_packed_np(*self._signed_seeded(x, d, lr))
+
+    def _signed_seeded(self, x: torch.Tensor, d: torch.Tensor, lr: float):
+        """``(sx, sd, bl, seed)`` of an update (numpy signed probabilities, recorded in
+        the statistics, and the call seed of its pulse trains)."""
         sx, sd, stats = self._signed_np(x, d, lr)
         self._record(stats[2:], stats[:2], sx.size, sd.size)
-        return encode_packed_np(sx, sd, self.config.bl, self._seed())
+        return sx, sd, self.config.bl, self._seed()
 
     @staticmethod
     def _raise_nonfinite(status: int) -> None:
@@ -482,7 +487,9 @@ class Periphery:
         if x.shape[0] == 0:
             return
         if self._packed_ok():
-            self.array.update(self._encode_packed(x, d, lr))
+            signed = self._signed_seeded(x, d, lr)
+            if not self.array._update_signed(*signed):  # the backend's fused path, or:
+                self.array.update(encode_packed_np(*signed))
         else:
             sx, sd = self._signed(x, d, lr)
             self.array.update(*encode_torch(sx, sd, self.config.bl, self.gen))

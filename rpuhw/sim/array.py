@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from concurrent.futures import Future
 from typing import Any, Literal
 
 import numpy as np
@@ -14,8 +15,8 @@ from rpuhw.bits import MAX_BL, PackedBits
 from rpuhw.device_spec import DeviceSpec
 from rpuhw.devices import DeviceModel, get_model
 from rpuhw.seeds import SeedStream
-from rpuhw.sim import kernels
-from rpuhw.sim.encode import as_f32_array
+from rpuhw.sim import background, kernels
+from rpuhw.sim.encode import as_f32_array, encode_kernel_for
 from rpuhw.sim.io import analog_mvm
 from rpuhw.sim.mvm import NONFINITE, finish_kernel, prepare_kernel
 from rpuhw.sim.update_torch import apply_counts, update_torch
@@ -45,6 +46,7 @@ class SimulatedArray(CrossPointArray):
     def __init__(self, rows: int, cols: int, device: DeviceSpec | DeviceModel | str | None = None,
                  seed: int | None = None, engine: Engine = "auto"):
         super().__init__(rows, cols)
+        self._pending: Future | None = None  # an update running on the background thread
         if device is None:
             device = DeviceSpec(model=get_model("constant_step")())
         elif isinstance(device, str):
@@ -73,6 +75,34 @@ class SimulatedArray(CrossPointArray):
     def __repr__(self) -> str:
         return (f"SimulatedArray(rows={self.rows}, cols={self.cols}, model={self.model.name!r}, "
                 f"seed={self.seed}, engine={self.engine!r})")
+
+    # ---- the weights, after any pending background update --------------------------
+    @property
+    def weights(self) -> torch.Tensor:
+        """The device states ``[rows, cols]`` (weight units), float32, updated in place.
+
+        Waits for this array's pending background update first
+        (:mod:`rpuhw.sim.background`); every method reaches the weights through here.
+        """
+        if self._pending is not None:
+            self._wait()
+        return self._weights
+
+    @weights.setter
+    def weights(self, value: torch.Tensor) -> None:
+        if self._pending is not None:
+            self._wait()
+        self._weights = value
+
+    def __getstate__(self) -> dict[str, Any]:  # copy / pickle: the finished state
+        if self._pending is not None:
+            self._wait()
+        return self.__dict__.copy()
+
+    def _wait(self) -> None:
+        """Finish the pending background update (re-raising its error, if any)."""
+        job, self._pending = self._pending, None
+        job.result()
 
     # ---- helpers ---------------------------------------------------------------------
     def _clip_into_bounds(self) -> None:
@@ -150,6 +180,30 @@ class SimulatedArray(CrossPointArray):
         kernel = kernels.update_kernel_for(self.model.nb_pulse)
         kernel(packed.x_nz, packed.x_pos, packed.d_nz, packed.d_pos, self.weights.numpy(),
                self._prm, self._const, self._call_seed(), self.model.noisy)
+
+    def _update_signed(self, sx: np.ndarray, sd: np.ndarray, bl: int, seed: int) -> bool:
+        """The pulse trains ``encode_packed_np(sx, sd, bl, seed)``, applied by the update
+        kernel; both kernels run on the background thread when it is on (the array's
+        call seed is drawn here, so the result is the same either way)."""
+        if self.engine != "numba" or bl > MAX_BL:
+            return False
+        P, cols, rows = sx.shape[0], sx.shape[1], sd.shape[1]
+        x_nz, x_pos = np.empty((P, cols), np.uint64), np.empty((P, cols), np.uint64)
+        d_nz, d_pos = np.empty((P, rows), np.uint64), np.empty((P, rows), np.uint64)
+        encode = encode_kernel_for(P * (cols + rows) * bl)
+        update = kernels.update_kernel_for(self.model.nb_pulse)
+        w = self.weights.numpy()  # (waits for an earlier pending update)
+        call_seed, noisy = self._call_seed(), self.model.noisy
+
+        def job() -> None:
+            encode(sx, sd, bl, np.uint64(seed), x_nz, x_pos, d_nz, d_pos)
+            update(x_nz, x_pos, d_nz, d_pos, w, self._prm, self._const, call_seed, noisy)
+
+        if background.enabled() and P * (cols + rows) * bl >= background.MIN_SLOTS:
+            self._pending = background.submit(job)
+        else:
+            job()
+        return True
 
     def _pulse(self, counts):
         if self.engine == "numba":

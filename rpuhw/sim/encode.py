@@ -208,12 +208,16 @@ def encode_packed(ax: torch.Tensor, ad: torch.Tensor, bl: int, seed: int):
     return encode_packed_np(as_f32_array(ax), as_f32_array(ad), int(bl), seed)
 
 
+def encode_kernel_for(slots: int):
+    """The encoder for a call of ``slots`` slots: serial below :data:`SERIAL_SLOTS`."""
+    return encode_kernel_serial if slots < SERIAL_SLOTS else encode_kernel
+
+
 def encode_packed_np(ax: np.ndarray, ad: np.ndarray, bl: int, seed: int):
     """:func:`encode_packed` of C-contiguous float32 numpy arrays (no checks)."""
     from rpuhw.bits import PackedBits
 
-    small = ax.shape[0] * (ax.shape[1] + ad.shape[1]) * bl < SERIAL_SLOTS
-    kernel = encode_kernel_serial if small else encode_kernel
+    kernel = encode_kernel_for(ax.shape[0] * (ax.shape[1] + ad.shape[1]) * bl)
     P, cols, rows = ax.shape[0], ax.shape[1], ad.shape[1]
     x_nz, x_pos = np.empty((P, cols), np.uint64), np.empty((P, cols), np.uint64)
     d_nz, d_pos = np.empty((P, rows), np.uint64), np.empty((P, rows), np.uint64)

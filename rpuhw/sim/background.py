@@ -1,0 +1,102 @@
+"""Background updates: the simulator's compiled pulse updates run on a second thread.
+
+A training step ends with the pulsed update of every analog layer, and the next
+image starts with the forward pass of the first layer. The update of one array and
+the forward pass through another are independent, so a :class:`SimulatedArray`
+hands the compiled part of an update (pulse-train encoding and the pulse-by-pulse
+device update, both numba kernels that release the GIL) to one background thread
+and returns at once; the main thread goes on with the next layer's update or the
+next image. Every other use of that array (``weights``, forward, backward, read,
+state_dict, another update, ...) first waits for its pending update, so results
+are bit for bit those of running the update in place: the call's seeds are drawn
+before it is handed over, and each array's updates run in submission order.
+
+Input checks and the update-management probabilities run before the hand-over, so
+bad input still raises in the call that passed it and changes nothing.
+
+On by default where the machine has at least two CPUs. Turn it off with the
+environment variable ``RPUHW_BACKGROUND_UPDATES=0`` or :func:`set_enabled`
+(``False``), e.g. to time strictly single-threaded runs.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+
+from rpuhw._jit import HAVE_NUMBA
+
+__all__ = ["MIN_SLOTS", "enabled", "set_enabled", "submit"]
+
+ENV = "RPUHW_BACKGROUND_UPDATES"
+"""Environment variable: ``0`` (or ``off``, ``false``) disables background updates."""
+
+MIN_SLOTS = 2000
+"""Updates with fewer pulse slots (P * (rows + cols) * BL) run in place: handing them
+over costs more than they take."""
+
+_enabled: bool | None = None
+_lock = threading.Lock()
+_executor: ThreadPoolExecutor | None = None
+_executor_pid = -1
+
+
+def _default() -> bool:
+    flag = os.environ.get(ENV, "").strip().lower()
+    if flag in ("0", "off", "false", "no"):
+        return False
+    return HAVE_NUMBA and (os.cpu_count() or 1) >= 2
+
+
+def enabled() -> bool:
+    """Whether simulated arrays hand their compiled updates to the background thread."""
+    global _enabled
+    if _enabled is None:
+        _enabled = _default()
+    return _enabled
+
+
+def set_enabled(flag: bool | None) -> None:
+    """Turn background updates on or off for this process (``None``: back to the
+    default, from :data:`ENV` and the CPU count). Pending updates still complete."""
+    global _enabled
+    _enabled = None if flag is None else bool(flag)
+
+
+def _worker() -> ThreadPoolExecutor:
+    """The process's single update thread (a new one after a fork: threads do not
+    survive it)."""
+    global _executor, _executor_pid
+    with _lock:
+        if _executor is None or _executor_pid != os.getpid():
+            _executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rpuhw-update")
+            _executor_pid = os.getpid()
+        return _executor
+
+
+def submit(job: Callable[[], None]) -> Future:
+    """Run ``job()`` on the update thread, after every job submitted before it.
+
+    The job runs with the submitting thread's numba thread count (numba keeps that
+    setting per thread).
+    """
+    threads = _numba_threads()
+
+    def run() -> None:
+        if threads and _numba_threads() != threads:
+            import numba
+
+            numba.set_num_threads(threads)
+        job()
+
+    return _worker().submit(run)
+
+
+def _numba_threads() -> int:
+    if not HAVE_NUMBA:
+        return 0
+    import numba
+
+    return numba.get_num_threads()

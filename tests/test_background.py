@@ -1,0 +1,186 @@
+"""Background updates (:mod:`rpuhw.sim.background`) give exactly the in-place results.
+
+A simulated array hands the compiled part of a periphery update to the update thread;
+every later use of the array waits for it. These tests run the same calls with the
+background thread on and off and require bit-identical weights, check that the
+update really was handed over (so the comparison is not in-place vs in-place), and
+that waiting, errors, copies, thread settings and the switch behave.
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rpuhw import SimulatedArray
+from rpuhw._jit import HAVE_NUMBA
+from rpuhw.nn import AnalogSGD, analog_layers, convert
+from rpuhw.periphery import Periphery, PeripheryConfig
+from rpuhw.schedule import LayerPlan
+from rpuhw.sim import background
+
+pytestmark = pytest.mark.skipif(not HAVE_NUMBA, reason="background updates run numba kernels")
+
+
+@pytest.fixture
+def switch(monkeypatch):
+    """``switch(True/False)`` turns background updates on (for every size) or off."""
+    monkeypatch.setattr(background, "MIN_SLOTS", 0)
+
+    def set_(flag: bool) -> None:
+        background.set_enabled(flag)
+
+    yield set_
+    background.set_enabled(None)
+
+
+def _periphery(seed: int) -> Periphery:
+    cfg = PeripheryConfig(noise_management=True, bound_management=True,
+                          update_management=True, lr=0.05)
+    return Periphery(SimulatedArray(12, 9, seed=seed), cfg, seed=seed + 1)
+
+
+def _calls(seed: int = 3):
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.rand(p, 9, generator=g) - 0.3, torch.randn(p, 12, generator=g) * 0.2)
+            for p in (1, 7, 40, 3)]
+
+
+def _run(per: Periphery, handed_over: list[bool]) -> list[torch.Tensor]:
+    outs = []
+    for x, d in _calls():
+        per.update(x, d)
+        handed_over.append(per.array._pending is not None)
+        outs.append(per.forward(x))  # waits for the update, then reads its weights
+        per.update(x, d)
+    return outs + [per.array.read(), per.array.weights.clone()]
+
+
+def test_periphery_updates_match_in_place(switch):
+    switch(True)
+    handed = []
+    bg = _run(_periphery(0), handed)
+    switch(False)
+    in_place_flags = []
+    ref = _run(_periphery(0), in_place_flags)
+    assert all(handed), "the updates were not handed to the background thread"
+    assert not any(in_place_flags)
+    for a, b in zip(bg, ref, strict=True):
+        assert torch.equal(a, b)
+
+
+def test_training_matches_in_place(switch):
+    """A small conv + linear model trained a few steps: same weights either way."""
+
+    def train(flag: bool) -> list[torch.Tensor]:
+        switch(flag)
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.Tanh(), nn.Flatten(), nn.Linear(64, 5))
+        plan = LayerPlan(backend="sim", periphery=LayerPlan.management("nm+bm+um"))
+        model = convert(model, {"default": plan}, seed=5)
+        opt = AnalogSGD(model.parameters(), lr=0.05)
+        g = torch.Generator().manual_seed(1)
+        for _ in range(6):
+            x = torch.rand(2, 1, 6, 6, generator=g)
+            y = torch.randint(0, 5, (2,), generator=g)
+            opt.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
+        pending = [a._pending is not None for layer in analog_layers(model).values()
+                   for a in layer.grid.arrays]
+        return pending, [layer.analog_weight() for layer in analog_layers(model).values()]
+
+    pending, bg = train(True)
+    _, ref = train(False)
+    assert any(pending)
+    for a, b in zip(bg, ref, strict=True):
+        assert torch.equal(a, b)
+
+
+def test_state_dict_and_copies_wait(switch):
+    switch(True)
+    per = _periphery(2)
+    x, d = _calls()[2]
+    per.update(x, d)
+    assert per.array._pending is not None
+    clone = copy.deepcopy(per.array)  # a Future cannot be copied: it must have waited
+    assert per.array._pending is None
+    sd = per.array.state_dict()
+    switch(False)
+    ref = _periphery(2)
+    ref.update(x, d)
+    assert torch.equal(sd["weights"], ref.array.weights)
+    assert torch.equal(clone.weights, ref.array.weights)
+
+
+def test_error_is_raised_where_the_array_is_used_next(switch):
+    switch(True)
+    a = SimulatedArray(3, 4, seed=0)
+
+    def fail() -> None:
+        raise RuntimeError("kernel failed")
+
+    a._pending = background.submit(fail)
+    with pytest.raises(RuntimeError, match="kernel failed"):
+        a.read()
+    assert a._pending is None
+    assert a.read().shape == (3, 4)  # raised once; the array is usable again
+
+
+def test_jobs_run_in_order_on_one_thread_with_the_callers_numba_threads():
+    import numba
+
+    before = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        seen: list[tuple[int, str, int]] = []
+        futures = [background.submit(
+            lambda k=k: seen.append((k, threading.current_thread().name,
+                                     numba.get_num_threads()))) for k in range(5)]
+        for f in futures:
+            f.result()
+    finally:
+        numba.set_num_threads(before)
+    assert [s[0] for s in seen] == list(range(5))
+    assert len({s[1] for s in seen}) == 1 and seen[0][1] != threading.current_thread().name
+    assert {s[2] for s in seen} == {1}
+
+
+def test_switch_and_environment(monkeypatch):
+    monkeypatch.setenv(background.ENV, "0")
+    background.set_enabled(None)
+    assert not background.enabled()
+    monkeypatch.setenv(background.ENV, "1")
+    monkeypatch.setattr("os.cpu_count", lambda: 1)
+    background.set_enabled(None)
+    assert not background.enabled()  # one CPU: nothing to overlap with
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    background.set_enabled(None)
+    assert background.enabled()
+    background.set_enabled(False)
+    assert not background.enabled()
+    background.set_enabled(None)
+
+
+def test_small_updates_run_in_place(monkeypatch):
+    background.set_enabled(True)
+    try:
+        per = _periphery(0)
+        per.update(torch.rand(1, 9), torch.randn(1, 12))  # 21 lines x BL 10 < MIN_SLOTS
+        assert per.array._pending is None
+    finally:
+        background.set_enabled(None)
+
+
+def test_new_worker_after_fork(monkeypatch):
+    first = background._worker()
+    assert background._worker() is first
+    monkeypatch.setattr(background, "_executor_pid", -1)  # as in a forked child
+    second = background._worker()
+    assert second is not first
+    assert second.submit(lambda: 7).result() == 7
