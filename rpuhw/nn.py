@@ -29,37 +29,46 @@ __all__ = ["AnalogConv2d", "AnalogLayer", "AnalogLinear", "AnalogSGD", "analog_l
 
 
 class _AnalogMVM(torch.autograd.Function):
-    """y = W x on the arrays; backward z = W^T d on the arrays, storing (x, d)."""
+    """y = W [x, 1] on the arrays; backward z = W^T d on the arrays, storing (x, d).
+
+    The bias column is appended inside (not recorded by autograd: one graph node per
+    layer); ``images`` is the number of images the rows of x come from.
+    """
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, anchor: torch.Tensor, layer: AnalogLayer):
+    def forward(ctx, x: torch.Tensor, anchor: torch.Tensor, layer: AnalogLayer, images: int):
         # (autograd runs Function.forward with gradients off)
-        ctx.layer = layer
-        ctx.images = layer._images
-        ctx.save_for_backward(x)
-        return layer.grid.forward(x)
+        xb = x.detach().float()
+        if layer.has_bias:
+            xb = torch.cat([xb, torch.ones(xb.shape[0], 1)], 1)
+        ctx.layer, ctx.images, ctx.xb, ctx.dtype = layer, images, xb, x.dtype
+        return layer.grid.forward(xb)
 
     @staticmethod
     def backward(ctx, d: torch.Tensor):
-        (x,) = ctx.saved_tensors
         layer = ctx.layer
         d = d.detach().contiguous()
         if layer.training:
-            layer._pending.append((x, d, ctx.images))
-        z = layer.grid.backward(d) if ctx.needs_input_grad[0] else None
-        return z, None, None
+            layer._pending.append((ctx.xb, d, ctx.images))
+        z = None
+        if ctx.needs_input_grad[0]:
+            z = layer.grid.backward(d)
+            z = (z[:, :layer.in_features] if layer.has_bias else z).to(ctx.dtype)
+        return z, None, None, None
 
 
 class _AnalogConvMVM(torch.autograd.Function):
     """A convolution on the arrays: im2col (bias column included), one MVM per output
-    position; backward: transposed MVMs, col2im, storing (patches, d) for the update."""
+    position; backward: transposed MVMs, col2im, storing (patches, d) for the update.
+    Layout changes happen inside (one graph node per layer)."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, anchor: torch.Tensor, layer: AnalogConv2d):
         n, _, h, w = x.shape
         ho, wo = out_size(h, w, layer.kernel_size, layer.stride, layer.padding)
         patches = im2col(x, layer.kernel_size, layer.stride, layer.padding, layer.has_bias)
-        ctx.layer, ctx.patches, ctx.shape = layer, patches, (n, x.shape[1], h, w)
+        ctx.layer, ctx.patches, ctx.dtype = layer, patches, x.dtype
+        ctx.shape = (n, x.shape[1], h, w)
         y = layer.grid.forward(patches)  # [n * ho * wo, out], image-major positions
         return y.view(n, ho * wo, -1).transpose(1, 2).reshape(n, -1, ho, wo)
 
@@ -74,6 +83,7 @@ class _AnalogConvMVM(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             z = layer.grid.backward(d)
             dx = col2im(z, ctx.shape, layer.kernel_size, layer.stride, layer.padding)
+            dx = dx.to(ctx.dtype)
         return dx, None, None
 
 
@@ -87,15 +97,10 @@ class AnalogLayer(nn.Module):
         self.plan = plan or LayerPlan()
         self.grid = TileGrid(out_f, in_f, self.plan, seed=seed)
         self._pending: list[tuple[torch.Tensor, torch.Tensor, int]] = []  # (x, d, images)
-        self._images = 0  # images in the current forward call (set before the MVM)
         # a placeholder parameter so that optimizers see the layer (and autograd calls
         # the backward even when the layer's input needs no gradient)
         self.analog_ctx = nn.Parameter(torch.zeros(1))
         self.analog_ctx._rpuhw_layer = self  # type: ignore[attr-defined]
-
-    def _mvm(self, x: torch.Tensor) -> torch.Tensor:
-        ones = torch.ones(x.shape[0], 1) if self.has_bias else x.new_zeros(x.shape[0], 0)
-        return _AnalogMVM.apply(torch.cat([x.float(), ones], 1), self.analog_ctx, self)
 
     def apply_update(self, lr: float) -> None:
         """Send the stored (x, d) pairs of this step to the arrays, in order."""
@@ -164,8 +169,13 @@ class AnalogLinear(AnalogLayer):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
-        self._images = shape[0] if len(shape) > 1 else 1
-        y = self._mvm(x.reshape(-1, self.in_features))
+        if not shape or shape[-1] != self.in_features:
+            raise ValueError(f"{type(self).__name__}: expected input [..., {self.in_features}], "
+                             f"got {list(shape)}")
+        if len(shape) == 2:
+            return _AnalogMVM.apply(x, self.analog_ctx, self, shape[0])
+        images = shape[0] if len(shape) > 1 else 1
+        y = _AnalogMVM.apply(x.reshape(-1, self.in_features), self.analog_ctx, self, images)
         return y.reshape(*shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:

@@ -73,6 +73,18 @@ def test_linear_matches_torch(bias, nm):
         assert torch.allclose(x.grad, xr.grad, atol=1e-5, rtol=1e-5)
 
 
+def test_linear_rejects_a_wrong_input_width_and_keeps_float64_gradients():
+    layer = AnalogLinear(4, 3, plan=ideal_plan(periphery=exact()), seed=0)
+    with pytest.raises(ValueError, match=r"expected input \[\.\.\., 4\], got \[2, 6\]"):
+        layer(torch.zeros(2, 6))  # 12 values: a reshape to [3, 4] must not pass silently
+    x64 = rand(2, 4, seed=5).double().requires_grad_()
+    x32 = x64.detach().float().requires_grad_()
+    layer(x64).sum().backward()
+    layer(x32).sum().backward()
+    assert x64.grad.dtype == torch.float64
+    assert torch.allclose(x64.grad.float(), x32.grad)
+
+
 @pytest.mark.parametrize("kernel,stride,padding,bias", [
     (3, 1, 0, True), (3, 2, 1, True), ((3, 2), 1, 2, False), (5, 2, 0, False),
     ((2, 3), (2, 1), (1, 0), True)])
