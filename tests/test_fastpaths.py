@@ -29,6 +29,7 @@ from rpuhw.periphery import Periphery, PeripheryConfig
 from rpuhw.seeds import SeedStream
 from rpuhw.sim.encode import encode_packed
 from rpuhw.sim.io import IOConfig
+from rpuhw.sim.mvm import product_kernel, small_product
 
 pytestmark = pytest.mark.skipif(not HAVE_NUMBA, reason="the fast paths are compiled")
 
@@ -207,6 +208,24 @@ def test_update_rejects_nonfinite_and_consumes_no_seed():
 
 
 # ---- im2col ----------------------------------------------------------------------------
+@pytest.mark.parametrize("n,n_in,n_out", [(1, 129, 10), (1, 128, 513), (9, 20, 24), (3, 1, 7)])
+@pytest.mark.parametrize("transposed", [False, True])
+def test_small_products_match_the_matmul(n, n_in, n_out, transposed):
+    """The compiled products of small MVMs equal torch's to float32 rounding (sums of
+    n_in terms of size <= 1: |error| <= n_in * 2**-23 * sum |terms|, bound used x 4)."""
+    g = torch.Generator().manual_seed(n_in)
+    x = torch.rand(n, n_in, generator=g) * 2 - 1
+    w = torch.rand(n_in, n_out, generator=g) - 0.5 if transposed else \
+        torch.rand(n_out, n_in, generator=g) - 0.5
+    ref = x @ w if transposed else x @ w.T
+    got = np.empty((n, n_out), np.float32)
+    product_kernel(x.numpy(), w.numpy(), transposed, got)
+    bound = 4 * n_in * 2.0 ** -23 * ((x.abs() @ w.abs()) if transposed else (x.abs() @ w.abs().T))
+    assert ((torch.from_numpy(got) - ref).abs() <= bound + 1e-30).all()
+    assert small_product(1, 129, 10, False) and not small_product(576, 26, 16, False)
+    assert small_product(1, 128, 513, True) and not small_product(64, 32, 401, True)
+
+
 @pytest.mark.parametrize("kernel,stride,padding", [((5, 5), (1, 1), (0, 0)),
                                                    ((3, 2), (2, 1), (1, 2)),
                                                    ((1, 1), (1, 1), (0, 0))])

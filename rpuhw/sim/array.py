@@ -18,7 +18,7 @@ from rpuhw.seeds import SeedStream
 from rpuhw.sim import background, kernels
 from rpuhw.sim.encode import as_f32_array, encode_kernel_for
 from rpuhw.sim.io import analog_mvm
-from rpuhw.sim.mvm import NONFINITE, finish_kernel, prepare_kernel
+from rpuhw.sim.mvm import NONFINITE, finish_kernel, prepare_kernel, product_kernel, small_product
 from rpuhw.sim.update_torch import apply_counts, update_torch
 
 Engine = Literal["auto", "numba", "torch"]
@@ -153,10 +153,15 @@ class SimulatedArray(CrossPointArray):
             raise ValueError(f"{'d' if transposed else 'x'}: contains non-finite values "
                              "(nan or inf)")
         w = self.weights
-        y = torch.from_numpy(xn) @ (w if transposed else w.T)
-        out = np.empty((n, y.shape[1]), np.float32)
+        n_out = w.shape[1] if transposed else w.shape[0]
+        if small_product(n, va.shape[1], n_out, transposed):
+            y = np.empty((n, n_out), np.float32)
+            product_kernel(xn, w.numpy(), transposed, y)
+        else:
+            y = (torch.from_numpy(xn) @ (w if transposed else w.T)).numpy()
+        out = np.empty((n, n_out), np.float32)
         counters = np.zeros(4, np.int64)
-        finish_kernel(y.numpy(), va, w.numpy(), transposed, live, exact, scale, bm,
+        finish_kernel(y, va, w.numpy(), transposed, live, exact, scale, bm,
                       float(bm_bound), int(max_halvings), float(io.out_noise),
                       float(io.inp_bound), inp_res, float(io.out_bound),
                       float(io.out_res or 0.0), np.uint64(self._call_seed()), out, counters)

@@ -8,7 +8,8 @@ One call does, for a batch of N vectors ``v`` (the forward ``y = W v`` or, with
 2. the array's input stage: clip to ``±inp_bound``, DAC rounding to the grid of step
    ``inp_res * 2 * inp_bound`` (when ``inp_res`` is set);
 3. the MVM (one torch matmul for the whole batch, so that torch's thread setting
-   holds), then per output
+   holds; small products, see :func:`small_product`, in :func:`product_kernel`), then
+   per output
    ``y + out_noise * xi`` (xi standard normal), clip to ``±out_bound``, ADC rounding
    (step ``out_res * 2 * out_bound``) and clip again;
 4. bound management (BM), optional: while any output of a vector reaches
@@ -127,6 +128,46 @@ def prepare_kernel(v, nm, inp_bound, inp_res, xn, scale, live, exact):
                 x = v[k, j] / s if nm else v[k, j]
                 xn[k, j] = _dac(x, inp_bound, inp_step)
     return n_live
+
+
+SMALL_PRODUCT = 70_000
+"""Transposed products of at most this many multiply-adds (``N * n_in * n_out``) are
+computed here instead of by torch's matmul: for such sizes the call into the BLAS,
+whose code is cold after the rest of a training step, costs more than the arithmetic
+(whole rows of ``w`` at a time, which vectorises)."""
+
+SMALL_DOT = 4_096
+"""Forward products (dot products: one dependent sum per output, no vectorising
+without reordering) of at most this many multiply-adds are computed here."""
+
+
+def small_product(n: int, n_in: int, n_out: int, transposed: bool) -> bool:
+    """Whether :func:`product_kernel` computes this product (see :data:`SMALL_PRODUCT`)."""
+    return n * n_in * n_out <= (SMALL_PRODUCT if transposed else SMALL_DOT)
+
+
+@njit
+def product_kernel(x, w, transposed, y):
+    """Clean products into ``y [N, n_out]``: ``x @ w.T`` (``w [n_out, n_in]``), or with
+    ``transposed`` ``x @ w`` (``w [n_in, n_out]``), in float32 like the matmul (the
+    order of the sums differs from the BLAS's: results agree to float32 rounding)."""
+    n = x.shape[0]
+    n_out = y.shape[1]
+    if transposed:  # y[k] = sum_i x[k, i] w[i]: whole rows of w (it vectorises)
+        for k in range(n):
+            for j in range(n_out):
+                y[k, j] = 0.0
+            for i in range(x.shape[1]):
+                a = x[k, i]
+                for j in range(n_out):
+                    y[k, j] += a * w[i, j]
+    else:
+        for k in range(n):
+            for i in range(n_out):
+                acc = np.float32(0.0)
+                for j in range(x.shape[1]):
+                    acc += x[k, j] * w[i, j]
+                y[k, i] = acc
 
 
 @njit
