@@ -173,8 +173,11 @@ class TileGrid:
         if self.k > 1:
             self._update_copies(x, d, lr, images)
             return
-        phys = d
         g = self.plan.granularity
+        if g == "position" and len(self.tiles) == 1 and len(self.tiles[0]) == 1:
+            self.tiles[0][0].update(x, d, lr)  # one tile: no slicing
+            return
+        phys = d
         for (r0, r1), row in zip(self.row_splits, self.tiles, strict=True):
             for (c0, c1), per in zip(self.col_splits, row, strict=True):
                 xs, ds = x[:, c0:c1].contiguous(), phys[:, r0:r1].contiguous()

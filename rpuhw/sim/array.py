@@ -97,7 +97,9 @@ class SimulatedArray(CrossPointArray):
     def __getstate__(self) -> dict[str, Any]:  # copy / pickle: the finished state
         if self._pending is not None:
             self._wait()
-        return self.__dict__.copy()
+        state = self.__dict__.copy()
+        state.pop("_masks", None)  # work arrays
+        return state
 
     def _wait(self) -> None:
         """Finish the pending background update (re-raising its error, if any)."""
@@ -193,8 +195,7 @@ class SimulatedArray(CrossPointArray):
         if self.engine != "numba" or bl > MAX_BL:
             return False
         P, cols, rows = sx.shape[0], sx.shape[1], sd.shape[1]
-        x_nz, x_pos = np.empty((P, cols), np.uint64), np.empty((P, cols), np.uint64)
-        d_nz, d_pos = np.empty((P, rows), np.uint64), np.empty((P, rows), np.uint64)
+        x_nz, x_pos, d_nz, d_pos = self._mask_buffers(P)
         encode = encode_kernel_for(P * (cols + rows) * bl)
         update = kernels.update_kernel_for(self.model.nb_pulse)
         w = self.weights.numpy()  # (waits for an earlier pending update)
@@ -209,6 +210,18 @@ class SimulatedArray(CrossPointArray):
         else:
             job()
         return True
+
+    def _mask_buffers(self, P: int):
+        """Work arrays for the packed masks of a P-update call, kept between calls (fresh
+        ones cost page faults). Only the update job uses them, and this array's jobs
+        run one after the other (a new one is made after ``self.weights`` waited)."""
+        buf = getattr(self, "_masks", None)
+        if buf is None or buf[0].shape[0] < P:
+            n = max(P, 1)
+            buf = (np.empty((n, self.cols), np.uint64), np.empty((n, self.cols), np.uint64),
+                   np.empty((n, self.rows), np.uint64), np.empty((n, self.rows), np.uint64))
+            self._masks = buf
+        return tuple(b[:P] for b in buf)
 
     def _pulse(self, counts):
         if self.engine == "numba":
