@@ -25,6 +25,7 @@ from torch import nn
 
 from rpuhw import __version__
 from rpuhw._io import atomic_write, remove_stale_temps
+from rpuhw._jit import HAVE_NUMBA
 from rpuhw.config import from_mapping, load_yaml, require
 from rpuhw.data import epoch_order, load_dataset
 from rpuhw.errors import ConfigError
@@ -80,9 +81,11 @@ class TrainConfig:
     progress: bool = True
     """Show a progress bar."""
     threads: int | None = 1
-    """torch intra-op threads during training (null: torch's default). One thread is as
-    fast for these small per-image matrices and does not stall when other processes
-    share the cores (a 2-thread op then waits milliseconds for its second thread)."""
+    """torch intra-op and numba threads during training (null: the libraries' defaults).
+    One thread is as fast for these small per-image matrices and does not stall when
+    other processes share the cores (a 2-thread op then waits milliseconds for its
+    second thread); with two or more CPUs the simulator's pulsed updates run on a
+    background thread anyway (:mod:`rpuhw.sim.background`)."""
 
     def validate(self) -> None:
         require(self.model in MODELS, "model",
@@ -221,9 +224,9 @@ def train(cfg: TrainConfig, resume: bool = False, log=print,
     if not resume and ckpt is not None and ckpt.exists():  # before any array is written
         raise ConfigError("a checkpoint exists already; use --resume to continue it or "
                           "another --checkpoint directory", source=str(ckpt))
-    threads = torch.get_num_threads()
+    threads = _threads()
     if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+        _set_threads((cfg.threads, cfg.threads))
     run = Run(cfg)
     try:
         results = _run(cfg, run, data, resume, log)
@@ -236,9 +239,26 @@ def train(cfg: TrainConfig, resume: bool = False, log=print,
             on_model(run.model)
         return results
     finally:  # hardware arrays: outputs off and sessions closed on every exit path
-        torch.set_num_threads(threads)
+        _set_threads(threads)
         for arr in _arrays(run.model):
             arr.close()
+
+
+def _threads() -> tuple[int, int | None]:
+    """(torch threads, numba threads or None without numba)."""
+    if not HAVE_NUMBA:
+        return torch.get_num_threads(), None
+    import numba
+
+    return torch.get_num_threads(), numba.get_num_threads()
+
+
+def _set_threads(threads: tuple[int, int | None]) -> None:
+    torch.set_num_threads(threads[0])
+    if HAVE_NUMBA and threads[1]:
+        import numba
+
+        numba.set_num_threads(min(threads[1], numba.config.NUMBA_NUM_THREADS))
 
 
 def _arrays(model: nn.Module) -> list:

@@ -90,7 +90,7 @@ def test_pulse_without_noise_is_clipped_mean_step(name, params):
 def test_numba_pulse_matches_torch(name, params):
     model = _model(name, params)
     state = _state(model)
-    prm = np.stack([state[k].numpy() for k in model.state_names]).astype(np.float32)
+    prm = model.packed_state(state)
     c = np.asarray(model.constants(), dtype=np.float64)
     assert c[0] == model.params.dw_min_std
     run = _nb_runner(type(model).nb_pulse)

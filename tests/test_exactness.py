@@ -115,7 +115,7 @@ def run_engine(engine: str, model, state, w0, x, d, seed: int) -> torch.Tensor:
     elif engine == "torch":
         w = update_torch(model, st, w, x, dd, gen)
     else:
-        prm = np.ascontiguousarray(np.stack([st[k].numpy() for k in model.state_names]))
+        prm = model.packed_state(st)
         wn = w.numpy()
         xn, xp, _ = kernels.pack_bits(x.numpy())
         dn, dp, _ = kernels.pack_bits(dd.numpy())

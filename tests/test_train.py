@@ -91,6 +91,27 @@ def test_resume_removes_the_temp_file_of_a_writer_killed_mid_write(tmp_path):
     assert again["test_error"] == first["test_error"]
 
 
+def test_threads_apply_to_torch_and_numba_during_the_run_only():
+    numba = pytest.importorskip("numba")
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("needs numba's default of two or more threads to tell them apart")
+    before = (torch.get_num_threads(), numba.get_num_threads())
+    numba.set_num_threads(2)
+    torch.set_num_threads(2)
+    seen = []
+    try:
+        train(TrainConfig(backend="sim", threads=1, epochs=1, train_limit=4, test_limit=2,
+                          progress=False), log=lambda *_: None,
+              on_model=lambda m: seen.append((torch.get_num_threads(),
+                                              numba.get_num_threads())))
+        after = (torch.get_num_threads(), numba.get_num_threads())
+    finally:
+        torch.set_num_threads(before[0])
+        numba.set_num_threads(before[1])
+    assert seen == [(1, 1)]
+    assert after == (2, 2)
+
+
 def test_checkpoint_from_another_config_is_refused(tmp_path):
     ck = tmp_path / "ck"
     cfg = dict(SMALL, epochs=1, train_limit=20, test_limit=10, checkpoint=str(ck))

@@ -9,11 +9,11 @@ from rpuhw._jit import njit
 def move(w, up, step, prm, i, j):
     """``w + step`` (up) or ``w - step`` (down), clipped to device (i, j)'s bounds.
 
-    ``prm[2]`` and ``prm[3]`` are the per-device ``w_min`` and ``w_max``.
+    ``prm[i, j, 2]`` and ``prm[i, j, 3]`` are the per-device ``w_min`` and ``w_max``.
     """
     w = w + step if up else w - step
-    if w < prm[2, i, j]:
-        w = prm[2, i, j]
-    if w > prm[3, i, j]:
-        w = prm[3, i, j]
+    if w < prm[i, j, 2]:
+        w = prm[i, j, 2]
+    if w > prm[i, j, 3]:
+        w = prm[i, j, 3]
     return w

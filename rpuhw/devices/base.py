@@ -40,6 +40,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
 
+import numpy as np
 import torch
 
 from rpuhw.config import require
@@ -112,8 +113,9 @@ class DeviceModel:
 
     nb_pulse: ClassVar[Callable | None] = None
     """numba ``njit`` function ``(w, up, xi, prm, i, j, c) -> w_new``: one pulse on device
-    (i, j). ``prm`` is float32 [K, rows, cols] holding :attr:`state_names` in order, ``c``
-    the float64 vector :meth:`constants`."""
+    (i, j). ``prm`` is float32 [rows, cols, K] holding :attr:`state_names` in order (one
+    device's parameters side by side: one cache line per pulsed device), as made by
+    :meth:`packed_state`; ``c`` the float64 vector :meth:`constants`."""
 
     def __init__(self, params: PulsedDeviceParams | None = None):
         self.params = params if params is not None else self.Params()
@@ -148,6 +150,12 @@ class DeviceModel:
     def draw_extra(self, state: State, rows: int, cols: int, gen: torch.Generator) -> State:
         """Model-specific per-device tensors (float64); default none."""
         return {}
+
+    def packed_state(self, state: State) -> np.ndarray:
+        """The per-device tensors of ``state`` as the ``prm`` array of :attr:`nb_pulse`:
+        float32 [rows, cols, K], :attr:`state_names` in order."""
+        return np.ascontiguousarray(np.stack([state[k].numpy() for k in self.state_names],
+                                             axis=-1), dtype=np.float32)
 
     def constants(self) -> list[float]:
         """Scalars passed to :attr:`nb_pulse` as ``c``; ``c[0]`` is always ``dw_min_std``."""

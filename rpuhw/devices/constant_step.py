@@ -21,9 +21,9 @@ from rpuhw.devices.registry import register_model
 @njit(inline="always")
 def _nb_pulse(w, up, xi, prm, i, j, c):
     if up:
-        step = prm[0, i, j] * (1.0 + c[0] * xi)
+        step = prm[i, j, 0] * (1.0 + c[0] * xi)
     else:
-        step = prm[1, i, j] * (1.0 + c[0] * xi)
+        step = prm[i, j, 1] * (1.0 + c[0] * xi)
     return move(w, up, step, prm, i, j)
 
 

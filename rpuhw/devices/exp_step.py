@@ -44,7 +44,7 @@ _EXP_MAX = 80.0  # cap on the exponent: A * e^80 is finite in float32, and the s
 @njit(inline="always")
 def _nb_pulse(w, up, xi, prm, i, j, c):
     # c = [dw_min_std, A_up, A_down, gamma_up, gamma_down, a, b, std_add, std_slope]
-    span = prm[3, i, j] - prm[2, i, j]
+    span = prm[i, j, 3] - prm[i, j, 2]
     if span < _TINY:
         span = _TINY
     z = 2.0 * c[5] * w / span + c[6]
@@ -53,13 +53,13 @@ def _nb_pulse(w, up, xi, prm, i, j, c):
         if arg > _EXP_MAX:
             arg = _EXP_MAX
         y = 1.0 - c[1] * math.exp(arg)
-        dw = prm[0, i, j]
+        dw = prm[i, j, 0]
     else:
         arg = -c[4] * z
         if arg > _EXP_MAX:
             arg = _EXP_MAX
         y = 1.0 - c[2] * math.exp(arg)
-        dw = prm[1, i, j]
+        dw = prm[i, j, 1]
     if y < 0.0:
         y = 0.0
     mean = dw * y

@@ -32,11 +32,11 @@ from rpuhw.devices.registry import register_model
 def _nb_pulse(w, up, xi, prm, i, j, c):
     # c = [dw_min_std, mult_noise]
     if up:
-        dw = prm[0, i, j]
-        mean = dw * (1.0 + prm[4, i, j] * w)
+        dw = prm[i, j, 0]
+        mean = dw * (1.0 + prm[i, j, 4] * w)
     else:
-        dw = prm[1, i, j]
-        mean = dw * (1.0 + prm[5, i, j] * w)
+        dw = prm[i, j, 1]
+        mean = dw * (1.0 + prm[i, j, 5] * w)
     if c[1] > 0.5:
         step = mean * (1.0 + c[0] * xi)
     else:

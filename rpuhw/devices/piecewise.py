@@ -37,15 +37,15 @@ def _nb_pulse(w, up, xi, prm, i, j, c):
     if up:
         off = 3
         n = n_up
-        dw = prm[0, i, j]
+        dw = prm[i, j, 0]
     else:
         off = 3 + n_up
         n = int(c[2])
-        dw = prm[1, i, j]
-    span = prm[3, i, j] - prm[2, i, j]
+        dw = prm[i, j, 1]
+    span = prm[i, j, 3] - prm[i, j, 2]
     frac = 0.0
     if span > 0.0:
-        frac = (w - prm[2, i, j]) / span
+        frac = (w - prm[i, j, 2]) / span
         if frac < 0.0:
             frac = 0.0
         if frac > 1.0:

@@ -36,21 +36,21 @@ _TINY = 1e-12
 
 @njit(inline="always")
 def _nb_pulse(w, up, xi, prm, i, j, c):
-    span = prm[3, i, j] - prm[2, i, j]
+    span = prm[i, j, 3] - prm[i, j, 2]
     if span < _TINY:
         span = _TINY
     if up:
-        x = (prm[3, i, j] - w) / span
+        x = (prm[i, j, 3] - w) / span
     else:
-        x = (w - prm[2, i, j]) / span
+        x = (w - prm[i, j, 2]) / span
     if x < 0.0:
         x = 0.0
     if x > 1.0:
         x = 1.0
     if up:
-        step = prm[0, i, j] * x ** prm[4, i, j] * (1.0 + c[0] * xi)
+        step = prm[i, j, 0] * x ** prm[i, j, 4] * (1.0 + c[0] * xi)
     else:
-        step = prm[1, i, j] * x ** prm[5, i, j] * (1.0 + c[0] * xi)
+        step = prm[i, j, 1] * x ** prm[i, j, 5] * (1.0 + c[0] * xi)
     return move(w, up, step, prm, i, j)
 
 

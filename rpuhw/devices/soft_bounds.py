@@ -27,9 +27,9 @@ _TINY = 1e-12
 @njit(inline="always")
 def _nb_pulse(w, up, xi, prm, i, j, c):
     if up:
-        step = prm[0, i, j] * (1.0 - w / prm[3, i, j]) * (1.0 + c[0] * xi)
+        step = prm[i, j, 0] * (1.0 - w / prm[i, j, 3]) * (1.0 + c[0] * xi)
     else:
-        step = prm[1, i, j] * (1.0 - w / prm[2, i, j]) * (1.0 + c[0] * xi)
+        step = prm[i, j, 1] * (1.0 - w / prm[i, j, 2]) * (1.0 + c[0] * xi)
     return move(w, up, step, prm, i, j)
 
 

@@ -68,8 +68,7 @@ class SimulatedArray(CrossPointArray):
         self.engine = "numba" if use_numba else "torch"
         self.weights = torch.zeros(rows, cols)
         self._clip_into_bounds()
-        self._prm = np.ascontiguousarray(
-            np.stack([self.state[k].numpy() for k in self.model.state_names]), dtype=np.float32)
+        self._prm = self.model.packed_state(self.state)
         self._const = np.asarray(self.model.constants(), dtype=np.float64)
 
     def __repr__(self) -> str:
@@ -251,7 +250,7 @@ class SimulatedArray(CrossPointArray):
         self.weights.copy_(sd["weights"])
         for k, v in sd["state"].items():
             self.state[k].copy_(v)
-        self._prm[:] = np.stack([self.state[k].numpy() for k in self.model.state_names])
+        self._prm[:] = self.model.packed_state(self.state)
         self.seed = sd["seed"]
         self.gen.set_state(sd["rng"])
         if "seeds" in sd:
