@@ -93,6 +93,25 @@ def _block_scratch(n):
 
 
 @njit(inline="always")
+def _queue(a, p, base, update, L, off, s0, nw, scratch, nd):
+    """Lines ``off + k`` of one update (signed probabilities ``a[p, k]``): ``m`` gets
+    the mask of p = 0 (none) or p = 1 (all), and lines with 0 < p < 1 join the draw
+    queue after its first ``nd`` entries. Branch-free (which lines draw depends on
+    the data: a branch would be mispredicted); returns the new queue length."""
+    thr, start, line, m, drawn = scratch
+    for k in range(a.shape[1]):
+        t = _threshold(a[p, k])
+        idx = base + off + k
+        m[idx] = np.uint64(0) - np.uint64(t >= _ALWAYS)  # (drawn lines: overwritten)
+        thr[nd] = t
+        start[nd] = s0 + np.uint64((update * L + off + k) * nw) * _GOLDEN  # before word 1
+        line[nd] = idx
+        drawn[nd] = 0
+        nd += (t != 0) & (t < _ALWAYS)
+    return nd
+
+
+@njit(inline="always")
 def _encode_block(ax, ad, bl, s0, b, x_nz, x_pos, d_nz, d_pos, scratch):
     """Encode updates ``b * _BLOCK ...`` (one block) into the four mask arrays, using the
     work arrays ``scratch`` (:func:`_block_scratch` of at least ``_BLOCK * lines``)."""
@@ -108,19 +127,8 @@ def _encode_block(ax, ad, bl, s0, b, x_nz, x_pos, d_nz, d_pos, scratch):
     # draws would give), and a line's stream does not depend on the others
     nd = 0
     for q in range(r1 - r0):
-        p = r0 + q
-        for k in range(L):
-            t = _threshold(ax[p, k]) if k < cols else _threshold(ad[p, k - cols])
-            if t == 0:
-                m[q * L + k] = 0
-            elif t >= _ALWAYS:
-                m[q * L + k] = ~np.uint64(0)
-            else:
-                thr[nd] = t
-                start[nd] = s0 + np.uint64((p * L + k) * nw) * _GOLDEN  # before word 1
-                line[nd] = q * L + k
-                drawn[nd] = 0
-                nd += 1
+        nd = _queue(ax, r0 + q, q * L, r0 + q, L, 0, s0, nw, scratch, nd)
+        nd = _queue(ad, r0 + q, q * L, r0 + q, L, cols, s0, nw, scratch, nd)
     _draw(thr[:nd], start[:nd], drawn[:nd], nw)
     for e in range(nd):
         m[line[e]] = drawn[e]
