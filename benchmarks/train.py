@@ -40,7 +40,7 @@ machine may be shared).
 time. ``--threads N`` sets torch's and numba's thread counts (and aihwkit's torch
 threads, and OMP_NUM_THREADS / OPENBLAS_NUM_THREADS of its process) to N; by default
 each library keeps its own default. rpuhw's background update thread (in ``rpuhw``
-only) runs its kernels with the same numba thread count. The ratios compare both
+only) runs its kernels with one numba thread fewer (at least one). The ratios compare both
 rpuhw configurations with aihwkit.
 """
 

@@ -132,11 +132,14 @@ def test_error_is_raised_where_the_array_is_used_next(switch):
     assert a.read().shape == (3, 4)  # raised once; the array is usable again
 
 
-def test_jobs_run_in_order_on_one_thread_with_the_callers_numba_threads():
+@pytest.mark.parametrize("caller", [1, 2])
+def test_jobs_run_in_order_on_one_thread_with_one_numba_thread_fewer(caller):
     import numba
 
+    if caller > numba.config.NUMBA_NUM_THREADS:
+        pytest.skip("numba has fewer threads")
     before = numba.get_num_threads()
-    numba.set_num_threads(1)
+    numba.set_num_threads(caller)
     try:
         seen: list[tuple[int, str, int]] = []
         futures = [background.submit(
@@ -148,10 +151,11 @@ def test_jobs_run_in_order_on_one_thread_with_the_callers_numba_threads():
         numba.set_num_threads(before)
     assert [s[0] for s in seen] == list(range(5))
     assert len({s[1] for s in seen}) == 1 and seen[0][1] != threading.current_thread().name
-    assert {s[2] for s in seen} == {1}
+    assert {s[2] for s in seen} == {max(1, caller - 1)}
 
 
 def test_switch_and_environment(monkeypatch):
+    threads = torch.get_num_threads()
     monkeypatch.setenv(background.ENV, "0")
     background.set_enabled(None)
     assert not background.enabled()
@@ -161,10 +165,19 @@ def test_switch_and_environment(monkeypatch):
     assert not background.enabled()  # one CPU: nothing to overlap with
     monkeypatch.setattr("os.cpu_count", lambda: 2)
     background.set_enabled(None)
-    assert background.enabled()
-    background.set_enabled(False)
-    assert not background.enabled()
-    background.set_enabled(None)
+    try:
+        torch.set_num_threads(1)
+        assert background.enabled()
+        torch.set_num_threads(2)  # torch's threads take both cores: no spare one
+        assert not background.enabled()
+        background.set_enabled(True)
+        assert background.enabled()
+        background.set_enabled(False)
+        torch.set_num_threads(1)
+        assert not background.enabled()
+    finally:
+        torch.set_num_threads(threads)
+        background.set_enabled(None)
 
 
 def test_small_updates_run_in_place(monkeypatch):

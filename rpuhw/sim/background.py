@@ -14,9 +14,12 @@ before it is handed over, and each array's updates run in submission order.
 Input checks and the update-management probabilities run before the hand-over, so
 bad input still raises in the call that passed it and changes nothing.
 
-On by default where the machine has at least two CPUs. Turn it off with the
-environment variable ``RPUHW_BACKGROUND_UPDATES=0`` or :func:`set_enabled`
-(``False``), e.g. to time strictly single-threaded runs.
+On by default where the machine has a CPU that torch's intra-op threads leave free
+(``torch.get_num_threads() < os.cpu_count()``, e.g. one torch thread on two cores,
+as ``rpuhw train`` sets it): otherwise torch's threads, which spin between
+operations, and the update thread would take turns on the same cores. Turn it off
+with the environment variable ``RPUHW_BACKGROUND_UPDATES=0`` or
+:func:`set_enabled` (``False``), e.g. to time strictly single-threaded runs.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+
+import torch
 
 from rpuhw._jit import HAVE_NUMBA
 
@@ -37,32 +42,41 @@ MIN_SLOTS = 2000
 """Updates with fewer pulse slots (P * (rows + cols) * BL) run in place: handing them
 over costs more than they take."""
 
-_enabled: bool | None = None
+_enabled: bool | None = None  # set_enabled's choice; None: automatic
+_auto: bool | None = None  # numba, the environment and two or more CPUs (checked once)
+_cpus = 1
 _lock = threading.Lock()
 _executor: ThreadPoolExecutor | None = None
 _executor_pid = -1
 
 
 def _default() -> bool:
+    global _cpus
+    _cpus = os.cpu_count() or 1
     flag = os.environ.get(ENV, "").strip().lower()
     if flag in ("0", "off", "false", "no"):
         return False
-    return HAVE_NUMBA and (os.cpu_count() or 1) >= 2
+    return HAVE_NUMBA and _cpus >= 2
 
 
 def enabled() -> bool:
-    """Whether simulated arrays hand their compiled updates to the background thread."""
-    global _enabled
-    if _enabled is None:
-        _enabled = _default()
-    return _enabled
+    """Whether simulated arrays hand their compiled updates to the background thread
+    now: as set by :func:`set_enabled`, else automatically (see the module doc)."""
+    global _auto
+    if _enabled is not None:
+        return _enabled
+    if _auto is None:
+        _auto = _default()
+    return _auto and torch.get_num_threads() < _cpus
 
 
 def set_enabled(flag: bool | None) -> None:
-    """Turn background updates on or off for this process (``None``: back to the
-    default, from :data:`ENV` and the CPU count). Pending updates still complete."""
-    global _enabled
+    """Turn background updates on or off for this process (``None``: back to automatic,
+    from :data:`ENV`, the CPU count and torch's threads). Pending updates still
+    complete."""
+    global _enabled, _auto
     _enabled = None if flag is None else bool(flag)
+    _auto = None
 
 
 def _worker() -> ThreadPoolExecutor:
@@ -79,10 +93,11 @@ def _worker() -> ThreadPoolExecutor:
 def submit(job: Callable[[], None]) -> Future:
     """Run ``job()`` on the update thread, after every job submitted before it.
 
-    The job runs with the submitting thread's numba thread count (numba keeps that
-    setting per thread).
+    The job's parallel kernels use one numba thread fewer than the submitting thread's
+    setting (at least one): the submitting thread keeps a core busy meanwhile. Results
+    do not depend on the thread count.
     """
-    threads = _numba_threads()
+    threads = max(1, _numba_threads() - 1) if HAVE_NUMBA else 0
 
     def run() -> None:
         if threads and _numba_threads() != threads:
