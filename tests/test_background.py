@@ -170,6 +170,9 @@ def test_switch_and_environment(monkeypatch):
         assert background.enabled()
         torch.set_num_threads(2)  # torch's threads take both cores: no spare one
         assert not background.enabled()
+        torch.set_num_threads(1)
+        monkeypatch.setattr("numba.threading_layer", lambda: "workqueue")
+        assert not background.enabled()  # not safe for kernels from two threads
         background.set_enabled(True)
         assert background.enabled()
         background.set_enabled(False)

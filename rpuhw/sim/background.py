@@ -45,6 +45,7 @@ over costs more than they take."""
 _enabled: bool | None = None  # set_enabled's choice; None: automatic
 _auto: bool | None = None  # numba, the environment and two or more CPUs (checked once)
 _cpus = 1
+_layer_ok: bool | None = None  # numba's threading layer is thread-safe (once known)
 _lock = threading.Lock()
 _executor: ThreadPoolExecutor | None = None
 _executor_pid = -1
@@ -67,16 +68,30 @@ def enabled() -> bool:
         return _enabled
     if _auto is None:
         _auto = _default()
-    return _auto and torch.get_num_threads() < _cpus
+    return _auto and torch.get_num_threads() < _cpus and _threadsafe_layer()
+
+
+def _threadsafe_layer() -> bool:
+    """numba's threading layer takes parallel kernels from two threads at once (tbb,
+    omp; not workqueue, numba's fallback when neither library is installed)."""
+    global _layer_ok
+    if _layer_ok is None:
+        import numba
+
+        try:
+            _layer_ok = numba.threading_layer() != "workqueue"
+        except ValueError:  # no parallel kernel has run yet: chosen at the first one
+            return True
+    return _layer_ok
 
 
 def set_enabled(flag: bool | None) -> None:
     """Turn background updates on or off for this process (``None``: back to automatic,
     from :data:`ENV`, the CPU count and torch's threads). Pending updates still
     complete."""
-    global _enabled, _auto
+    global _enabled, _auto, _layer_ok
     _enabled = None if flag is None else bool(flag)
-    _auto = None
+    _auto = _layer_ok = None
 
 
 def _worker() -> ThreadPoolExecutor:
