@@ -172,6 +172,7 @@ def test_switch_and_environment(monkeypatch):
         assert not background.enabled()
         torch.set_num_threads(1)
         monkeypatch.setattr("numba.threading_layer", lambda: "workqueue")
+        background.set_enabled(None)  # (the layer is looked up once)
         assert not background.enabled()  # not safe for kernels from two threads
         background.set_enabled(True)
         assert background.enabled()
