@@ -38,6 +38,10 @@ class SimulatedArray(CrossPointArray):
         engine: ``"numba"`` (compiled pulse-by-pulse kernel), ``"torch"``
             (closed forms composed over updates, or a vectorised loop), or
             ``"auto"`` (numba when installed). Both are exact in distribution.
+
+    Updates that a :class:`~rpuhw.periphery.Periphery` sends may finish on the
+    background update thread (:mod:`rpuhw.sim.background`); every method and the
+    ``weights`` attribute wait for them, so callers always see the updated array.
     """
 
     capabilities = Capabilities(forward=True, backward=True, update=True, pulse=True,
