@@ -38,9 +38,8 @@ class _AnalogMVM(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, anchor: torch.Tensor, layer: AnalogLayer, images: int):
         # (autograd runs Function.forward with gradients off)
-        xb = x.detach().float()
-        if layer.has_bias:
-            xb = torch.cat([xb, torch.ones(xb.shape[0], 1)], 1)
+        xb = x.detach().float()  # a copy: the update in the optimizer step uses it later
+        xb = torch.cat([xb, torch.ones(xb.shape[0], 1)], 1) if layer.has_bias else xb.clone()
         ctx.layer, ctx.images, ctx.xb, ctx.dtype = layer, images, xb, x.dtype
         return layer.grid.forward(xb)
 

@@ -85,6 +85,25 @@ def test_linear_rejects_a_wrong_input_width_and_keeps_float64_gradients():
     assert torch.allclose(x64.grad.float(), x32.grad)
 
 
+def test_update_uses_the_input_of_the_forward_pass_even_if_changed_in_place():
+    """The pending update keeps its own copy of x (also without a bias column)."""
+    weights = []
+    for change in (False, True):
+        torch.manual_seed(0)  # (torch's default init)
+        layer = AnalogLinear(4, 3, bias=False, plan=ideal_plan(periphery=exact()), seed=0)
+        opt = AnalogSGD(layer.parameters(), lr=LR)
+        x = rand(5, 4, seed=6)
+        layer(x).sum().backward()
+        if change:
+            x.zero_()  # e.g. a reused input buffer
+        opt.step()
+        weights.append(layer.analog_weight())
+    assert torch.equal(weights[0], weights[1])
+    torch.manual_seed(0)
+    before = AnalogLinear(4, 3, bias=False, plan=ideal_plan(periphery=exact()), seed=0)
+    assert not torch.equal(weights[0], before.analog_weight())  # the step changed something
+
+
 @pytest.mark.parametrize("kernel,stride,padding,bias", [
     (3, 1, 0, True), (3, 2, 1, True), ((3, 2), 1, 2, False), (5, 2, 0, False),
     ((2, 3), (2, 1), (1, 0), True)])
