@@ -10,7 +10,9 @@ that waiting, errors, copies, thread settings and the switch behave.
 from __future__ import annotations
 
 import copy
+import os
 import threading
+import time
 
 import pytest
 import torch
@@ -201,3 +203,14 @@ def test_new_worker_after_fork(monkeypatch):
     second = background._worker()
     assert second is not first
     assert second.submit(lambda: 7).result() == 7
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_fork_waits_for_pending_updates():
+    """A forked child must not inherit a half-done update nor one no thread will finish."""
+    job = background.submit(lambda: time.sleep(0.3))
+    pid = os.fork()
+    if pid == 0:  # the child: the job finished before the fork
+        os._exit(0 if job.done() else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0

@@ -105,6 +105,21 @@ def _worker() -> ThreadPoolExecutor:
         return _executor
 
 
+def _drain() -> None:
+    """Wait for every submitted job (before a fork: a child must not inherit an array
+    half-way through an update, nor a pending update that no thread will finish)."""
+    ex = _executor
+    if ex is not None and _executor_pid == os.getpid():
+        try:
+            ex.submit(lambda: None).result()  # jobs run in order: all earlier ones are done
+        except RuntimeError:  # shut down (interpreter exit): nothing left to wait for
+            pass
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(before=_drain)
+
+
 def submit(job: Callable[[], None]) -> Future:
     """Run ``job()`` on the update thread, after every job submitted before it.
 
