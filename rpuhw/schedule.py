@@ -115,6 +115,8 @@ class TileGrid:
                 row.append(Periphery(array, plan.periphery, seed=per_seed))
                 n += 1
             self.tiles.append(row)
+        # one tile holds the whole matrix: calls go to it without slicing or partial sums
+        self._single = self.tiles[0][0] if len(self.tiles) == 1 and len(row) == 1 else None
 
     @property
     def arrays(self):
@@ -140,8 +142,8 @@ class TileGrid:
     # ---- cycles ----------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``y = W x`` for x [N, in] -> [N, out] (one forward call per tile)."""
-        if len(self.tiles) == 1 and len(self.tiles[0]) == 1 and self.k == 1:
-            return self.tiles[0][0].forward(x)  # one tile: no slicing, no partial sums
+        if self._single is not None and self.k == 1:
+            return self._single.forward(x)
         parts = []
         for row in self.tiles:
             acc = None
@@ -154,8 +156,8 @@ class TileGrid:
 
     def backward(self, d: torch.Tensor) -> torch.Tensor:
         """``z = W^T d`` for d [N, out] -> [N, in] (one backward call per tile)."""
-        if len(self.tiles) == 1 and len(self.tiles[0]) == 1 and self.k == 1:
-            return self.tiles[0][0].backward(d)
+        if self._single is not None and self.k == 1:
+            return self._single.backward(d)
         phys = d.repeat(1, self.k) / self.k if self.k > 1 else d
         z = torch.zeros(d.shape[0], self.in_features)
         for (r0, r1), row in zip(self.row_splits, self.tiles, strict=True):
@@ -174,8 +176,8 @@ class TileGrid:
             self._update_copies(x, d, lr, images)
             return
         g = self.plan.granularity
-        if g == "position" and len(self.tiles) == 1 and len(self.tiles[0]) == 1:
-            self.tiles[0][0].update(x, d, lr)  # one tile: no slicing
+        if g == "position" and self._single is not None:
+            self._single.update(x, d, lr)
             return
         phys = d
         for (r0, r1), row in zip(self.row_splits, self.tiles, strict=True):
