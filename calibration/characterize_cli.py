@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from rpuhw.errors import ConfigError
+from rpuhw.errors import ConfigError, HardwareError
 
 from .measurements import MeasurementWriter, load_measurements, sidecar_path
 from .protocols import check_array, parse_devices, protocol_meta, pulse_response, read_noise
@@ -141,11 +141,8 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> int:
 
 
 def _instrument_errors() -> tuple[type[BaseException], ...]:
-    try:
-        from rpuhw.drivers.errors import InstrumentError
-    except ImportError:  # pragma: no cover - drivers not installed
-        return (OSError,)
-    return (OSError, InstrumentError)
+    """Failures of a backend (every instrument error is a HardwareError) or the OS."""
+    return (OSError, HardwareError)
 
 
 def _run(args: argparse.Namespace, prog: str) -> int:

@@ -118,7 +118,7 @@ def check_array(array: CrossPointArray) -> None:
     problems = []
     if not (caps.pulse or caps.update):
         problems.append("it cannot pulse devices (neither a native pulse nor a native update)")
-    if not (caps.read or caps.forward or hasattr(array, "read_devices")):
+    if not (caps.read or caps.forward or array.serial_reads):
         problems.append("it cannot read devices (neither a native read nor a native forward)")
     if problems:
         raise ConfigError(f"{array!r} cannot be characterised: {'; '.join(problems)}",
@@ -165,46 +165,35 @@ def conductance_of(array: CrossPointArray, conductance: ConductanceMap | None = 
     """The map from the array's weights to siemens.
 
     ``g = g_min + (w - w_min) (g_max - g_min) / (w_max - w_min)`` where ``[w_min, w_max]``
-    is the array's mean weight range: a SimulatedArray's model bounds, a bench's or ArC
-    TWO's ``config.weights``, else ``[-1, 1]``; ``g_min, g_max`` come from
-    ``conductance`` when given, else the SimulatedArray's device ``conductance:`` block,
-    else the hardware's ``config.weights``; without any, g = w (``unit == "weight"``).
+    is the array's mean weight range (``array.info()``: a SimulatedArray's model bounds,
+    a bench's or ArC TWO's ``weights:`` map), else ``[-1, 1]``; ``g_min, g_max`` come
+    from ``conductance`` when given, else from ``array.info()`` (a device YAML's
+    ``conductance:`` block, the hardware's ``weights:`` map); without any, g = w
+    (``unit == "weight"``).
     """
-    spec = getattr(array, "spec", None)
-    weights = getattr(getattr(array, "config", None), "weights", None)
+    info = array.info()
     w_range = (-1.0, 1.0)
-    if spec is not None and hasattr(spec, "model"):
-        w_range = (float(spec.model.params.w_min), float(spec.model.params.w_max))
-    elif weights is not None and hasattr(weights, "w_min"):
-        w_range = (float(weights.w_min), float(weights.w_max))
+    if info.w_min is not None and info.w_max is not None:
+        w_range = (float(info.w_min), float(info.w_max))
     if conductance is not None:
         conductance.validate()
         return ConductanceOf(float(conductance.g_min), float(conductance.g_max), *w_range)
-    if spec is not None and getattr(spec, "conductance", None) is not None:
-        return ConductanceOf(float(spec.conductance.g_min), float(spec.conductance.g_max),
-                             *w_range)
-    if weights is not None and hasattr(weights, "g_min"):
-        return ConductanceOf(float(weights.g_min), float(weights.g_max), *w_range)
+    if info.g_min is not None and info.g_max is not None:
+        return ConductanceOf(float(info.g_min), float(info.g_max), *w_range)
     return ConductanceOf(None, None)
 
 
 def read_voltage_of(array: CrossPointArray) -> float | None:
-    """The array's read voltage (V) when it has one (``config.read.voltage``)."""
-    read = getattr(getattr(array, "config", None), "read", None)
-    v = getattr(read, "voltage", None)
-    return float(v) if isinstance(v, (int, float)) else None
+    """The array's read voltage (V) when it has one (``array.info().read_voltage``)."""
+    v = array.info().read_voltage
+    return None if v is None else float(v)
 
 
 def read_chosen(array: CrossPointArray, devices: list[Device]) -> np.ndarray:
-    """Weights of ``devices`` (float64 [n]): ``read_devices`` when available, else pick."""
-    if hasattr(array, "read_devices"):
-        w = array.read_devices(list(devices))
-        return np.asarray(w.detach().cpu().double().numpy() if isinstance(w, torch.Tensor)
-                          else w, dtype=np.float64).reshape(-1)
-    full = array.read().detach().cpu().double().numpy()
-    r = np.fromiter((d[0] for d in devices), dtype=np.int64, count=len(devices))
-    c = np.fromiter((d[1] for d in devices), dtype=np.int64, count=len(devices))
-    return full[r, c]
+    """Weights of ``devices`` (float64 [n]): one read each where the backend addresses
+    devices serially, else picked from a whole-array read (``array.read_devices``)."""
+    w = array.read_devices(list(devices))
+    return w.detach().cpu().double().numpy().reshape(-1)
 
 
 # ---- the step engine -------------------------------------------------------------------
@@ -343,9 +332,8 @@ def protocol_meta(array: CrossPointArray, devices: list[Device], settings: dict[
                   conductance: ConductanceMap | None = None) -> dict[str, Any]:
     """Sidecar content for a measurement of ``devices`` on ``array`` with ``settings``."""
     to_g = conductance_of(array, conductance)
-    snap = getattr(array, "snapshot", None)
     try:
-        instrument = snap() if callable(snap) else repr(array)
+        instrument = array.snapshot()
     except Exception as exc:  # noqa: BLE001 - the snapshot is informative only
         instrument = f"{array!r} (snapshot failed: {exc})"
     return {"settings": {**settings, "rows": array.rows, "cols": array.cols,

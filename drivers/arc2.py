@@ -58,7 +58,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from rpuhw.array import Capabilities, CrossPointArray
+from rpuhw.array import ArrayInfo, Capabilities, CrossPointArray
 from rpuhw.config import from_mapping, load_yaml, require
 from rpuhw.errors import ConfigError
 
@@ -330,6 +330,10 @@ class ArcTwoArray(CrossPointArray):
 
     def nominal_step(self) -> float:
         return self.config.weights.dw_min
+
+    def info(self) -> ArrayInfo:
+        """The arc2 YAML's ``weights:`` map and read voltage."""
+        return self.config.weights.info(read_voltage=self.config.read.voltage)
 
     # ---- safety ------------------------------------------------------------------------
     def _check_levels(self) -> None:

@@ -42,7 +42,7 @@ from typing import Any
 
 import torch
 
-from rpuhw.array import Capabilities, CrossPointArray
+from rpuhw.array import ArrayInfo, Capabilities, CrossPointArray
 from rpuhw.drivers.bench_config import BenchConfig, load_bench
 from rpuhw.drivers.errors import InstrumentConnectionError, InstrumentError
 from rpuhw.drivers.instruments import get_driver
@@ -89,6 +89,7 @@ class BenchArray(CrossPointArray):
     """A chip on instruments, through the bench YAML's wiring and safety limits."""
 
     capabilities = Capabilities(read=True, pulse=True)
+    serial_reads = True
 
     def __init__(self, config: BenchConfig | str | Path, rows: int | None = None,
                  cols: int | None = None, *, transports: dict[str, Any] | None = None):
@@ -320,12 +321,8 @@ class BenchArray(CrossPointArray):
         devices = [(i, j) for i in range(self.rows) for j in range(self.cols)]
         return self._read_list(devices).reshape(self.rows, self.cols)
 
-    def read_devices(self, devices: list[tuple[int, int]]) -> torch.Tensor:
+    def _read_devices(self, devices: list[tuple[int, int]]) -> torch.Tensor:
         """Weights of the listed ``(row, col)`` devices only (one read each), float32 [n]."""
-        for i, j in devices:
-            if not (0 <= i < self.rows and 0 <= j < self.cols):
-                raise ValueError(f"devices: ({i}, {j}) is outside the {self.rows} x "
-                                 f"{self.cols} array")
         return self._guard(self._read_list, list(devices))
 
     def _read_list(self, devices: list[tuple[int, int]]) -> torch.Tensor:
@@ -541,6 +538,10 @@ class BenchArray(CrossPointArray):
     # ---- information -------------------------------------------------------------------
     def nominal_step(self) -> float:
         return self.config.weights.dw_min
+
+    def info(self) -> ArrayInfo:
+        """The bench YAML's ``weights:`` map and read voltage."""
+        return self.config.weights.info(read_voltage=self.config.read.voltage)
 
     def stats(self) -> dict[str, int]:
         """Messages and queries sent to all instruments since open."""

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rpuhw.array import ArrayInfo
 from rpuhw.config import from_mapping, load_yaml, require
 from rpuhw.errors import ConfigError
 
@@ -148,6 +149,12 @@ class WeightMap:
     def to_conductance(self, w):
         """Conductance (S) of weight ``w`` (the inverse of :meth:`to_weight`)."""
         return self.g_min + (w - self.w_min) * (self.g_max - self.g_min) / (self.w_max - self.w_min)
+
+    def info(self, read_voltage: float | None = None) -> ArrayInfo:
+        """The array's :class:`~rpuhw.array.ArrayInfo` from this map (and the read voltage)."""
+        return ArrayInfo(dw_min=float(self.dw_min), w_min=float(self.w_min),
+                         w_max=float(self.w_max), g_min=float(self.g_min),
+                         g_max=float(self.g_max), read_voltage=read_voltage)
 
     def validate(self) -> None:
         require(self.g_min >= 0, "g_min", f"must be >= 0, got {self.g_min}")

@@ -12,7 +12,16 @@ the native ones (announced once per class in the ``rpuhw`` log):
   per rank-1 update, per slot where the directions change within an update),
 * ``pulse`` from single-device ``update`` calls,
 * ``read`` from ``forward`` of unit vectors,
-* ``program`` always by the closed write-verify loop on ``pulse`` + ``read``.
+* ``program`` always by the closed write-verify loop on ``pulse`` + ``read``,
+* ``read_devices`` from ``read`` (picking the devices),
+* ``set_weights``, ``load_state_dict`` by ``program`` (write-verify), ``state_dict``
+  by ``read``.
+
+Besides the operations, every array answers what the layers above may ask of it
+without knowing its type: :meth:`CrossPointArray.info` (the device's ``dw_min``, mean
+weight range, conductance range, read voltage and output bound where known),
+:meth:`CrossPointArray.stats` (traffic counters; hardware: instrument messages) and
+:meth:`CrossPointArray.snapshot` (settings to store beside a measurement).
 
 Every public method validates its arguments first and raises ``ValueError``
 naming the expected and given shapes, dtypes or values; a rejected call changes
@@ -25,11 +34,12 @@ import logging
 import math
 from abc import ABC
 from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
-from rpuhw.bits import PackedBits
+from rpuhw.periphery.bits import PackedBits
 
 log = logging.getLogger("rpuhw")
 
@@ -51,6 +61,27 @@ class Capabilities:
 
     def native(self) -> list[str]:
         return [f.name for f in fields(self) if getattr(self, f.name)]
+
+
+@dataclass(frozen=True)
+class ArrayInfo:
+    """What is known of an array's devices and analog periphery (None: not known)."""
+
+    dw_min: float
+    """Mean weight change of one pulse (weight units): update management's step."""
+    w_min: float | None = None
+    """Mean lower weight bound of the devices (weight units)."""
+    w_max: float | None = None
+    """Mean upper weight bound of the devices (weight units)."""
+    g_min: float | None = None
+    """Conductance (S) at ``w_min`` (devices whose weight maps to a conductance)."""
+    g_max: float | None = None
+    """Conductance (S) at ``w_max``."""
+    read_voltage: float | None = None
+    """Voltage (V) across a device while it is read."""
+    out_bound: float | None = None
+    """Forward/backward outputs saturate at ``±out_bound`` (output units): bound
+    management's threshold."""
 
 
 @dataclass
@@ -133,6 +164,10 @@ class CrossPointArray(ABC):  # noqa: B024 - every hook is optional, see capabili
     capabilities: Capabilities = Capabilities()
     """Operations this backend does natively."""
 
+    serial_reads: ClassVar[bool] = False
+    """Reads address one device at a time (instrument benches): :meth:`read_devices`
+    reads only the chosen devices (``_read_devices``) instead of the whole array."""
+
     _announced: set = set()
 
     def __init__(self, rows: int, cols: int):
@@ -193,7 +228,7 @@ class CrossPointArray(ABC):  # noqa: B024 - every hook is optional, see capabili
         ``x_bits[P, BL, cols]`` and ``d_bits[P, BL, rows]`` are int8 in {-1, 0, +1};
         device (i, j) gets one pulse in slot t of update p when both bits are
         non-zero, potentiating when their product is +1, depressing when -1.
-        A :class:`~rpuhw.bits.PackedBits` may be passed alone instead.
+        A :class:`~rpuhw.periphery.bits.PackedBits` may be passed alone instead.
         """
         if isinstance(x_bits, PackedBits):
             if d_bits is not None:
@@ -300,6 +335,60 @@ class CrossPointArray(ABC):  # noqa: B024 - every hook is optional, see capabili
         """Expected weight change of one pulse (for program's first round)."""
         return 0.001
 
+    def info(self) -> ArrayInfo:
+        """What is known of the devices and the analog periphery (see :class:`ArrayInfo`);
+        the default knows only :meth:`nominal_step`."""
+        return ArrayInfo(dw_min=self.nominal_step())
+
+    def read_devices(self, devices: list[tuple[int, int]]) -> torch.Tensor:
+        """Weights of the listed ``(row, col)`` devices: float32 [n], one read each where
+        the backend addresses devices serially, else picked from :meth:`read`."""
+        devices = [(int(i), int(j)) for i, j in devices]
+        for i, j in devices:
+            if not (0 <= i < self.rows and 0 <= j < self.cols):
+                raise ValueError(f"devices: ({i}, {j}) is outside the {self.rows} x "
+                                 f"{self.cols} array")
+        if self.serial_reads:
+            return self._read_devices(devices)
+        w = self.read()
+        if not devices:
+            return torch.zeros(0)
+        rows, cols = zip(*devices, strict=True)
+        return w[list(rows), list(cols)].contiguous()
+
+    def set_weights(self, w: torch.Tensor) -> None:
+        """Write the weights ``w [rows, cols]``: an initial state, not a result.
+
+        Simulators set the device states directly (clipped to each device's bounds);
+        the default is a short write-verify (:meth:`program`, two rounds, tolerance two
+        steps), which is what setting a weight means on hardware.
+        """
+        w = check_float(w, "w", self.shape)
+        self.program(w, tol=2 * self.nominal_step(), max_iter=2)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The array's state for checkpoints; the default holds the weights as read."""
+        return {"weights": self.read()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`; the default writes the saved weights back by
+        write-verify (ten rounds, tolerance two steps)."""
+        weights = state.get("weights") if isinstance(state, dict) else None
+        if weights is None:
+            raise ValueError("state_dict: expected a mapping with 'weights'")
+        self.program(check_float(weights, "weights", self.shape),
+                     tol=2 * self.nominal_step(), max_iter=10)
+
+    def stats(self) -> dict[str, int]:
+        """Traffic counters since the array was opened (hardware: ``messages`` and
+        ``queries`` sent to its instruments); the default has none."""
+        return {}
+
+    def snapshot(self) -> dict[str, Any] | str:
+        """The backend's settings, stored beside measurements (hardware: instrument
+        identities, bias scheme, pulse shapes, limits); the default is ``repr(self)``."""
+        return repr(self)
+
     # ---- backend hooks ---------------------------------------------------------------
     def _mvm_weights(self) -> torch.Tensor:
         """Weights an emulated forward/backward multiplies with (default: a fresh read;
@@ -324,7 +413,7 @@ class CrossPointArray(ABC):  # noqa: B024 - every hook is optional, see capabili
 
         ``sx [P, cols]``, ``sd [P, rows]`` are float32 ``sign * p`` as the periphery
         computed them; the bits must be those of
-        ``rpuhw.sim.encode.encode_packed_np(sx, sd, bl, seed)``, applied as
+        ``rpuhw.periphery.encode.encode_packed_np(sx, sd, bl, seed)``, applied as
         :meth:`update` would. The backend may finish the work later (in the
         background) as long as every later call on the array sees it done. Return
         False (the default) when not offered: the periphery encodes and calls
@@ -348,6 +437,9 @@ class CrossPointArray(ABC):  # noqa: B024 - every hook is optional, see capabili
         raise NotImplementedError
 
     def _read(self) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _read_devices(self, devices: list[tuple[int, int]]) -> torch.Tensor:
         raise NotImplementedError
 
     def _update_by_pulses(self, x_bits: torch.Tensor, d_bits: torch.Tensor) -> None:

@@ -4,67 +4,39 @@ Built-in specs: ``ideal``, ``sim``, ``sim:PATH.yaml``, ``sim:MODEL`` (a
 registered device model with its defaults). Hardware backends live outside
 the core and are imported lazily when their prefix is used: ``bench:PATH.yaml``
 (``rpuhw.drivers``), ``arc2:PATH.yaml``. Third parties register a prefix with
-:func:`register_backend` or a ``rpuhw.backends`` entry point.
+:func:`register_backend` or a ``rpuhw.backends`` entry point (:data:`BACKENDS`,
+a :class:`~rpuhw.registry.Registry`).
 """
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
-from importlib import metadata
 from pathlib import Path
 
 from rpuhw.array import CrossPointArray
 from rpuhw.errors import ConfigError
+from rpuhw.registry import Registry
 
 Factory = Callable[[str, int, int, "int | None"], CrossPointArray]
 """``factory(argument, rows, cols, seed) -> array``; argument is the text after ``prefix:``."""
 
-_FACTORIES: dict[str, Factory | str] = {
-    "ideal": "rpuhw.backends:_open_ideal",
-    "sim": "rpuhw.backends:_open_sim",
-    "bench": "rpuhw.drivers.bench:open_bench",
-    "arc2": "rpuhw.drivers.arc2:open_arc2",
-}
-_USAGE = {
-    "ideal": "ideal",
-    "sim": "sim, sim:PATH.yaml, sim:MODEL",
-    "bench": "bench:PATH.yaml",
-    "arc2": "arc2:PATH.yaml",
-}
+BACKENDS: Registry[Factory] = Registry("array backend", key="spec",
+                                       entry_points="rpuhw.backends")
+"""Spec prefix -> factory. Hardware backends are lazy strings: naming them imports nothing."""
+BACKENDS.add("ideal", "rpuhw.backends:_open_ideal", usage="ideal")
+BACKENDS.add("sim", "rpuhw.backends:_open_sim", usage="sim, sim:PATH.yaml, sim:MODEL")
+BACKENDS.add("bench", "rpuhw.drivers.bench:open_bench", usage="bench:PATH.yaml")
+BACKENDS.add("arc2", "rpuhw.drivers.arc2:open_arc2", usage="arc2:PATH.yaml")
 
 
 def register_backend(prefix: str, factory: Factory | str, usage: str | None = None) -> None:
     """Make ``prefix:ARG`` specs open with ``factory`` (a callable or ``"module:function"``)."""
-    _FACTORIES[prefix] = factory
-    _USAGE[prefix] = usage or f"{prefix}:..."
+    BACKENDS.add(prefix, factory, usage or f"{prefix}:...")
 
 
 def known_specs() -> list[str]:
     """Spec forms that :func:`open_array` understands."""
-    _load_entry_points()
-    return [_USAGE[k] for k in _FACTORIES]
-
-
-def _load_entry_points() -> None:
-    try:
-        eps = metadata.entry_points(group="rpuhw.backends")
-    except Exception:  # pragma: no cover - broken metadata
-        return
-    for ep in eps:
-        _FACTORIES.setdefault(ep.name, ep.value)
-        _USAGE.setdefault(ep.name, f"{ep.name}:...")
-
-
-def _resolve(prefix: str, factory: Factory | str) -> Factory:
-    if callable(factory):
-        return factory
-    module, _, func = factory.partition(":")
-    try:
-        return getattr(importlib.import_module(module), func)
-    except (ImportError, AttributeError) as exc:
-        raise ConfigError(f"backend {prefix!r} is not available in this installation ({exc})",
-                          key="spec") from None
+    return [BACKENDS.usage(name, default=f"{name}:...") for name in BACKENDS.names()]
 
 
 def open_array(spec: str, rows: int, cols: int, seed: int | None = None) -> CrossPointArray:
@@ -75,11 +47,10 @@ def open_array(spec: str, rows: int, cols: int, seed: int | None = None) -> Cros
     if not isinstance(spec, str) or not spec:
         raise ConfigError(f"expected a spec string such as 'sim', got {spec!r}", key="spec")
     prefix, _, arg = spec.partition(":")
-    _load_entry_points()
-    if prefix not in _FACTORIES:
+    if prefix not in BACKENDS:
         raise ConfigError(f"unknown array spec {spec!r} (known: {'; '.join(known_specs())})",
                           key="spec")
-    return _resolve(prefix, _FACTORIES[prefix])(arg, rows, cols, seed)
+    return BACKENDS.get(prefix)(arg, rows, cols, seed)
 
 
 def _open_ideal(arg: str, rows: int, cols: int, seed: int | None) -> CrossPointArray:

@@ -30,7 +30,7 @@ from rpuhw._io import atomic_write
 from rpuhw.config import from_mapping, load_yaml, require
 from rpuhw.devices import DeviceModel, get_model
 from rpuhw.errors import ConfigError
-from rpuhw.sim.io import IOConfig
+from rpuhw.periphery.io import IOConfig
 
 
 @dataclass

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from rpuhw.array import Capabilities, CrossPointArray
+from rpuhw.array import Capabilities, CrossPointArray, check_float
 
 
 class IdealArray(CrossPointArray):
@@ -27,8 +27,6 @@ class IdealArray(CrossPointArray):
 
     def set_weights(self, w: torch.Tensor) -> None:
         """Set the weights directly (exact; no bounds to respect)."""
-        from rpuhw.array import check_float
-
         self.weights.copy_(check_float(w, "w", self.shape))
 
     def state_dict(self) -> dict:

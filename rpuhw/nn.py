@@ -127,8 +127,7 @@ class AnalogLayer(nn.Module):
     def get_extra_state(self) -> dict[str, Any]:
         arrays = self.grid.arrays
         return {"plan_backend": self.plan.backend,
-                "arrays": [a.state_dict() if hasattr(a, "state_dict") else {"weights": a.read()}
-                           for a in arrays],
+                "arrays": [a.state_dict() for a in arrays],
                 # the peripheries' pulse-train generators: a resumed run draws the same bits
                 "periphery_rng": [p.rng_state() for row in self.grid.tiles for p in row]}
 
@@ -138,10 +137,7 @@ class AnalogLayer(nn.Module):
             raise ValueError(f"state_dict: {len(state['arrays'])} arrays saved, the layer has "
                              f"{len(arrays)}")
         for a, sd in zip(arrays, state["arrays"], strict=True):
-            if hasattr(a, "load_state_dict"):
-                a.load_state_dict(sd)
-            else:
-                a.program(sd["weights"], tol=2 * a.nominal_step(), max_iter=10)
+            a.load_state_dict(sd)  # hardware: write-verify of the saved weights
         rngs = state.get("periphery_rng")
         if rngs is not None:
             for p, g in zip([p for row in self.grid.tiles for p in row], rngs, strict=True):

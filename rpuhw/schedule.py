@@ -27,10 +27,8 @@ import numpy as np
 import torch
 
 from rpuhw.backends import open_array
-from rpuhw.bits import PackedBits
 from rpuhw.config import require
-from rpuhw.periphery import Periphery, PeripheryConfig
-from rpuhw.sim.encode import encode_packed, encode_torch
+from rpuhw.periphery.management import Periphery, PeripheryConfig, TileLines
 
 Granularity = Literal["position", "sample", "batch"]
 MANAGEMENT = {
@@ -117,6 +115,10 @@ class TileGrid:
             self.tiles.append(row)
         # one tile holds the whole matrix: calls go to it without slicing or partial sums
         self._single = self.tiles[0][0] if len(self.tiles) == 1 and len(row) == 1 else None
+        # K > 1: physical row r of the stacked copies is logical row r % out
+        self._lines = [TileLines(per, np.arange(r0, r1) % out_features, slice(c0, c1))
+                       for (r0, r1), row in zip(self.row_splits, self.tiles, strict=True)
+                       for (c0, c1), per in zip(self.col_splits, row, strict=True)]
 
     @property
     def arrays(self):
@@ -124,15 +126,14 @@ class TileGrid:
 
     # ---- weights ---------------------------------------------------------------------
     def set_weights(self, w: torch.Tensor) -> None:
-        """Write the logical weights: ``set_weights`` where the backend has it, else program."""
+        """Write the logical weights (each array's ``set_weights``: direct on a simulator,
+        a short write-verify on hardware)."""
         phys = w.detach().float().repeat(self.k, 1)  # K stacked copies of the rows
         for (r0, r1), row in zip(self.row_splits, self.tiles, strict=True):
             for (c0, c1), per in zip(self.col_splits, row, strict=True):
                 block = phys[r0:r1, c0:c1].contiguous()
-                if hasattr(per.array, "set_weights"):
-                    per.array.set_weights(block)
-                else:  # hardware: a few write-verify rounds (an initial state, not a result)
-                    per.array.program(block, tol=2 * per.array.nominal_step(), max_iter=2)
+                # simulators set states directly; hardware does a short write-verify
+                per.array.set_weights(block)
 
     def read(self) -> torch.Tensor:
         """The logical weights as read (the K copies averaged)."""
@@ -172,77 +173,27 @@ class TileGrid:
         ``images`` (number of images the P pairs come from, equal blocks) matters for
         ``sample`` granularity only.
         """
-        if self.k > 1:
-            self._update_copies(x, d, lr, images)
-            return
         g = self.plan.granularity
-        if g == "position" and self._single is not None:
-            self._single.update(x, d, lr)
-            return
-        phys = d
-        for (r0, r1), row in zip(self.row_splits, self.tiles, strict=True):
-            for (c0, c1), per in zip(self.col_splits, row, strict=True):
-                xs, ds = x[:, c0:c1].contiguous(), phys[:, r0:r1].contiguous()
-                if g == "position":
-                    per.update(xs, ds, lr)
-                    continue
-                groups = images if g == "sample" else 1
-                for xg, dg in zip(xs.chunk(groups), ds.chunk(groups), strict=True):
-                    self._pulse_aggregate(per, xg, dg, lr)
-
-    def _update_copies(self, x: torch.Tensor, d: torch.Tensor, lr: float, images: int) -> None:
-        """K > 1: the K copies of a weight get the same pulses.
-
-        The logical matrix's pulse trains (or aggregated counts) are drawn once, by the
-        first tile's periphery from the whole x and d (update management on the logical
-        vectors), the row lines fanned out to the K copies, and each tile gets its slice
-        in one call.
-        """
-        per0, k = self.tiles[0][0], self.k
-        x, d = x.detach().float(), d.detach().float()
-        g = self.plan.granularity
-        if g != "position":
-            groups = images if g == "sample" else 1
-            for xg, dg in zip(x.chunk(groups), d.chunk(groups), strict=True):
-                counts = _stochastic_counts(per0, xg, dg, lr).repeat(k, 1)
+        if g == "position":
+            if self._single is not None and self.k == 1:
+                self._single.update(x, d, lr)
+            elif self.k == 1:
                 for (r0, r1), row in zip(self.row_splits, self.tiles, strict=True):
                     for (c0, c1), per in zip(self.col_splits, row, strict=True):
-                        per.array.pulse(counts[r0:r1, c0:c1].contiguous())
+                        per.update(x[:, c0:c1].contiguous(), d[:, r0:r1].contiguous(), lr)
+            else:  # K copies of each row: the logical pulse trains, drawn once, fanned out
+                self.tiles[0][0].update_tiles(x, d, lr, self._lines)
             return
-        if x.shape[0] == 0:
-            return
-        sx, sd = per0._signed(x, d, float(lr))
-        bl = per0.config.bl
-        if per0._packed_ok():
-            pk = encode_packed(sx, sd, bl, per0._seed())
-            d_nz, d_pos = np.tile(pk.d_nz, (1, k)), np.tile(pk.d_pos, (1, k))
-
-            def part(r0, r1, c0, c1):
-                c = np.ascontiguousarray
-                return (PackedBits(c(pk.x_nz[:, c0:c1]), c(pk.x_pos[:, c0:c1]),
-                                   c(d_nz[:, r0:r1]), c(d_pos[:, r0:r1]), bl),)
-        else:
-            xb, db = encode_torch(sx, sd, bl, per0.gen)
-            db = db.repeat(1, 1, k)
-
-            def part(r0, r1, c0, c1):
-                return xb[:, :, c0:c1].contiguous(), db[:, :, r0:r1].contiguous()
-        for (r0, r1), row in zip(self.row_splits, self.tiles, strict=True):
-            for (c0, c1), per in zip(self.col_splits, row, strict=True):
-                per.array.update(*part(r0, r1, c0, c1))
-                per.stats.update_calls += 1
-                per.stats.updates += x.shape[0]
-
-    @staticmethod
-    def _pulse_aggregate(per: Periphery, x: torch.Tensor, d: torch.Tensor, lr: float) -> None:
-        """Aggregated update: one pulse call with the counts of :func:`_stochastic_counts`."""
-        per.array.pulse(_stochastic_counts(per, x, d, lr))
-
-
-def _stochastic_counts(per: Periphery, x: torch.Tensor, d: torch.Tensor,
-                       lr: float) -> torch.Tensor:
-    """Signed pulse counts ``stochastic_round(-lr d^T x / dw_min)`` (int32, unbiased)."""
-    target = -lr * (d.T @ x) / per.dw_min
-    low = target.floor()
-    up = torch.rand(target.shape, generator=per.gen) < (target - low)
-    return (low + up.float()).to(torch.int32)
+        groups = images if g == "sample" else 1
+        for xg, dg in zip(x.chunk(groups), d.chunk(groups), strict=True):
+            if self.k == 1:  # each tile rounds its own block of the aggregated update
+                for (r0, r1), row in zip(self.row_splits, self.tiles, strict=True):
+                    for (c0, c1), per in zip(self.col_splits, row, strict=True):
+                        per.array.pulse(per.pulse_counts(xg[:, c0:c1].contiguous(),
+                                                         dg[:, r0:r1].contiguous(), lr))
+                continue
+            # K copies: the logical counts, rounded once, repeated K times
+            counts = self.tiles[0][0].pulse_counts(xg, dg, lr).repeat(self.k, 1)
+            for (r0, r1), row in zip(self.row_splits, self.tiles, strict=True):
+                for (c0, c1), per in zip(self.col_splits, row, strict=True):
+                    per.array.pulse(counts[r0:r1, c0:c1].contiguous())

@@ -230,9 +230,11 @@ def train(cfg: TrainConfig, resume: bool = False, log=print,
     run = Run(cfg)
     try:
         results = _run(cfg, run, data, resume, log)
-        msgs = {name: sum(a.stats()["messages"] for a in layer.grid.arrays)
-                for name, layer in analog_layers(run.model).items()
-                if all(hasattr(a, "stats") for a in layer.grid.arrays)}
+        msgs = {}  # instrument traffic of the layers on hardware
+        for name, layer in analog_layers(run.model).items():
+            counts = [a.stats() for a in layer.grid.arrays]
+            if all("messages" in c for c in counts):
+                msgs[name] = sum(c["messages"] for c in counts)
         if msgs:
             results["instrument_messages"] = msgs
         if on_model is not None:

@@ -24,8 +24,8 @@ from rpuhw.array import Capabilities, CrossPointArray
 from rpuhw.device_spec import DeviceSpec
 from rpuhw.devices import get_model
 from rpuhw.ideal import IdealArray
+from rpuhw.periphery.io import IOConfig
 from rpuhw.sim.array import SimulatedArray
-from rpuhw.sim.io import IOConfig
 
 Factory = Callable[[int, int, "int | None"], CrossPointArray]
 
@@ -122,7 +122,7 @@ def _sim_read_noise(rows: int, cols: int, seed: int | None) -> CrossPointArray:
     return SimulatedArray(rows, cols, device=spec, seed=seed)
 
 
-# The simulator's defaults (rpuhw.devices.base.PulsedDeviceParams, rpuhw.sim.io.IOConfig):
+# The simulator's defaults (rpuhw.devices.base.PulsedDeviceParams, rpuhw.periphery.io.IOConfig):
 # dw_min 0.001, 30 % d2d and c2c spread of the step, bounds ±0.6 with 30 % d2d spread
 # (so |w| < 0.6 * (1 + 0.3 * 6) < 2 for any plausible draw), out_noise 0.06.
 _SIM = dict(exact=False, has_bounds=True, step=0.001, out_noise=0.06, w_limit=2.0,

@@ -22,8 +22,8 @@ from conformance import CASES, BackendCase
 import rpuhw
 from rpuhw import open_array
 from rpuhw.array import Capabilities, CrossPointArray, ProgramReport
-from rpuhw.bits import PackedBits
 from rpuhw.errors import ConfigError
+from rpuhw.periphery.bits import PackedBits
 
 ROWS, COLS = 4, 5
 I, J = 1, 2  # the device singled out by the coincidence tests

@@ -90,14 +90,14 @@ def test_specs(tmp_path):
         rpuhw.open_array("ideal:x", 2, 2)
     with pytest.raises(ConfigError, match="b.yaml: file not found"):
         rpuhw.open_array("bench:b.yaml", 2, 2)
-    from rpuhw.backends import _FACTORIES, register_backend
+    from rpuhw.backends import BACKENDS, register_backend
 
     register_backend("nothere", "no_such_module:open_it")
     try:
         with pytest.raises(ConfigError, match="not available"):
             rpuhw.open_array("nothere:x", 2, 2)
     finally:
-        _FACTORIES.pop("nothere")
+        BACKENDS.remove("nothere")
 
 
 def test_register_backend_plugs_in_without_core_changes():
@@ -114,5 +114,4 @@ def test_register_backend_plugs_in_without_core_changes():
     finally:
         from rpuhw import backends
 
-        backends._FACTORIES.pop("toy")
-        backends._USAGE.pop("toy")
+        backends.BACKENDS.remove("toy")

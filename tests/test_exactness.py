@@ -30,6 +30,7 @@ from scipy import stats
 
 from rpuhw._jit import HAVE_NUMBA
 from rpuhw.devices import get_model, model_names
+from rpuhw.periphery.bits import PackedBits
 from rpuhw.sim import kernels
 from rpuhw.sim.reference import reference_update
 from rpuhw.sim.update_torch import update_torch
@@ -117,11 +118,10 @@ def run_engine(engine: str, model, state, w0, x, d, seed: int) -> torch.Tensor:
     else:
         prm = model.packed_state(st)
         wn = w.numpy()
-        xn, xp, _ = kernels.pack_bits(x.numpy())
-        dn, dp, _ = kernels.pack_bits(dd.numpy())
+        pk = PackedBits.from_bits(x, dd)
         kernel = kernels.update_kernel_for(model.nb_pulse)
-        kernel(xn, xp, dn, dp, wn, prm, np.asarray(model.constants(), dtype=np.float64), seed,
-               model.noisy)
+        kernel(pk.x_nz, pk.x_pos, pk.d_nz, pk.d_pos, wn, prm,
+               np.asarray(model.constants(), dtype=np.float64), seed, model.noisy)
     return w.reshape(S, ROWS, COLS)
 
 

@@ -3,7 +3,7 @@
 * the simulator's managed MVM (:mod:`rpuhw.sim.mvm`, through ``array._managed_mvm``)
   against the periphery's generic noise / bound management around ``array.forward``;
 * the compiled update-management probabilities and the fused probability + encoding
-  kernel (:mod:`rpuhw.periphery_kernels`) against the tensor implementation, bit for
+  kernel (:mod:`rpuhw.periphery.probabilities`) against the tensor implementation, bit for
   bit, and the live-only encoding against the full one;
 * im2col / col2im against ``F.unfold`` / ``F.fold``; the seed stream.
 
@@ -26,9 +26,9 @@ from rpuhw.config import from_mapping
 from rpuhw.devices import get_model
 from rpuhw.im2col import col2im, im2col
 from rpuhw.periphery import Periphery, PeripheryConfig
+from rpuhw.periphery.encode import encode_packed
+from rpuhw.periphery.io import IOConfig
 from rpuhw.seeds import SeedStream
-from rpuhw.sim.encode import encode_packed
-from rpuhw.sim.io import IOConfig
 from rpuhw.sim.mvm import product_kernel, small_product
 
 pytestmark = pytest.mark.skipif(not HAVE_NUMBA, reason="the fast paths are compiled")
@@ -260,13 +260,13 @@ def test_seed_stream_peek_call_and_restore():
 
 
 def test_packed_encoder_matches_its_documented_stream_layout():
-    """Bits recomputed in plain Python from the layout in rpuhw.sim.encode's docstring
+    """Bits recomputed in plain Python from the layout in rpuhw.periphery.encode's docstring
     (line k = p * (cols + rows) + j, its ceil(BL/2) words at splitmix64 positions
     k * ceil(BL/2) + 1 ... from stream_seed(seed, 0); slot 2w from the high 32 bits,
     2w + 1 from the low; on when u < floor(p * 2**32)), with p = 0 and p = 1 lines
     among the others (the encoder skips drawing those)."""
+    from rpuhw.periphery.rng import stream_seed
     from rpuhw.seeds import _GOLDEN, _MASK, _mix
-    from rpuhw.sim.kernels import stream_seed
 
     g = torch.Generator().manual_seed(7)
     P, cols, rows, bl, seed = 5, 6, 4, 7, 123456789

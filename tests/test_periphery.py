@@ -20,7 +20,7 @@ from rpuhw.config import from_mapping
 from rpuhw.devices import get_model
 from rpuhw.errors import ConfigError
 from rpuhw.periphery import Periphery, PeripheryConfig
-from rpuhw.sim.io import IOConfig
+from rpuhw.periphery.io import IOConfig
 
 ROWS, COLS = 16, 26
 ENGINES = [pytest.param("numba", marks=pytest.mark.skipif(not HAVE_NUMBA, reason="no numba")),
@@ -365,7 +365,7 @@ def test_packed_encoder_independent_of_threads_and_consistent_with_bits():
     import numba
     import numpy as np
 
-    from rpuhw.sim.encode import encode_kernel, encode_kernel_serial
+    from rpuhw.periphery.encode import encode_kernel, encode_kernel_serial
 
     g = torch.Generator().manual_seed(1)
     x, d = torch.randn(300, COLS, generator=g), 1e-2 * torch.randn(300, ROWS, generator=g)

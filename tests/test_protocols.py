@@ -320,10 +320,11 @@ class SlowIdeal(IdealArray):
 @pytest.fixture
 def slow_backend(monkeypatch):
     SlowIdeal.closed = 0
-    monkeypatch.setitem(backends._FACTORIES, "slow", lambda a, r, c, s: SlowIdeal(r, c))
-    monkeypatch.setitem(backends._FACTORIES, "noops", lambda a, r, c, s: NoOps(r, c))
-    monkeypatch.setitem(backends._USAGE, "slow", "slow")
-    monkeypatch.setitem(backends._USAGE, "noops", "noops")
+    backends.register_backend("slow", lambda a, r, c, s: SlowIdeal(r, c), "slow")
+    backends.register_backend("noops", lambda a, r, c, s: NoOps(r, c), "noops")
+    yield
+    backends.BACKENDS.remove("slow")
+    backends.BACKENDS.remove("noops")
 
 
 ARGS = ["--rows", "2", "--cols", "3", "--devices", "0:0,1:2", "--pulses", "4", "--cycles",
@@ -374,9 +375,12 @@ def test_cli_closes_the_array_when_refused(tmp_path, slow_backend, monkeypatch):
         def close(self):
             Refused.closes += 1
 
-    monkeypatch.setitem(backends._FACTORIES, "refused", lambda a, r, c, s: Refused(r, c))
-    assert main(["--array", "refused", "--rows", "1", "--cols", "1", "-o",
-                 str(tmp_path / "m.csv")]) == 2
+    backends.register_backend("refused", lambda a, r, c, s: Refused(r, c))
+    try:
+        assert main(["--array", "refused", "--rows", "1", "--cols", "1", "-o",
+                     str(tmp_path / "m.csv")]) == 2
+    finally:
+        backends.BACKENDS.remove("refused")
     assert Refused.closes == 1
 
 
@@ -416,7 +420,7 @@ def test_cli_resume_after_sigkill(tmp_path, slow_backend):
                 time.sleep(0.002)
                 return super()._read()
 
-        backends._FACTORIES["slow"] = lambda a, r, c, s: SlowIdeal(r, c)
+        backends.register_backend("slow", lambda a, r, c, s: SlowIdeal(r, c))
         sys.exit(main(["--array", "slow", *{args!r}]))
     """)
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}

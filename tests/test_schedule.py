@@ -23,9 +23,9 @@ import pytest
 import torch
 from plans import BL, DW, LR, exact, ideal_plan
 
-from rpuhw.bits import PackedBits
 from rpuhw.errors import ConfigError
 from rpuhw.ideal import IdealArray
+from rpuhw.periphery.bits import PackedBits
 from rpuhw.schedule import LayerPlan, TileGrid, _splits
 from rpuhw.sim.array import SimulatedArray
 

@@ -14,7 +14,7 @@ import torch
 from rpuhw import DeviceSpec, SimulatedArray
 from rpuhw._jit import HAVE_NUMBA
 from rpuhw.devices import get_model
-from rpuhw.sim.io import IOConfig
+from rpuhw.periphery.io import IOConfig
 
 
 def quiet_model(name="constant_step", **kw):

@@ -10,15 +10,22 @@ import numpy as np
 import torch
 
 from rpuhw._jit import HAVE_NUMBA
-from rpuhw.array import Capabilities, CrossPointArray
-from rpuhw.bits import MAX_BL, PackedBits
+from rpuhw.array import ArrayInfo, Capabilities, CrossPointArray, check_float
 from rpuhw.device_spec import DeviceSpec
 from rpuhw.devices import DeviceModel, get_model
+from rpuhw.periphery.absmax import as_f32_array
+from rpuhw.periphery.bits import MAX_BL, PackedBits
+from rpuhw.periphery.encode import encode_kernel_for
 from rpuhw.seeds import SeedStream
 from rpuhw.sim import background, kernels
-from rpuhw.sim.encode import as_f32_array, encode_kernel_for
-from rpuhw.sim.io import analog_mvm
-from rpuhw.sim.mvm import NONFINITE, finish_kernel, prepare_kernel, product_kernel, small_product
+from rpuhw.sim.mvm import (
+    NONFINITE,
+    analog_mvm,
+    finish_kernel,
+    prepare_kernel,
+    product_kernel,
+    small_product,
+)
 from rpuhw.sim.update_torch import apply_counts, update_torch
 
 Engine = Literal["auto", "numba", "torch"]
@@ -120,10 +127,17 @@ class SimulatedArray(CrossPointArray):
     def nominal_step(self) -> float:
         return self.model.params.dw_min
 
+    def info(self) -> ArrayInfo:
+        """The device model's dw_min and mean bounds, the YAML's ``conductance:`` block
+        and the ``io:`` block's output bound."""
+        p, g = self.model.params, self.spec.conductance
+        return ArrayInfo(dw_min=float(p.dw_min), w_min=float(p.w_min), w_max=float(p.w_max),
+                         g_min=None if g is None else float(g.g_min),
+                         g_max=None if g is None else float(g.g_max),
+                         out_bound=float(self.io.out_bound))
+
     def set_weights(self, w: torch.Tensor) -> None:
         """Set the device states directly (simulation only), clipped to each device's bounds."""
-        from rpuhw.array import check_float
-
         self.weights.copy_(check_float(w, "w", self.shape))
         self._clip_into_bounds()
 

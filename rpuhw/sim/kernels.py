@@ -20,13 +20,8 @@ import math
 import numpy as np
 
 from rpuhw._jit import njit, prange
+from rpuhw.periphery.rng import next_u64, stream_seed
 
-MAX_BL = 64
-"""Longest bit stream the packed kernel takes (one uint64 per line and update)."""
-
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-_M1 = np.uint64(0xBF58476D1CE4E5B9)
-_M2 = np.uint64(0x94D049BB133111EB)
 _INV53 = 1.0 / 9007199254740992.0  # 2**-53
 
 
@@ -46,16 +41,6 @@ def _ziggurat_tables(c: int = 128, r: float = 3.442619855899, v: float = 9.91256
 
 _ZX, _ZR = _ziggurat_tables()
 _ZIG_R = 3.442619855899
-
-
-@njit(inline="always")
-def next_u64(s):
-    """splitmix64: advance state ``s``; return (new state, 64 random bits)."""
-    s = s + _GOLDEN
-    z = s
-    z = (z ^ (z >> np.uint64(30))) * _M1
-    z = (z ^ (z >> np.uint64(27))) * _M2
-    return s, z ^ (z >> np.uint64(31))
 
 
 @njit(inline="always")
@@ -108,15 +93,6 @@ def _normal_slow(s, i, u):
             return s, u * _ZX[i]
 
 
-@njit(inline="always")
-def stream_seed(seed, k):
-    """Independent stream state for line ``k`` of a call seeded with ``seed``."""
-    s = np.uint64(seed) ^ (np.uint64(k) * _GOLDEN)
-    s, a = next_u64(s)
-    s, b = next_u64(s ^ a)
-    return b
-
-
 @njit
 def normals(n, seed):
     """``n`` standard normals from one stream (for testing the generator)."""
@@ -134,30 +110,6 @@ def popcount(x):
     x = (x & np.uint64(0x3333333333333333)) + ((x >> np.uint64(2)) & np.uint64(0x3333333333333333))
     x = (x + (x >> np.uint64(4))) & np.uint64(0x0F0F0F0F0F0F0F0F)
     return np.int64((x * np.uint64(0x0101010101010101)) >> np.uint64(56))
-
-
-@njit(parallel=True)
-def pack_bits(bits):
-    """Pack int8 bits [P, BL, L] into (nonzero mask, positive mask) uint64 [P, L].
-
-    Returns also the number of entries outside {-1, 0, 1} (0 when valid).
-    """
-    P, BL, L = bits.shape
-    nz = np.zeros((P, L), dtype=np.uint64)
-    pos = np.zeros((P, L), dtype=np.uint64)
-    bad = np.zeros(P, dtype=np.int64)
-    for p in prange(P):
-        for t in range(BL):
-            bit = np.uint64(1) << np.uint64(t)
-            for j in range(L):
-                v = bits[p, t, j]
-                if v != 0:
-                    nz[p, j] |= bit
-                    if v == 1:
-                        pos[p, j] |= bit
-                    elif v != -1:
-                        bad[p] += 1
-    return nz, pos, bad.sum()
 
 
 _KERNELS: dict = {}

@@ -31,36 +31,13 @@ normals (:mod:`rpuhw.sim.kernels`), drawn vector by vector, output by output.
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from rpuhw._jit import njit
-from rpuhw.sim.kernels import normal, stream_seed
-
-INF_BITS = np.uint32(0x7F800000)
-"""Bit pattern of +inf: |x| as uint32 bits is at least this exactly when x is nan or inf."""
-
-
-@njit(inline="always")
-def row_absmax_bits(bits, k):
-    """max |a[k, j]| of float32 ``a`` as the uint32 bit pattern (``bits = a.view(uint32)``).
-
-    Non-negative floats order like their bit patterns, so an integer max (which
-    vectorises, unlike a float max that must respect nan) gives the float max; a
-    result >= :data:`INF_BITS` means the row holds nan or inf.
-    """
-    top = np.uint32(0)
-    for j in range(bits.shape[1]):
-        top = max(top, bits[k, j] & np.uint32(0x7FFFFFFF))
-    return top
-
-
-@njit(inline="always")
-def bits_to_f32(b):
-    """The float32 whose bit pattern is the uint32 ``b``."""
-    return np.array([b], dtype=np.uint32).view(np.float32)[0]
-
-
-SAT_RTOL = 1e-6
-"""An output counts as saturated when ``|y| >= bm_bound * (1 - SAT_RTOL)``."""
+from rpuhw.periphery.absmax import INF_BITS, bits_to_f32, row_absmax_bits
+from rpuhw.periphery.io import SAT_RTOL, IOConfig, quantize
+from rpuhw.periphery.rng import stream_seed
+from rpuhw.sim.kernels import normal
 
 NONFINITE = -1
 """Status returned when an input holds nan or inf (nothing is computed)."""
@@ -257,3 +234,17 @@ def _recompute(v, w, transposed, k, divisor, inp_bound, inp_step, y):
             for j in range(n_in):
                 acc += w[i, j] * x[j]
             y[k, i] = acc
+
+
+def analog_mvm(x: torch.Tensor, w: torch.Tensor, io: IOConfig,
+               gen: torch.Generator) -> torch.Tensor:
+    """``y = clip(ADC(W DAC(x) + out_noise * xi), ±out_bound)`` for a batch x [N, in].
+
+    ``w`` is [out, in]; pass the transposed weight for the backward pass.
+    """
+    x = quantize(x.clamp(-io.inp_bound, io.inp_bound), io.inp_res, io.inp_bound)
+    y = x @ w.T
+    if io.out_noise > 0:
+        y = y + io.out_noise * torch.randn(y.shape, generator=gen)
+    y = y.clamp(-io.out_bound, io.out_bound)
+    return quantize(y, io.out_res, io.out_bound).clamp(-io.out_bound, io.out_bound)

@@ -22,7 +22,7 @@ switch of :class:`PeripheryConfig`, which makes the paper's ablation
 * **DAC/ADC quantisation** (``inp_res``, ``out_res``) done digitally here.
 * **Stochastic pulse encoding**: BL slots per update; slot t of a line is on
   with probability ``p = min(1, C |v|)``, independently per slot and line, and
-  carries the sign of the value (see :mod:`rpuhw.sim.encode`).
+  carries the sign of the value (see :mod:`rpuhw.periphery.encode`).
 
 Example::
 
@@ -40,18 +40,18 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from rpuhw import periphery_kernels as pk
 from rpuhw._jit import HAVE_NUMBA
 from rpuhw.array import CrossPointArray, check_float
-from rpuhw.bits import MAX_BL, PackedBits
 from rpuhw.config import require
-from rpuhw.periphery_kernels import signed_probabilities_kernel
+from rpuhw.periphery import probabilities as pk
+from rpuhw.periphery.absmax import as_f32_array, row_absmax
+from rpuhw.periphery.bits import MAX_BL, PackedBits
+from rpuhw.periphery.encode import encode_packed_np, encode_torch
+from rpuhw.periphery.io import SAT_RTOL, quantize
+from rpuhw.periphery.probabilities import signed_probabilities_kernel
 from rpuhw.seeds import SeedStream
-from rpuhw.sim.encode import as_f32_array, encode_packed_np, encode_torch, row_absmax
-from rpuhw.sim.io import quantize
-from rpuhw.sim.mvm import SAT_RTOL
 
-__all__ = ["Periphery", "PeripheryConfig", "PeripheryStats"]
+__all__ = ["Periphery", "PeripheryConfig", "PeripheryStats", "TileLines"]
 
 _DEFAULT_OUT_BOUND = 12.0
 
@@ -97,7 +97,7 @@ class PeripheryConfig:
 
     out_bound: float | None = None
     """Output saturation threshold (output units) used by BM and the ADC. None =
-    ``array.io.out_bound`` when the array has an ``io`` attribute, else 12."""
+    ``array.info().out_bound`` when the array knows it, else 12."""
 
     dw_min: float | None = None
     """Weight change of one coincidence (weight units) used for C. None =
@@ -167,6 +167,19 @@ class PeripheryStats:
             setattr(self, key, value)
 
 
+@dataclass(frozen=True)
+class TileLines:
+    """The lines of a shared pulse train that one tile receives (:meth:`Periphery.update_tiles`)."""
+
+    periphery: Periphery
+    """The tile's periphery (its array is pulsed, its statistics count the update)."""
+    rows: np.ndarray
+    """Error (d) lines of the encoded update feeding the tile's rows, in order (int64
+    indices; repeats allowed: K devices per weight repeat every line K times)."""
+    cols: slice
+    """Input (x) lines of the encoded update feeding the tile's columns."""
+
+
 class Periphery:
     """Digital periphery around one array: managed MVMs and stochastic updates.
 
@@ -212,11 +225,10 @@ class Periphery:
     # ---- resolved constants ----------------------------------------------------------
     @property
     def out_bound(self) -> float:
-        """Output bound used by BM and the ADC (config, else the array's io, else 12)."""
+        """Output bound used by BM and the ADC (config, else the array's ``info()``, else 12)."""
         if self.config.out_bound is not None:
             return float(self.config.out_bound)
-        io = getattr(self.array, "io", None)
-        bound = getattr(io, "out_bound", None)
+        bound = self.array.info().out_bound
         return float(bound) if bound is not None else _DEFAULT_OUT_BOUND
 
     @property
@@ -319,10 +331,13 @@ class Periphery:
         x, d, lr = self._check_update(x, d, lr)
         return self._probabilities(x, d, lr)
 
-    def _check_update(self, x, d, lr):
+    def _check_update(self, x, d, lr, own_shape: bool = True):
+        """Validated ``(x, d, lr)``; ``own_shape=False`` accepts any widths (an update
+        encoded here and fanned out to other tiles: :meth:`update_tiles`)."""
+        cols, rows = (self.array.cols, self.array.rows) if own_shape else (None, None)
         # with numba, the probability kernel rejects nan/inf in the same pass
-        x = check_float(x, "x", (None, self.array.cols), finite=not HAVE_NUMBA)
-        d = check_float(d, "d", (None, self.array.rows), finite=not HAVE_NUMBA)
+        x = check_float(x, "x", (None, cols), finite=not HAVE_NUMBA)
+        d = check_float(d, "d", (None, rows), finite=not HAVE_NUMBA)
         if x.shape[0] != d.shape[0]:
             raise ValueError(f"x and d: expected the same number of update vectors P, got "
                              f"x {list(x.shape)} and d {list(d.shape)}")
@@ -342,7 +357,7 @@ class Periphery:
     def _signed_probabilities(self, x: torch.Tensor, d: torch.Tensor, lr: float):
         """``(sign(x) p_x, -sign(d) p_d, (max p_x, max p_d), (sum p_x, sum p_d))``: d lines
         carry -sign(d). Gains are computed in float64 per update vector and applied in
-        float32; one compiled pass with numba (:mod:`rpuhw.periphery_kernels`, the same
+        float32; one compiled pass with numba (:mod:`rpuhw.periphery.probabilities`, the same
         arithmetic as :meth:`_signed_probabilities_torch`), which also rejects nan/inf.
         """
         if not HAVE_NUMBA:
@@ -443,7 +458,7 @@ class Periphery:
         return self.engine == "numba" and self.config.bl <= MAX_BL
 
     def encode(self, x: torch.Tensor, d: torch.Tensor, lr: float | None = None) -> PackedBits:
-        """Pulse trains of P updates as :class:`~rpuhw.bits.PackedBits` (BL <= 64).
+        """Pulse trains of P updates as :class:`~rpuhw.periphery.bits.PackedBits` (BL <= 64).
 
         x [P, cols], d [P, rows]; see :meth:`update` for probabilities and signs.
         """
@@ -480,7 +495,7 @@ class Periphery:
         Bernoulli draw. A coincidence moves w_ij one step up when the two bits'
         product is +1, so ``E[dw_ij] = -BL dw_min C_x C_d x_j d_i = -lr d_i x_j``
         (while no probability is clipped at 1). ``lr`` defaults to the config's.
-        Passes :class:`~rpuhw.bits.PackedBits` to the array when BL <= 64 and
+        Passes :class:`~rpuhw.periphery.bits.PackedBits` to the array when BL <= 64 and
         numba is available, int8 bits otherwise.
         """
         x, d, lr = self._check_update(x, d, lr)
@@ -493,5 +508,52 @@ class Periphery:
         else:
             sx, sd = self._signed(x, d, lr)
             self.array.update(*encode_torch(sx, sd, self.config.bl, self.gen))
+        self._count_update(x.shape[0])
+
+    def _count_update(self, n: int) -> None:
         self.stats.update_calls += 1
-        self.stats.updates += x.shape[0]
+        self.stats.updates += n
+
+    def update_tiles(self, x: torch.Tensor, d: torch.Tensor, lr: float | None,
+                     tiles: list[TileLines]) -> None:
+        """Encode the pulse trains of ``(x, d)`` once and apply them to several tiles.
+
+        ``x [P, in]`` and ``d [P, out]`` are the logical update vectors; this periphery's
+        config, update management and generator make one set of pulse trains (the bits
+        :meth:`encode` gives), and each tile's array gets its lines (``TileLines.rows`` of
+        the d trains, ``TileLines.cols`` of the x trains) in one ``update`` call. A weight
+        held by K devices (K copies of its row) lists each d line K times, so all K
+        devices get the same pulses, as the paper's device-variability reduction does.
+        """
+        x, d, lr = self._check_update(x, d, lr, own_shape=False)
+        if x.shape[0] == 0:
+            return
+        if self._packed_ok():
+            pk = self._encode_packed(x, d, lr)
+            c = np.ascontiguousarray
+            for t in tiles:
+                t.periphery.array.update(PackedBits(c(pk.x_nz[:, t.cols]), c(pk.x_pos[:, t.cols]),
+                                                    c(pk.d_nz[:, t.rows]), c(pk.d_pos[:, t.rows]),
+                                                    pk.bl))
+                t.periphery._count_update(x.shape[0])
+            return
+        sx, sd = self._signed(x, d, lr)
+        xb, db = encode_torch(sx, sd, self.config.bl, self.gen)
+        for t in tiles:
+            t.periphery.array.update(xb[:, :, t.cols].contiguous(), db[:, :, t.rows].contiguous())
+            t.periphery._count_update(x.shape[0])
+
+    def pulse_counts(self, x: torch.Tensor, d: torch.Tensor,
+                     lr: float | None = None) -> torch.Tensor:
+        """Aggregated update as signed pulse counts ``[out, in]`` (int32) of x [P, in], d [P, out].
+
+        ``n = stochastic_round(-lr d^T x / dw_min)``: the update the P pairs ask for in
+        expectation, rounded up with probability equal to the fraction (unbiased) using
+        this periphery's generator. For ``sample``/``batch`` update granularity, sent
+        through the array's ``pulse`` (an approximation of pulsed SGD).
+        """
+        x, d, lr = self._check_update(x, d, lr, own_shape=False)
+        target = -lr * (d.T @ x) / self.dw_min
+        low = target.floor()
+        up = torch.rand(target.shape, generator=self.gen) < (target - low)
+        return (low + up.float()).to(torch.int32)

@@ -1,4 +1,10 @@
-"""Analog input/output behaviour of a simulated array (the YAML ``io:`` block)."""
+"""The analog input/output stage of an array (the device YAML's ``io:`` block).
+
+:class:`IOConfig` says what the array's DAC, integrators and ADC do to an MVM (its
+noise, bound and resolution); :func:`quantize` is the DAC/ADC rounding the periphery
+and the simulator share; :data:`SAT_RTOL` says when an output counts as saturated
+(bound management).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +13,9 @@ from dataclasses import dataclass
 import torch
 
 from rpuhw.config import require
+
+SAT_RTOL = 1e-6
+"""An output counts as saturated when ``|y| >= bound * (1 - SAT_RTOL)``."""
 
 
 @dataclass
@@ -48,17 +57,3 @@ def quantize(x: torch.Tensor, res: float | None, bound: float) -> torch.Tensor:
         return x
     step = res * 2.0 * bound
     return torch.round(x / step) * step
-
-
-def analog_mvm(x: torch.Tensor, w: torch.Tensor, io: IOConfig,
-               gen: torch.Generator) -> torch.Tensor:
-    """``y = clip(ADC(W DAC(x) + out_noise * xi), ±out_bound)`` for a batch x [N, in].
-
-    ``w`` is [out, in]; pass the transposed weight for the backward pass.
-    """
-    x = quantize(x.clamp(-io.inp_bound, io.inp_bound), io.inp_res, io.inp_bound)
-    y = x @ w.T
-    if io.out_noise > 0:
-        y = y + io.out_noise * torch.randn(y.shape, generator=gen)
-    y = y.clamp(-io.out_bound, io.out_bound)
-    return quantize(y, io.out_res, io.out_bound).clamp(-io.out_bound, io.out_bound)

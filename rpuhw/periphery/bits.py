@@ -5,6 +5,7 @@ The contract's update takes bit tensors ``x_bits[P, BL, cols]`` and
 holds the same information as two 64-bit masks per line and update (slots
 with a non-zero bit; slots with a +1 bit): 16x smaller and what the compiled
 update kernel reads. Either form may be passed to ``CrossPointArray.update``.
+PackedBits is the contract's data type, so this module needs no numba.
 """
 
 from __future__ import annotations
@@ -14,9 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from rpuhw.sim import kernels
-
-MAX_BL = kernels.MAX_BL
+MAX_BL = 64
+"""Longest pulse train packed bits hold (one uint64 per line and update)."""
 
 
 @dataclass(frozen=True)
@@ -52,8 +52,8 @@ class PackedBits:
         bl = x_bits.shape[1]
         if bl > MAX_BL:
             raise ValueError(f"packed bit streams hold at most {MAX_BL} slots, got BL={bl}")
-        x_nz, x_pos, bad_x = kernels.pack_bits(np.ascontiguousarray(x_bits.numpy()))
-        d_nz, d_pos, bad_d = kernels.pack_bits(np.ascontiguousarray(d_bits.numpy()))
+        x_nz, x_pos, bad_x = _pack(x_bits.numpy())
+        d_nz, d_pos, bad_d = _pack(d_bits.numpy())
         if bad_x or bad_d:
             which = "x_bits" if bad_x else "d_bits"
             raise ValueError(f"{which}: entries must be -1, 0 or +1 "
@@ -63,6 +63,20 @@ class PackedBits:
     def to_bits(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Unpack to int8 tensors ``(x_bits[P, BL, cols], d_bits[P, BL, rows])``."""
         return _unpack(self.x_nz, self.x_pos, self.bl), _unpack(self.d_nz, self.d_pos, self.bl)
+
+
+def _pack(bits: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """int8 bits [P, BL, L] -> (non-zero mask, +1 mask) uint64 [P, L] and the number of
+    entries outside {-1, 0, +1}."""
+    P, bl, L = bits.shape
+    nz = np.zeros((P, L), np.uint64)
+    pos = np.zeros((P, L), np.uint64)
+    for t in range(bl):  # one vectorised pass per slot (BL <= 64)
+        slot = bits[:, t, :]
+        nz |= (slot != 0).astype(np.uint64) << np.uint64(t)
+        pos |= (slot == 1).astype(np.uint64) << np.uint64(t)
+    bad = int(np.count_nonzero((bits < -1) | (bits > 1)))
+    return nz, pos, bad
 
 
 def _unpack(nz: np.ndarray, pos: np.ndarray, bl: int) -> torch.Tensor:

@@ -19,7 +19,7 @@ import math
 import numpy as np
 
 from rpuhw._jit import njit
-from rpuhw.sim.mvm import INF_BITS, bits_to_f32, row_absmax_bits
+from rpuhw.periphery.absmax import INF_BITS, bits_to_f32, row_absmax_bits
 
 F32_SAFE = 1e30
 """Gains up to this are applied in float32 (C |v| may overflow to inf, which clips to

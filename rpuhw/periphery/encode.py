@@ -6,7 +6,7 @@ probability ``p`` and is empty otherwise, independently of every other slot
 and line. Two encoders give the same distribution:
 
 * :func:`encode_packed` (numba): writes the packed masks of
-  :class:`~rpuhw.bits.PackedBits` directly (bit t = slot t), with no int8
+  :class:`~rpuhw.periphery.bits.PackedBits` directly (bit t = slot t), with no int8
   tensor in between.
 * :func:`encode_torch`: ``torch.rand(...) < p``, giving int8 bits; used when
   numba is missing or ``BL > 64``.
@@ -39,27 +39,21 @@ import numpy as np
 import torch
 
 from rpuhw._jit import HAVE_NUMBA, njit, prange
-from rpuhw.sim.kernels import _GOLDEN, _M1, _M2, MAX_BL, stream_seed
+from rpuhw.periphery.absmax import as_f32_array, row_absmax
+from rpuhw.periphery.bits import MAX_BL, PackedBits
+from rpuhw.periphery.rng import GOLDEN, mix, stream_seed
 
-__all__ = ["HAVE_NUMBA", "MAX_BL", "encode_kernel", "encode_kernel_serial", "encode_packed",
-           "encode_torch", "row_absmax"]
+__all__ = ["HAVE_NUMBA", "MAX_BL", "as_f32_array", "encode_kernel", "encode_kernel_serial",
+           "encode_packed", "encode_packed_np", "encode_torch", "row_absmax"]
 
 _TWO32 = 4294967296.0
 _LOW32 = np.uint64(0xFFFFFFFF)
 _BLOCK = 32
+"""Updates per block of the compiled encoder (one block per parallel task)."""
 _ALWAYS = np.uint64(4294967296)
 """Threshold of p = 1: every 32-bit uniform is below it."""
-"""Updates per block of the compiled encoder (one block per parallel task)."""
 SERIAL_SLOTS = 1_000_000
 """Calls with fewer slots (P * lines * BL) than this run on one thread."""
-
-
-@njit(inline="always")
-def _mix(z):
-    """The splitmix64 output function of state ``z``."""
-    z = (z ^ (z >> np.uint64(30))) * _M1
-    z = (z ^ (z >> np.uint64(27))) * _M2
-    return z ^ (z >> np.uint64(31))
 
 
 @njit(inline="always")
@@ -74,10 +68,10 @@ def _draw(thr, start, m, nw):
     """The hot loop: ``m[q]`` gets slot bits from line q's stream (state ``start[q]``)."""
     n = thr.shape[0]
     for w in range(nw):
-        step = np.uint64(w + 1) * _GOLDEN
+        step = np.uint64(w + 1) * GOLDEN
         shift = np.uint64(2 * w)
         for q in range(n):  # independent streams: the compiler interleaves them
-            r = _mix(start[q] + step)
+            r = mix(start[q] + step)
             t = thr[q]
             hi = ((r >> np.uint64(32)) - t) >> np.uint64(63)  # 1 when u < t
             lo = ((r & _LOW32) - t) >> np.uint64(63)
@@ -104,7 +98,7 @@ def _queue(a, p, base, update, L, off, s0, nw, scratch, nd):
         idx = base + off + k
         m[idx] = np.uint64(0) - np.uint64(t >= _ALWAYS)  # (drawn lines: overwritten)
         thr[nd] = t
-        start[nd] = s0 + np.uint64((update * L + off + k) * nw) * _GOLDEN  # before word 1
+        start[nd] = s0 + np.uint64((update * L + off + k) * nw) * GOLDEN  # before word 1
         line[nd] = idx
         drawn[nd] = 0
         nd += (t != 0) & (t < _ALWAYS)
@@ -169,39 +163,8 @@ def encode_kernel_serial(ax, ad, bl, seed, x_nz, x_pos, d_nz, d_pos):
         _encode_block(ax, ad, bl, s0, b, x_nz, x_pos, d_nz, d_pos, scratch)
 
 
-@njit
-def _row_absmax_kernel(a):
-    n, m = a.shape
-    out = np.zeros(n, dtype=np.float32)
-    for i in range(n):
-        top = np.float32(0.0)
-        for j in range(m):
-            v = abs(a[i, j])
-            if v > top:
-                top = v
-        out[i] = top
-    return out
-
-
-def row_absmax(a: torch.Tensor) -> torch.Tensor:
-    """``max_j |a[i, j]|`` per row of a float32 CPU tensor ``[n, m]`` (0 for empty rows)."""
-    if a.shape[1] == 0:
-        return torch.zeros(a.shape[0])
-    if HAVE_NUMBA and a.dtype == torch.float32:
-        return torch.from_numpy(_row_absmax_kernel(np.ascontiguousarray(a.numpy())))
-    return a.abs().amax(dim=1)
-
-
-def as_f32_array(a: torch.Tensor) -> np.ndarray:
-    """A C-contiguous float32 numpy view (or copy) of a CPU tensor."""
-    if a.dtype is not torch.float32 or a.requires_grad:
-        a = a.detach().to("cpu", torch.float32)
-    out = a.numpy()
-    return out if out.flags.c_contiguous else np.ascontiguousarray(out)
-
-
 def encode_packed(ax: torch.Tensor, ad: torch.Tensor, bl: int, seed: int):
-    """Encode with the compiled kernel; returns :class:`~rpuhw.bits.PackedBits`.
+    """Encode with the compiled kernel; returns :class:`~rpuhw.periphery.bits.PackedBits`.
 
     Args:
         ax: signed probabilities of the input (column) lines, ``[P, cols]``.
@@ -223,8 +186,6 @@ def encode_kernel_for(slots: int):
 
 def encode_packed_np(ax: np.ndarray, ad: np.ndarray, bl: int, seed: int):
     """:func:`encode_packed` of C-contiguous float32 numpy arrays (no checks)."""
-    from rpuhw.bits import PackedBits
-
     kernel = encode_kernel_for(ax.shape[0] * (ax.shape[1] + ad.shape[1]) * bl)
     P, cols, rows = ax.shape[0], ax.shape[1], ad.shape[1]
     x_nz, x_pos = np.empty((P, cols), np.uint64), np.empty((P, cols), np.uint64)
