@@ -45,9 +45,7 @@ bounds depend on each device's drawn bounds.
 
 from __future__ import annotations
 
-import argparse
 import math
-import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,15 +56,7 @@ import torch
 from rpuhw.device_spec import DeviceSpec, load_device
 from rpuhw.errors import ConfigError
 
-from .measurements import (
-    Measurements,
-    conductance_unit,
-    load_measurements,
-    steps,
-    write_json_atomic,
-)
-
-PROG = "rpuhw validate"
+from .measurements import Measurements, conductance_unit, load_measurements, steps
 
 
 @dataclass
@@ -361,71 +351,3 @@ def validate(device_yaml: str | Path | DeviceSpec, measurements: str | Path | Me
         alpha_per_test=alpha_per, min_effect=min_effect, devices=n_dev, replicas=reps,
         half_cycles=int(sim_m.meta["half_cycles"]), pulses=int(sim_m.meta["pulses_total"]),
         seed=seed, step_tests=tests, reasons=reasons)
-
-
-# ---- command line ------------------------------------------------------------------------
-
-EPILOG = """example:
-  rpuhw validate --device device.yaml --measurements meas.csv --report validate.json
-
-exit status: 0 pass, 1 fail, 2 bad input.
-"""
-
-
-class _UsageError(Exception):
-    pass
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):
-        raise _UsageError(message)
-
-
-def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
-    p = _Parser(prog=prog, description="Replay the measured protocol on a device YAML's "
-                "simulator and compare the statistics.", epilog=EPILOG,
-                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--device", required=True, help="device YAML (e.g. from rpuhw fit)")
-    p.add_argument("--measurements", required=True, help="measurement CSV")
-    p.add_argument("--report", help="write the figures as JSON here")
-    p.add_argument("--seed", type=int, default=0, help="seed of the simulator (default 0)")
-    p.add_argument("--threshold", type=float, default=0.1,
-                   help="limit of the mean trace error, relative to the range (default 0.1)")
-    p.add_argument("--alpha", type=float, default=1e-3,
-                   help="family-wise significance of the step tests (default 0.001)")
-    return p
-
-
-def main(argv: list[str] | None = None, prog: str = PROG) -> int:
-    """Run ``rpuhw validate``; returns 0 pass, 1 fail, 2 bad input."""
-    argv = sys.argv[1:] if argv is None else list(argv)
-    try:
-        args = build_parser(prog).parse_args(argv)
-        if not args.threshold > 0:
-            raise _UsageError(f"--threshold: expected a positive number, got {args.threshold}")
-        if not 0 < args.alpha < 1:
-            raise _UsageError(f"--alpha: expected a number in (0, 1), got {args.alpha}")
-        if args.report and not Path(args.report).resolve().parent.is_dir():
-            raise _UsageError(f"--report: folder {str(Path(args.report).parent)!r} does not "
-                              "exist")
-    except _UsageError as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
-        return 2
-    except SystemExit as exc:  # --help
-        return int(exc.code or 0)
-    try:
-        result = validate(args.device, args.measurements, seed=args.seed,
-                          trace_threshold=args.threshold, alpha=args.alpha)
-    except ConfigError as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
-        return 2
-    print(result.summary())
-    if args.report:
-        write_json_atomic(args.report, {"device": str(args.device),
-                                        "measurements": str(args.measurements),
-                                        **result.to_dict()})
-    return 0 if result.passed else 1
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

@@ -44,12 +44,12 @@ import time
 from pathlib import Path
 
 from rpuhw import open_array
-from rpuhw.calibration.demo import bench_or_emulator
 from rpuhw.calibration.fit import fit
 from rpuhw.calibration.fit_report import parameter_table
 from rpuhw.calibration.measurements import MeasurementWriter, load_measurements
 from rpuhw.calibration.protocols import parse_devices, protocol_meta, pulse_response
 from rpuhw.device_spec import save_device
+from rpuhw.drivers.emulators.launch import bench_or_emulator
 from rpuhw.errors import ConfigError
 from rpuhw.train import load_config, train
 

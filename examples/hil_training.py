@@ -28,7 +28,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from rpuhw.calibration.demo import bench_or_emulator
+from rpuhw.drivers.emulators.launch import bench_or_emulator
 from rpuhw.errors import ConfigError, HardwareError
 from rpuhw.train import CHECKPOINT, load_config, train
 

@@ -29,8 +29,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-from rpuhw.calibration.demo import bench_or_emulator
 from rpuhw.data import load_dataset
+from rpuhw.drivers.emulators.launch import bench_or_emulator
 from rpuhw.models import LeNet
 from rpuhw.nn import AnalogSGD, analog_layers, convert
 from rpuhw.schedule import LayerPlan

@@ -1,13 +1,21 @@
-"""Network definitions by name (``--model``)."""
+"""Networks by name (``--model``, the ``model:`` key of a training config)."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from rpuhw.errors import ConfigError
+from rpuhw.registry import Registry
+
+NETWORKS: Registry[type[nn.Module]] = Registry("model", key="model",
+                                               entry_points="rpuhw.networks")
+"""Network name -> ``nn.Module`` class built without arguments."""
+
+MODELS = NETWORKS
+"""The name :mod:`rpuhw.train` uses for :data:`NETWORKS`."""
 
 
+@NETWORKS.register("lenet")
 class LeNet(nn.Module):
     """The paper's CNN for 28x28 MNIST: conv 16@5x5 - tanh - maxpool 2 - conv 32@5x5 -
     tanh - maxpool 2 - fc 512->128 - tanh - fc 128->10 (logits; softmax cross-entropy).
@@ -29,14 +37,9 @@ class LeNet(nn.Module):
         return self.fc2(x)
 
 
-MODELS = {"lenet": LeNet}
-
-
 def build_model(name: str) -> nn.Module:
     """A fresh floating-point model by name; the error lists the known names."""
-    if name not in MODELS:
-        raise ConfigError(f"unknown model {name!r} (known: {', '.join(MODELS)})", key="model")
-    return MODELS[name]()
+    return NETWORKS.get(name)()
 
 
 def layer_names(model: nn.Module) -> list[str]:

@@ -17,9 +17,9 @@ import pytest
 import pyvisa
 import yaml
 
+from rpuhw.cli import main
 from rpuhw.device_spec import spec_from_mapping
 from rpuhw.drivers.emulators import Emulator, parse_faults
-from rpuhw.drivers.emulators.cli import main as emulate_main
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -683,7 +683,7 @@ def test_write_bench_is_atomic_and_round_trips(emu, tmp_path):
 ])
 def test_cli_bad_input_exits_2_with_one_line(argv, arg, tmp_path, capsys):
     out = tmp_path / "bench.yaml"
-    assert emulate_main([*argv, "--bench-out", str(out)]) == 2
+    assert main(["emulate", *argv, "--bench-out", str(out)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("rpuhw emulate: error: ")
     assert arg in err
@@ -693,7 +693,7 @@ def test_cli_bad_input_exits_2_with_one_line(argv, arg, tmp_path, capsys):
 def test_cli_device_without_conductance_is_refused(tmp_path, capsys):
     dev = tmp_path / "dev.yaml"
     dev.write_text("model: constant_step\n")
-    assert emulate_main(["--device", str(dev), "--bench-out", str(tmp_path / "b.yaml")]) == 2
+    assert main(["emulate", "--device", str(dev), "--bench-out", str(tmp_path / "b.yaml")]) == 2
     err = capsys.readouterr().err
     assert "--device" in err and "conductance" in err
     assert [p.name for p in tmp_path.iterdir()] == ["dev.yaml"]

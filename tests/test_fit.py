@@ -208,10 +208,10 @@ def soft_csv(tmp_path_factory):
 
 def test_cli_writes_yaml_that_open_array_loads(soft_csv, tmp_path, capsys):
     from rpuhw.backends import open_array
-    from rpuhw.calibration.fit_cli import main
+    from rpuhw.cli import main
 
     out, plot, rep = tmp_path / "device.yaml", tmp_path / "fit.png", tmp_path / "fit.json"
-    rc = main([str(soft_csv), "--model", "soft_bounds", "-o", str(out), "--plot", str(plot),
+    rc = main(["fit", str(soft_csv), "--model", "soft_bounds", "-o", str(out), "--plot", str(plot),
                "--report", str(rep)])
     text = capsys.readouterr().out
     assert rc == 0, text
@@ -227,31 +227,31 @@ def test_cli_writes_yaml_that_open_array_loads(soft_csv, tmp_path, capsys):
 
 
 def test_cli_refuses_unexplained_data_unless_forced(tmp_path, capsys):
-    from rpuhw.calibration.fit_cli import main
+    from rpuhw.cli import main
 
     path = tmp_path / "sine.csv"
     _write_csv(_sinusoid(rows=4, cols=4), path)
     out = tmp_path / "device.yaml"
-    assert main([str(path), "--model", "soft_bounds", "-o", str(out)]) == 1
+    assert main(["fit", str(path), "--model", "soft_bounds", "-o", str(out)]) == 1
     assert "not written" in capsys.readouterr().err
     assert not out.exists()
-    assert main([str(path), "--model", "soft_bounds", "-o", str(out), "--force"]) == 0
+    assert main(["fit", str(path), "--model", "soft_bounds", "-o", str(out), "--force"]) == 0
     assert "warning" in capsys.readouterr().err
     assert out.exists()
 
 
 def test_cli_bad_input(tmp_path, capsys):
-    from rpuhw.calibration.fit_cli import main
+    from rpuhw.cli import main
 
     bad = tmp_path / "bad.csv"
     bad.write_text("device,pulse,polarity,conductance\n0,0,1,1e-5\n0,1,1,abc\n")
     out = tmp_path / "device.yaml"
-    assert main([str(bad), "-o", str(out)]) == 2
+    assert main(["fit", str(bad), "-o", str(out)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("rpuhw fit: error:") and "conductance" in err[0]
     assert not out.exists()
-    assert main([str(bad), "--model", "nonsense", "-o", str(out)]) == 2
-    assert main([str(tmp_path / "missing.csv"), "-o", str(out)]) == 2
+    assert main(["fit", str(bad), "--model", "nonsense", "-o", str(out)]) == 2
+    assert main(["fit", str(tmp_path / "missing.csv"), "-o", str(out)]) == 2
     assert not out.exists()
 
 

@@ -19,7 +19,6 @@ import torch
 from rpuhw import backends
 from rpuhw.array import Capabilities, CrossPointArray
 from rpuhw.backends import open_array
-from rpuhw.calibration.characterize_cli import main
 from rpuhw.calibration.measurements import MeasurementWriter, load_measurements, sidecar_path
 from rpuhw.calibration.protocols import (
     check_array,
@@ -30,6 +29,7 @@ from rpuhw.calibration.protocols import (
     run_plan,
     survey,
 )
+from rpuhw.cli import main
 from rpuhw.errors import ConfigError
 from rpuhw.ideal import IdealArray
 
@@ -333,7 +333,7 @@ ARGS = ["--rows", "2", "--cols", "3", "--devices", "0:0,1:2", "--pulses", "4", "
 
 def test_cli_measures_and_refuses_to_overwrite(tmp_path, slow_backend, capsys):
     out = tmp_path / "m.csv"
-    assert main(["--array", "slow", *ARGS, "-o", str(out)]) == 0
+    assert main(["characterize", "--array", "slow", *ARGS, "-o", str(out)]) == 0
     assert SlowIdeal.closed == 1
     m = load_measurements(out)
     _no_dupes_no_gaps(m, [(0, 0), (1, 2)], 3, 4, 2)
@@ -341,11 +341,11 @@ def test_cli_measures_and_refuses_to_overwrite(tmp_path, slow_backend, capsys):
     assert side["complete"] and side["settings"]["array"] == "slow"
     assert side["settings"]["devices"] == [[0, 0], [1, 2]] and side["instrument"]
     before = out.read_text()
-    assert main(["--array", "slow", *ARGS, "-o", str(out)]) == 2
+    assert main(["characterize", "--array", "slow", *ARGS, "-o", str(out)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("rpuhw characterize: error:") and "--resume" in err
     assert "\n" not in err and out.read_text() == before
-    assert main(["--array", "slow", *ARGS, "-o", str(out), "--resume"]) == 0
+    assert main(["characterize", "--array", "slow", *ARGS, "-o", str(out), "--resume"]) == 0
     assert "already complete" in capsys.readouterr().out and out.read_text() == before
 
 
@@ -360,7 +360,7 @@ def test_cli_measures_and_refuses_to_overwrite(tmp_path, slow_backend, capsys):
 ])
 def test_cli_bad_input_writes_nothing(tmp_path, slow_backend, capsys, extra, words):
     out = tmp_path / "m.csv"
-    assert main([*extra, "-o", str(out), "--no-progress"]) == 2
+    assert main(["characterize", *extra, "-o", str(out), "--no-progress"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("rpuhw characterize: error:") and "\n" not in err
     assert words in err
@@ -377,7 +377,7 @@ def test_cli_closes_the_array_when_refused(tmp_path, slow_backend, monkeypatch):
 
     backends.register_backend("refused", lambda a, r, c, s: Refused(r, c))
     try:
-        assert main(["--array", "refused", "--rows", "1", "--cols", "1", "-o",
+        assert main(["characterize", "--array", "refused", "--rows", "1", "--cols", "1", "-o",
                      str(tmp_path / "m.csv")]) == 2
     finally:
         backends.BACKENDS.remove("refused")
@@ -386,7 +386,7 @@ def test_cli_closes_the_array_when_refused(tmp_path, slow_backend, monkeypatch):
 
 def test_cli_resume_with_other_settings_is_refused(tmp_path, slow_backend, capsys):
     out = tmp_path / "m.csv"
-    assert main(["--array", "slow", *ARGS, "-o", str(out)]) == 0
+    assert main(["characterize", "--array", "slow", *ARGS, "-o", str(out)]) == 0
     meta = json.loads(sidecar_path(out).read_text())
     meta["complete"] = False
     sidecar_path(out).write_text(json.dumps(meta))
@@ -398,7 +398,7 @@ def test_cli_resume_with_other_settings_is_refused(tmp_path, slow_backend, capsy
             args[-1] = value
         else:
             args[args.index(flag) + 1] = value
-        assert main(args) == 2
+        assert main(["characterize", *args]) == 2
         err = capsys.readouterr().err
         assert flag in err and "m.json" in err, err
         assert out.read_text() == before
@@ -413,7 +413,7 @@ def test_cli_resume_after_sigkill(tmp_path, slow_backend):
         import sys, time
         from rpuhw import backends
         from rpuhw.ideal import IdealArray
-        from rpuhw.calibration.characterize_cli import main
+        from rpuhw.cli import main
 
         class SlowIdeal(IdealArray):
             def _read(self):
@@ -421,7 +421,7 @@ def test_cli_resume_after_sigkill(tmp_path, slow_backend):
                 return super()._read()
 
         backends.register_backend("slow", lambda a, r, c, s: SlowIdeal(r, c))
-        sys.exit(main(["--array", "slow", *{args!r}]))
+        sys.exit(main(["characterize", "--array", "slow", *{args!r}]))
     """)
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     proc = subprocess.Popen([sys.executable, "-c", code], env=env, stderr=subprocess.PIPE)
@@ -440,7 +440,7 @@ def test_cli_resume_after_sigkill(tmp_path, slow_backend):
     assert side["complete"] is False
     kept = load_measurements(out, partial=True)
     assert 120 <= len(kept) < 6 * 302
-    assert main(["--array", "slow", *args[:-2], "-o", str(out), "--resume"]) == 0
+    assert main(["characterize", "--array", "slow", *args[:-2], "-o", str(out), "--resume"]) == 0
     m = load_measurements(out)
     _no_dupes_no_gaps(m, parse_devices("all", 2, 3), 3, 150, 1)
     assert len(m) == 6 * 302 and m.meta["complete"] and len(m.meta["resumed"]) == 1

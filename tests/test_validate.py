@@ -9,7 +9,8 @@ import pytest
 from rpuhw.backends import open_array
 from rpuhw.calibration.measurements import MeasurementWriter, load_measurements
 from rpuhw.calibration.protocols import parse_devices, pulse_response, read_noise
-from rpuhw.calibration.validate import main, validate
+from rpuhw.calibration.validate import validate
+from rpuhw.cli import main
 from rpuhw.device_spec import load_device
 from rpuhw.errors import ConfigError
 from rpuhw.sim.array import SimulatedArray
@@ -108,12 +109,12 @@ def test_weight_unit_measurements_without_conductance_block(tmp_path):
 
 def test_cli_pass_fail_and_report(files, capsys):
     report = files["tmp"] / "v.json"
-    assert main(["--device", str(files["soft.yaml"]), "--measurements",
+    assert main(["validate", "--device", str(files["soft.yaml"]), "--measurements",
                  str(files["soft.csv"]), "--report", str(report)]) == 0
     assert capsys.readouterr().out.startswith("PASS")
     data = json.loads(report.read_text())
     assert data["passed"] is True and data["trace_error"] < 0.1 and data["step_tests"]
-    assert main(["--device", str(files["soft.yaml"]), "--measurements",
+    assert main(["validate", "--device", str(files["soft.yaml"]), "--measurements",
                  str(files["soft2x.csv"]), "--report", str(report)]) == 1
     out = capsys.readouterr().out
     assert out.startswith("FAIL") and "mean trace error" in out and "reason:" in out
@@ -142,7 +143,7 @@ def test_cli_bad_input(files, tmp_path, capsys):
           "--alpha", "2"], "--alpha"),
     ]
     for argv, words in cases:
-        assert main([*argv, "--report", str(report)]) == 2, argv
+        assert main(["validate", *argv, "--report", str(report)]) == 2, argv
         err = capsys.readouterr().err.strip()
         assert err.startswith("rpuhw validate: error:") and "\n" not in err, err
         assert words in err, err

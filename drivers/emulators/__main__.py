@@ -1,7 +1,7 @@
-"""``python -m rpuhw.drivers.emulators`` = ``rpuhw emulate``."""
+"""``python -m rpuhw.drivers.emulators ARGS`` = ``rpuhw emulate ARGS``."""
 
 import sys
 
-from rpuhw.drivers.emulators.cli import main
+from rpuhw.cli import main
 
-sys.exit(main())
+sys.exit(main(["emulate", *sys.argv[1:]]))

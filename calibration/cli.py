@@ -1,0 +1,278 @@
+"""The calibration part of the ``rpuhw`` command line: ``rpuhw characterize``, ``fit``,
+``validate``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from rpuhw.cli.command import COMMANDS, Command, UsageError
+from rpuhw.errors import ConfigError, HardwareError
+
+RESUME_KEYS = {"array": "--array", "rows": "--rows", "cols": "--cols",
+               "protocol": "--protocol", "pulses": "--pulses", "cycles": "--cycles",
+               "repeats": "--repeats", "seed": "--seed", "devices": "--devices"}
+"""Sidecar settings a resumed ``rpuhw characterize`` must repeat, and the flag of each."""
+
+
+@COMMANDS.register
+class Characterize(Command):
+    """Bad input exits 2 with nothing written; an instrument failure mid-run exits 1 and
+    keeps every row measured (continue with ``--resume``); Ctrl-C exits 130, likewise
+    keeping the rows."""
+
+    name = "characterize"
+    help = ("measure devices' pulse response or read noise on any array into a measurement "
+            "CSV")
+    description = ("Measure the pulse response (or read noise) of devices of an array into "
+                   "a measurement CSV with a sidecar JSON.")
+    epilog = """examples:
+  rpuhw characterize --array sim --rows 4 --cols 4 --devices 4 --pulses 200 -o meas.csv
+  rpuhw characterize --array bench:bench.yaml --rows 8 --cols 8 --devices all \\
+                     --pulses 400 --cycles 5 -o meas.csv
+  rpuhw characterize ... -o meas.csv --resume        # continue an interrupted run
+  rpuhw characterize --array sim --rows 2 --cols 2 --protocol read-noise \\
+                     --repeats 50 --cycles 5 --pulses 100 -o noise.csv
+
+pulse-response: per cycle, a read then --pulses up pulses (read after each), a read then
+--pulses down pulses (read after each). read-noise: --cycles levels --pulses up pulses
+apart (centred on the start), --repeats reads at each.
+"""
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        p = parser
+        p.add_argument("--array", required=True, metavar="SPEC",
+                       help="array spec: sim, sim:device.yaml, ideal, bench:bench.yaml, ...")
+        p.add_argument("--rows", required=True, type=int, help="array rows")
+        p.add_argument("--cols", required=True, type=int, help="array columns")
+        p.add_argument("--devices", default="all", metavar="all|N|r:c,...",
+                       help="devices to measure (default all)")
+        p.add_argument("--pulses", type=int, default=100,
+                       help="pulses per half-cycle, or between read-noise levels (default 100)")
+        p.add_argument("--cycles", type=int, default=1,
+                       help="up/down cycles, or read-noise levels (default 1)")
+        p.add_argument("--protocol", choices=("pulse-response", "read-noise"),
+                       default="pulse-response", help="what to measure (default pulse-response)")
+        p.add_argument("--repeats", type=int, default=100,
+                       help="reads per level for read-noise (default 100)")
+        p.add_argument("--seed", type=int, default=None, help="seed of a simulated array")
+        p.add_argument("-o", "--output", required=True, metavar="CSV", help="measurement CSV")
+        p.add_argument("--resume", action="store_true",
+                       help="continue an interrupted measurement in --output")
+        p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    def run(self, args: argparse.Namespace) -> int:
+        from rpuhw.backends import open_array
+        from rpuhw.calibration.measurements import MeasurementWriter, sidecar_path
+        from rpuhw.calibration.protocols import (
+            check_array,
+            parse_devices,
+            protocol_meta,
+            pulse_response,
+            read_noise,
+        )
+
+        _check_characterize_args(args)
+        devices = parse_devices(args.devices, args.rows, args.cols)
+        out = Path(args.output)
+        settings = _settings(args, devices)
+        if args.resume:
+            old = _check_resume(out, settings)
+            if old.get("complete"):
+                print(f"{out}: already complete; nothing to do")
+                return 0
+        array = open_array(args.array, args.rows, args.cols, seed=args.seed)
+        try:
+            check_array(array)
+            meta = protocol_meta(array, devices, settings)
+            writer = MeasurementWriter(out, meta, resume=args.resume)
+            t0 = time.monotonic()
+            try:
+                if args.protocol == "pulse-response":
+                    pulse_response(array, devices, args.pulses, args.cycles, writer,
+                                   progress=not args.no_progress)
+                else:
+                    read_noise(array, devices, args.repeats, args.cycles, writer,
+                               pulses=args.pulses, progress=not args.no_progress)
+            except KeyboardInterrupt:
+                writer.close()
+                print(f"{self.prog}: interrupted; {writer.rows_written} rows of this run kept "
+                      f"in {out}; continue with --resume", file=sys.stderr)
+                return 130
+            except (OSError, HardwareError) as exc:  # the instruments or the OS failed
+                writer.close()
+                print(f"{self.prog}: error: {exc}; {writer.rows_written} rows of this run kept "
+                      f"in {out}; continue with --resume", file=sys.stderr)
+                return 1
+            except BaseException:
+                writer.close()
+                raise
+            writer.finish()
+            total = writer.rows_written + (len(writer.existing) if writer.existing else 0)
+            print(f"wrote {total} rows ({len(devices)} devices, {args.protocol}) to {out} and "
+                  f"{sidecar_path(out)} in {time.monotonic() - t0:.1f} s")
+            return 0
+        finally:
+            array.close()
+
+
+def _check_characterize_args(args: argparse.Namespace) -> None:
+    for name in ("rows", "cols", "pulses", "cycles", "repeats"):
+        value = getattr(args, name)
+        if value < 1:
+            raise ConfigError(f"expected a positive integer, got {value}", key=f"--{name}")
+    out = Path(args.output)
+    if out.suffix.lower() == ".json":
+        raise ConfigError("the CSV may not end in .json (that name is its sidecar)",
+                          key="--output")
+    if not out.parent.is_dir():
+        raise ConfigError(f"folder {str(out.parent)!r} does not exist", key="--output")
+    if out.exists() and not args.resume:
+        raise ConfigError(f"{out} exists; pass --resume to continue it, or choose another "
+                          "file", key="--output")
+    if args.resume and not out.is_file():
+        raise ConfigError(f"{out} does not exist: nothing to resume", key="--resume")
+
+
+def _settings(args: argparse.Namespace, devices: list[tuple[int, int]]) -> dict[str, Any]:
+    """The run's settings as stored in the sidecar."""
+    s: dict[str, Any] = {"protocol": args.protocol, "array": args.array, "rows": args.rows,
+                         "cols": args.cols, "pulses": args.pulses, "cycles": args.cycles,
+                         "seed": args.seed, "devices_spec": args.devices,
+                         "devices": [list(d) for d in devices]}
+    if args.protocol == "read-noise":
+        s["repeats"] = args.repeats
+        s["states"] = args.cycles
+    return s
+
+
+def _check_resume(out: Path, settings: dict[str, Any]) -> dict[str, Any]:
+    """The sidecar of the run to resume, after checking that ``settings`` repeat it."""
+    from rpuhw.calibration.measurements import load_measurements, sidecar_path
+
+    side = sidecar_path(out)
+    meta = load_measurements(out, partial=True).meta
+    if not meta:
+        raise ConfigError(f"{side} (the settings of the run) is missing; cannot check that "
+                          "--resume continues the same measurement", key="--resume")
+    old = meta.get("settings") or {}
+    for key, flag in RESUME_KEYS.items():
+        if key not in settings and key not in old:
+            continue
+        if old.get(key) != settings.get(key):
+            shown = settings.get(key) if key != "devices" else f"{len(settings[key])} devices"
+            was = old.get(key) if key != "devices" else f"{len(old.get(key) or [])} devices"
+            if key == "devices" and shown == was:
+                shown, was = "another set of devices", "the devices in the sidecar"
+            raise ConfigError(f"{shown!s} differs from {was!s} in {side} (the run being "
+                              "resumed); repeat the original settings", key=flag)
+    return meta
+
+
+@COMMANDS.register
+class Fit(Command):
+    name = "fit"
+    help = "fit device models to a measurement CSV -> device YAML"
+    description = ("Fit device models to a measurement CSV and write a device YAML for "
+                   "sim:device.yaml.")
+    epilog = """examples:
+  rpuhw fit meas.csv -o device.yaml                      # every model, chosen by BIC
+  rpuhw fit meas.csv --model soft_bounds -o device.yaml --plot fit.png --report fit.json
+  rpuhw train --backend sim:device.yaml                  # then train on the fitted device
+
+exit status: 0 written; 1 the fit is not trustworthy (nothing written, see the reason;
+--force writes anyway); 2 bad input.
+"""
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        from rpuhw.calibration.fit_models import FIT_MODELS
+
+        p = parser
+        p.add_argument("measurements", help="measurement CSV (rpuhw characterize or your own)")
+        p.add_argument("--model", default="auto",
+                       help=f"auto (default) or one of: {', '.join(sorted(FIT_MODELS))}")
+        p.add_argument("-o", "--output", required=True, help="device YAML to write")
+        p.add_argument("--plot", help="PNG with traces, step vs conductance and device maps")
+        p.add_argument("--report", help="JSON with scores, per-device parameters and the choice")
+        p.add_argument("--criterion", default="bic", choices=("bic", "aic"),
+                       help="information criterion of --model auto (default bic)")
+        p.add_argument("--force", action="store_true",
+                       help="write even when the fit is flagged as not trustworthy")
+
+    def run(self, args: argparse.Namespace) -> int:
+        from rpuhw.calibration.fit import FitConfig, fit
+        from rpuhw.calibration.fit_report import parameter_table, write_report
+        from rpuhw.calibration.measurements import load_measurements
+        from rpuhw.device_spec import save_device
+
+        try:
+            m = load_measurements(args.measurements)
+            res = fit(m, args.model, FitConfig(criterion=args.criterion))
+            print(parameter_table(res))
+            if not res.ok and not args.force:
+                print(f"{self.prog}: not written: {res.reason} (use --force to write anyway)",
+                      file=sys.stderr)
+                return 1
+            spec = res.to_device_spec()
+            if args.plot:
+                from rpuhw.calibration.plots import plot_fit
+
+                plot_fit(res, args.plot)
+            if args.report:
+                write_report(res, args.report)
+            save_device(spec, args.output)
+        except OSError as exc:
+            raise ConfigError(exc.strerror or str(exc), source=exc.filename) from None
+        if not res.ok:
+            print(f"{self.prog}: warning: written despite: {res.reason} (--force)",
+                  file=sys.stderr)
+        print(f"wrote {args.output}" + (f", {args.plot}" if args.plot else "")
+              + (f", {args.report}" if args.report else ""))
+        return 0
+
+
+@COMMANDS.register
+class Validate(Command):
+    name = "validate"
+    help = "compare a fitted device YAML with the measurements"
+    description = ("Replay the measured protocol on a device YAML's simulator and compare the "
+                   "statistics.")
+    epilog = """example:
+  rpuhw validate --device device.yaml --measurements meas.csv --report validate.json
+
+exit status: 0 pass, 1 fail, 2 bad input.
+"""
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        p = parser
+        p.add_argument("--device", required=True, help="device YAML (e.g. from rpuhw fit)")
+        p.add_argument("--measurements", required=True, help="measurement CSV")
+        p.add_argument("--report", help="write the figures as JSON here")
+        p.add_argument("--seed", type=int, default=0, help="seed of the simulator (default 0)")
+        p.add_argument("--threshold", type=float, default=0.1,
+                       help="limit of the mean trace error, relative to the range (default 0.1)")
+        p.add_argument("--alpha", type=float, default=1e-3,
+                       help="family-wise significance of the step tests (default 0.001)")
+
+    def run(self, args: argparse.Namespace) -> int:
+        from rpuhw.calibration.measurements import write_json_atomic
+        from rpuhw.calibration.validate import validate
+
+        if not args.threshold > 0:
+            raise UsageError(f"--threshold: expected a positive number, got {args.threshold}")
+        if not 0 < args.alpha < 1:
+            raise UsageError(f"--alpha: expected a number in (0, 1), got {args.alpha}")
+        if args.report and not Path(args.report).resolve().parent.is_dir():
+            raise UsageError(f"--report: folder {str(Path(args.report).parent)!r} does not "
+                             "exist")
+        result = validate(args.device, args.measurements, seed=args.seed,
+                          trace_threshold=args.threshold, alpha=args.alpha)
+        print(result.summary())
+        if args.report:
+            write_json_atomic(args.report, {"device": str(args.device),
+                                            "measurements": str(args.measurements),
+                                            **result.to_dict()})
+        return 0 if result.passed else 1

@@ -1,0 +1,31 @@
+"""The demo's part of the ``rpuhw`` command line: ``rpuhw demo`` (``make run``)."""
+
+from __future__ import annotations
+
+import argparse
+
+from rpuhw.cli.command import COMMANDS, Command
+
+
+@COMMANDS.register
+class Demo(Command):
+    name = "demo"
+    help = "the main job: emulated chip -> calibration -> training, with a report"
+    description = "``rpuhw demo``: from an emulated test chip to a trained network, in one command."
+    epilog = "example:\n  rpuhw demo --quick --out demo_quick"
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        size = parser.add_mutually_exclusive_group()
+        size.add_argument("--quick", action="store_true",
+                          help="about 2 minutes (smaller everything)")
+        size.add_argument("--full", action="store_true", help="the long version")
+        parser.add_argument("--out", default="demo_out",
+                            help="output folder (default ./demo_out)")
+        parser.add_argument("--seed", type=int, default=0)
+
+    def run(self, args: argparse.Namespace) -> int:
+        from rpuhw.demo.pipeline import run_demo
+
+        size = "quick" if args.quick else "full" if args.full else "default"
+        result = run_demo(size, args.out, seed=args.seed)
+        return 0 if result["report"].exists() else 1

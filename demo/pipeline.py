@@ -1,0 +1,143 @@
+"""The demo's steps: characterise the emulated chip through the bench, fit and validate a
+device model, train three ways; :func:`run_demo` chains them and writes the report."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rpuhw import open_array
+from rpuhw.demo.report import run_table, write_report
+from rpuhw.demo.sizes import SIZES, DemoSize
+from rpuhw.drivers.emulators.launch import CHIP, emulated_bench
+from rpuhw.errors import ConfigError
+
+Log = Callable[[str], None]
+
+
+def characterize(bench: Path, size: DemoSize, out: Path, log: Log = print) -> dict[str, Any]:
+    """Pulse response of ``size.devices`` devices through the bench -> DIR/meas.csv."""
+    from rpuhw.calibration.measurements import MeasurementWriter
+    from rpuhw.calibration.protocols import parse_devices, protocol_meta, pulse_response
+
+    csv = out / "meas.csv"
+    for p in (csv, csv.with_suffix(".json")):
+        p.unlink(missing_ok=True)
+    t0 = time.perf_counter()
+    with open_array(f"bench:{bench}", CHIP, CHIP) as arr:
+        devices = parse_devices(str(size.devices), CHIP, CHIP)
+        meta = protocol_meta(arr, devices, {
+            "protocol": "pulse-response", "pulses": size.pulses, "cycles": size.cycles,
+            "devices": str(size.devices), "array": f"bench:{bench}", "rows": CHIP,
+            "cols": CHIP, "seed": None})
+        with MeasurementWriter(csv, meta) as writer:
+            pulse_response(arr, devices, size.pulses, size.cycles, writer, progress=True)
+            writer.finish()
+        msgs = arr.stats()["messages"]
+    wall = time.perf_counter() - t0
+    log(f"characterised {len(devices)} devices x {size.cycles} cycles x {2 * size.pulses} "
+        f"pulses: {msgs} instrument messages, {wall:.1f} s -> {csv}")
+    return {"csv": csv, "messages": msgs, "wall_s": wall}
+
+
+def fit_and_validate(csv: Path, out: Path, log: Log = print) -> dict[str, Any]:
+    """Fit (model auto), write DIR/device.yaml and DIR/fit.png, validate against the CSV."""
+    from rpuhw.calibration.fit import fit
+    from rpuhw.calibration.measurements import load_measurements
+    from rpuhw.calibration.plots import plot_fit
+    from rpuhw.calibration.validate import validate
+    from rpuhw.device_spec import save_device
+
+    t0 = time.perf_counter()
+    m = load_measurements(csv)
+    res = fit(m, "auto")
+    log(f"fit: {res.explanation}")
+    if not res.ok:
+        log(f"fit: not a confident fit ({res.reason}); continuing with it for the demo")
+    spec = res.to_device_spec()
+    device = out / "device.yaml"
+    save_device(spec, device)
+    plot_fit(res, out / "fit.png")
+    val = validate(device, m)
+    log(f"validate: {val.summary()}")
+    return {"device": device, "spec": spec, "fit": res, "validation": val,
+            "wall_s": time.perf_counter() - t0}
+
+
+def train_three(bench: Path, device: Path, size: DemoSize, out: Path, seed: int = 0,
+                log: Log = print) -> dict[str, dict[str, Any]]:
+    """Floating point, calibrated simulator, conv1 on the chip: results and weights."""
+    from rpuhw.nn import analog_layers
+    from rpuhw.train import load_config, train
+
+    common = dict(epochs=size.epochs, batch_size=size.batch_size, lr=size.lr,
+                  train_limit=size.train_limit, test_limit=size.test_limit, seed=seed,
+                  update_granularity="batch", progress=True)
+    runs = {
+        "floating point": dict(backend="float"),
+        "calibrated simulator": dict(backend=f"sim:{device}"),
+        "conv1 on the chip": dict(backend=f"sim:{device}", layers={"conv1": f"bench:{bench}"}),
+    }
+    results: dict[str, dict[str, Any]] = {}
+    for name, over in runs.items():
+        cfg = load_config(None, {**common, **over, "out": str(out / _results_file(name))})
+        weights: dict[str, np.ndarray] = {}
+
+        def grab(model, weights=weights):
+            analog = analog_layers(model)
+            for lname in ("conv1", "conv2", "fc1", "fc2"):
+                mod = model.get_submodule(lname)
+                w = analog[lname].analog_weight() if lname in analog else mod.weight
+                weights[lname] = w.detach().cpu().numpy().ravel()
+        log(f"== training: {name}")
+        t0 = time.perf_counter()
+        res = train(cfg, log=lambda msg: log("   " + msg), on_model=grab)
+        res["wall_s"] = time.perf_counter() - t0
+        res["weights"] = weights
+        results[name] = res
+    return results
+
+
+def _results_file(run: str) -> str:
+    """The results JSON of a training run (``floating point`` -> ``floating_point.json``)."""
+    return f"{run.replace(' ', '_')}.json"
+
+
+def hidden_device():
+    """The device YAML hidden inside the emulated chip (what the fit should find)."""
+    from rpuhw.device_spec import load_device
+    from rpuhw.drivers.emulators import HIDDEN_DEVICE
+
+    return load_device(HIDDEN_DEVICE)
+
+
+def run_demo(size_name: str = "default", out: str | Path = "demo_out", seed: int = 0,
+             log: Log = print) -> dict[str, Any]:
+    """The whole demo; prints the run table and returns what went into the report."""
+    from rpuhw.plots import plot_runs, plot_weight_histograms
+
+    if size_name not in SIZES:
+        raise ConfigError(f"unknown size {size_name!r} (known: {', '.join(SIZES)})", key="size")
+    size = SIZES[size_name]
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    with emulated_bench(out, seed=seed, log=log) as bench:
+        char = characterize(bench, size, out, log)
+        fitted = fit_and_validate(char["csv"], out, log)
+        runs = train_three(bench, fitted["device"], size, out, seed=seed, log=log)
+    plot_runs([str(out / _results_file(n)) for n in runs], str(out / "curves.png"))
+    plot_weight_histograms({n: r["weights"] for n, r in runs.items()},
+                           str(out / "weights.png"))
+    table = run_table(runs)
+    wall = time.perf_counter() - t0
+    report = write_report(out, size_name, size, table, char, fitted, hidden_device(), wall)
+    print(table)
+    print(f"\nreport: {report}")
+    return {"runs": runs, "characterization": char, "fit": fitted, "report": report,
+            "wall_s": wall, "size": dataclasses.asdict(size)}

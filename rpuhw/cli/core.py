@@ -1,0 +1,165 @@
+"""The core's commands: ``rpuhw models``, ``device``, ``train`` and ``plot``."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+
+from rpuhw.cli.command import COMMANDS, Command
+from rpuhw.errors import ConfigError, HardwareError
+
+
+@COMMANDS.register
+class Models(Command):
+    name = "models"
+    help = "list the device models and their YAML keys"
+    epilog = "example:\n  rpuhw models"
+
+    def run(self, args: argparse.Namespace) -> int:
+        from rpuhw.devices import get_model, model_names
+
+        for name in model_names():
+            cls = get_model(name)
+            keys = ", ".join(f.name for f in dataclasses.fields(cls.Params))
+            print(f"{name:14s} {keys}")
+        return 0
+
+
+@COMMANDS.register
+class Device(Command):
+    name = "device"
+    help = "validate a device YAML and print its parameters"
+    epilog = """example:
+  rpuhw device my_device.yaml          # validate a device YAML, print its parameters
+  rpuhw device my_device.yaml --json   # the same as JSON
+"""
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("file", help="device YAML file")
+        parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    def run(self, args: argparse.Namespace) -> int:
+        from rpuhw.device_spec import load_device
+
+        spec = load_device(args.file)
+        mapping = spec.to_mapping()
+        if args.json:
+            print(json.dumps(mapping, indent=1))
+            return 0
+        print(f"{args.file}: model {spec.model.name}")
+        for key, value in mapping.items():
+            if key == "model":
+                continue
+            if isinstance(value, dict):
+                for sub, v in value.items():
+                    print(f"  {key}.{sub:18s} {v}")
+            else:
+                print(f"  {key:21s} {value}")
+        return 0
+
+
+def _pairs(items: list[str] | None, flag: str, cast=str) -> dict | None:
+    """``["conv1=4", ...]`` -> ``{"conv1": 4, ...}`` (None when the flag was not given)."""
+    if not items:
+        return None
+    out = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name or not value:
+            raise ConfigError(f"expected NAME=VALUE, got {item!r}", key=flag)
+        try:
+            out[name] = cast(value)
+        except ValueError:
+            raise ConfigError(f"{name}: expected an integer, got {value!r}", key=flag) from None
+    return out
+
+
+@COMMANDS.register
+class Train(Command):
+    name = "train"
+    help = "train a network with its layers on arrays"
+    epilog = """examples:
+  rpuhw train --backend sim --management nm+bm+um --epochs 1
+  rpuhw train --backend sim --layer conv1=sim:chip.yaml --devices-per-weight conv1=4 \\
+              --epochs 3 --out results.json --checkpoint ckpt/
+  rpuhw train --config run.yaml --resume --checkpoint ckpt/
+"""
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        p = parser
+        p.add_argument("--config", help="YAML file with TrainConfig keys (flags override it)")
+        p.add_argument("--model", help="network (default lenet)")
+        p.add_argument("--data", help="mnist5k (embedded, default) or a folder of MNIST IDX files")
+        p.add_argument("--epochs", type=int)
+        p.add_argument("--batch-size", type=int)
+        p.add_argument("--lr", type=float, help="learning rate (default 0.01)")
+        p.add_argument("--backend", help="array spec of all layers: float, ideal, sim, "
+                       "sim:FILE.yaml, ... (default sim)")
+        p.add_argument("--layer", action="append", metavar="NAME=SPEC",
+                       help="backend of one layer (repeatable)")
+        p.add_argument("--management", help="none | nm | nm+bm | nm+bm+um (default)")
+        p.add_argument("--devices-per-weight", action="append", metavar="NAME=K",
+                       help="K devices per weight for a layer (repeatable)")
+        p.add_argument("--update-granularity", help="position (default) | sample | batch")
+        p.add_argument("--bl", type=int, help="pulse-train length (default 10)")
+        p.add_argument("--train-limit", type=int)
+        p.add_argument("--test-limit", type=int)
+        p.add_argument("--seed", type=int)
+        p.add_argument("--out", help="results JSON")
+        p.add_argument("--checkpoint", metavar="DIR", help="write checkpoints to DIR")
+        p.add_argument("--checkpoint-every", type=int, metavar="N",
+                       help="also checkpoint every N images")
+        p.add_argument("--resume", action="store_true", help="continue from --checkpoint DIR")
+        p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    def run(self, args: argparse.Namespace) -> int:
+        from rpuhw.train import load_config, train
+
+        overrides = {
+            "model": args.model, "data": args.data, "epochs": args.epochs,
+            "batch_size": args.batch_size, "lr": args.lr, "backend": args.backend,
+            "layers": _pairs(args.layer, "--layer"), "management": args.management,
+            "devices_per_weight": _pairs(args.devices_per_weight, "--devices-per-weight", int),
+            "update_granularity": args.update_granularity, "bl": args.bl,
+            "train_limit": args.train_limit, "test_limit": args.test_limit, "seed": args.seed,
+            "out": args.out, "checkpoint": args.checkpoint,
+            "checkpoint_every": args.checkpoint_every,
+            "progress": False if args.no_progress else None,
+        }
+        cfg = load_config(args.config, overrides)
+        try:
+            results = train(cfg, resume=args.resume)
+        except FloatingPointError as exc:
+            print(f"{self.prog}: {exc}", file=sys.stderr)
+            return 1
+        except HardwareError as exc:
+            hint = (f"the last checkpoint in {cfg.checkpoint} is intact: run the same command "
+                    "with --resume once the instrument is back" if cfg.checkpoint else
+                    "train with --checkpoint DIR to be able to resume after such a failure")
+            print(f"{self.prog}: hardware error: {exc}; {hint}", file=sys.stderr)
+            return 1
+        errs = ", ".join(f"{100 * e:.2f} %" for e in results["test_error"])
+        print(f"test error per epoch: {errs}; {results['images_per_s']:.1f} images/s"
+              + (f"; results in {cfg.out}" if cfg.out else ""))
+        return 0
+
+
+@COMMANDS.register
+class Plot(Command):
+    name = "plot"
+    help = "test error vs epoch of several runs in one figure"
+    epilog = "example:\n  rpuhw plot runs/*.json -o curves.png"
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("results", nargs="+", help="results JSON files of rpuhw train")
+        parser.add_argument("-o", "--output", default="curves.png",
+                            help="PNG file (default curves.png)")
+
+    def run(self, args: argparse.Namespace) -> int:
+        from rpuhw.plots import plot_runs
+
+        plot_runs(args.results, args.output)
+        print(f"wrote {args.output}")
+        return 0
