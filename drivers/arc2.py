@@ -48,7 +48,6 @@ it fails), so no line is left biased.
 from __future__ import annotations
 
 import logging
-import math
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -62,8 +61,9 @@ from rpuhw.array import ArrayInfo, Capabilities, CrossPointArray
 from rpuhw.config import from_mapping, load_yaml, require
 from rpuhw.errors import ConfigError
 
-from .bench_config import WeightMap
+from .envelope import Limits, PulseConfig, PulseShape, ReadConfig, WeightMap
 from .errors import InstrumentConnectionError, SafetyError
+from .safety import failsafe
 
 try:
     import pyarc2
@@ -96,56 +96,6 @@ class ChannelMap:
     """Bit-line channel (0-15, 32-47) of each chip row; default: row i -> bit-line index i."""
     cols: list[int] | None = None
     """Word-line channel (16-31, 48-63) of each chip column; default: column j -> index j."""
-
-
-@dataclass
-class ReadConfig:
-    """Reads: one line at ``-voltage``, the crossing lines' currents measured."""
-
-    voltage: float = 0.2
-    """Read voltage (V) across each read device."""
-
-
-@dataclass
-class PulseShape:
-    """One pulse polarity."""
-
-    amplitude: float = 1.2
-    """Voltage magnitude (V) across the selected device."""
-    width_s: float = 1e-6
-    """Pulse width (s); sent in whole nanoseconds."""
-
-    @property
-    def nanos(self) -> int:
-        """Width in nanoseconds as pyarc2 takes it."""
-        return int(round(self.width_s * 1e9))
-
-    def validate(self) -> None:
-        require(math.isfinite(self.amplitude) and self.amplitude > 0, "amplitude",
-                f"must be > 0, got {self.amplitude}")
-        require(self.width_s > 0 and self.nanos >= 1, "width_s",
-                f"must be at least 1 ns, got {self.width_s}")
-
-
-@dataclass
-class PulseConfig:
-    """Update pulses."""
-
-    potentiation: PulseShape = field(default_factory=PulseShape)
-    """Row (bit-line) ``+amplitude`` above the column: weight up."""
-    depression: PulseShape = field(default_factory=PulseShape)
-    """Column (word-line) ``+amplitude`` above the row: weight down."""
-
-
-@dataclass
-class Limits:
-    """Safety envelope, enforced at load and again before every operation."""
-
-    v_max: float = 2.0
-    """No read or pulse level above this magnitude (V)."""
-
-    def validate(self) -> None:
-        require(self.v_max > 0, "v_max", f"must be > 0, got {self.v_max}")
 
 
 @dataclass
@@ -183,6 +133,13 @@ class Arc2Config:
             require(volts > 0, key, f"must be > 0, got {volts}")
             require(volts <= self.limits.v_max, key,
                     f"{volts} V exceeds limits.v_max = {self.limits.v_max} V")
+        for pol, shape in self.shapes():
+            require(shape.width_s > 0 and shape.nanos >= 1, f"pulse.{pol}.width_s",
+                    f"must be at least 1 ns, got {shape.width_s}")
+
+    def shapes(self) -> list[tuple[str, PulseShape]]:
+        """(polarity, shape) of both pulse polarities."""
+        return [("potentiation", self.pulse.potentiation), ("depression", self.pulse.depression)]
 
     def levels(self) -> list[tuple[str, float]]:
         """(key, volts) of every level this config applies to a device."""
@@ -338,14 +295,14 @@ class ArcTwoArray(CrossPointArray):
     # ---- safety ------------------------------------------------------------------------
     def _check_levels(self) -> None:
         """Refuse (SafetyError) any configured level above limits.v_max; sends nothing."""
-        v_max = self.config.limits.v_max
+        limits = self.config.limits
         for key, volts in self.config.levels():
-            if not (math.isfinite(volts) and 0 < volts <= v_max):
+            if not limits.allows(volts):
                 raise SafetyError(f"{self.config.source}: {key} = {volts} V is outside "
-                                  f"(0, limits.v_max = {v_max}] V; nothing was sent",
+                                  f"(0, limits.v_max = {limits.v_max}] V; nothing was sent",
                                   resource=f"arc2:{self.config.device_id}")
-        for pol in ("potentiation", "depression"):
-            if getattr(self.config.pulse, pol).nanos < 1:
+        for pol, shape in self.config.shapes():
+            if shape.nanos < 1:
                 raise SafetyError(f"{self.config.source}: pulse.{pol}.width_s is below 1 ns; "
                                   "nothing was sent", resource=f"arc2:{self.config.device_id}")
 
@@ -356,17 +313,9 @@ class ArcTwoArray(CrossPointArray):
             raise RuntimeError(f"{self!r} is closed")
         self._check_levels()
         inst = self._inst
-        ok = False
-        try:
+        with failsafe(lambda: inst.finalise_operation(_pyarc2().IdleMode.Float), always=True,
+                      what="ArC TWO: floating the lines"):
             yield inst
-            ok = True
-        finally:
-            try:
-                inst.finalise_operation(_pyarc2().IdleMode.Float)
-            except Exception:
-                if ok:
-                    raise
-                log.exception("ArC TWO: could not float the lines after a failed operation")
 
     # ---- native operations -------------------------------------------------------------
     def _read(self) -> torch.Tensor:

@@ -36,6 +36,7 @@ from __future__ import annotations
 import atexit
 import logging
 import weakref
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,7 +46,8 @@ import torch
 from rpuhw.array import ArrayInfo, Capabilities, CrossPointArray
 from rpuhw.drivers.bench_config import BenchConfig, load_bench
 from rpuhw.drivers.errors import InstrumentConnectionError, InstrumentError
-from rpuhw.drivers.instruments import get_driver
+from rpuhw.drivers.instrument import Instrument
+from rpuhw.drivers.safety import failsafe, run_every
 from rpuhw.errors import ConfigError
 
 log = logging.getLogger("rpuhw.drivers.bench")
@@ -77,12 +79,13 @@ class _Source:
     """One source channel wired to a card row (a 2450, or a 2600B channel)."""
 
     name: str
-    instrument: Any
+    instrument: Instrument
     channel: Any
 
     @property
     def tsp(self) -> bool:
-        return hasattr(self.channel, "cmd_output")
+        """The instrument takes TSP statements (commands combine into one message)."""
+        return type(self.instrument).SPEAKS_TSP
 
 
 class BenchArray(CrossPointArray):
@@ -90,6 +93,11 @@ class BenchArray(CrossPointArray):
 
     capabilities = Capabilities(read=True, pulse=True)
     serial_reads = True
+    _closed = True            # until connected (a failed constructor has nothing to close)
+    _pulser: Instrument | None = None
+    _matrix: Instrument | None = None
+    _sense: _Source | None = None
+    _bias: _Source | None = None
 
     def __init__(self, config: BenchConfig | str | Path, rows: int | None = None,
                  cols: int | None = None, *, transports: dict[str, Any] | None = None):
@@ -118,14 +126,11 @@ class BenchArray(CrossPointArray):
         self._mvm_cache: torch.Tensor | None = None
         self._plans: dict[tuple[int, int, bool], tuple[list[str], dict[str, float]]] = {}
         _OPEN.add(self)
-        try:
+        with failsafe(self.close, what="closing the bench after a failed open"):
             self._connect(transports or {})
             atexit.unregister(_close_open_benches)
             atexit.register(_close_open_benches)
             self._setup()
-        except BaseException:
-            self.close()
-            raise
 
     # ---- connection and safe state ---------------------------------------------------
     def _connect(self, transports: dict[str, Any]) -> None:
@@ -135,17 +140,18 @@ class BenchArray(CrossPointArray):
         for name, inst in cfg.instruments.items():
             if name in linked:
                 continue
+            driver = cfg.driver(name)
             kwargs: dict[str, Any] = dict(backend=inst.backend, timeout_s=inst.timeout_s,
                                           v_limit=v_max)
-            if inst.driver == "keysight33500b":
-                pulse = cfg.terminals["pulse"]
-                kwargs["channel"] = int(pulse.channel or 1) if pulse.instrument == name else 1
-            self._instruments[name] = get_driver(inst.driver)(
-                transports.get(name, inst.resource), **kwargs)
+            if driver.CHANNEL_AT_OPEN:  # the output a terminal names, else the first
+                kwargs["channel"] = next((t.channel for t in cfg.terminals.values()
+                                          if t.instrument == name and t.channel),
+                                         driver.CHANNELS[0])
+            self._instruments[name] = driver(transports.get(name, inst.resource), **kwargs)
         for name, inst in linked.items():
             master = self._instruments[inst.tsp_link.via]
-            self._instruments[name] = get_driver(inst.driver)(
-                None, via=master, node=inst.tsp_link.node)
+            self._instruments[name] = cfg.driver(name)(None, via=master,
+                                                       node=inst.tsp_link.node)
         self._matrix = self._instruments[cfg.matrix_name()]
         self._sense = self._source("sense")
         self._bias = self._source("bias")
@@ -161,8 +167,7 @@ class BenchArray(CrossPointArray):
     def _source(self, terminal: str) -> _Source:
         term = self.config.terminals[terminal]
         inst = self._instruments[term.instrument]
-        chan = getattr(inst, term.channel) if term.channel else inst
-        return _Source(terminal, inst, chan)
+        return _Source(terminal, inst, inst.channel(term.channel))
 
     def _setup(self) -> None:
         """Safe state: outputs off, relays open, pulse shape and compliances set."""
@@ -191,37 +196,21 @@ class BenchArray(CrossPointArray):
         Never stops half-way: an error on one output is logged and the others still go
         off; a KeyboardInterrupt arriving meanwhile is re-raised once all are off.
         """
-        interrupted: BaseException | None = None
-        for obj, how in ((getattr(self, "_pulser", None), "pulser"),
-                         (getattr(self, "_bias", None), "bias"),
-                         (getattr(self, "_sense", None), "sense")):
-            if obj is None:
-                continue
-            chan = obj if how == "pulser" else obj.channel
-            inst = obj if how == "pulser" else obj.instrument
-            for attempt in range(3):
-                try:
-                    if attempt == 2:
-                        inst.transport.reconnect()
-                    chan.output(False)
-                    break
-                except KeyboardInterrupt as exc:
-                    interrupted = exc
-                except Exception as exc:  # keep going: the other outputs must go off too
-                    if attempt == 2:
-                        log.error("could not turn the %s output off (%s); check the bench",
-                                  how, exc)
-        if interrupted is not None:
-            raise interrupted
+        outputs: dict[str, tuple[Instrument, Any]] = {}  # label -> (instrument, output)
+        if self._pulser is not None:
+            outputs["turning the pulser output off"] = (self._pulser, self._pulser)
+        for src in (self._bias, self._sense):
+            if src is not None:
+                outputs[f"turning the {src.name} output off"] = (src.instrument, src.channel)
+        run_every([(label, lambda c=out: c.output(False)) for label, (_, out) in outputs.items()],
+                  attempts=3,
+                  before_last=lambda label: outputs[label][0].transport.reconnect())
 
     def _guard(self, op, *args):
         if self._closed:
             raise InstrumentError(f"bench {self.config.source} is closed")
-        try:
+        with failsafe(self._safe_off, what="turning the bench outputs off"):
             return op(*args)
-        except BaseException:
-            self._safe_off()
-            raise
 
     def reconnect(self, attempts: int = 3) -> None:
         """Re-open every instrument session and restore the safe state (retried when a
@@ -244,35 +233,21 @@ class BenchArray(CrossPointArray):
     def close(self) -> None:
         """Outputs off, relays open, sessions closed (idempotent; finishes even when
         interrupted, then re-raises the KeyboardInterrupt)."""
-        if getattr(self, "_closed", True):
+        if self._closed:
             return
         self._closed = True
         _OPEN.discard(self)
-        interrupted: BaseException | None = None
-        steps = [self._safe_off]
-        if hasattr(self, "_matrix"):
-            steps.append(self._matrix.open_all)
+        steps = [("turning the outputs off", self._safe_off)]
+        if self._matrix is not None:
+            steps.append(("opening the relays", self._matrix.open_all))
         linked_first = sorted(self._instruments.items(),
                               key=lambda kv: self.config.instruments[kv[0]].tsp_link is None)
-        steps += [inst.close for _, inst in linked_first]
-        for step in steps:
-            for _ in range(2):  # one retry after an interrupt
-                try:
-                    step()
-                    break
-                except KeyboardInterrupt as exc:
-                    interrupted = exc
-                except Exception as exc:
-                    log.error("closing the bench: %s failed (%s)", step.__qualname__, exc)
-                    break
-        if interrupted is not None:
-            raise interrupted
+        steps += [(f"closing {name}", inst.close) for name, inst in linked_first]
+        run_every(steps, attempts=2, retry_errors=False)  # one retry after an interrupt
 
     def __del__(self):
-        try:
+        with suppress(BaseException):  # nothing may escape a finaliser
             self.close()
-        except BaseException:  # nothing may escape a finaliser
-            pass
 
     # ---- routing ---------------------------------------------------------------------
     def _lines(self):
@@ -351,7 +326,7 @@ class BenchArray(CrossPointArray):
         t = smu.transport
         out: list = []
         in_flight = 0
-        try:
+        with failsafe(lambda: in_flight and t.clear(), what="clearing the SMU session"):
             for message in messages:
                 smu.recent.append(message)
                 t.write(message)
@@ -364,13 +339,6 @@ class BenchArray(CrossPointArray):
             while in_flight:
                 out.append(parse(t.read()))
                 in_flight -= 1
-        except BaseException:
-            if in_flight:
-                try:
-                    t.clear()
-                except Exception:
-                    pass
-            raise
         return out
 
     def _read_statements(self, i: int, j: int) -> list[str]:
@@ -473,7 +441,7 @@ class BenchArray(CrossPointArray):
                 stmts += [b.channel.cmd_output(True)]
                 if cfg.bias_scheme == "v/3":
                     stmts += [s.channel.cmd_output(True)]
-                stmts += ["print(errorqueue.count)"]
+                stmts += [s.instrument.count_errors]
                 self._route_msgs[(i, j, up)] = stmts
             if float(s.instrument.tsp(stmts, reply=True)) != 0:
                 self._check_errors()
@@ -492,28 +460,28 @@ class BenchArray(CrossPointArray):
     def _smu_pulse_message(self, i: int, j: int, n: int) -> str:
         """The one-message SMU pulse burst of ``n`` (signed) on (i, j) through TSP-Link:
         both outputs off, route (hot line to the pulse/sense card row, cold line to
-        ground, the rest to bias), bias at V/2 with its compliance, bias on, the sense
-        compliance, ``PulseVMeasureI`` on sense (0 V between pulses), sense off, bias off,
-        ``print(errorqueue.count)``. The statements are built once per device and
-        polarity; only the count changes."""
+        ground, the rest to bias), bias at V/2 with its compliance, bias on, then the
+        sense channel's ``pulse_voltage`` statements (its compliance, ``PulseVMeasureI``
+        with 0 V between pulses, sense off), bias off, ``print(errorqueue.count)``. The
+        statements around the pulse train are built once per device and polarity."""
         up = n > 0
+        cfg, s, b = self.config, self._sense, self._bias
         parts = self._smu_pulse_msgs.get((i, j, up))
         if parts is None:
-            cfg, s, b = self.config, self._sense, self._bias
-            shape = cfg.pulse.potentiation if up else cfg.pulse.depression
             chans, levels = self._pulse_plan(i, j, up)
             c = cfg.pulse.compliance_a
-            limit, train, off = s.channel.cmd_pulse_voltage(
-                shape.amplitude, shape.width_s, 1, c, cfg.pulse.period_s)
             head = [s.channel.cmd_output(False), b.channel.cmd_output(False),
                     *self._matrix.cmd_close_exclusive(chans),
                     *b.channel.cmd_source_voltage(levels["bias"], c),
-                    b.channel.cmd_output(True), limit,
-                    train.rpartition(",")[0]]  # "PulseVMeasureI(smua, 0, V, ton, toff"
-            tail = [off, b.channel.cmd_output(False), "print(errorqueue.count)"]
-            parts = ("; ".join(head) + ", ", "); " + "; ".join(tail))
+                    b.channel.cmd_output(True)]
+            tail = [b.channel.cmd_output(False), s.instrument.count_errors]
+            join = s.instrument.JOIN
+            parts = (join.join(head) + join, join + join.join(tail))
             self._smu_pulse_msgs[(i, j, up)] = parts
-        return f"{parts[0]}{abs(n)}{parts[1]}"
+        shape = cfg.pulse.potentiation if up else cfg.pulse.depression
+        train = s.channel.cmd_pulse_voltage(shape.amplitude, shape.width_s, abs(n),
+                                            cfg.pulse.compliance_a, cfg.pulse.period_s)
+        return parts[0] + s.instrument.JOIN.join(train) + parts[1]
 
     def _pulse_pipelined(self, bursts: list[tuple[int, int, int]]) -> None:
         """SMU pulses, one message per burst, up to PIPELINE in flight (as reads): every
@@ -571,7 +539,7 @@ class BenchArray(CrossPointArray):
         if link is not None:  # its session is the master's: that *IDN? is the master's
             return f"{self.config.instruments[name].driver} at TSP-Link node {link.node} of " \
                    f"{link.via}"
-        return getattr(self._instruments[name].transport, "idn", None)
+        return self._instruments[name].transport.idn
 
     def __repr__(self) -> str:
         return f"BenchArray({self.config.source!r}, rows={self.rows}, cols={self.cols})"

@@ -9,25 +9,32 @@ an annotated example; ``rpuhw emulate --bench-out`` writes a complete one.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rpuhw.array import ArrayInfo
 from rpuhw.config import from_mapping, load_yaml, require
 from rpuhw.errors import ConfigError
 
-DRIVER_CHANNELS: dict[str, tuple[str, ...]] = {
-    "keithley2450": ("",),
-    "keithley2600b": ("a", "b"),
-    "keithley707b": (),
-    "keysight33500b": ("1", "2"),
-}
-"""Drivers a bench may name, with the output channels a terminal may use."""
+from .envelope import (
+    BenchLimits,
+    BenchPulseConfig,
+    BenchReadConfig,
+    Limits,
+    PulseConfig,
+    PulseShape,
+    ReadConfig,
+    WeightMap,
+)
+from .instrument import Instrument
+from .instruments import INSTRUMENTS
 
-SOURCE_DRIVERS = ("keithley2450", "keithley2600b")
-PULSE_DRIVERS = ("keysight33500b", "keithley2600b")
-"""Drivers a ``pulse`` terminal may name: a pulse generator, or the sense SMU channel."""
+__all__ = ["BenchConfig", "BenchLimits", "BenchPulseConfig", "BenchReadConfig",
+           "InstrumentConfig", "Limits", "PulseConfig", "PulseShape", "ReadConfig",
+           "TerminalConfig", "TspLink", "WeightMap", "Wiring", "bench_from_mapping",
+           "load_bench"]
+
 TERMINALS = ("sense", "bias", "pulse", "ground")
 SMU_MIN_PULSE_WIDTH_S = 100e-6
 """Shortest pulse (s) a bench asks of a 2600B channel (``PulseVMeasureI``'s ``ton``).
@@ -94,88 +101,6 @@ class Wiring:
 
 
 @dataclass
-class ReadConfig:
-    """Device reads: row at ``voltage``, column on the sense ammeter, other lines grounded."""
-
-    voltage: float = 0.2
-    """Read voltage (V) across the selected device."""
-    compliance_a: float = 1e-3
-    """Current compliance (A) of the read sources."""
-
-
-@dataclass
-class PulseShape:
-    """One pulse polarity."""
-
-    amplitude: float = 1.2
-    """Voltage magnitude (V) across the selected device."""
-    width_s: float = 1e-6
-    """Pulse width (s)."""
-
-
-@dataclass
-class PulseConfig:
-    """Update pulses from the ``pulse`` terminal (a pulse generator or the sense SMU)."""
-
-    potentiation: PulseShape = field(default_factory=PulseShape)
-    """Row high, column grounded: weight up."""
-    depression: PulseShape = field(default_factory=PulseShape)
-    """Column high, row grounded: weight down."""
-    period_s: float = 2e-6
-    """Burst period (s); must exceed both widths."""
-    compliance_a: float = 1e-3
-    """Current compliance (A) of the bias sources while pulsing."""
-
-
-@dataclass
-class WeightMap:
-    """Conductance -> weight: ``w = w_min + (g - g_min) (w_max - w_min) / (g_max - g_min)``."""
-
-    g_min: float = 1e-6
-    """Conductance (S) that maps to ``w_min``."""
-    g_max: float = 1e-4
-    """Conductance (S) that maps to ``w_max``."""
-    w_min: float = -0.6
-    """Weight at ``g_min``."""
-    w_max: float = 0.6
-    """Weight at ``g_max``."""
-    dw_min: float = 0.001
-    """Nominal weight change of one pulse (first guess for write-verify)."""
-
-    def to_weight(self, g):
-        """Weight of conductance ``g`` (S); floats, arrays or tensors."""
-        return self.w_min + (g - self.g_min) * (self.w_max - self.w_min) / (self.g_max - self.g_min)
-
-    def to_conductance(self, w):
-        """Conductance (S) of weight ``w`` (the inverse of :meth:`to_weight`)."""
-        return self.g_min + (w - self.w_min) * (self.g_max - self.g_min) / (self.w_max - self.w_min)
-
-    def info(self, read_voltage: float | None = None) -> ArrayInfo:
-        """The array's :class:`~rpuhw.array.ArrayInfo` from this map (and the read voltage)."""
-        return ArrayInfo(dw_min=float(self.dw_min), w_min=float(self.w_min),
-                         w_max=float(self.w_max), g_min=float(self.g_min),
-                         g_max=float(self.g_max), read_voltage=read_voltage)
-
-    def validate(self) -> None:
-        require(self.g_min >= 0, "g_min", f"must be >= 0, got {self.g_min}")
-        require(self.g_max > self.g_min, "g_max",
-                f"must be > g_min ({self.g_min}), got {self.g_max}")
-        require(self.w_max > self.w_min, "w_max",
-                f"must be > w_min ({self.w_min}), got {self.w_max}")
-        require(self.dw_min > 0, "dw_min", f"must be > 0, got {self.dw_min}")
-
-
-@dataclass
-class Limits:
-    """The safety envelope, enforced in code before any command leaves the host."""
-
-    v_max: float = 2.0
-    """No source or pulse level above this magnitude (V)."""
-    compliance_max_a: float = 1e-2
-    """No current compliance above this (A)."""
-
-
-@dataclass
 class BenchConfig:
     """A whole bench YAML."""
 
@@ -191,13 +116,13 @@ class BenchConfig:
     """Chip lines -> switch-matrix columns."""
     bias_scheme: str = "v/2"
     """Unselected lines during pulses: ``v/2`` or ``v/3``."""
-    read: ReadConfig = field(default_factory=ReadConfig)
+    read: BenchReadConfig = field(default_factory=BenchReadConfig)
     """Read settings."""
-    pulse: PulseConfig = field(default_factory=PulseConfig)
+    pulse: BenchPulseConfig = field(default_factory=BenchPulseConfig)
     """Pulse settings."""
     weights: WeightMap = field(default_factory=WeightMap)
     """Conductance -> weight map."""
-    limits: Limits = field(default_factory=Limits)
+    limits: BenchLimits = field(default_factory=BenchLimits)
     """Safety limits."""
     source: str = field(default="<bench>", init=False, repr=False)
     """Where it was read from (for messages)."""
@@ -207,15 +132,38 @@ class BenchConfig:
         slot, col = _LINE.match(line).groups()
         return f"{slot}{self.terminals[terminal].matrix_row}{int(col):02d}"
 
+    def driver(self, name: str) -> type[Instrument]:
+        """The driver class of instrument ``name``."""
+        return INSTRUMENTS.get(self.instruments[name].driver)
+
     def matrix_name(self) -> str:
-        return next(n for n, i in self.instruments.items() if i.driver == "keithley707b")
+        """Name of the bench's switch matrix."""
+        return next(n for n in self.instruments if self.driver(n).IS_SWITCH_MATRIX)
 
     @property
     def pulse_source(self) -> str:
-        """``"generator"`` (a keysight33500b pulses) or ``"smu"`` (the sense 2600B channel
-        pulses with ``PulseVMeasureI``)."""
-        inst = self.instruments.get(self.terminals["pulse"].instrument or "")
-        return "smu" if inst is not None and inst.driver == "keithley2600b" else "generator"
+        """``"generator"`` (a pulse generator pulses) or ``"smu"`` (the sense SMU channel
+        pulses, with ``PulseVMeasureI`` on a 2600B)."""
+        name = self.terminals["pulse"].instrument or ""
+        smu = name in self.instruments and _known(self.instruments[name].driver) \
+            and self.driver(name).SMU_PULSES
+        return "smu" if smu else "generator"
+
+
+def _known(driver: str) -> bool:
+    """A registered driver name, spelt as registered (lower case)."""
+    return driver in INSTRUMENTS.names()
+
+
+def _drivers(test: Callable[[type[Instrument]], bool]) -> list[str]:
+    """Registered driver names whose class passes ``test`` (sorted)."""
+    return [n for n, cls in INSTRUMENTS.items() if test(cls)]
+
+
+def _pulse_drivers() -> list[str]:
+    """Drivers a ``pulse`` terminal may name: pulse generators, then SMUs that pulse
+    (the sense channel itself)."""
+    return _drivers(lambda d: d.IS_PULSE_GENERATOR) + _drivers(lambda d: d.SMU_PULSES)
 
 
 def load_bench(path: str | Path) -> BenchConfig:
@@ -285,22 +233,26 @@ def _check(cfg: BenchConfig) -> None:
 def _check_instruments(cfg: BenchConfig) -> None:
     for name, inst in cfg.instruments.items():
         key = f"instruments.{name}"
-        require(inst.driver in DRIVER_CHANNELS, f"{key}.driver",
-                f"unknown driver {inst.driver!r} (known: {', '.join(DRIVER_CHANNELS)})")
+        require(_known(inst.driver), f"{key}.driver",
+                f"unknown driver {inst.driver!r} (known: {', '.join(INSTRUMENTS.names())})")
         require(inst.timeout_s > 0, f"{key}.timeout_s", f"must be > 0, got {inst.timeout_s}")
         if inst.tsp_link is None:
             require(bool(inst.resource), f"{key}.resource", "missing (a VISA resource string)")
             continue
         via = cfg.instruments.get(inst.tsp_link.via)
-        require(via is not None and via.driver == "keithley2600b", f"{key}.tsp_link.via",
-                f"must name a keithley2600b of this bench, got {inst.tsp_link.via!r}")
-        require(inst.driver == "keithley707b", f"{key}.tsp_link",
-                f"only a keithley707b can be reached over TSP-Link here, not {inst.driver}")
+        masters = _drivers(lambda d: d.TSP_LINK_MASTER)
+        require(via is not None and via.driver in masters, f"{key}.tsp_link.via",
+                f"must name a {' or '.join(masters)} of this bench, got {inst.tsp_link.via!r}")
+        nodes = _drivers(lambda d: d.TSP_LINK_NODE)
+        require(inst.driver in nodes, f"{key}.tsp_link",
+                f"only a {' or '.join(nodes)} can be reached over TSP-Link here, "
+                f"not {inst.driver}")
         require(2 <= inst.tsp_link.node <= 64, f"{key}.tsp_link.node",
                 f"must be in 2..64, got {inst.tsp_link.node}")
-    matrices = [n for n, i in cfg.instruments.items() if i.driver == "keithley707b"]
+    matrices = [n for n in cfg.instruments if cfg.driver(n).IS_SWITCH_MATRIX]
+    kinds = " or ".join(_drivers(lambda d: d.IS_SWITCH_MATRIX))
     require(len(matrices) == 1, "instruments",
-            f"a bench needs exactly one keithley707b switch matrix, found {len(matrices)}")
+            f"a bench needs exactly one {kinds} switch matrix, found {len(matrices)}")
 
 
 def _check_terminals(cfg: BenchConfig) -> None:
@@ -320,10 +272,10 @@ def _check_terminals(cfg: BenchConfig) -> None:
             require(inst is not None, f"{key}.instrument",
                     f"unknown instrument {term.instrument!r} (bench has: "
                     f"{', '.join(cfg.instruments)})")
-            wanted = PULSE_DRIVERS if name == "pulse" else SOURCE_DRIVERS
+            wanted = _pulse_drivers() if name == "pulse" else _drivers(lambda d: d.IS_SMU)
             require(inst.driver in wanted, f"{key}.instrument",
                     f"{name} needs a {' or '.join(wanted)}, got {inst.driver}")
-            chans = DRIVER_CHANNELS[inst.driver]
+            chans = cfg.driver(term.instrument).CHANNELS
             chan = term.channel or ""
             require(chan in chans, f"{key}.channel",
                     f"{inst.driver} has channels {', '.join(c or '(none)' for c in chans)}, "
@@ -372,10 +324,8 @@ def _check_wiring(cfg: BenchConfig) -> None:
 
 
 def _check_levels(cfg: BenchConfig) -> None:
-    v_max, i_max = cfg.limits.v_max, cfg.limits.compliance_max_a
-    require(v_max > 0, "limits.v_max", f"must be > 0, got {v_max}")
-    require(i_max > 0, "limits.compliance_max_a", f"must be > 0, got {i_max}")
-    require(0 < cfg.read.voltage <= v_max, "read.voltage",
+    v_max, i_max = cfg.limits.v_max, cfg.limits.compliance_max_a  # both > 0 (validate)
+    require(cfg.limits.allows(cfg.read.voltage), "read.voltage",
             f"must be in (0, limits.v_max = {v_max}] V, got {cfg.read.voltage}")
     for key, c in (("read.compliance_a", cfg.read.compliance_a),
                    ("pulse.compliance_a", cfg.pulse.compliance_a)):
@@ -383,7 +333,7 @@ def _check_levels(cfg: BenchConfig) -> None:
                                      f"got {c}")
     for pol in ("potentiation", "depression"):
         shape: PulseShape = getattr(cfg.pulse, pol)
-        require(0 < shape.amplitude <= v_max, f"pulse.{pol}.amplitude",
+        require(cfg.limits.allows(shape.amplitude), f"pulse.{pol}.amplitude",
                 f"{shape.amplitude} V exceeds the bench's own limit limits.v_max = {v_max} V"
                 if shape.amplitude > v_max else f"must be > 0, got {shape.amplitude}")
         require(0 < shape.width_s < cfg.pulse.period_s, f"pulse.{pol}.width_s",

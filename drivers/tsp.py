@@ -13,14 +13,16 @@ TSP-Link: a driver with ``node=N`` prefixes every instrument call with ``node[N]
     node[2].channel.exclusiveclose("1A01,1C05"); waitcomplete(0); print(node[2].errorqueue.count)
 
 Without a node: ``channel.exclusiveclose("1A01,1C05"); waitcomplete(); print(errorqueue.count)``.
+Command templates use the fields ``{prefix}`` and ``{waitcomplete}``.
 """
 
 from __future__ import annotations
 
 from typing import ClassVar
 
+from .command_table import Command, done
 from .errors import InstrumentError
-from .scpi import MAX_ERRORS, Instrument
+from .instrument import MAX_ERRORS, Instrument
 from .transport import Transport
 
 
@@ -41,7 +43,12 @@ def parse_tsp_error(reply: str) -> tuple[int, str, int, int]:
 class TspInstrument(Instrument):
     """TSP driver base; ``node`` (TSP-Link node number) prefixes calls with ``node[N].``."""
 
+    JOIN = "; "
+    SPEAKS_TSP = True
     MAX_NODE: ClassVar[int] = 64
+
+    waitcomplete = Command("{waitcomplete}", "print(1)", reply=done,
+                           doc="Block until pending operations (relays) finished.")
 
     def __init__(self, resource: str | Transport, *, backend: str = "@py",
                  timeout_s: float = 2.0, v_limit: float | None = None,
@@ -57,9 +64,15 @@ class TspInstrument(Instrument):
         """``"node[N]."`` over TSP-Link, else ``""``."""
         return f"node[{self.node}]." if self.node is not None else ""
 
-    def cmd_waitcomplete(self) -> str:
-        """``waitcomplete()``, or ``waitcomplete(0)`` (all nodes) over TSP-Link."""
-        return "waitcomplete(0)" if self.node is not None else "waitcomplete()"
+    @property
+    def count_errors(self) -> str:
+        """The statement that ends a checked block: ``print(errorqueue.count)``."""
+        return f"print({self.prefix}errorqueue.count)"
+
+    def _fields(self) -> dict[str, str]:
+        # relay waits: waitcomplete(0) waits for every TSP-Link node
+        wait = "waitcomplete(0)" if self.node is not None else "waitcomplete()"
+        return {"prefix": self.prefix, "waitcomplete": wait}
 
     def print_query(self, expression: str) -> str:
         """Query ``print(expression)`` and return the reply text."""
@@ -98,20 +111,18 @@ class TspInstrument(Instrument):
 
     def run(self, statements: list[str]) -> None:
         """Send ``statements`` plus ``print(errorqueue.count)`` as one message; raise errors."""
-        msg = "; ".join([*statements, f"print({self.prefix}errorqueue.count)"])
-        self._drain(self._error_count(self._query(msg)))
+        self._drain(self._error_count(self._query(self.JOIN.join([*statements,
+                                                                   self.count_errors]))))
+
+    def _send_block(self, statements: list[str]) -> None:
+        self.run(statements)
 
     def check_errors(self) -> None:
         """``print(errorqueue.count)`` alone; drain and raise when non-zero."""
-        self._drain(self._error_count(self.print_query(f"{self.prefix}errorqueue.count")))
-
-    def waitcomplete(self) -> None:
-        """Block until pending operations finished: ``waitcomplete(); print(1)``."""
-        reply = self._query(f"{self.cmd_waitcomplete()}; print(1)")
-        if self._error_count(reply) != 1:
-            raise InstrumentError(f"unexpected reply {reply!r} to waitcomplete", self.resource)
+        self._drain(self._error_count(self._query(self.count_errors)))
 
     def reset(self) -> None:
         """``reset()`` (this node only over TSP-Link) and check errors."""
-        self._settings.clear()
+        self.settings.clear()
+        self.armed = False
         self.run([f"{self.prefix}reset()"])

@@ -13,19 +13,62 @@ The matrix has no outputs; close() does not move relays.
 from __future__ import annotations
 
 import re
+from typing import Any
 
+from ..command_table import Arg, Command, Commanded
+from ..instrument import INSTRUMENTS
 from ..transport import Transport
 from ..tsp import TspInstrument
 
 CHANNEL_RE = re.compile(r"^[1-6][A-H](0[1-9]|1[0-2])$")
 
 
+class Crosspoints(Arg):
+    """A non-empty list of distinct channel specs (``["1A01", "1C05"]``)."""
+
+    def check(self, owner: Commanded, name: str, value: Any) -> list[str]:
+        res = owner.resource
+        if isinstance(value, str) or not value:
+            raise ValueError(f"{res}: channels must be a non-empty list of channel "
+                             f"specs like '1A05', got {value!r}")
+        for ch in value:
+            if not isinstance(ch, str) or not CHANNEL_RE.match(ch):
+                raise ValueError(f"{res}: channel spec {ch!r} is not slot 1-6, row "
+                                 "A-H, column 01-12 (e.g. '1A05')")
+        if len(set(value)) != len(value):
+            raise ValueError(f"{res}: duplicate channel in {value!r}")
+        return list(value)
+
+    def text(self, value: Any) -> str:
+        return ",".join(value)
+
+
+def relay_list(reply: str) -> list[str]:
+    """``1A01;1C05`` -> ``["1A01", "1C05"]``; ``nil`` -> ``[]``."""
+    reply = reply.strip()
+    return [] if reply in ("nil", "") else reply.split(";")
+
+
+@INSTRUMENTS.register
 class Keithley707B(TspInstrument):
     """Keithley 707B (or 708B) matrix, direct or behind a TSP-Link master (``via``)."""
 
-    DRIVER = "keithley707b"
+    name = "keithley707b"
     MODEL = "Keithley 707B/708B"
     MODEL_RE = r"Model 70[78]B\b"
+    IS_SWITCH_MATRIX = True
+    TSP_LINK_NODE = True
+    CHANNELS = ()
+
+    close_exclusive = Command(
+        '{prefix}channel.exclusiveclose("{channels}")', "{waitcomplete}",
+        channels=Crosspoints(), records=lambda a: dict(closed=sorted(a.channels)),
+        doc="Close exactly ``channels`` (all others open), then wait for the relays.")
+    open_all = Command(
+        '{prefix}channel.open("allslots")', "{waitcomplete}",
+        records=lambda a: dict(closed=[]), doc="Open every relay, then wait for the relays.")
+    closed = Command('print({prefix}channel.getclose("allslots"))', reply=relay_list,
+                     doc="Channels now closed, as the instrument reports them.")
 
     def __init__(self, resource: str | Transport | None = None, *, backend: str = "@py",
                  timeout_s: float = 2.0, v_limit: float | None = None,
@@ -52,38 +95,3 @@ class Keithley707B(TspInstrument):
     def _close_transport(self) -> None:
         if self.via is None:
             super()._close_transport()
-
-    def cmd_close_exclusive(self, channels: list[str]) -> list[str]:
-        """Statements closing exactly ``channels`` (all others open), then the relay wait."""
-        if isinstance(channels, str) or not channels:
-            raise ValueError(f"{self.resource}: channels must be a non-empty list of channel "
-                             f"specs like '1A05', got {channels!r}")
-        for ch in channels:
-            if not isinstance(ch, str) or not CHANNEL_RE.match(ch):
-                raise ValueError(f"{self.resource}: channel spec {ch!r} is not slot 1-6, row "
-                                 "A-H, column 01-12 (e.g. '1A05')")
-        if len(set(channels)) != len(channels):
-            raise ValueError(f"{self.resource}: duplicate channel in {channels!r}")
-        self._settings["closed"] = sorted(channels)
-        spec = ",".join(channels)
-        return [f'{self.prefix}channel.exclusiveclose("{spec}")', self.cmd_waitcomplete()]
-
-    def cmd_open_all(self) -> list[str]:
-        """Statements opening every relay, then the relay wait."""
-        self._settings["closed"] = []
-        return [f'{self.prefix}channel.open("allslots")', self.cmd_waitcomplete()]
-
-    def close_exclusive(self, channels: list[str]) -> None:
-        """Close exactly ``channels`` (e.g. ``["1A01", "1C05"]``); wait; check errors."""
-        self.run(self.cmd_close_exclusive(channels))
-
-    def open_all(self) -> None:
-        """Open every relay; wait; check errors."""
-        self.run(self.cmd_open_all())
-
-    def closed(self) -> list[str]:
-        """Channels now closed, as the instrument reports them (``[]`` when none)."""
-        reply = self.print_query(f'{self.prefix}channel.getclose("allslots")')
-        if reply in ("nil", ""):
-            return []
-        return reply.split(";")
