@@ -63,6 +63,9 @@ MAX_SMU_BURST = 60_000
 ``smuX.nvbuffer1``: > 60,000 readings with timestamps and source values, 2600B
 specifications); a burst is also kept under half the SMU's reply timeout."""
 
+MAX_CACHED_TRAINS = 4096
+"""SMU pulse-train statements kept per (polarity, count)."""
+
 _OPEN: weakref.WeakSet = weakref.WeakSet()
 
 
@@ -123,6 +126,7 @@ class BenchArray(CrossPointArray):
         self._read_msgs: dict[tuple[int, int], list[str]] = {}
         self._route_msgs: dict[tuple[int, int, bool], list[str]] = {}
         self._smu_pulse_msgs: dict[tuple[int, int, bool], tuple[str, str]] = {}
+        self._smu_trains: dict[tuple[bool, int], str] = {}
         self._mvm_cache: torch.Tensor | None = None
         self._plans: dict[tuple[int, int, bool], tuple[list[str], dict[str, float]]] = {}
         _OPEN.add(self)
@@ -478,10 +482,20 @@ class BenchArray(CrossPointArray):
             join = s.instrument.JOIN
             parts = (join.join(head) + join, join + join.join(tail))
             self._smu_pulse_msgs[(i, j, up)] = parts
-        shape = cfg.pulse.potentiation if up else cfg.pulse.depression
-        train = s.channel.cmd_pulse_voltage(shape.amplitude, shape.width_s, abs(n),
-                                            cfg.pulse.compliance_a, cfg.pulse.period_s)
-        return parts[0] + s.instrument.JOIN.join(train) + parts[1]
+        return parts[0] + self._smu_train(up, abs(n)) + parts[1]
+
+    def _smu_train(self, up: bool, n: int) -> str:
+        """The sense channel's ``pulse_voltage`` statements for ``n`` pulses of one
+        polarity (cached: the same few counts come back all the time)."""
+        train = self._smu_trains.get((up, n))
+        if train is None:
+            cfg, s = self.config, self._sense
+            shape = cfg.pulse.potentiation if up else cfg.pulse.depression
+            train = s.instrument.JOIN.join(s.channel.cmd_pulse_voltage(
+                shape.amplitude, shape.width_s, n, cfg.pulse.compliance_a, cfg.pulse.period_s))
+            if len(self._smu_trains) < MAX_CACHED_TRAINS:
+                self._smu_trains[(up, n)] = train
+        return train
 
     def _pulse_pipelined(self, bursts: list[tuple[int, int, int]]) -> None:
         """SMU pulses, one message per burst, up to PIPELINE in flight (as reads): every

@@ -56,7 +56,9 @@ def _where(resource: str | None) -> str:
 
 def finite(name: str, value: float, resource: str | None = None) -> float:
     """``value`` as float, or ValueError naming ``name`` when not a finite number."""
-    ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    kind = type(value)
+    ok = kind is float or kind is int or (isinstance(value, numbers.Real)
+                                          and not isinstance(value, bool))
     x = float(value) if ok else math.nan
     if not math.isfinite(x):
         raise ValueError(f"{_where(resource)}{name} must be a finite number, got {value!r}")
@@ -258,11 +260,25 @@ class Command:
 
     # -- building ----------------------------------------------------------------------
     def _bind(self, owner: Commanded, args: tuple, kwargs: dict) -> SimpleNamespace:
-        bound = self.signature.bind(owner, *args, **kwargs)
-        bound.apply_defaults()
-        values = dict(bound.arguments)
-        del values["self"]
-        return SimpleNamespace(**{n: self.args[n].check(owner, n, v) for n, v in values.items()})
+        """Arguments by name (positional in declaration order, defaults filled in), each
+        validated by its :class:`Arg`."""
+        names = self.args
+        if len(args) > len(names):
+            raise TypeError(f"{self.name}() takes {len(names)} arguments, got {len(args)}")
+        values = dict(zip(names, args, strict=False))  # fewer args: defaults below
+        for n, v in kwargs.items():
+            if n not in names or n in values:
+                raise TypeError(f"{self.name}() got an unexpected or repeated argument {n!r}")
+            values[n] = v
+        checked = {}
+        for n, kind in names.items():
+            if n in values:
+                checked[n] = kind.check(owner, n, values[n])
+            elif kind.default is REQUIRED:
+                raise TypeError(f"{self.name}() missing argument {n!r}")
+            else:
+                checked[n] = kind.check(owner, n, kind.default)
+        return SimpleNamespace(**checked)
 
     def build(self, owner: Commanded, *args: Any, **kwargs: Any
               ) -> tuple[list[str], Callable[[], None]]:

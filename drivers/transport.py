@@ -1,38 +1,44 @@
-"""Message transports: real VISA sessions and two in-process test doubles.
+"""Message transports: what drivers need of a channel, and real VISA sessions.
 
-* :class:`VisaTransport` -- pyvisa session (pyvisa-py ``@py`` by default) with explicit
-  terminations, ``TCP_NODELAY`` on raw sockets, an ``*IDN?`` handshake at open (pyvisa-py
-  0.8.1 does not report a refused connection at open), timeout recovery (drain + re-sync
-  on the handshake reply, so a late reply can never answer the next query), peer-close
-  detection (pyvisa-py would busy-spin for the whole timeout) and error mapping to
-  :mod:`rpuhw.drivers.errors`.
-* :class:`ScriptedTransport` -- expected-protocol test double: a list of
-  ``(expected_message, reply)`` pairs; fails on the first mismatch and on leftovers.
-* :class:`LoopbackTransport` -- calls ``handle(message) -> reply | None`` in-process.
+* :class:`Transport` -- the protocol drivers use (write, query, read, clear, reconnect).
+* :class:`VisaTransport` -- a pyvisa session (pyvisa-py ``@py`` by default) with an
+  explicit backend, explicit terminations, ``TCP_NODELAY`` on raw sockets, an ``*IDN?``
+  handshake at open (pyvisa-py 0.8.1 does not report a refused connection at open),
+  timeout recovery (drain + re-sync on the handshake reply, so a late reply can never
+  answer the next query) and error mapping to :mod:`rpuhw.drivers.errors`. It uses
+  pyvisa's public API and :class:`pyvisa.constants.StatusCode`.
+* :class:`PyvisaPySocket` -- the one class that knows pyvisa-py's internals: on a
+  pyvisa-py TCPIP ``SOCKET`` session of a pyvisa-py version in :data:`PYVISA_PY_RANGE`
+  it does the message I/O straight on the session's socket (one ``sendall``, one
+  ``recv`` per reply instead of pyvisa-py's ~0.2 ms read loop), sets ``TCP_NODELAY``
+  (pyvisa-py 0.8.1 refuses the VISA attribute) and sees a closed peer at once (pyvisa-py
+  would busy-spin for the whole timeout). Any other version or backend: the public path.
 
-Counters ``messages`` / ``queries`` count the caller's messages (writes and queries); the
-transport's own handshake and re-sync messages are not counted. Times are in seconds.
+The in-process doubles (``ScriptedTransport``, ``LoopbackTransport``) are in
+:mod:`rpuhw.drivers.doubles`. Counters ``messages`` / ``queries`` count the caller's
+messages (writes and queries); the transport's own handshake and re-sync messages are
+not counted. Times are in seconds.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import select
 import socket
 import time
-from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass
+from importlib import metadata
 from typing import Any, Protocol, runtime_checkable
 
 from .errors import InstrumentConnectionError, InstrumentError, InstrumentTimeout
 
 log = logging.getLogger("rpuhw.drivers.transport")
 
-VI_ERROR_TMO = -1073807339
-VI_ERROR_CONN_LOST = -1073807194
-VI_ERROR_RSRC_NFOUND = -1073807343
-_CONNECTION_CODES = {VI_ERROR_CONN_LOST, VI_ERROR_RSRC_NFOUND}
+PYVISA_PY_RANGE: tuple[tuple[int, ...], tuple[int, ...]] = ((0, 7), (0, 9))
+"""pyvisa-py versions ``>= 0.7, < 0.9`` whose internals :class:`PyvisaPySocket` relies on
+(``visalib.sessions[session].interface``, the socket); pyproject.toml pins the same range
+(``tests/test_transport_versions.py`` fails when they drift apart or the internals move)."""
 
 
 @runtime_checkable
@@ -64,7 +70,7 @@ class TranscriptEntry:
     """Reply text without terminator; None for a write."""
 
 
-class _Counting:
+class TransportBase:
     """Counters, transcript and debug logging shared by all transports."""
 
     def __init__(self, resource: str, record: bool) -> None:
@@ -95,7 +101,168 @@ class _Counting:
         raise NotImplementedError
 
 
-class VisaTransport(_Counting):
+# ---- pyvisa, imported on first use (importing it takes ~0.3 s) ---------------------------
+def _status(exc: BaseException) -> Any:
+    """The :class:`pyvisa.constants.StatusCode` of a VISA error, else None."""
+    from pyvisa.errors import VisaIOError
+
+    return exc.error_code if isinstance(exc, VisaIOError) else None
+
+
+def _is_timeout(exc: BaseException) -> bool:
+    from pyvisa.constants import StatusCode
+
+    return _status(exc) == StatusCode.error_timeout
+
+
+def _timeout_error() -> Exception:
+    from pyvisa.constants import StatusCode
+    from pyvisa.errors import VisaIOError
+
+    return VisaIOError(StatusCode.error_timeout)
+
+
+def version_tuple(text: str) -> tuple[int, ...]:
+    """``"0.8.1"`` -> ``(0, 8, 1)``: the leading release numbers (``"0.9.0rc1"`` -> (0, 9, 0))."""
+    m = re.match(r"\d+(?:\.\d+)*", text.strip())
+    return tuple(int(p) for p in m.group(0).split(".")) if m else ()
+
+
+def pyvisa_py_version() -> tuple[int, ...] | None:
+    """The installed pyvisa-py version, or None when it is not installed."""
+    try:
+        return version_tuple(metadata.version("pyvisa-py"))
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def fast_path_supported(version: tuple[int, ...] | None) -> bool:
+    """True when ``version`` of pyvisa-py is inside :data:`PYVISA_PY_RANGE`."""
+    low, high = PYVISA_PY_RANGE
+    return version is not None and low <= version < high
+
+
+# ---- message I/O: the public path and the pyvisa-py socket path --------------------------
+class PublicIO:
+    """Message I/O through pyvisa's public :class:`~pyvisa.resources.MessageBasedResource`
+    API (any backend, any interface)."""
+
+    socket: socket.socket | None = None
+
+    def __init__(self, res: Any) -> None:
+        self.res = res
+
+    def write(self, message: str) -> None:
+        self.res.write(message)
+
+    def read(self) -> str:
+        return self.res.read()
+
+    def peer_closed(self) -> bool:
+        """Not visible through the public API: False (a closed peer times out instead)."""
+        return False
+
+    def drain(self, timeout_s: float) -> None:
+        """Discard pending input: read with a short timeout until nothing comes (bounded
+        by ``max(1 s, timeout_s)``; viClear would spin at EOF on some backends)."""
+        saved = self.res.timeout
+        self.res.timeout = 100  # ms
+        deadline = time.monotonic() + max(1.0, timeout_s)
+        try:
+            while time.monotonic() < deadline:
+                try:
+                    self.res.read_raw()
+                except Exception as exc:
+                    if _is_timeout(exc):
+                        return
+                    raise
+        finally:
+            self.res.timeout = saved
+
+
+class PyvisaPySocket:
+    """Message I/O straight on a pyvisa-py ``SOCKET`` session's socket.
+
+    The only code that uses pyvisa-py internals (the session table ``visalib.sessions``
+    and the session's ``interface`` socket). :meth:`attach` checks the installed
+    pyvisa-py against :data:`PYVISA_PY_RANGE` and the internals' shape, and returns None
+    (use :class:`PublicIO`) when either does not fit. Terminations, timeouts (a
+    :class:`~pyvisa.errors.VisaIOError` with ``StatusCode.error_timeout``) and EOF
+    (``OSError``) behave as through pyvisa.
+    """
+
+    def __init__(self, sock: socket.socket, timeout_s: float, read_termination: str,
+                 write_termination: str) -> None:
+        self.socket = sock
+        self.timeout_s = timeout_s
+        self._term = read_termination.encode("utf-8")
+        self._write_term = write_termination
+        self._buf = bytearray()
+
+    @classmethod
+    def attach(cls, res: Any, backend: str, timeout_s: float, read_termination: str,
+               write_termination: str) -> PyvisaPySocket | None:
+        """The socket path for ``res``, or None (another backend or interface, a pyvisa-py
+        outside :data:`PYVISA_PY_RANGE`, or internals that moved)."""
+        if not backend.startswith("@py"):
+            return None
+        version = pyvisa_py_version()
+        if not fast_path_supported(version):
+            log.info("pyvisa-py %s is outside %s: message I/O through pyvisa's public API",
+                     version, PYVISA_PY_RANGE)
+            return None
+        try:
+            sock = res.visalib.sessions[res.session].interface
+        except (AttributeError, KeyError, TypeError):
+            sock = None
+        if not isinstance(sock, socket.socket) or sock.type != socket.SOCK_STREAM:
+            return None
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError as exc:  # pragma: no cover - not a TCP socket
+            log.debug("TCP_NODELAY not set: %s", exc)
+        return cls(sock, timeout_s, read_termination, write_termination)
+
+    def write(self, message: str) -> None:
+        self.socket.sendall((message + self._write_term).encode("utf-8"))
+
+    def read(self) -> str:
+        term, buf = self._term, self._buf
+        deadline = time.monotonic() + self.timeout_s
+        while True:
+            at = buf.find(term)
+            if at >= 0:
+                line = bytes(buf[:at])
+                del buf[:at + len(term)]
+                return line.decode("utf-8", errors="replace")
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([self.socket], [], [], left)[0]:
+                raise _timeout_error()
+            chunk = self.socket.recv(65536)
+            if not chunk:
+                raise OSError("connection closed by the instrument")
+            buf += chunk
+
+    def peer_closed(self) -> bool:
+        """True when the peer closed the socket (EOF pending)."""
+        try:
+            if not select.select([self.socket], [], [], 0)[0]:
+                return False
+            return self.socket.recv(1, socket.MSG_PEEK) == b""
+        except OSError:
+            return True
+
+    def drain(self, timeout_s: float) -> None:
+        """Discard buffered input (like viClear, but stops at EOF instead of spinning)."""
+        self._buf.clear()
+        deadline = time.monotonic() + max(1.0, timeout_s)
+        while time.monotonic() < deadline and select.select([self.socket], [], [], 0.1)[0]:
+            if not self.socket.recv(4096):
+                raise OSError("connection closed by the instrument")
+
+
+# ---- the VISA transport -------------------------------------------------------------------
+class VisaTransport(TransportBase):
     """A pyvisa message session (``TCPIP::host::port::SOCKET``, GPIB, USB, ...).
 
     ``timeout_s`` applies to every read and to opening the connection. ``handshake`` is
@@ -122,9 +289,8 @@ class VisaTransport(_Counting):
         self.write_termination = write_termination
         self._res: Any = None
         self._rm: Any = None
+        self._io: PublicIO | PyvisaPySocket | None = None
         self._stale = False
-        self._raw: socket.socket | None = None  # pyvisa-py SOCKET: direct socket I/O
-        self._rbuf = bytearray()
         self._open()
 
     # -- connection -------------------------------------------------------------------
@@ -148,18 +314,20 @@ class VisaTransport(_Counting):
             )
         except Exception as exc:
             raise InstrumentConnectionError(f"cannot open: {exc}", self.resource) from exc
-        self._set_nodelay()
-        self._raw = self._socket()
-        self._rbuf.clear()
+        self._io = PyvisaPySocket.attach(self._res, self.backend, self.timeout_s,
+                                         self.read_termination, self.write_termination)
+        if self._io is None:
+            self._io = PublicIO(self._res)
+            self._set_nodelay()
         self._stale = False
         if self.handshake is None:
             return
         try:
-            self._io_write(self.handshake)
-            self.idn = self._io_read().strip()
+            self._io.write(self.handshake)
+            self.idn = self._io.read().strip()
         except Exception as exc:
             self._close_resource()
-            if getattr(exc, "error_code", None) == VI_ERROR_TMO:
+            if _is_timeout(exc):
                 raise InstrumentTimeout(
                     f"no reply to handshake {self.handshake!r} within {self.timeout_s} s",
                     self.resource,
@@ -168,72 +336,21 @@ class VisaTransport(_Counting):
                 f"handshake {self.handshake!r} failed: {exc}", self.resource
             ) from exc
 
-    def _session(self) -> Any:
-        """The pyvisa-py session object (private API), or None on other backends."""
-        try:
-            return self._res.visalib.sessions[self._res.session]
-        except Exception:
-            return None
-
-    def _socket(self) -> socket.socket | None:
-        sock = getattr(self._session(), "interface", None)
-        return sock if isinstance(sock, socket.socket) else None
-
     def _set_nodelay(self) -> None:
-        sock = self._socket()
-        if sock is None:
-            return
+        """``VI_ATTR_TCPIP_NODELAY`` through the public API (TCPIP sessions that take it)."""
+        from pyvisa.constants import ResourceAttribute, VisaBoolean
+
         try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except OSError as exc:  # pragma: no cover - not a TCP socket
+            self._res.set_visa_attribute(ResourceAttribute.tcpip_nodelay, VisaBoolean.true)
+        except Exception as exc:
             log.debug("%s: TCP_NODELAY not set: %s", self.resource, exc)
 
-    # -- message I/O: straight on the socket for pyvisa-py SOCKET sessions ---------------
-    # pyvisa-py's read loop costs ~0.2 ms per reply (several selects and buffer copies);
-    # on a raw socket session the same exchange is a sendall and a recv. Terminations,
-    # timeouts (VI_ERROR_TMO) and EOF (OSError) behave as through pyvisa.
-    def _io_write(self, message: str) -> None:
-        if self._raw is None:
-            self._res.write(message)
-            return
-        self._raw.sendall((message + self.write_termination).encode("utf-8"))
-
-    def _io_read(self) -> str:
-        if self._raw is None:
-            return self._res.read()
-        term = self.read_termination.encode("utf-8")
-        deadline = time.monotonic() + self.timeout_s
-        while True:
-            at = self._rbuf.find(term)
-            if at >= 0:
-                line = bytes(self._rbuf[:at])
-                del self._rbuf[:at + len(term)]
-                return line.decode("utf-8", errors="replace")
-            left = deadline - time.monotonic()
-            if left <= 0 or not select.select([self._raw], [], [], left)[0]:
-                from pyvisa.errors import VisaIOError
-
-                raise VisaIOError(VI_ERROR_TMO)
-            chunk = self._raw.recv(65536)
-            if not chunk:
-                raise OSError("connection closed by the instrument")
-            self._rbuf += chunk
-
-    def _peer_closed(self) -> bool:
-        """True when the peer closed the socket (EOF pending); False if unknown."""
-        sock = self._socket()
-        if sock is None:
-            return False
-        try:
-            if not select.select([sock], [], [], 0)[0]:
-                return False
-            return sock.recv(1, socket.MSG_PEEK) == b""
-        except OSError:
-            return True
+    def _socket(self) -> socket.socket | None:
+        """The raw socket when the pyvisa-py socket path is in use, else None."""
+        return self._io.socket if self._io is not None else None
 
     def _close_resource(self) -> None:
-        self._raw = None
-        self._rbuf.clear()
+        self._io = None
         if self._res is not None:
             try:
                 self._res.close()
@@ -257,28 +374,23 @@ class VisaTransport(_Counting):
         self._rm = None
 
     # -- I/O --------------------------------------------------------------------------
-    def _ready(self, message: str) -> None:
-        if self._res is None:
+    def _ready(self, message: str) -> PublicIO | PyvisaPySocket:
+        if self._io is None:
             raise InstrumentConnectionError(f"transport is closed (sending {message!r})",
                                             self.resource)
         if self._stale:
             log.info("%s: reconnecting after a failed re-sync", self.resource)
             self.reconnect()
-        # (on a raw socket a closed peer shows as EOF at the read; through pyvisa-py the
-        # read would busy-spin for the whole timeout, so look before sending)
-        if self._raw is None and self._peer_closed():
-            raise InstrumentConnectionError(
-                f"connection closed by the instrument (sending {message!r}); call reconnect()",
-                self.resource,
-            )
+        return self._io
 
     def _map(self, exc: Exception, message: str) -> InstrumentError:
-        code = getattr(exc, "error_code", None)
-        if code == VI_ERROR_TMO:
+        from pyvisa.constants import StatusCode
+
+        code = _status(exc)
+        if code == StatusCode.error_timeout:
             return self._after_timeout(message)
-        if code in _CONNECTION_CODES or isinstance(exc, OSError) or "could not connect" in str(
-            exc
-        ):
+        if code in (StatusCode.error_connection_lost, StatusCode.error_resource_not_found) \
+                or isinstance(exc, OSError) or "could not connect" in str(exc):
             return InstrumentConnectionError(f"connection lost at {message!r}: {exc}",
                                              self.resource)
         return InstrumentError(f"VISA error at {message!r}: {exc}", self.resource)
@@ -286,7 +398,8 @@ class VisaTransport(_Counting):
     def _after_timeout(self, message: str) -> InstrumentError:
         """Drain, re-sync on the handshake reply; return the exception to raise."""
         what = f"no terminated reply to {message!r} within {self.timeout_s} s"
-        if self._peer_closed():
+        io = self._io
+        if io is not None and io.peer_closed():
             return InstrumentConnectionError(f"{what}: connection closed by the instrument",
                                              self.resource)
         try:
@@ -304,53 +417,44 @@ class VisaTransport(_Counting):
         return InstrumentTimeout(f"{what}; session re-synchronised", self.resource)
 
     def _drain(self) -> None:
-        """Discard buffered input (like viClear, but stops at EOF instead of spinning)."""
-        sess, sock = self._session(), self._socket()
-        if sock is None:
-            self._res.clear()
-            return
-        pending = getattr(sess, "_pending_buffer", None)
-        if pending is not None:
-            pending.clear()
-        self._rbuf.clear()
-        deadline = time.monotonic() + max(1.0, self.timeout_s)
-        while time.monotonic() < deadline and select.select([sock], [], [], 0.1)[0]:
-            if not sock.recv(4096):
-                raise InstrumentConnectionError("connection closed by the instrument",
-                                                self.resource)
+        try:
+            self._ready("<clear>").drain(self.timeout_s)
+        except OSError as exc:
+            raise InstrumentConnectionError(str(exc), self.resource) from exc
 
     def _resync(self) -> bool:
         """Send the handshake once and read until its reply comes back (bounded)."""
         if self.handshake is None or self.idn is None:
             return True
-        self._io_write(self.handshake)
+        io = self._ready(self.handshake)
+        io.write(self.handshake)
         deadline = time.monotonic() + 3 * self.timeout_s
         while time.monotonic() < deadline:
             try:
-                if self._io_read().strip() == self.idn:
+                if io.read().strip() == self.idn:
                     return True
             except Exception as exc:
-                if getattr(exc, "error_code", None) != VI_ERROR_TMO:
+                if not _is_timeout(exc):
                     raise
-                if self._peer_closed():
+                if io.peer_closed():
                     raise InstrumentConnectionError("connection closed by the instrument",
                                                     self.resource) from exc
         return False
 
     def write(self, message: str) -> None:
         """Send one message (the write termination is appended)."""
-        self._ready(message)
+        io = self._ready(message)
         try:
-            self._io_write(message)
+            io.write(message)
         except Exception as exc:
             raise self._map(exc, message) from exc
         self._note(message, None, query=False)
 
     def read(self) -> str:
         """Read one terminated reply (terminator stripped)."""
-        self._ready("<read>")
+        io = self._ready("<read>")
         try:
-            reply = self._io_read()
+            reply = io.read()
         except Exception as exc:
             raise self._map(exc, "<read>") from exc
         self._note("", reply, query=False)
@@ -358,14 +462,12 @@ class VisaTransport(_Counting):
 
     def query(self, message: str) -> str:
         """Send ``message`` and read one terminated reply."""
-        self._ready(message)
+        io = self._ready(message)
         sent = False
         try:
-            self._io_write(message)
+            io.write(message)
             sent = True
-            if self._raw is None and self._peer_closed():
-                raise OSError("connection closed by the instrument")
-            reply = self._io_read()
+            reply = io.read()
         except Exception as exc:
             if sent:  # it left the host: count it, with no reply
                 self._note(message, None, query=True)
@@ -375,147 +477,4 @@ class VisaTransport(_Counting):
 
     def clear(self) -> None:
         """Discard any pending input."""
-        self._ready("<clear>")
         self._drain()
-
-
-class ScriptMismatch(AssertionError):
-    """A :class:`ScriptedTransport` saw an unexpected message or kept leftovers."""
-
-
-class ScriptedTransport(_Counting):
-    """Expected-protocol double: ``script`` is a list of ``(expected_message, reply)``.
-
-    ``write`` needs an entry with reply None; ``query`` an entry with a str reply (None:
-    the query times out with :class:`InstrumentTimeout`); ``read`` an entry whose expected
-    message is ``""``. ``idn`` is None, so drivers query ``*IDN?`` through the script.
-    As a context manager, a clean exit calls :meth:`assert_done`.
-    """
-
-    def __init__(self, script: list[tuple[str, str | None]], resource: str = "scripted",
-                 record: bool = False) -> None:
-        super().__init__(resource, record)
-        self.script = list(script)
-        self.position = 0
-        self.sent: list[str] = []
-        self.closed = False
-
-    def _next(self, message: str, kind: str) -> str | None:
-        if self.position >= len(self.script):
-            raise ScriptMismatch(
-                f"{self.resource}: unexpected {kind} #{self.position} {message!r}: script is done"
-            )
-        expected, reply = self.script[self.position]
-        if expected != message:
-            raise ScriptMismatch(
-                f"{self.resource}: {kind} #{self.position} mismatch\n"
-                f"  expected: {expected!r}\n  got:      {message!r}"
-            )
-        if kind == "write" and reply is not None:
-            raise ScriptMismatch(
-                f"{self.resource}: #{self.position} {message!r} was written, but the script "
-                f"expects a query with reply {reply!r}"
-            )
-        self.position += 1
-        self.sent.append(message)
-        return reply
-
-    def write(self, message: str) -> None:
-        self._next(message, "write")
-        self._note(message, None, query=False)
-
-    def query(self, message: str) -> str:
-        reply = self._next(message, "query")
-        self._note(message, reply, query=True)
-        if reply is None:
-            raise InstrumentTimeout(f"no reply to {message!r} (scripted)", self.resource)
-        return reply
-
-    def read(self) -> str:
-        reply = self._next("", "read")
-        self._note("", reply, query=False)
-        if reply is None:
-            raise InstrumentTimeout("no reply to read (scripted)", self.resource)
-        return reply
-
-    def clear(self) -> None:
-        pass
-
-    def reconnect(self) -> None:
-        self.closed = False
-
-    def close(self) -> None:
-        self.closed = True
-
-    def assert_done(self) -> None:
-        """Fail when scripted messages were never sent."""
-        left = self.script[self.position:]
-        if left:
-            raise ScriptMismatch(
-                f"{self.resource}: {len(left)} scripted message(s) never sent, next: {left[0]!r}"
-            )
-
-    def __exit__(self, exc_type: object, *exc: object) -> None:
-        self.close()
-        if exc_type is None:
-            self.assert_done()
-
-
-class LoopbackTransport(_Counting):
-    """In-process transport: ``handle(message)`` returns the reply text or None.
-
-    Replies (split on newlines) are queued like a socket's input buffer, so a reply to a
-    write stays pending until read. Performs the ``*IDN?`` handshake at construction.
-    """
-
-    def __init__(self, handle: Callable[[str], str | None], resource: str = "loopback",
-                 handshake: str | None = "*IDN?", record: bool = False) -> None:
-        super().__init__(resource, record)
-        self.handle = handle
-        self.handshake = handshake
-        self._pending: deque[str] = deque()
-        self.closed = False
-        self.reconnect()
-
-    def _send(self, message: str) -> None:
-        if self.closed:
-            raise InstrumentConnectionError(f"transport is closed (sending {message!r})",
-                                            self.resource)
-        reply = self.handle(message)
-        if reply is not None:
-            self._pending.extend(reply.split("\n"))
-
-    def _read(self, message: str) -> str:
-        if not self._pending:
-            raise InstrumentTimeout(f"no reply to {message!r}", self.resource)
-        return self._pending.popleft()
-
-    def write(self, message: str) -> None:
-        self._send(message)
-        self._note(message, None, query=False)
-
-    def query(self, message: str) -> str:
-        self._send(message)
-        reply = self._pending.popleft() if self._pending else None
-        self._note(message, reply, query=True)
-        if reply is None:
-            raise InstrumentTimeout(f"no reply to {message!r}", self.resource)
-        return reply
-
-    def read(self) -> str:
-        reply = self._read("<read>")
-        self._note("", reply, query=False)
-        return reply
-
-    def clear(self) -> None:
-        self._pending.clear()
-
-    def reconnect(self) -> None:
-        self.closed = False
-        self._pending.clear()
-        if self.handshake is not None:
-            self._send(self.handshake)
-            self.idn = self._read(self.handshake).strip()
-
-    def close(self) -> None:
-        self.closed = True

@@ -32,9 +32,9 @@ from hypothesis import strategies as st
 
 from rpuhw.drivers.bench import BenchArray
 from rpuhw.drivers.bench_config import bench_from_mapping
+from rpuhw.drivers.doubles import LoopbackTransport
 from rpuhw.drivers.emulators import Emulator
 from rpuhw.drivers.errors import SafetyError
-from rpuhw.drivers.transport import LoopbackTransport
 
 V_MAX = 2.0
 ROWS, COLS = 2, 3

@@ -19,9 +19,9 @@ from rpuhw.device_spec import ConductanceMap, DeviceSpec
 from rpuhw.devices import get_model
 from rpuhw.drivers.bench import PIPELINE, BenchArray
 from rpuhw.drivers.bench_config import bench_from_mapping
+from rpuhw.drivers.doubles import LoopbackTransport, ScriptedTransport
 from rpuhw.drivers.emulators import Emulator
 from rpuhw.drivers.errors import InstrumentCommandError
-from rpuhw.drivers.transport import LoopbackTransport, ScriptedTransport
 
 pytestmark = pytest.mark.timeout(60)
 

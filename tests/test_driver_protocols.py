@@ -11,6 +11,7 @@ import math
 
 import pytest
 
+from rpuhw.drivers.doubles import LoopbackTransport, ScriptedTransport, ScriptMismatch
 from rpuhw.drivers.errors import (
     InstrumentCommandError,
     InstrumentError,
@@ -26,7 +27,6 @@ from rpuhw.drivers.instruments import (
     get_driver,
 )
 from rpuhw.drivers.scpi import fmt, parse_scpi_error
-from rpuhw.drivers.transport import LoopbackTransport, ScriptedTransport, ScriptMismatch
 from rpuhw.drivers.tsp import parse_tsp_error
 
 IDN_2450 = "KEITHLEY INSTRUMENTS,MODEL 2450,04512345,1.7.12b"

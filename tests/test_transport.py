@@ -240,3 +240,85 @@ def test_closing_one_session_leaves_the_others_open(server):
     a.close()
     assert b.query("*IDN?") == b.idn
     b.close()
+
+
+# ---- the pyvisa-py fast path: pinned range, version check, public fallback -------------------
+def _pinned_range() -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The ``pyvisa-py>=A,<B`` dependency of pyproject.toml as version tuples."""
+    import re
+    from pathlib import Path
+
+    from rpuhw.drivers.transport import version_tuple
+
+    text = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
+    m = re.search(r'"pyvisa-py\s*>=\s*([\d.]+)\s*,\s*<\s*([\d.]+)\s*"', text)
+    assert m, "pyproject.toml must pin pyvisa-py to a range: \"pyvisa-py>=A,<B\""
+    return version_tuple(m.group(1)), version_tuple(m.group(2))
+
+
+def test_pinned_pyvisa_py_range_is_the_fast_paths_range():
+    from rpuhw.drivers.transport import PYVISA_PY_RANGE
+
+    assert _pinned_range() == PYVISA_PY_RANGE, \
+        "pyproject.toml's pyvisa-py range and transport.PYVISA_PY_RANGE must move together"
+
+
+def test_installed_pyvisa_py_is_inside_the_pinned_range():
+    from rpuhw.drivers.transport import fast_path_supported, pyvisa_py_version
+
+    version = pyvisa_py_version()
+    low, high = _pinned_range()
+    assert version is not None and low <= version < high, \
+        f"installed pyvisa-py {version} is outside the pinned range [{low}, {high})"
+    assert fast_path_supported(version)
+
+
+def test_fast_path_finds_the_internals_it_needs(transport):
+    """On the installed pyvisa-py the socket path attaches (its internals are where it
+    expects them); if pyvisa-py moves them, this fails instead of the path silently
+    falling back."""
+    from rpuhw.drivers.transport import PyvisaPySocket
+
+    assert isinstance(transport._io, PyvisaPySocket)
+    assert transport._socket() is transport._io.socket
+
+
+def test_version_check():
+    from rpuhw.drivers.transport import PYVISA_PY_RANGE, fast_path_supported, version_tuple
+
+    low, high = PYVISA_PY_RANGE
+    assert version_tuple("0.8.1") == (0, 8, 1) and version_tuple("0.9.0rc1") == (0, 9, 0)
+    assert fast_path_supported(low) and not fast_path_supported(high)
+    assert not fast_path_supported((0, 6, 3)) and not fast_path_supported(None)
+
+
+@pytest.fixture
+def public_transport(server, monkeypatch):
+    """A transport on the public pyvisa path, as with a pyvisa-py outside the range."""
+    from rpuhw.drivers import transport as tr
+
+    monkeypatch.setattr(tr, "pyvisa_py_version", lambda: (0, 6, 3))
+    t = VisaTransport(server.resource, timeout_s=0.5)
+    assert isinstance(t._io, tr.PublicIO) and t._socket() is None
+    yield t
+    t.close()
+
+
+def test_public_path_query_write_and_counters(server, public_transport):
+    t = public_transport
+    assert t.idn == IDN
+    assert t.query("ECHO? hello") == "hello"
+    t.write("SET 1")
+    assert t.query("ECHO? 2") == "2"
+    assert (t.messages, t.queries) == (3, 2)
+
+
+def test_public_path_timeout_then_resync(server, public_transport):
+    t = public_transport
+    with pytest.raises(InstrumentTimeout, match="re-synchronised"):
+        t.query("DELAY? 0.55 late")
+    for k in range(3):
+        assert t.query(f"ECHO? next{k}") == f"next{k}"
+    with pytest.raises(InstrumentTimeout, match="NOTERM"):
+        t.query("NOTERM? no newline")
+    assert t.query("ECHO? ok") == "ok"
