@@ -3,8 +3,15 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
+
+import pytest
+
+from rpuhw.cli import COMMANDS, Command, UsageError, main
+from rpuhw.cli.command import BUILT_IN
+from rpuhw.errors import ConfigError, HardwareError
 
 
 def rpuhw(*args: str) -> subprocess.CompletedProcess:
@@ -45,3 +52,57 @@ def test_bad_input_is_one_line_exit_2(tmp_path):
     assert out.returncode == 2 and "file not found" in out.stderr
     out = rpuhw("frobnicate")
     assert out.returncode == 2 and "Traceback" not in out.stderr
+
+
+def test_help_lists_every_command_and_imports_nothing_heavy():
+    code = ("import contextlib, io, sys\nfrom rpuhw.cli import main\n"
+            "with contextlib.redirect_stdout(io.StringIO()) as out:\n    rc = main(['--help'])\n"
+            "heavy = ('torch', 'numpy', 'scipy', 'matplotlib', 'pyvisa', 'numba')\n"
+            "print(rc, [m for m in heavy if m in sys.modules])\nprint(out.getvalue())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120, check=True).stdout
+    assert out.startswith("0 []"), out.splitlines()[0]
+    listed = re.findall(r"^    (\w+)", out, re.M)
+    assert listed == list(BUILT_IN)
+
+
+@pytest.mark.parametrize("name", list(BUILT_IN))
+def test_every_command_has_help_with_an_example(name, capsys):
+    assert main([name, "--help"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: rpuhw {name}") and "example" in out
+
+
+class Probe(Command):
+    """A command that fails the way it is told to."""
+
+    name = "probe"
+    help = "fail on purpose"
+    FAILURES = {"config": ConfigError("bad value", key="x"), "usage": UsageError("--y: bad"),
+                "hardware": HardwareError("lost"), "interrupt": KeyboardInterrupt()}
+
+    def add_arguments(self, parser):
+        parser.add_argument("failure", choices=[*self.FAILURES, "none"])
+
+    def run(self, args):
+        if args.failure == "none":
+            return 0
+        raise self.FAILURES[args.failure]
+
+
+@pytest.mark.parametrize("argv, status, line", [
+    (["none"], 0, ""),
+    (["config"], 2, "rpuhw probe: error: key 'x': bad value"),
+    (["usage"], 2, "rpuhw probe: error: --y: bad"),
+    (["hardware"], 1, "rpuhw probe: hardware error: lost"),
+    (["interrupt"], 130, "rpuhw probe: interrupted"),
+    (["other"], 2, "rpuhw probe: error: argument failure: invalid choice: 'other'"),
+])
+def test_a_registered_command_gets_the_common_exits(argv, status, line, capsys):
+    COMMANDS.register(Probe)
+    try:
+        assert main(["probe", *argv]) == status
+    finally:
+        COMMANDS.remove("probe")
+    err = capsys.readouterr().err
+    assert err.startswith(line) and err.count("\n") == (1 if line else 0), err
