@@ -289,8 +289,8 @@ class Command:
             vars(a).update(self.rule(a, owner.resource) or {})
         if self.needs_armed is not False and not owner.armed:
             flag = self.needs_armed
-            if flag is True or getattr(a, flag):
-                shown = "" if flag is True else repr(getattr(a, flag))
+            if flag is True or vars(a)[flag]:
+                shown = "" if flag is True else repr(vars(a)[flag])
                 raise SafetyError(f"{owner.label}{self.name}({shown}) refused: "
                                   f"{owner.ARMING}; nothing sent", owner.resource)
         fields = {**owner._fields(), **{n: self.args[n].text(v) if n in self.args else render(v)

@@ -13,7 +13,6 @@ never a name. Drivers register with ``@INSTRUMENTS.register`` under their ``name
 
 from __future__ import annotations
 
-import logging
 import re
 from collections import deque
 from typing import Any, ClassVar
@@ -22,10 +21,8 @@ from rpuhw.registry import Registry
 
 from .command_table import Commanded, finite, positive
 from .errors import InstrumentCommandError, InstrumentError, SafetyError
-from .safety import failsafe
+from .safety import failsafe, run_every
 from .transport import Transport, VisaTransport
-
-log = logging.getLogger("rpuhw.drivers")
 
 MAX_ERRORS = 64
 """Bound on error-queue entries read in one drain."""
@@ -158,21 +155,16 @@ class Instrument(Commanded):
         """Turn every output off (overridden by sources)."""
 
     def close(self) -> None:
-        """Turn outputs off (best effort), then close the transport. Idempotent."""
+        """Turn outputs off (best effort), then close the transport. Idempotent; both
+        steps run even when interrupted (the KeyboardInterrupt is re-raised after)."""
         if self._closed:
             return
         self._closed = True
-        try:
-            self._outputs_off()
-        except Exception as exc:
-            log.warning("%s: turning outputs off at close failed: %s", self.resource, exc)
-        self._close_transport()
+        run_every([(f"{self.resource}: turning outputs off at close", self._outputs_off),
+                   (f"{self.resource}: closing the transport", self._close_transport)])
 
     def _close_transport(self) -> None:
-        try:
-            self.transport.close()
-        except Exception as exc:
-            log.warning("%s: closing the transport failed: %s", self.resource, exc)
+        self.transport.close()
 
     def __enter__(self):
         return self

@@ -322,3 +322,16 @@ def test_public_path_timeout_then_resync(server, public_transport):
     with pytest.raises(InstrumentTimeout, match="NOTERM"):
         t.query("NOTERM? no newline")
     assert t.query("ECHO? ok") == "ok"
+
+
+def test_only_the_transport_names_pyvisa_internals():
+    """pyvisa-py's private session table and socket are named in transport.py only."""
+    import re
+    from pathlib import Path
+
+    private = re.compile(r"visalib\.sessions|\.sessions\[|_pending_buffer|\.interface\b")
+    drivers = Path(__file__).resolve().parents[1] / "drivers"
+    found = [f"{p.relative_to(drivers)}: {line.strip()}"
+             for p in sorted(drivers.rglob("*.py")) if p.name != "transport.py"
+             for line in p.read_text().splitlines() if private.search(line)]
+    assert not found, "pyvisa internals outside drivers/transport.py:\n" + "\n".join(found)
