@@ -122,7 +122,7 @@ class BenchArray(CrossPointArray):
                               key="rows" if rows > cfg.rows else "cols")
         self.config = cfg
         self._closed = False
-        self._instruments: dict[str, Any] = {}
+        self._instruments: dict[str, Instrument] = {}
         self._read_msgs: dict[tuple[int, int], list[str]] = {}
         self._route_msgs: dict[tuple[int, int, bool], list[str]] = {}
         self._smu_pulse_msgs: dict[tuple[int, int, bool], tuple[str, str]] = {}
