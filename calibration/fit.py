@@ -1,7 +1,8 @@
 """Fit the registered device models to pulse-response measurements.
 
 Method (``fit``), for every candidate model (see :mod:`rpuhw.calibration.fit_models` for
-each model's step rule in conductance units):
+how each model's parameters map to the device model, whose own step rule gives every
+mean step):
 
 1. **Steps.** Every pulse gives one step ``dg = g_after - g_before`` with its pre-pulse
    conductance (``calibration.measurements.steps``). Conductances are normalised,
@@ -516,7 +517,7 @@ def _levenberg_marquardt(fm: FitModel, data: StepData, frame: Frame, p: np.ndarr
 
 def _fit_with_frame(name: str, data: StepData, cfg: FitConfig) -> _Fitted:
     """Fit ``name``; exp_step is refitted once with the centre of the fitted bounds."""
-    fm = FIT_MODELS[name](cfg.piecewise_nodes)
+    fm = FIT_MODELS.get(name)(cfg.piecewise_nodes)
     frame = Frame(u_ref=0.5 * float(np.mean(data.lo0) + np.mean(data.hi0)),
                   h_ref=0.5 * float(np.mean(data.hi0) - np.mean(data.lo0)))
     fitted = _fit_model(fm, data, frame, None, cfg.max_nfev)
@@ -808,8 +809,7 @@ def _reached(f: _Fitted, data: StepData) -> tuple[np.ndarray, np.ndarray]:
     out = []
     for side, up in ((data.down, False), (data.up, True)):
         p = f.p[side.dev]
-        mag = p[:, 2 if up else 3] * f.model.shape(up, side.u, p[:, 0], p[:, 1], p[:, 4:],
-                                                    f.glob, f.frame)
+        mag = f.model.magnitude(up, side.u, p, f.glob, f.frame)
         gap = (p[:, 1] - side.u) if up else (side.u - p[:, 0])
         clipped = mag > gap + 1e-9 * np.abs(mag)
         out.append(np.bincount(side.dev, clipped, data.n_dev) >= 2)

@@ -1,46 +1,62 @@
-"""Per-model mean step rules for fitting, in normalised conductance units.
+"""Per-model fit parametrisations; every mean step goes through the device model's rule.
 
 The fit works in a normalised conductance ``u = (g - G0) / S0`` (G0, S0: robust
 percentiles of all reads, only for conditioning). Every device ``i`` has its own bounds
-``lo_i < hi_i`` and step scales ``s_up_i, s_dn_i`` (first four per-device parameters);
-a pulse moves the mean conductance by
+``lo_i < hi_i`` and step scales ``s_up_i, s_dn_i`` (first four per-device fit parameters,
+then the model's extras ``extra_dev``) and there may be parameters shared by all devices
+(``glob``).
+
+A fit model only says how its parameters map to the device model's (its
+parametrisation), where the fit starts and the parameter bounds. The mean step itself is
+the registered device model's one step rule (``DeviceModel.mean_step``, rpuhw/devices)
+evaluated in the weight frame ``w = (u - u_ref) / h_ref`` of the fit (:class:`Frame`):
 
 .. math::
 
-    \\Delta u_{up} = \\min\\big(s^{up}_i f_{up}(u),\\; hi_i - u\\big),\\qquad
-    \\Delta u_{down} = -\\min\\big(s^{dn}_i f_{dn}(u),\\; u - lo_i\\big)
+    \\Delta u_{up} = \\min\\big(h_{ref}\\,\\Delta_{up}(w),\\; hi_i - u\\big),\\qquad
+    \\Delta u_{down} = -\\min\\big(h_{ref}\\,\\Delta_{down}(w),\\; u - lo_i\\big)
 
-(the simulator clips to the device's bounds after every pulse). The shapes ``f`` are
-each registered model's rule (rpuhw/devices) written in ``u``:
+(the simulator clips to the device's bounds after every pulse), with the model's
+per-device parameters ``w_min = (lo - u_ref)/h_ref``, ``w_max = (hi - u_ref)/h_ref`` and
 
 ============= ========================================================================
-constant_step f = 1
-soft_bounds   f_up = (hi - u)/(hi - lo), f_dn = (u - lo)/(hi - lo)   (s = step at the far
-              bound)
-linear_step   f = 1 + a x, x = (u - u_ref)/h_ref (provisional centre and half range),
-              a_up <= 0 <= a_dn (aihwkit's decreasing steps, ``allow_increasing: false``)
-exp_step      f_up = max(1 - A_up e^{gamma_up z}, 0), f_dn = max(1 - A_dn e^{-gamma_dn z}, 0),
-              z = 2 a (u - u_ref)/(hi - lo) + b with aihwkit's a, b held fixed (A and gamma
-              absorb any other a, b); A, gamma shared by all devices (the model has no
-              device-to-device spread of them)
-pow_step      f_up = omega^gamma_up, f_dn = (1 - omega)^gamma_dn,
-              omega = clip((hi - u)/(hi - lo), 0, 1); per-device exponents
-piecewise     f = linear interpolation of a node table over frac = (u - lo)/(hi - lo), nodes
-              shared by all devices, the centre node fixed to 1 (s = step at the centre)
+constant_step ``dw_d = s_d / h_ref``
+soft_bounds   ``dw_up = s_up w_max / (hi - lo)``, ``dw_down = -s_dn w_min / (hi - lo)``
+              (s = the step at the far bound)
+linear_step   ``dw_d = s_d (1 + a_d x_0) / h_ref``, ``gamma_d = a_d rho / (1 + a_d x_0)``;
+              in the fit's own frame (x_0 = 0, rho = 1) the step is ``s (1 + a x)``,
+              ``x = (u - u_ref)/h_ref``; ``a_up <= 0 <= a_dn`` (aihwkit's decreasing
+              steps, ``allow_increasing: false``)
+exp_step      ``dw_d = s_d / h_ref``; ``A_d = exp(log_A_d)``, ``gamma_d`` shared by all
+              devices (the model has no device-to-device spread of them); aihwkit's
+              ``a, b`` held fixed (A and gamma absorb any other a, b)
+pow_step      ``dw_d = s_d / h_ref`` (s = the step at the far bound); per-device exponents
+piecewise     ``dw_d = s_d / h_ref``; a node table shared by all devices, the centre node
+              fixed to 1 (s = the step at the centre)
 ============= ========================================================================
 
-Each model also converts its fitted per-device parameters into the weight units of the
-fitted device YAML, where the mean bounds map to ``w = -1`` and ``w = +1``:
-``w = 2 (u - U_mid) / dU`` with ``U_mid, dU`` the centre and width of the mean bounds.
+The same map into another frame gives the per-device parameters of the fitted device
+YAML, where the mean bounds map to ``w = -1`` and ``w = +1`` (:meth:`FitModel.weights`:
+``u_ref = U_mid``, ``h_ref = dU / 2``; ``x_0, rho`` above are that frame's centre and
+scale in the fit's frame). It is exact for every model but exp_step, whose ``z`` is
+relative to the frame's centre (the fit refits it once with the converged centre).
+
+Fit models register by their device model's name in :data:`FIT_MODELS`, which only takes
+names of registered device models; ``tests/test_step_rules.py`` checks that every device
+model has one and that fitter and simulator engines agree on every model's step.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
-_EXP_MAX = 80.0
+from rpuhw.devices import BASE_STATE, get_model
+from rpuhw.devices.rule import Columns
+from rpuhw.registry import Registry
+
 EXP_A = 0.244
 """aihwkit's default ``a`` of exp_step, held fixed in the fit."""
 EXP_B = 0.2425
@@ -49,12 +65,16 @@ EXP_B = 0.2425
 
 @dataclass(frozen=True)
 class Frame:
-    """Reference points of a fit in normalised units (fixed while optimising)."""
+    """Weight frame ``w = (u - u_ref) / h_ref`` of a fit (fixed while optimising)."""
 
     u_ref: float
-    """Centre of the (provisional) mean bounds; w = 0 of the fitted YAML."""
+    """Centre of the (provisional) mean bounds; w = 0 (normalised conductance units)."""
     h_ref: float
-    """Half width of the (provisional) mean bounds."""
+    """Half width of the (provisional) mean bounds; w = 1 is this far above the centre."""
+
+    def w(self, u: np.ndarray) -> np.ndarray:
+        """Weight of normalised conductance ``u`` in this frame."""
+        return (u - self.u_ref) / self.h_ref
 
 
 @dataclass
@@ -69,23 +89,42 @@ class Side:
     """Measured normalised step (signed)."""
 
 
-class FitModel:
-    """Mean step rule of one registered device model (see the module docstring)."""
+FIT_MODELS: Registry[type[FitModel]] = Registry("fit model", key="--model")
+"""Fit parametrisations by registered device model name."""
 
-    name = ""
-    extra_dev: tuple[str, ...] = ()
+
+class FitModel:
+    """Parametrisation of one registered device model for the fit (module docstring)."""
+
+    name: ClassVar[str] = ""
+    """The device model's registered name."""
+    extra_dev: ClassVar[tuple[str, ...]] = ()
     """Names of per-device parameters after lo, hi, s_up, s_dn."""
     glob: tuple[str, ...] = ()
     """Names of parameters shared by all devices."""
 
     def __init__(self, nodes: int = 9):
         self.nodes = nodes
+        self.device = get_model(self.name)
+        """The device model class whose rule the fit evaluates."""
+        self.state_names = BASE_STATE + self.device.extra_state
 
-    # ---- shapes -----------------------------------------------------------------------
-    def shape(self, up: bool, u: np.ndarray, lo: np.ndarray, hi: np.ndarray, e: np.ndarray,
-              g: np.ndarray, frame: Frame) -> np.ndarray:
-        """Relative step f(u) of each step (``e``: extras per step [n, k_extra])."""
-        return np.ones_like(u)
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        get_model(cls.name)  # a fit model is the fit of a registered device model
+
+    # ---- parametrisation ----------------------------------------------------------------
+    def device_params(self, p: np.ndarray, g: np.ndarray, frame: Frame, out: Frame
+                      ) -> dict[str, np.ndarray]:
+        """Per-device model parameters (the device model's ``state_names``) of devices with
+        fit parameters ``p`` [n, k] and globals ``g`` fitted in ``frame``, in the weight
+        frame ``out``."""
+        return {"dw_up": p[:, 2] / out.h_ref, "dw_down": p[:, 3] / out.h_ref,
+                "w_min": out.w(p[:, 0]), "w_max": out.w(p[:, 1])}
+
+    def spec_extras(self, g: np.ndarray) -> dict[str, object]:
+        """Model keys that come from the global parameters."""
+        return {}
 
     def init(self, sides: tuple[Side, Side], base: np.ndarray, frame: Frame
              ) -> tuple[np.ndarray, np.ndarray]:
@@ -98,52 +137,68 @@ class FitModel:
     def glob_bounds(self) -> tuple[list[float], list[float]]:
         return [-np.inf] * len(self.glob), [np.inf] * len(self.glob)
 
-    # ---- conversion to weight units ------------------------------------------------------
-    def weights(self, p: np.ndarray, g: np.ndarray, frame: Frame, u_mid: float, du: float
-                ) -> dict[str, np.ndarray]:
-        """Per-device parameters in weight units: dw_up, dw_down (and model extras)."""
-        return {"dw_up": 2.0 * p[:, 2] / du, "dw_down": 2.0 * p[:, 3] / du}
+    # ---- derived: the device model's rule -----------------------------------------------
+    def constants(self, g: np.ndarray) -> np.ndarray:
+        """The device model's constants ``c`` with the keys of :meth:`spec_extras`."""
+        model = self.device(self.device.Params(**self.spec_extras(g)))
+        return np.asarray(model.constants(), dtype=np.float64)
 
-    def spec_extras(self, g: np.ndarray) -> dict[str, object]:
-        """Model keys that come from the global parameters."""
-        return {}
+    def magnitude(self, up: bool, u: np.ndarray, p: np.ndarray, g: np.ndarray,
+                  frame: Frame) -> np.ndarray:
+        """Mean step magnitude (u units, >= 0, before the clip to the bounds) of devices with
+        parameter rows ``p`` [n, k] at states ``u`` [n]: ``h_ref * Delta_d(w)``."""
+        dev = self.device_params(p, g, frame, frame)
+        prm = Columns([dev[k] for k in self.state_names])
+        return frame.h_ref * self.device.mean_step(frame.w(u), up, prm, None, None,
+                                                   self.constants(g))
 
     def step(self, up: bool, u: np.ndarray, p: np.ndarray, g: np.ndarray,
              frame: Frame) -> np.ndarray:
         """Signed mean step of devices with parameter rows ``p`` [n, k] at states ``u``."""
-        lo, hi = p[:, 0], p[:, 1]
-        f = self.shape(up, u, lo, hi, p[:, 4:], g, frame)
+        mag = self.magnitude(up, u, p, g, frame)
         if up:
-            return np.minimum(p[:, 2] * f, hi - u)
-        return -np.minimum(p[:, 3] * f, u - lo)
+            return np.minimum(mag, p[:, 1] - u)
+        return -np.minimum(mag, u - p[:, 0])
+
+    def weights(self, p: np.ndarray, g: np.ndarray, frame: Frame, u_mid: float, du: float
+                ) -> dict[str, np.ndarray]:
+        """Per-device parameters in the weight units of the fitted YAML,
+        ``w = 2 (u - u_mid) / du``: dw_up, dw_down, w_min, w_max and model extras."""
+        return self.device_params(p, g, frame, Frame(u_ref=u_mid, h_ref=0.5 * du))
 
 
+@FIT_MODELS.register
 class ConstantStepFit(FitModel):
     name = "constant_step"
 
 
+@FIT_MODELS.register
 class SoftBoundsFit(FitModel):
     name = "soft_bounds"
 
-    def shape(self, up, u, lo, hi, e, g, frame):
-        span = np.maximum(hi - lo, 1e-12)
-        return (hi - u) / span if up else (u - lo) / span
-
-    def weights(self, p, g, frame, u_mid, du):
-        lo, hi = p[:, 0], p[:, 1]
-        span = np.maximum(hi - lo, 1e-12)
-        # step at w = 0 (u = u_mid): s (hi - u_mid)/(hi - lo), in weight units x 2/dU
-        return {"dw_up": 2.0 / du * p[:, 2] * (hi - u_mid) / span,
-                "dw_down": 2.0 / du * p[:, 3] * (u_mid - lo) / span}
+    def device_params(self, p, g, frame, out):
+        dev = super().device_params(p, g, frame, out)
+        span = np.maximum(p[:, 1] - p[:, 0], 1e-12)
+        # s = the step at the far bound: dw (1 - w / w_max) = s (hi - u) / (hi - lo) / h
+        dev["dw_up"] = p[:, 2] * dev["w_max"] / span
+        dev["dw_down"] = -p[:, 3] * dev["w_min"] / span
+        return dev
 
 
+@FIT_MODELS.register
 class LinearStepFit(FitModel):
     name = "linear_step"
     extra_dev = ("a_up", "a_dn")
 
-    def shape(self, up, u, lo, hi, e, g, frame):
-        x = (u - frame.u_ref) / frame.h_ref
-        return 1.0 + (e[:, 0] if up else e[:, 1]) * x
+    def device_params(self, p, g, frame, out):
+        dev = super().device_params(p, g, frame, out)
+        x0 = (out.u_ref - frame.u_ref) / frame.h_ref
+        rho = out.h_ref / frame.h_ref
+        for name, s, a in (("up", p[:, 2], p[:, 4]), ("down", p[:, 3], p[:, 5])):
+            base = 1.0 + a * x0
+            dev[f"dw_{name}"] = s * base / out.h_ref
+            dev[f"gamma_{name}"] = a * rho / np.where(np.abs(base) > 1e-12, base, 1e-12)
+        return dev
 
     def init(self, sides, base, frame):
         out = np.zeros((len(base), 2))
@@ -157,38 +212,22 @@ class LinearStepFit(FitModel):
     def extra_bounds(self):
         return [-3.0, 0.0], [0.0, 3.0]
 
-    def weights(self, p, g, frame, u_mid, du):
-        x0 = (u_mid - frame.u_ref) / frame.h_ref
-        rho = 0.5 * du / frame.h_ref
-        out = {}
-        for name, s, a in (("up", p[:, 2], p[:, 4]), ("down", p[:, 3], p[:, 5])):
-            base = 1.0 + a * x0
-            out[f"dw_{name}"] = 2.0 / du * s * base
-            out[f"gamma_{name}"] = a * rho / np.where(np.abs(base) > 1e-12, base, 1e-12)
-        return out
 
-
+@FIT_MODELS.register
 class ExpStepFit(FitModel):
     name = "exp_step"
     glob = ("log_A_up", "log_A_down", "gamma_up", "gamma_down")
 
-    def shape(self, up, u, lo, hi, e, g, frame):
-        z = 2.0 * EXP_A * (u - frame.u_ref) / np.maximum(hi - lo, 1e-12) + EXP_B
-        if up:
-            arg = np.minimum(g[2] * z + g[0], _EXP_MAX)
-        else:
-            arg = np.minimum(-g[3] * z + g[1], _EXP_MAX)
-        return np.maximum(1.0 - np.exp(arg), 0.0)
-
     def init(self, sides, base, frame):
         glob = np.zeros(4)
         for k, side in enumerate(sides):
-            lo, hi = base[side.dev, 0], base[side.dev, 1]
+            # unit step scales: the magnitude is the shape f of the step
+            unit = np.column_stack([base[side.dev, :2], np.ones((len(side.u), 2))])
             best = (np.inf, -10.0, 1.0)
             for gamma in (0.5, 2.0, 5.0, 10.0, 15.0):
                 for log_a in (-12.0, -8.0, -5.0, -3.0, -1.5, -0.5):
                     g = np.array([log_a, log_a, gamma, gamma])
-                    f = self.shape(k == 0, side.u, lo, hi, None, g, frame)
+                    f = self.magnitude(k == 0, side.u, unit, g, frame)
                     s = _scale(side.dev, f, np.abs(side.du), len(base))
                     rss = np.sum((np.abs(side.du) - s[side.dev] * f) ** 2)
                     if rss < best[0]:
@@ -204,13 +243,15 @@ class ExpStepFit(FitModel):
                 "gamma_up": float(g[2]), "gamma_down": float(g[3]), "a": EXP_A, "b": EXP_B}
 
 
+@FIT_MODELS.register
 class PowStepFit(FitModel):
     name = "pow_step"
     extra_dev = ("gamma_up", "gamma_dn")
 
-    def shape(self, up, u, lo, hi, e, g, frame):
-        omega = np.clip((hi - u) / np.maximum(hi - lo, 1e-12), 0.0, 1.0)
-        return omega ** e[:, 0] if up else (1.0 - omega) ** e[:, 1]
+    def device_params(self, p, g, frame, out):
+        dev = super().device_params(p, g, frame, out)
+        dev["pow_gamma_up"], dev["pow_gamma_down"] = p[:, 4], p[:, 5]
+        return dev
 
     def init(self, sides, base, frame):
         return np.ones((len(base), 2)), np.zeros(0)
@@ -218,13 +259,8 @@ class PowStepFit(FitModel):
     def extra_bounds(self):
         return [0.05, 0.05], [5.0, 5.0]
 
-    def weights(self, p, g, frame, u_mid, du):
-        out = super().weights(p, g, frame, u_mid, du)
-        out["pow_gamma_up"] = p[:, 4]
-        out["pow_gamma_down"] = p[:, 5]
-        return out
 
-
+@FIT_MODELS.register
 class PiecewiseFit(FitModel):
     name = "piecewise"
 
@@ -241,10 +277,6 @@ class PiecewiseFit(FitModel):
         free = g[:half] if up else g[half:]
         c = self.nodes // 2
         return np.concatenate([free[:c], [1.0], free[c:]])
-
-    def shape(self, up, u, lo, hi, e, g, frame):
-        frac = np.clip((u - lo) / np.maximum(hi - lo, 1e-12), 0.0, 1.0)
-        return np.interp(frac, np.linspace(0.0, 1.0, self.nodes), self.table(g, up))
 
     def init(self, sides, base, frame):
         n = self.nodes
@@ -280,12 +312,6 @@ class PiecewiseFit(FitModel):
     def spec_extras(self, g):
         return {"piecewise_up": [float(v) for v in self.table(g, True)],
                 "piecewise_down": [float(v) for v in self.table(g, False)]}
-
-
-FIT_MODELS: dict[str, type[FitModel]] = {
-    cls.name: cls for cls in (ConstantStepFit, LinearStepFit, SoftBoundsFit, ExpStepFit,
-                              PowStepFit, PiecewiseFit)}
-"""Fit rules by registered model name."""
 
 
 def _regress(dev: np.ndarray, x: np.ndarray, y: np.ndarray, n_dev: int

@@ -10,11 +10,16 @@ A device model says what one programming pulse does to one device:
 with direction :math:`d = \\pm 1`, the model's mean step magnitude
 :math:`\\Delta_d(w) \\ge 0` (per device, from parameters drawn once per array),
 the cycle-to-cycle spread :math:`\\sigma_{c2c}` = ``dw_min_std`` and a fresh
-standard normal :math:`\\xi` per pulse. Models override :meth:`DeviceModel.step`
-(torch, vectorised) and provide :attr:`DeviceModel.nb_pulse` (the same rule for
-one device, compiled by numba); models whose step is affine in ``w`` also
-return their coefficients from :meth:`DeviceModel.affine`, which the fast torch
-path composes in closed form.
+standard normal :math:`\\xi` per pulse (a model may replace this noise rule).
+
+Each model writes :math:`\\Delta_d(w)` **once**, as the module-level function it sets
+as :attr:`DeviceModel.mean_step` (and its noise rule as :attr:`DeviceModel.noise` when
+that is not the multiplicative one), in the ufunc style of :mod:`rpuhw.devices.rule`.
+Everything else derives from that: the numba one-pulse rule :attr:`DeviceModel.nb_pulse`
+that the simulator's kernels inline, the numpy evaluation behind :meth:`DeviceModel.step`
+and :meth:`DeviceModel.pulse` (torch engine, pulse-by-pulse reference), the closed-form
+coefficients of :meth:`DeviceModel.affine` for models declared :attr:`DeviceModel.affine_step`,
+and the calibration fitter's mean step (``rpuhw.calibration.fit_models``).
 
 Per-device parameters (``dw_up``, ``dw_down``, ``w_min``, ``w_max`` and each
 model's extras) are drawn once per array from a seeded generator:
@@ -44,6 +49,15 @@ import numpy as np
 import torch
 
 from rpuhw.config import require
+from rpuhw.devices.rule import (
+    AffinePulse,
+    Columns,
+    Rule,
+    affine_pulse,
+    compiled_pulse,
+    multiplicative,
+    pulse_of,
+)
 
 State = dict[str, torch.Tensor]
 """Per-device parameters of one array: name -> float32 tensor [rows, cols]."""
@@ -100,7 +114,8 @@ def _spread(gen: torch.Generator, rows: int, cols: int, sigma: float) -> torch.T
 
 
 class DeviceModel:
-    """Base of all pulsed device models. Subclasses register with :func:`register_model`."""
+    """Base of all pulsed device models. Subclasses register with :func:`register_model`
+    and set :attr:`mean_step` (and, where it differs, :attr:`noise`)."""
 
     name: ClassVar[str] = ""
     """Registry name, the ``model:`` key of a device YAML."""
@@ -111,11 +126,38 @@ class DeviceModel:
     extra_state: ClassVar[tuple[str, ...]] = ()
     """Names of model-specific per-device tensors (after ``BASE_STATE``)."""
 
+    mean_step: ClassVar[Rule | None] = None
+    """The model's one step rule ``(w, up, prm, i, j, c) -> Delta_d(w) >= 0`` (weight
+    units; ufunc style, :mod:`rpuhw.devices.rule`): ``prm[i, j, k]`` the device's k-th
+    parameter in :attr:`state_names` order, ``c`` the vector :meth:`constants`."""
+
+    noise: ClassVar[Rule] = staticmethod(multiplicative)
+    """Cycle-to-cycle noise rule ``(mean, w, up, xi, prm, i, j, c) -> step`` (magnitude
+    along the pulse's direction for a standard normal ``xi``); default
+    ``mean * (1 + dw_min_std * xi)``."""
+
+    affine_step: ClassVar[bool] = False
+    """Declares a pulse's increment affine in w (and in xi), so that the torch engine
+    composes pulses in closed form from :meth:`affine` (tested on the rules)."""
+
     nb_pulse: ClassVar[Callable | None] = None
-    """numba ``njit`` function ``(w, up, xi, prm, i, j, c) -> w_new``: one pulse on device
-    (i, j). ``prm`` is float32 [rows, cols, K] holding :attr:`state_names` in order (one
-    device's parameters side by side: one cache line per pulsed device), as made by
-    :meth:`packed_state`; ``c`` the float64 vector :meth:`constants`."""
+    """Derived from the rules: numba ``(w, up, xi, prm, i, j, c) -> w_new``, one pulse on
+    device (i, j), inlined into the simulator's kernels. ``prm`` is float32 [rows, cols, K]
+    as made by :meth:`packed_state` (one device's parameters side by side: one cache line
+    per pulsed device); ``c`` the float64 vector :meth:`constants`."""
+
+    np_pulse: ClassVar[Callable | None] = None
+    """Derived from the rules: the same one-pulse rule for numpy arrays (scalar ``up``)."""
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        for attr in ("mean_step", "noise"):  # rules are plain functions, never methods
+            rule = cls.__dict__.get(attr)
+            if rule is not None and not isinstance(rule, staticmethod):
+                setattr(cls, attr, staticmethod(rule))
+        if cls.mean_step is not None:
+            cls.nb_pulse = staticmethod(compiled_pulse(cls.mean_step, cls.noise))
+            cls.np_pulse = staticmethod(pulse_of(cls.mean_step, cls.noise))
 
     def __init__(self, params: PulsedDeviceParams | None = None):
         self.params = params if params is not None else self.Params()
@@ -157,30 +199,47 @@ class DeviceModel:
         return np.ascontiguousarray(np.stack([state[k].numpy() for k in self.state_names],
                                              axis=-1), dtype=np.float32)
 
+    def columns(self, state: State) -> Columns:
+        """The per-device tensors of ``state`` as the numpy ``prm`` of the rules (views)."""
+        return Columns([state[k].numpy() for k in self.state_names])
+
     def constants(self) -> list[float]:
-        """Scalars passed to :attr:`nb_pulse` as ``c``; ``c[0]`` is always ``dw_min_std``."""
+        """Scalars passed to the rules as ``c``; ``c[0]`` is always ``dw_min_std``."""
         return [self.params.dw_min_std]
 
-    # ---- the pulse rule --------------------------------------------------------------
+    # ---- the pulse rule, evaluated by numpy -------------------------------------------
     def step(self, w: torch.Tensor, up: torch.Tensor, state: State) -> torch.Tensor:
         """Mean step magnitude Delta_d(w) >= 0 of one pulse (direction ``up`` per device)."""
-        raise NotImplementedError
+        prm, c, wn = self.columns(state), self._c(), _f64(w)
+        rule = type(self).mean_step
+        return _by_direction(up, lambda d: rule(wn, d, prm, None, None, c), w)
 
     def pulse(self, w: torch.Tensor, up: torch.Tensor, xi: torch.Tensor,
               state: State) -> torch.Tensor:
         """Apply one pulse to every device: ``up`` bool tensor, ``xi`` standard normals."""
-        sign = torch.where(up, 1.0, -1.0)
-        dw = sign * self.step(w, up, state) * (1.0 + self.params.dw_min_std * xi)
-        return torch.minimum(torch.maximum(w + dw, state["w_min"]), state["w_max"])
+        prm, c, wn, xn = self.columns(state), self._c(), _f64(w), xi.numpy()
+        rule = type(self).np_pulse
+        return _by_direction(up, lambda d: rule(wn, d, xn, prm, None, None, c), w)
 
-    def affine(self, state: State) -> tuple[torch.Tensor, ...] | None:
-        """Coefficients of an affine step, or None when the step is not affine in w.
+    def affine(self, state: State) -> tuple[AffinePulse, AffinePulse] | None:
+        """Coefficients of one pulse up and one pulse down (float32 tensors per device), or
+        None unless the model is declared :attr:`affine_step`.
 
-        Returns ``(alpha_up, beta_up, alpha_down, beta_down)`` such that the signed
-        mean increment of one pulse is ``beta + alpha * w`` (before the multiplicative
-        noise ``1 + dw_min_std * xi`` and the clip to the device's bounds).
+        Derived from the rules (:func:`rpuhw.devices.rule.affine_pulse`): the signed
+        increment of one pulse is ``beta + alpha w + (s_beta + s_alpha w) xi`` before the
+        clip to the device's bounds.
         """
-        return None
+        if not self.affine_step:
+            return None
+        prm = Columns([state[k].numpy().astype(np.float64) for k in self.state_names])
+        shape = state["w_min"].shape
+        cls, c = type(self), self._c()
+        return tuple(AffinePulse(*(torch.from_numpy(np.broadcast_to(v, shape).astype(np.float32))
+                                   for v in affine_pulse(cls.mean_step, cls.noise, d, prm, c)))
+                     for d in (True, False))
+
+    def _c(self) -> np.ndarray:
+        return np.asarray(self.constants(), dtype=np.float64)
 
     @property
     def noisy(self) -> bool:
@@ -189,3 +248,20 @@ class DeviceModel:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.params})"
+
+
+def _f64(t: torch.Tensor) -> np.ndarray:
+    return t.numpy().astype(np.float64)
+
+
+def _by_direction(up: torch.Tensor | bool, f: Callable[[bool], np.ndarray],
+                  like: torch.Tensor) -> torch.Tensor:
+    """``f(True)`` where ``up``, ``f(False)`` elsewhere, as a tensor of ``like``'s dtype.
+
+    The rules branch on a scalar direction only, so mixed directions evaluate both."""
+    if isinstance(up, bool):
+        out = f(up)
+    else:
+        upn = up.numpy()
+        out = np.where(upn, f(True), f(False))
+    return torch.from_numpy(np.asarray(out, dtype=like.numpy().dtype))

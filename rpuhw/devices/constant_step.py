@@ -10,21 +10,13 @@ variance :math:`n(\\sigma_{c2c}\\Delta)^2`, then clip to the device's bounds.
 
 from __future__ import annotations
 
-import torch
-
-from rpuhw._jit import njit
-from rpuhw.devices._nb import move
-from rpuhw.devices.base import DeviceModel, PulsedDeviceParams, State
+from rpuhw.devices.base import DeviceModel, PulsedDeviceParams
 from rpuhw.devices.registry import register_model
 
 
-@njit(inline="always")
-def _nb_pulse(w, up, xi, prm, i, j, c):
-    if up:
-        step = prm[i, j, 0] * (1.0 + c[0] * xi)
-    else:
-        step = prm[i, j, 1] * (1.0 + c[0] * xi)
-    return move(w, up, step, prm, i, j)
+def mean_step(w, up, prm, i, j, c):
+    """The step rule: ``dw_up`` up, ``dw_down`` down (prm[i, j, 0], prm[i, j, 1])."""
+    return prm[i, j, 0] if up else prm[i, j, 1]
 
 
 @register_model
@@ -33,11 +25,5 @@ class ConstantStep(DeviceModel):
 
     name = "constant_step"
     Params = PulsedDeviceParams
-    nb_pulse = staticmethod(_nb_pulse)
-
-    def step(self, w: torch.Tensor, up: torch.Tensor, state: State) -> torch.Tensor:
-        return torch.where(up, state["dw_up"], state["dw_down"])
-
-    def affine(self, state: State):
-        zero = torch.zeros_like(state["dw_up"])
-        return zero, state["dw_up"], zero, -state["dw_down"]
+    mean_step = mean_step
+    affine_step = True

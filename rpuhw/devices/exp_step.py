@@ -26,45 +26,35 @@ with :math:`\\sigma_{add}` = ``dw_min_std_add`` and :math:`\\sigma_{slope}` =
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
-import torch
+import numpy as np
 
-from rpuhw._jit import njit
 from rpuhw.config import require
-from rpuhw.devices._nb import move
-from rpuhw.devices.base import DeviceModel, PulsedDeviceParams, State
+from rpuhw.devices.base import DeviceModel, PulsedDeviceParams
 from rpuhw.devices.registry import register_model
 
 _TINY = 1e-12
 _EXP_MAX = 80.0  # cap on the exponent: A * e^80 is finite in float32, and the step is 0 there
 
 
-@njit(inline="always")
-def _nb_pulse(w, up, xi, prm, i, j, c):
-    # c = [dw_min_std, A_up, A_down, gamma_up, gamma_down, a, b, std_add, std_slope]
-    span = prm[i, j, 3] - prm[i, j, 2]
-    if span < _TINY:
-        span = _TINY
-    z = 2.0 * c[5] * w / span + c[6]
+def mean_step(w, up, prm, i, j, c):
+    """The step rule, ``dw_d max(1 - A_d e^(+-gamma_d z), 0)`` with
+    ``z = 2 a w / (w_max - w_min) + b``.
+
+    ``c = [dw_min_std, A_up, A_down, gamma_up, gamma_down, a, b, std_add, std_slope]``.
+    """
+    z = 2.0 * c[5] * w / np.maximum(prm[i, j, 3] - prm[i, j, 2], _TINY) + c[6]
     if up:
-        arg = c[3] * z
-        if arg > _EXP_MAX:
-            arg = _EXP_MAX
-        y = 1.0 - c[1] * math.exp(arg)
-        dw = prm[i, j, 0]
-    else:
-        arg = -c[4] * z
-        if arg > _EXP_MAX:
-            arg = _EXP_MAX
-        y = 1.0 - c[2] * math.exp(arg)
-        dw = prm[i, j, 1]
-    if y < 0.0:
-        y = 0.0
-    mean = dw * y
-    step = mean + c[0] * (mean + c[7] + c[8] * abs(w)) * xi
-    return move(w, up, step, prm, i, j)
+        return prm[i, j, 0] * np.maximum(1.0 - c[1] * np.exp(np.minimum(c[3] * z, _EXP_MAX)),
+                                         0.0)
+    return prm[i, j, 1] * np.maximum(1.0 - c[2] * np.exp(np.minimum(-c[4] * z, _EXP_MAX)),
+                                     0.0)
+
+
+def noise(mean, w, up, xi, prm, i, j, c):
+    """``mean + sigma (mean + std_add + std_slope |w|) xi``."""
+    return mean + c[0] * (mean + c[7] + c[8] * abs(w)) * xi
 
 
 @dataclass
@@ -107,26 +97,10 @@ class ExpStep(DeviceModel):
 
     name = "exp_step"
     Params = ExpStepParams
-    nb_pulse = staticmethod(_nb_pulse)
+    mean_step = mean_step
+    noise = noise
 
     def constants(self) -> list[float]:
         p: ExpStepParams = self.params  # type: ignore[assignment]
         return [p.dw_min_std, p.A_up, p.A_down, p.gamma_up, p.gamma_down, p.a, p.b,
                 p.dw_min_std_add, p.dw_min_std_slope]
-
-    def step(self, w: torch.Tensor, up: torch.Tensor, state: State) -> torch.Tensor:
-        p: ExpStepParams = self.params  # type: ignore[assignment]
-        span = (state["w_max"] - state["w_min"]).clamp_min(_TINY)
-        z = 2.0 * p.a * w / span + p.b
-        y_up = 1.0 - p.A_up * torch.exp((p.gamma_up * z).clamp_max(_EXP_MAX))
-        y_down = 1.0 - p.A_down * torch.exp((-p.gamma_down * z).clamp_max(_EXP_MAX))
-        return torch.where(up, state["dw_up"] * y_up.clamp_min(0.0),
-                           state["dw_down"] * y_down.clamp_min(0.0))
-
-    def pulse(self, w, up, xi, state):
-        p: ExpStepParams = self.params  # type: ignore[assignment]
-        sign = torch.where(up, 1.0, -1.0)
-        mean = self.step(w, up, state)
-        std = p.dw_min_std * (mean + p.dw_min_std_add + p.dw_min_std_slope * w.abs())
-        dw = sign * (mean + std * xi)
-        return torch.minimum(torch.maximum(w + dw, state["w_min"]), state["w_max"])

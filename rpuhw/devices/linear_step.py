@@ -21,27 +21,25 @@ from dataclasses import dataclass
 
 import torch
 
-from rpuhw._jit import njit
 from rpuhw.config import require
-from rpuhw.devices._nb import move
-from rpuhw.devices.base import DeviceModel, PulsedDeviceParams, State
+from rpuhw.devices.base import DeviceModel, PulsedDeviceParams
 from rpuhw.devices.registry import register_model
 
 
-@njit(inline="always")
-def _nb_pulse(w, up, xi, prm, i, j, c):
-    # c = [dw_min_std, mult_noise]
+def mean_step(w, up, prm, i, j, c):
+    """The step rule: ``dw_up (1 + gamma_up w)`` up, ``dw_down (1 + gamma_down w)`` down
+    (per-device slopes prm[i, j, 4], prm[i, j, 5])."""
     if up:
-        dw = prm[i, j, 0]
-        mean = dw * (1.0 + prm[i, j, 4] * w)
-    else:
-        dw = prm[i, j, 1]
-        mean = dw * (1.0 + prm[i, j, 5] * w)
+        return prm[i, j, 0] * (1.0 + prm[i, j, 4] * w)
+    return prm[i, j, 1] * (1.0 + prm[i, j, 5] * w)
+
+
+def noise(mean, w, up, xi, prm, i, j, c):
+    """Multiplicative noise ``mean (1 + sigma xi)`` when ``c[1]`` (mult_noise), else
+    additive ``mean + dw_d sigma xi``."""
     if c[1] > 0.5:
-        step = mean * (1.0 + c[0] * xi)
-    else:
-        step = mean + dw * c[0] * xi
-    return move(w, up, step, prm, i, j)
+        return mean * (1.0 + c[0] * xi)
+    return mean + (prm[i, j, 0] if up else prm[i, j, 1]) * c[0] * xi
 
 
 @dataclass
@@ -84,7 +82,9 @@ class LinearStep(DeviceModel):
     name = "linear_step"
     Params = LinearStepParams
     extra_state = ("gamma_up", "gamma_down")
-    nb_pulse = staticmethod(_nb_pulse)
+    mean_step = mean_step
+    noise = noise
+    affine_step = True
 
     def draw_extra(self, state, rows, cols, gen):
         p: LinearStepParams = self.params  # type: ignore[assignment]
@@ -100,19 +100,3 @@ class LinearStep(DeviceModel):
 
     def constants(self) -> list[float]:
         return [self.params.dw_min_std, 1.0 if self.params.mult_noise else 0.0]
-
-    def step(self, w: torch.Tensor, up: torch.Tensor, state: State) -> torch.Tensor:
-        return torch.where(up, state["dw_up"] * (1.0 + state["gamma_up"] * w),
-                           state["dw_down"] * (1.0 + state["gamma_down"] * w))
-
-    def pulse(self, w, up, xi, state):
-        if self.params.mult_noise:
-            return super().pulse(w, up, xi, state)
-        sign = torch.where(up, 1.0, -1.0)
-        scale = torch.where(up, state["dw_up"], state["dw_down"])
-        dw = sign * (self.step(w, up, state) + scale * self.params.dw_min_std * xi)
-        return torch.minimum(torch.maximum(w + dw, state["w_min"]), state["w_max"])
-
-    def affine(self, state: State):
-        return (state["dw_up"] * state["gamma_up"], state["dw_up"],
-                -state["dw_down"] * state["gamma_down"], -state["dw_down"])

@@ -18,59 +18,34 @@ lengths (aihwkit requires equal ones). Noise is multiplicative. Not affine in ``
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
-import torch
+import numpy as np
 
-from rpuhw._jit import njit
 from rpuhw.config import require
-from rpuhw.devices._nb import move
-from rpuhw.devices.base import DeviceModel, PulsedDeviceParams, State
+from rpuhw.devices.base import DeviceModel, PulsedDeviceParams
 from rpuhw.devices.registry import register_model
 
+_TINY = 1e-12
 
-@njit(inline="always")
-def _nb_pulse(w, up, xi, prm, i, j, c):
-    # c = [dw_min_std, n_up, n_down, up nodes..., down nodes...]
-    n_up = int(c[1])
+
+def mean_step(w, up, prm, i, j, c):
+    """The step rule: ``dw_d`` times the node table of direction d, linearly interpolated
+    at ``(w - w_min) / (w_max - w_min)`` clamped to [0, 1].
+
+    ``c = [dw_min_std, n_up, n_down, up nodes..., down nodes...]``.
+    """
+    lo = prm[i, j, 2]
+    frac = np.minimum(np.maximum((w - lo) / np.maximum(prm[i, j, 3] - lo, _TINY), 0.0), 1.0)
     if up:
-        off = 3
-        n = n_up
-        dw = prm[i, j, 0]
+        n, off, dw = c[1], 3.0, prm[i, j, 0]
     else:
-        off = 3 + n_up
-        n = int(c[2])
-        dw = prm[i, j, 1]
-    span = prm[i, j, 3] - prm[i, j, 2]
-    frac = 0.0
-    if span > 0.0:
-        frac = (w - prm[i, j, 2]) / span
-        if frac < 0.0:
-            frac = 0.0
-        if frac > 1.0:
-            frac = 1.0
-    s = frac * (n - 1)
-    k = int(math.floor(s))
-    if k > n - 2:
-        k = n - 2
+        n, off, dw = c[2], 3.0 + c[1], prm[i, j, 1]
+    s = frac * (n - 1.0)
+    k = np.minimum(np.floor(s), n - 2.0)
     q = s - k
-    mean = dw * ((1.0 - q) * c[off + k] + q * c[off + k + 1])
-    if up:
-        step = mean * (1.0 + c[0] * xi)
-    else:
-        step = mean * (1.0 + c[0] * xi)
-    return move(w, up, step, prm, i, j)
-
-
-def _interp(frac: torch.Tensor, nodes: list[float]) -> torch.Tensor:
-    """Linear interpolation of ``nodes`` (equally spaced on [0, 1]) at ``frac`` in [0, 1]."""
-    v = torch.tensor(nodes, dtype=frac.dtype, device=frac.device)
-    n_sec = len(nodes) - 1
-    s = frac * n_sec
-    k = s.floor().clamp(max=n_sec - 1).long()
-    q = s - k
-    return (1.0 - q) * v[k] + q * v[k + 1]
+    at = np.int64(off + k)
+    return dw * ((1.0 - q) * c[at] + q * c[at + 1])
 
 
 @dataclass
@@ -98,17 +73,9 @@ class Piecewise(DeviceModel):
 
     name = "piecewise"
     Params = PiecewiseParams
-    nb_pulse = staticmethod(_nb_pulse)
+    mean_step = mean_step
 
     def constants(self) -> list[float]:
         p: PiecewiseParams = self.params  # type: ignore[assignment]
         return ([p.dw_min_std, float(len(p.piecewise_up)), float(len(p.piecewise_down))]
                 + [float(v) for v in p.piecewise_up] + [float(v) for v in p.piecewise_down])
-
-    def step(self, w: torch.Tensor, up: torch.Tensor, state: State) -> torch.Tensor:
-        p: PiecewiseParams = self.params  # type: ignore[assignment]
-        span = state["w_max"] - state["w_min"]
-        frac = torch.where(span > 0, (w - state["w_min"]) / span.clamp_min(1e-12), 0.0)
-        frac = frac.clamp(0.0, 1.0)
-        return torch.where(up, state["dw_up"] * _interp(frac, p.piecewise_up),
-                           state["dw_down"] * _interp(frac, p.piecewise_down))

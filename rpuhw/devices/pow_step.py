@@ -23,35 +23,25 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
-from rpuhw._jit import njit
 from rpuhw.config import require
-from rpuhw.devices._nb import move
-from rpuhw.devices.base import DeviceModel, PulsedDeviceParams, State
+from rpuhw.devices.base import DeviceModel, PulsedDeviceParams
 from rpuhw.devices.registry import register_model
 
 _TINY = 1e-12
 
 
-@njit(inline="always")
-def _nb_pulse(w, up, xi, prm, i, j, c):
-    span = prm[i, j, 3] - prm[i, j, 2]
-    if span < _TINY:
-        span = _TINY
+def mean_step(w, up, prm, i, j, c):
+    """The step rule: ``dw_up omega^gamma_up`` up, ``dw_down (1 - omega)^gamma_down`` down,
+    ``omega = (w_max - w) / (w_max - w_min)`` clamped to [0, 1] (exponents prm[i, j, 4:6])."""
+    span = np.maximum(prm[i, j, 3] - prm[i, j, 2], _TINY)
     if up:
         x = (prm[i, j, 3] - w) / span
-    else:
-        x = (w - prm[i, j, 2]) / span
-    if x < 0.0:
-        x = 0.0
-    if x > 1.0:
-        x = 1.0
-    if up:
-        step = prm[i, j, 0] * x ** prm[i, j, 4] * (1.0 + c[0] * xi)
-    else:
-        step = prm[i, j, 1] * x ** prm[i, j, 5] * (1.0 + c[0] * xi)
-    return move(w, up, step, prm, i, j)
+        return prm[i, j, 0] * np.minimum(np.maximum(x, 0.0), 1.0) ** prm[i, j, 4]
+    x = (w - prm[i, j, 2]) / span
+    return prm[i, j, 1] * np.minimum(np.maximum(x, 0.0), 1.0) ** prm[i, j, 5]
 
 
 @dataclass
@@ -86,7 +76,7 @@ class PowStep(DeviceModel):
     name = "pow_step"
     Params = PowStepParams
     extra_state = ("pow_gamma_up", "pow_gamma_down")
-    nb_pulse = staticmethod(_nb_pulse)
+    mean_step = mean_step
 
     def draw_extra(self, state, rows, cols, gen):
         p: PowStepParams = self.params  # type: ignore[assignment]
@@ -96,10 +86,3 @@ class PowStep(DeviceModel):
                                                                 dtype=torch.float64)
         return {"pow_gamma_up": (p.pow_gamma * (gain + beta)).abs(),
                 "pow_gamma_down": (p.pow_gamma * (gain - beta)).abs()}
-
-    def step(self, w: torch.Tensor, up: torch.Tensor, state: State) -> torch.Tensor:
-        span = (state["w_max"] - state["w_min"]).clamp_min(_TINY)
-        omega = ((state["w_max"] - w) / span).clamp(0.0, 1.0)
-        rest = ((w - state["w_min"]) / span).clamp(0.0, 1.0)
-        return torch.where(up, state["dw_up"] * omega.pow(state["pow_gamma_up"]),
-                           state["dw_down"] * rest.pow(state["pow_gamma_down"]))

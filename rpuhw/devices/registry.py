@@ -1,34 +1,28 @@
-"""Name -> device model class registry."""
+"""Name -> device model class registry (:class:`rpuhw.registry.Registry`, key ``model``)."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from rpuhw.errors import ConfigError
+from rpuhw.registry import Registry
 
 if TYPE_CHECKING:
     from rpuhw.devices.base import DeviceModel
 
-_MODELS: dict[str, type[DeviceModel]] = {}
+MODELS: Registry[type[DeviceModel]] = Registry("device model", key="model")
+"""Every device model, by its ``name`` (the ``model:`` key of a device YAML)."""
 
 
 def register_model(cls: type[DeviceModel]) -> type[DeviceModel]:
     """Class decorator: make ``cls`` available under ``cls.name``."""
-    if not cls.name:
-        raise TypeError(f"{cls.__name__} has no name")
-    _MODELS[cls.name] = cls
-    return cls
+    return MODELS.register(cls)
 
 
 def get_model(name: str) -> type[DeviceModel]:
     """The model class registered as ``name``; the error lists the known names."""
-    try:
-        return _MODELS[name]
-    except KeyError:
-        raise ConfigError(f"unknown device model {name!r} (known: {', '.join(model_names())})",
-                          key="model") from None
+    return MODELS.get(name)
 
 
 def model_names() -> list[str]:
     """Registered model names, sorted."""
-    return sorted(_MODELS)
+    return MODELS.names()

@@ -13,24 +13,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
-from rpuhw._jit import njit
 from rpuhw.config import require
-from rpuhw.devices._nb import move
-from rpuhw.devices.base import DeviceModel, PulsedDeviceParams, State
+from rpuhw.devices.base import DeviceModel, PulsedDeviceParams
 from rpuhw.devices.registry import register_model
 
 _TINY = 1e-12
 
 
-@njit(inline="always")
-def _nb_pulse(w, up, xi, prm, i, j, c):
+def mean_step(w, up, prm, i, j, c):
+    """The step rule: ``dw_up (1 - w / w_max)`` up, ``dw_down (1 - w / w_min)`` down."""
     if up:
-        step = prm[i, j, 0] * (1.0 - w / prm[i, j, 3]) * (1.0 + c[0] * xi)
-    else:
-        step = prm[i, j, 1] * (1.0 - w / prm[i, j, 2]) * (1.0 + c[0] * xi)
-    return move(w, up, step, prm, i, j)
+        return prm[i, j, 0] * (1.0 - w / prm[i, j, 3])
+    return prm[i, j, 1] * (1.0 - w / prm[i, j, 2])
 
 
 @dataclass
@@ -49,18 +43,11 @@ class SoftBounds(DeviceModel):
 
     name = "soft_bounds"
     Params = SoftBoundsParams
-    nb_pulse = staticmethod(_nb_pulse)
+    mean_step = mean_step
+    affine_step = True
 
     def draw_extra(self, state, rows, cols, gen):
         # keep the bounds strictly on their side of zero so 1/w_max and 1/w_min exist
         state["w_max"] = state["w_max"].clamp_min(_TINY)
         state["w_min"] = state["w_min"].clamp_max(-_TINY)
         return {}
-
-    def step(self, w: torch.Tensor, up: torch.Tensor, state: State) -> torch.Tensor:
-        return torch.where(up, state["dw_up"] * (1.0 - w / state["w_max"]),
-                           state["dw_down"] * (1.0 - w / state["w_min"]))
-
-    def affine(self, state: State):
-        return (-state["dw_up"] / state["w_max"], state["dw_up"],
-                state["dw_down"] / state["w_min"], -state["dw_down"])

@@ -1,8 +1,9 @@
 """Compiled (numba) kernels of the simulator's exact pulsed update.
 
 The update kernel walks each device through its updates in order and applies
-every coincidence pulse with the model's own one-pulse rule (``nb_pulse``), so
-it *is* the sequential pulse process, only compiled and parallel over rows.
+every coincidence pulse with the model's own one-pulse rule (``nb_pulse``, compiled
+from the model's one step rule, :mod:`rpuhw.devices.rule`), so it *is* the sequential
+pulse process, only compiled and parallel over rows.
 Randomness comes from one splitmix64 stream per row (seeded per call), so
 results do not depend on the number of threads. Gaussian numbers use the
 ziggurat method (Doornik 2005, 128 layers), which is exact.

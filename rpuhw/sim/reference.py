@@ -1,7 +1,8 @@
 """The slow reference: pulses applied one at a time, in order (for tests and benchmarks).
 
 For every update p and slot t, every device with a coincidence gets one pulse
-through the model's own one-pulse rule :meth:`DeviceModel.pulse` with a fresh
+through the model's own one-pulse rule :meth:`DeviceModel.pulse` (its step and noise
+rules, evaluated by numpy: the functions the numba kernels compile) with a fresh
 normal number. Devices are independent, so doing all devices of one slot in
 one vectorised call is the same process as doing them one by one.
 """

@@ -1,6 +1,7 @@
 """The torch update path: closed forms per rank-1 update, composed over P updates.
 
-Every pulse of an affine model is a *clamped affine map* of the weight,
+Every pulse of an affine model (declared ``affine_step``; the coefficients come from its
+step and noise rules, :meth:`DeviceModel.affine`) is a *clamped affine map* of the weight,
 
 .. math::  f(w) = \\min(h, \\max(l, a w + b)),\\quad a \\ge 0,
 
@@ -9,11 +10,12 @@ and these maps are closed under composition:
 .. math::  f_2 \\circ f_1 = (a_2 a_1,\\; a_2 b_1 + b_2,\\;
            \\mathrm{clip}(a_2 l_1 + b_2, l_2, h_2),\\; \\mathrm{clip}(a_2 h_1 + b_2, l_2, h_2)).
 
-So the n pulses a device gets in one rank-1 update are one map (for
-``constant_step`` in closed form: a shift by :math:`n\\Delta + \\sigma\\Delta\\sqrt{n}\\,\\xi`,
-then the clip), and the P updates of a batch reduce to one map per device by a
-pairwise tree in :math:`\\lceil\\log_2 P\\rceil` vectorised steps. Models whose
-step is not affine fall back to a loop over updates, vectorised over devices.
+So the n pulses a device gets in one rank-1 update are one map (for a step that does not
+depend on w, such as ``constant_step``'s, in closed form: a shift by
+:math:`n\\Delta + \\sigma\\Delta\\sqrt{n}\\,\\xi`, then the clip), and the P updates of a
+batch reduce to one map per device by a pairwise tree in :math:`\\lceil\\log_2 P\\rceil`
+vectorised steps. Models whose step is not affine fall back to a loop over updates,
+vectorised over devices, each pulse through the model's rules (:meth:`DeviceModel.pulse`).
 Coincidence counts come from two batched matmuls on the bit tensors.
 """
 
@@ -80,27 +82,30 @@ def apply_counts(model: DeviceModel, state: State, w: torch.Tensor, n: torch.Ten
 
 
 def _affine_maps(model, state, coef, n, up, gen):
-    """Per-update clamped affine maps (a, b, l, h), each [P, rows, cols]."""
-    a_up, b_up, a_down, b_down = coef
-    alpha = torch.where(up, a_up, a_down)
-    beta = torch.where(up, b_up, b_down)
+    """Per-update clamped affine maps (a, b, l, h), each [P, rows, cols].
+
+    One pulse maps w to ``w + beta + alpha w + (s_beta + s_alpha w) xi`` (coefficients of
+    its direction, :meth:`DeviceModel.affine`), then clips to the device's bounds.
+    """
+    c_up, c_down = coef
+    alpha, beta, s_alpha, s_beta = (torch.where(up, u, d) for u, d in zip(c_up, c_down,
+                                                                          strict=True))
     lo, hi = state["w_min"], state["w_max"]
-    sigma = model.params.dw_min_std
-    mult = getattr(model.params, "mult_noise", True)
+    noisy = model.noisy
     active = n > 0
-    if not alpha.any():
-        # constant step: n pulses shift by beta * sum of n factors (1 + sigma xi), exactly
-        # Gaussian: beta * (n + sigma sqrt(n) xi); then one clip (all steps share a sign)
-        shift = n
-        if sigma > 0:
-            shift = n + sigma * n.sqrt() * torch.randn(n.shape, generator=gen)
-        b = torch.where(active, beta * shift, 0.0)
+    if not alpha.any() and not s_alpha.any():
+        # constant increment: n pulses add n beta + s_beta sqrt(n) xi exactly (a sum of n
+        # Gaussians), then one clip (all steps share a sign)
+        shift = n * beta
+        if noisy:
+            shift = shift + s_beta * n.sqrt() * torch.randn(n.shape, generator=gen)
+        b = torch.where(active, shift, 0.0)
         return (torch.ones_like(b), b, torch.where(active, lo, -BIG),
                 torch.where(active, hi, BIG))
     # general affine step: compose the k-th pulse of every device that has >= k pulses,
     # working only on those entries (most devices get 0 or 1 pulse per update)
     idx = active.nonzero(as_tuple=True)
-    n_a, al, be = n[idx], alpha[idx], beta[idx]
+    n_a, al, be, s_al, s_be = n[idx], alpha[idx], beta[idx], s_alpha[idx], s_beta[idx]
     lo_a, hi_a = lo.expand_as(n)[idx], hi.expand_as(n)[idx]
     a_a = torch.ones_like(al)
     b_a = torch.zeros_like(al)
@@ -109,12 +114,11 @@ def _affine_maps(model, state, coef, n, up, gen):
     sub = torch.arange(n_a.numel())
     for k in range(1, int(n.max()) + 1):
         sub = sub[n_a[sub] >= k]
-        xi = torch.randn(sub.shape, generator=gen) if sigma > 0 else torch.zeros(sub.shape)
-        if mult:
-            f = 1.0 + sigma * xi
-            ak, bk = (1.0 + f * al[sub]).clamp_min(0.0), f * be[sub]
-        else:
-            ak, bk = (1.0 + al[sub]).clamp_min(0.0), be[sub] + be[sub].abs() * sigma * xi
+        xi = torch.randn(sub.shape, generator=gen) if noisy else torch.zeros(sub.shape)
+        # 1 + (...): one rounding per pulse that varies with xi (1 + al rounded once would
+        # bias every pulse of a device alike, and with it a soft bound's fixed point)
+        ak = (1.0 + (al[sub] + s_al[sub] * xi)).clamp_min(0.0)
+        bk = be[sub] + s_be[sub] * xi
         lo_s, hi_s = lo_a[sub], hi_a[sub]
         a_a[sub], b_a[sub] = ak * a_a[sub], ak * b_a[sub] + bk
         l_a[sub] = torch.minimum(torch.maximum(ak * l_a[sub] + bk, lo_s), hi_s)
@@ -149,11 +153,11 @@ def _pair(a1, b1, l1, h1, a2, b2, l2, h2):
 
 def _loop(model, state, w, n, up, gen):
     """Non-affine models: updates in order, the k-th pulse of all devices at once."""
-    sigma = model.params.dw_min_std
+    noisy = model.noisy
     nmax = n.amax(dim=(1, 2)).to(torch.int64).tolist()
     for p, m in enumerate(nmax):
         for k in range(m):
             act = n[p] > k
-            xi = torch.randn(w.shape, generator=gen) if sigma > 0 else torch.zeros_like(w)
+            xi = torch.randn(w.shape, generator=gen) if noisy else torch.zeros_like(w)
             w = torch.where(act, model.pulse(w, up[p], xi, state), w)
     return w
