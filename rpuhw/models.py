@@ -11,10 +11,6 @@ NETWORKS: Registry[type[nn.Module]] = Registry("model", key="model",
                                                entry_points="rpuhw.networks")
 """Network name -> ``nn.Module`` class built without arguments."""
 
-MODELS = NETWORKS
-"""The name :mod:`rpuhw.train` uses for :data:`NETWORKS`."""
-
-
 @NETWORKS.register("lenet")
 class LeNet(nn.Module):
     """The paper's CNN for 28x28 MNIST: conv 16@5x5 - tanh - maxpool 2 - conv 32@5x5 -

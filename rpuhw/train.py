@@ -29,7 +29,7 @@ from rpuhw._jit import HAVE_NUMBA
 from rpuhw.config import from_mapping, load_yaml, require
 from rpuhw.data import epoch_order, load_dataset
 from rpuhw.errors import ConfigError
-from rpuhw.models import MODELS, build_model, layer_names
+from rpuhw.models import NETWORKS, build_model, layer_names
 from rpuhw.nn import analog_layers
 from rpuhw.periphery import PeripheryConfig
 from rpuhw.schedule import MANAGEMENT, LayerPlan
@@ -88,8 +88,8 @@ class TrainConfig:
     background thread anyway (:mod:`rpuhw.sim.background`)."""
 
     def validate(self) -> None:
-        require(self.model in MODELS, "model",
-                f"must be one of {', '.join(MODELS)}; got {self.model!r}")
+        require(self.model in NETWORKS, "model",
+                f"must be one of {', '.join(NETWORKS.names())}; got {self.model!r}")
         require(self.epochs >= 1, "epochs", f"must be >= 1, got {self.epochs}")
         require(self.threads is None or self.threads >= 1, "threads",
                 f"must be >= 1 or null, got {self.threads}")
