@@ -207,19 +207,31 @@ class DeviceModel:
         """Scalars passed to the rules as ``c``; ``c[0]`` is always ``dw_min_std``."""
         return [self.params.dw_min_std]
 
-    # ---- the pulse rule, evaluated by numpy -------------------------------------------
+    # ---- the pulse rule, evaluated by numpy in the weights' dtype ----------------------
     def step(self, w: torch.Tensor, up: torch.Tensor, state: State) -> torch.Tensor:
         """Mean step magnitude Delta_d(w) >= 0 of one pulse (direction ``up`` per device)."""
-        prm, c, wn = self.columns(state), self._c(), _f64(w)
-        rule = type(self).mean_step
-        return _by_direction(up, lambda d: rule(wn, d, prm, None, None, c), w)
+        wn = w.numpy()
+        prm, c, rule = self.columns(state), self._c(wn.dtype), type(self).mean_step
+        return _by_direction(up, lambda d: np.array(rule(wn, d, prm, None, None, c)),
+                             wn.dtype)
 
     def pulse(self, w: torch.Tensor, up: torch.Tensor, xi: torch.Tensor,
               state: State) -> torch.Tensor:
         """Apply one pulse to every device: ``up`` bool tensor, ``xi`` standard normals."""
-        prm, c, wn, xn = self.columns(state), self._c(), _f64(w), xi.numpy()
-        rule = type(self).np_pulse
-        return _by_direction(up, lambda d: rule(wn, d, xn, prm, None, None, c), w)
+        return self.pulser(state)(w, up, xi)
+
+    def pulser(self, state: State) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor],
+                                               torch.Tensor]:
+        """:meth:`pulse` as ``f(w, up, xi)`` with ``state``'s parameters gathered once (for
+        loops over pulses); computes in the state's dtype."""
+        prm, rule = self.columns(state), type(self).np_pulse
+        c = self._c(prm.arrays[0].dtype)
+
+        def pulse(w: torch.Tensor, up: torch.Tensor, xi: torch.Tensor) -> torch.Tensor:
+            wn, xn = w.numpy(), xi.numpy()
+            return _by_direction(up, lambda d: rule(wn, d, xn, prm, None, None, c), wn.dtype)
+
+        return pulse
 
     def affine(self, state: State) -> tuple[AffinePulse, AffinePulse] | None:
         """Coefficients of one pulse up and one pulse down (float32 tensors per device), or
@@ -233,13 +245,13 @@ class DeviceModel:
             return None
         prm = Columns([state[k].numpy().astype(np.float64) for k in self.state_names])
         shape = state["w_min"].shape
-        cls, c = type(self), self._c()
+        cls, c = type(self), self._c(np.float64)
         return tuple(AffinePulse(*(torch.from_numpy(np.broadcast_to(v, shape).astype(np.float32))
                                    for v in affine_pulse(cls.mean_step, cls.noise, d, prm, c)))
                      for d in (True, False))
 
-    def _c(self) -> np.ndarray:
-        return np.asarray(self.constants(), dtype=np.float64)
+    def _c(self, dtype: np.dtype) -> np.ndarray:
+        return np.asarray(self.constants(), dtype=dtype)
 
     @property
     def noisy(self) -> bool:
@@ -250,18 +262,17 @@ class DeviceModel:
         return f"{type(self).__name__}({self.params})"
 
 
-def _f64(t: torch.Tensor) -> np.ndarray:
-    return t.numpy().astype(np.float64)
-
-
 def _by_direction(up: torch.Tensor | bool, f: Callable[[bool], np.ndarray],
-                  like: torch.Tensor) -> torch.Tensor:
-    """``f(True)`` where ``up``, ``f(False)`` elsewhere, as a tensor of ``like``'s dtype.
+                  dtype: np.dtype) -> torch.Tensor:
+    """``f(True)`` where ``up``, ``f(False)`` elsewhere, as a tensor of ``dtype``.
 
-    The rules branch on a scalar direction only, so mixed directions evaluate both."""
-    if isinstance(up, bool):
-        out = f(up)
-    else:
+    The rules branch on a scalar direction only: mixed directions evaluate both."""
+    if not isinstance(up, bool):
         upn = up.numpy()
-        out = np.where(upn, f(True), f(False))
-    return torch.from_numpy(np.asarray(out, dtype=like.numpy().dtype))
+        if upn.all():
+            up = True
+        elif not upn.any():
+            up = False
+        else:
+            return torch.from_numpy(np.asarray(np.where(upn, f(True), f(False)), dtype=dtype))
+    return torch.from_numpy(np.asarray(f(up), dtype=dtype))

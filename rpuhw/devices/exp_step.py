@@ -33,6 +33,7 @@ import numpy as np
 from rpuhw.config import require
 from rpuhw.devices.base import DeviceModel, PulsedDeviceParams
 from rpuhw.devices.registry import register_model
+from rpuhw.devices.rule import maximum, minimum
 
 _TINY = 1e-12
 _EXP_MAX = 80.0  # cap on the exponent: A * e^80 is finite in float32, and the step is 0 there
@@ -44,11 +45,11 @@ def mean_step(w, up, prm, i, j, c):
 
     ``c = [dw_min_std, A_up, A_down, gamma_up, gamma_down, a, b, std_add, std_slope]``.
     """
-    z = 2.0 * c[5] * w / np.maximum(prm[i, j, 3] - prm[i, j, 2], _TINY) + c[6]
+    z = 2.0 * c[5] * w / maximum(prm[i, j, 3] - prm[i, j, 2], _TINY) + c[6]
     if up:
-        return prm[i, j, 0] * np.maximum(1.0 - c[1] * np.exp(np.minimum(c[3] * z, _EXP_MAX)),
+        return prm[i, j, 0] * maximum(1.0 - c[1] * np.exp(minimum(c[3] * z, _EXP_MAX)),
                                          0.0)
-    return prm[i, j, 1] * np.maximum(1.0 - c[2] * np.exp(np.minimum(-c[4] * z, _EXP_MAX)),
+    return prm[i, j, 1] * maximum(1.0 - c[2] * np.exp(minimum(-c[4] * z, _EXP_MAX)),
                                      0.0)
 
 

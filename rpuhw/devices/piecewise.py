@@ -25,6 +25,7 @@ import numpy as np
 from rpuhw.config import require
 from rpuhw.devices.base import DeviceModel, PulsedDeviceParams
 from rpuhw.devices.registry import register_model
+from rpuhw.devices.rule import maximum, minimum
 
 _TINY = 1e-12
 
@@ -36,13 +37,13 @@ def mean_step(w, up, prm, i, j, c):
     ``c = [dw_min_std, n_up, n_down, up nodes..., down nodes...]``.
     """
     lo = prm[i, j, 2]
-    frac = np.minimum(np.maximum((w - lo) / np.maximum(prm[i, j, 3] - lo, _TINY), 0.0), 1.0)
+    frac = minimum(maximum((w - lo) / maximum(prm[i, j, 3] - lo, _TINY), 0.0), 1.0)
     if up:
         n, off, dw = c[1], 3.0, prm[i, j, 0]
     else:
         n, off, dw = c[2], 3.0 + c[1], prm[i, j, 1]
     s = frac * (n - 1.0)
-    k = np.minimum(np.floor(s), n - 2.0)
+    k = minimum(np.floor(s), n - 2.0)
     q = s - k
     at = np.int64(off + k)
     return dw * ((1.0 - q) * c[at] + q * c[at + 1])

@@ -23,12 +23,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from rpuhw.config import require
 from rpuhw.devices.base import DeviceModel, PulsedDeviceParams
 from rpuhw.devices.registry import register_model
+from rpuhw.devices.rule import maximum, minimum
 
 _TINY = 1e-12
 
@@ -36,12 +36,12 @@ _TINY = 1e-12
 def mean_step(w, up, prm, i, j, c):
     """The step rule: ``dw_up omega^gamma_up`` up, ``dw_down (1 - omega)^gamma_down`` down,
     ``omega = (w_max - w) / (w_max - w_min)`` clamped to [0, 1] (exponents prm[i, j, 4:6])."""
-    span = np.maximum(prm[i, j, 3] - prm[i, j, 2], _TINY)
+    span = maximum(prm[i, j, 3] - prm[i, j, 2], _TINY)
     if up:
         x = (prm[i, j, 3] - w) / span
-        return prm[i, j, 0] * np.minimum(np.maximum(x, 0.0), 1.0) ** prm[i, j, 4]
+        return prm[i, j, 0] * minimum(maximum(x, 0.0), 1.0) ** prm[i, j, 4]
     x = (w - prm[i, j, 2]) / span
-    return prm[i, j, 1] * np.minimum(np.maximum(x, 0.0), 1.0) ** prm[i, j, 5]
+    return prm[i, j, 1] * minimum(maximum(x, 0.0), 1.0) ** prm[i, j, 5]
 
 
 @dataclass

@@ -1,8 +1,8 @@
 """One pulse of a device model, composed from the model's one step rule.
 
 A model writes its mean step once, as a module-level function in "ufunc style"
-(numpy ufuncs such as ``np.exp``, ``np.maximum``, ``np.minimum``, ``abs``; Python ``if``
-only on the scalar direction ``up`` and on constants)::
+(numpy ufuncs such as ``np.exp``, ``np.floor``, ``abs``, and this module's :func:`minimum`
+and :func:`maximum`; Python ``if`` only on the scalar direction ``up`` and on constants)::
 
     def mean_step(w, up, prm, i, j, c):
         \"\"\"Mean step magnitude Delta_d(w) >= 0 of one pulse on device (i, j).\"\"\"
@@ -33,13 +33,36 @@ from typing import NamedTuple
 
 import numpy as np
 
-from rpuhw._jit import njit
+from rpuhw._jit import HAVE_NUMBA, njit
 
 Rule = Callable[..., object]
 """``mean_step(w, up, prm, i, j, c)`` or ``noise(mean, w, up, xi, prm, i, j, c)``."""
 
 W_MIN, W_MAX = 2, 3
 """Indices of the device bounds in ``prm`` (after ``dw_up``, ``dw_down``)."""
+
+
+def minimum(a, b):
+    """``np.minimum(a, b)``; compiled by numba as one comparison, ``b if b < a else a``
+    (the kernels' hot loop: numba's ``np.minimum`` also tests both for NaN)."""
+    return np.minimum(a, b)
+
+
+def maximum(a, b):
+    """``np.maximum(a, b)``; compiled by numba as one comparison, ``b if a < b else a``."""
+    return np.maximum(a, b)
+
+
+if HAVE_NUMBA:
+    from numba.extending import overload
+
+    @overload(minimum)
+    def _minimum_nb(a, b):
+        return lambda a, b: b if b < a else a
+
+    @overload(maximum)
+    def _maximum_nb(a, b):
+        return lambda a, b: b if a < b else a
 
 
 def multiplicative(mean, w, up, xi, prm, i, j, c):
@@ -75,7 +98,7 @@ def pulse_of(mean_step: Rule, noise: Rule, jit: Callable[[Rule], Rule] = lambda 
     def pulse(w, up, xi, prm, i, j, c):
         step = noisy_step(step_of(w, up, prm, i, j, c), w, up, xi, prm, i, j, c)
         w = w + step if up else w - step
-        return np.minimum(np.maximum(w, prm[i, j, W_MIN]), prm[i, j, W_MAX])
+        return minimum(maximum(w, prm[i, j, W_MIN]), prm[i, j, W_MAX])
 
     return jit(pulse)
 

@@ -18,6 +18,7 @@ def reference_update(model: DeviceModel, state: State, w: torch.Tensor, x_bits: 
                      d_bits: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """Apply P updates of BL slots pulse by pulse; returns the new weights."""
     xf, df = x_bits.float(), d_bits.float()
+    pulse = model.pulser(state)
     for p in range(x_bits.shape[0]):
         for t in range(x_bits.shape[1]):
             coinc = torch.outer(df[p, t], xf[p, t])
@@ -25,5 +26,5 @@ def reference_update(model: DeviceModel, state: State, w: torch.Tensor, x_bits: 
             if not active.any():
                 continue
             xi = torch.randn(w.shape, generator=gen)
-            w = torch.where(active, model.pulse(w, coinc > 0, xi, state), w)
+            w = torch.where(active, pulse(w, coinc > 0, xi), w)
     return w

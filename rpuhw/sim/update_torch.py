@@ -153,11 +153,11 @@ def _pair(a1, b1, l1, h1, a2, b2, l2, h2):
 
 def _loop(model, state, w, n, up, gen):
     """Non-affine models: updates in order, the k-th pulse of all devices at once."""
-    noisy = model.noisy
+    noisy, pulse = model.noisy, model.pulser(state)
     nmax = n.amax(dim=(1, 2)).to(torch.int64).tolist()
     for p, m in enumerate(nmax):
         for k in range(m):
             act = n[p] > k
             xi = torch.randn(w.shape, generator=gen) if noisy else torch.zeros_like(w)
-            w = torch.where(act, model.pulse(w, up[p], xi, state), w)
+            w = torch.where(act, pulse(w, up[p], xi), w)
     return w
