@@ -88,12 +88,12 @@ def _affine_maps(model, state, coef, n, up, gen):
     its direction, :meth:`DeviceModel.affine`), then clips to the device's bounds.
     """
     c_up, c_down = coef
-    alpha, beta, s_alpha, s_beta = (torch.where(up, u, d) for u, d in zip(c_up, c_down,
-                                                                          strict=True))
     lo, hi = state["w_min"], state["w_max"]
     noisy = model.noisy
     active = n > 0
-    if not alpha.any() and not s_alpha.any():
+    beta, s_beta = torch.where(up, c_up.beta, c_down.beta), torch.where(up, c_up.s_beta,
+                                                                        c_down.s_beta)
+    if not any(t.any() for t in (c_up.alpha, c_down.alpha, c_up.s_alpha, c_down.s_alpha)):
         # constant increment: n pulses add n beta + s_beta sqrt(n) xi exactly (a sum of n
         # Gaussians), then one clip (all steps share a sign)
         shift = n * beta
@@ -102,6 +102,8 @@ def _affine_maps(model, state, coef, n, up, gen):
         b = torch.where(active, shift, 0.0)
         return (torch.ones_like(b), b, torch.where(active, lo, -BIG),
                 torch.where(active, hi, BIG))
+    alpha, s_alpha = torch.where(up, c_up.alpha, c_down.alpha), torch.where(up, c_up.s_alpha,
+                                                                            c_down.s_alpha)
     # general affine step: compose the k-th pulse of every device that has >= k pulses,
     # working only on those entries (most devices get 0 or 1 pulse per update)
     idx = active.nonzero(as_tuple=True)
