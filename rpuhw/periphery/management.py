@@ -97,7 +97,8 @@ class PeripheryConfig:
 
     out_bound: float | None = None
     """Output saturation threshold (output units) used by BM and the ADC. None =
-    ``array.info().out_bound`` when the array knows it, else 12."""
+    ``array.info().out_bound`` when the array knows it (read once, when the periphery
+    is made), else 12."""
 
     dw_min: float | None = None
     """Weight change of one coincidence (weight units) used for C. None =
@@ -214,6 +215,8 @@ class Periphery:
             self.gen.manual_seed(int(seed))
         self._seeds = SeedStream.from_generator(self.gen)  # seeds of the compiled encoder
         self.stats = PeripheryStats()
+        bound = array.info().out_bound  # a property of the array: read once (not per MVM)
+        self._array_bound = _DEFAULT_OUT_BOUND if bound is None else float(bound)
 
     def __repr__(self) -> str:
         c = self.config
@@ -225,11 +228,11 @@ class Periphery:
     # ---- resolved constants ----------------------------------------------------------
     @property
     def out_bound(self) -> float:
-        """Output bound used by BM and the ADC (config, else the array's ``info()``, else 12)."""
+        """Output bound used by BM and the ADC: the config's, else the array's
+        ``info().out_bound`` (read when the periphery was made), else 12."""
         if self.config.out_bound is not None:
             return float(self.config.out_bound)
-        bound = self.array.info().out_bound
-        return float(bound) if bound is not None else _DEFAULT_OUT_BOUND
+        return self._array_bound
 
     @property
     def dw_min(self) -> float:
