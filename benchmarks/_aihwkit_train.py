@@ -30,6 +30,15 @@ an extra array column in rpuhw). ``AnalogSGD(lr=0.01)``, batch size 1.
 The first ``--warmup`` images train untimed; the next ``--images`` are timed
 (forward, backward, optimizer step of each image). Prints the wall and CPU seconds,
 images/s and the per-image training losses of the timed images.
+
+Whole run (``--whole-run --out results.json``, for ``python -m benchmarks.train
+--whole-run``): what ``rpuhw train --out results.json`` does, in this fresh process:
+import, read the data, build the model, train every image of ``images.npy`` once in
+the stored order (the caller writes them in rpuhw's epoch order), print the line
+``first image trained`` (flushed) after the first one, evaluate the test error on
+``test_images.npy`` / ``test_labels.npy`` (batches of 100, as rpuhw does) and write
+the results JSON atomically; the caller times the process from its start until that
+file exists. ``--warmup`` and ``--images`` are ignored.
 """
 
 import argparse
@@ -77,6 +86,57 @@ class AnalogLeNet(nn.Module):
         return self.fc2(x)
 
 
+def load_model(data: str) -> AnalogLeNet:
+    """The analog LeNet with the initial weights of ``data``."""
+    model = AnalogLeNet()
+    for name in LAYERS:
+        w = torch.from_numpy(np.load(os.path.join(data, f"{name}.weight.npy")))
+        b = torch.from_numpy(np.load(os.path.join(data, f"{name}.bias.npy")))
+        getattr(model, name).set_weights(w, b)
+    return model
+
+
+def whole_run(args) -> int:
+    """Train every image once, evaluate, write ``args.out`` (see the module docstring)."""
+    images = torch.from_numpy(np.load(os.path.join(args.data, "images.npy")))
+    labels = torch.from_numpy(np.load(os.path.join(args.data, "labels.npy")))
+    x_test = torch.from_numpy(np.load(os.path.join(args.data, "test_images.npy")))
+    y_test = torch.from_numpy(np.load(os.path.join(args.data, "test_labels.npy")))
+    model = load_model(args.data)
+    model.train()
+    opt = AnalogSGD(model.parameters(), lr=LR)
+    opt.regroup_param_groups(model)
+    t0 = time.perf_counter()
+    loss_sum = 0.0
+    for i in range(len(images)):
+        opt.zero_grad()
+        loss = F.cross_entropy(model(images[i:i + 1]), labels[i:i + 1])
+        loss.backward()
+        opt.step()
+        loss_sum += loss.item()
+        if i == 0:
+            print("first image trained", flush=True)
+    train_s = time.perf_counter() - t0
+    model.eval()
+    wrong = 0
+    with torch.no_grad():
+        for i in range(0, len(x_test), 100):
+            wrong += int((model(x_test[i:i + 100]).argmax(1) != y_test[i:i + 100]).sum())
+    result = {"aihwkit_version": getattr(aihwkit, "__version__", "unknown"),
+              "torch_version": torch.__version__, "torch_threads": torch.get_num_threads(),
+              "env_threads": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS",
+                                                              "OPENBLAS_NUM_THREADS")},
+              "images": len(images), "test_images": len(x_test),
+              "train_loss": loss_sum / max(len(images), 1),
+              "test_error": wrong / max(len(x_test), 1), "train_s": train_s,
+              "images_per_s": len(images) / train_s if train_s > 0 else None}
+    tmp = args.out + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(result, f)
+    os.replace(tmp, args.out)  # the file appears complete
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", required=True, help="folder with images.npy, labels.npy, ...")
@@ -85,21 +145,24 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None,
                    help="torch.set_num_threads (default: torch's default)")
+    p.add_argument("--whole-run", action="store_true",
+                   help="train all images once, evaluate, write --out (see above)")
+    p.add_argument("--out", help="results JSON of --whole-run")
     args = p.parse_args(argv)
+    if args.whole_run and not args.out:
+        p.error("--whole-run needs --out")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
+    if args.whole_run:
+        return whole_run(args)
 
     images = torch.from_numpy(np.load(os.path.join(args.data, "images.npy")))
     labels = torch.from_numpy(np.load(os.path.join(args.data, "labels.npy")))
     if len(images) < args.warmup + args.images:
         p.error(f"{len(images)} images in --data, need {args.warmup + args.images}")
 
-    model = AnalogLeNet()
-    for name in LAYERS:
-        w = torch.from_numpy(np.load(os.path.join(args.data, f"{name}.weight.npy")))
-        b = torch.from_numpy(np.load(os.path.join(args.data, f"{name}.bias.npy")))
-        getattr(model, name).set_weights(w, b)
+    model = load_model(args.data)
     model.train()
     opt = AnalogSGD(model.parameters(), lr=LR)
     opt.regroup_param_groups(model)

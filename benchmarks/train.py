@@ -3,6 +3,12 @@
     python -m benchmarks.train [--images 300] [--warmup 20] [--seed 0]
                                [--aihwkit-python /opt/aihwkit-venv/bin/python]
                                [--profile N] [--threads N]
+    python -m benchmarks.train --whole-run [--sizes 500,2000,4000] [--repeats 1]
+                               [--test-images 200] [--aihwkit-python ...]
+
+``--whole-run`` times whole ``rpuhw train`` runs (fresh process to results file) against
+whole aihwkit runs instead; see :mod:`benchmarks._whole_run`. What follows describes
+the default mode (steady-state images/s inside one process).
 
 Network (the paper's): conv 1->16 5x5, tanh, maxpool 2, conv 16->32 5x5, tanh,
 maxpool 2, flatten 512, fc 512->128, tanh, fc 128->10, cross-entropy on the logits;
@@ -205,7 +211,19 @@ def main(argv: list[str] | None = None) -> int:
     default_aihw = "/opt/aihwkit-venv/bin/python"
     ap.add_argument("--aihwkit-python", default=default_aihw if Path(default_aihw).exists()
                     else "", help="interpreter where `import aihwkit` works")
+    ap.add_argument("--whole-run", action="store_true",
+                    help="images/s from process start to results file: rpuhw train vs "
+                         "aihwkit, fresh processes (benchmarks/_whole_run.py)")
+    ap.add_argument("--sizes", default="500,2000,4000",
+                    help="--whole-run: training images per run, comma-separated")
+    ap.add_argument("--repeats", type=int, default=1, help="--whole-run: repetitions")
+    ap.add_argument("--test-images", type=int, default=200,
+                    help="--whole-run: test images evaluated at the end of each run")
     args = ap.parse_args(argv)
+    command = " ".join(["python -m benchmarks.train",
+                        *(argv if argv is not None else sys.argv[1:])])
+    if args.whole_run:
+        return main_whole_run(args, command)
     if args.threads is not None:
         if args.threads < 1:
             print("benchmarks.train: --threads must be >= 1", file=sys.stderr)
@@ -223,8 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     x, y = data.x_train[:need].contiguous(), data.y_train[:need].contiguous()
 
     result: dict = {
-        "benchmark": "train", "command": " ".join(
-            ["python -m benchmarks.train", *(argv if argv is not None else sys.argv[1:])]),
+        "benchmark": "train", "command": command,
         "rpuhw_version": rpuhw.__version__, "torch": torch.__version__,
         "numba": numba.__version__, "python": platform.python_version(),
         "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
@@ -265,6 +282,27 @@ def main(argv: list[str] | None = None) -> int:
         result["rpuhw_profile"] = profile_rpuhw(data.x_train[:m].contiguous(),
                                                 data.y_train[:m].contiguous(),
                                                 args.warmup, args.profile, args.seed)
+    json.dump(result, sys.stdout, indent=1)
+    sys.stdout.write("\n")
+    return 0
+
+
+def main_whole_run(args: argparse.Namespace, command: str) -> int:
+    """``--whole-run``: check the arguments, run, print the JSON."""
+    try:
+        sizes = [int(v) for v in args.sizes.split(",")]
+    except ValueError:
+        sizes = []
+    if (not sizes or min(sizes) < 1 or max(sizes) > 4000 or args.repeats < 1
+            or not 1 <= args.test_images <= 1000 or args.threads is not None
+            or args.profile):
+        print("benchmarks.train: --whole-run needs --sizes of 1..4000 images (mnist5k's "
+              "training set), --repeats >= 1, --test-images 1..1000, and no --threads or "
+              "--profile (each side runs at its own best setting)", file=sys.stderr)
+        return 2
+    from benchmarks._whole_run import whole_run
+
+    result = whole_run(sizes, args.repeats, args.test_images, args.aihwkit_python, command)
     json.dump(result, sys.stdout, indent=1)
     sys.stdout.write("\n")
     return 0
