@@ -262,7 +262,9 @@ def whole_run(sizes: list[int], repeats: int, test_images: int, aihwkit_python: 
             "rpuhw_command": rpuhw_command(0, test_images, Path("results.json")),
             "aihwkit_command": (None if reason else
                                 aihwkit_command(aihwkit_python, Path("DATA"), Path("OUT"))),
-            "aihwkit_env": AIHWKIT_ENV, "poll_s": POLL_S},
+            "aihwkit_env": AIHWKIT_ENV, "poll_s": POLL_S,
+            "environment": {k: v for k, v in os.environ.items()
+                            if k == "PYTHONPATH" or k.startswith(("RPUHW_", "NUMBA_", "OMP_"))}},
         "loadavg_before": _load(), "warmup": {}, "import_torch_s": {"rpuhw_python": [],
                                                                     "aihwkit_python": []},
         "runs": [],
