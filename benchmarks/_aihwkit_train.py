@@ -35,7 +35,8 @@ Whole run (``--whole-run --out results.json``, for ``python -m benchmarks.train
 --whole-run``): what ``rpuhw train --out results.json`` does, in this fresh process:
 import, read the data, build the model, train every image of ``images.npy`` once in
 the stored order (the caller writes them in rpuhw's epoch order), print the line
-``first image trained`` (flushed) after the first one, evaluate the test error on
+``training starts`` before the first image and ``first image trained`` after it
+(flushed), evaluate the test error on
 ``test_images.npy`` / ``test_labels.npy`` (batches of 100, as rpuhw does) and write
 the results JSON atomically; the caller times the process from its start until that
 file exists. ``--warmup`` and ``--images`` are ignored.
@@ -106,6 +107,7 @@ def whole_run(args) -> int:
     model.train()
     opt = AnalogSGD(model.parameters(), lr=LR)
     opt.regroup_param_groups(model)
+    print("training starts", flush=True)
     t0 = time.perf_counter()
     loss_sum = 0.0
     for i in range(len(images)):

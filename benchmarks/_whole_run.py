@@ -20,7 +20,9 @@ images/s = N / (seconds from process start to results file): start-up, imports, 
 model, training, test evaluation and the results file all count. **Time to first
 image**: process start to the first trained image, read off a line each side writes:
 rpuhw's progress bar (the first ``n/N`` with n >= 1 on stderr; ``first_image_n`` says
-which n, 1 unless the bar skipped lines), aihwkit's ``first image trained`` on stdout.
+which n, 1 unless the bar skipped lines), aihwkit's ``first image trained`` on stdout;
+``training_start_s`` likewise to the start of the training loop (rpuhw's bar at
+``0/N``, aihwkit's ``training starts``): imports, data and model before it.
 ``python -c "import torch"`` in each interpreter is timed in every repetition as the
 baseline of start-up. Before the timed runs, one short untimed run of each side (20
 images) warms the disk caches and numba's on-disk kernel cache; its times are reported.
@@ -70,6 +72,8 @@ class Timed:
     """Until the results file existed (None: it never did)."""
     to_exit_s: float
     """Until the process had exited."""
+    training_start_s: float | None
+    """Until the line saying the training loop starts was read (None: none seen)."""
     first_image_s: float | None
     """Until the first-image line was read (None: none seen)."""
     first_image_n: int | None
@@ -78,10 +82,15 @@ class Timed:
     stderr_tail: str
 
 
-def timed_process(cmd: list[str], results: Path, first: Callable[[str], int | None],
+Mark = Callable[[str], "int | None"]
+"""Recognises a line in a process's output so far: a count >= 0, or None."""
+
+
+def timed_process(cmd: list[str], results: Path, start: Mark, first: Mark,
                   env: dict[str, str] | None = None, cwd: Path | None = None) -> Timed:
-    """Run ``cmd``; time the results file and the first line ``first`` recognises."""
+    """Run ``cmd``; time the results file and the lines ``start`` and ``first`` recognise."""
     seen: dict[str, tuple[float, int]] = {}
+    marks = {"start": start, "first": first}
     tails = {"stdout": "", "stderr": ""}
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
@@ -93,10 +102,10 @@ def timed_process(cmd: list[str], results: Path, first: Callable[[str], int | No
             now = time.perf_counter() - t0
             tail = (tails[name] + chunk.decode(errors="replace"))[-20000:]
             tails[name] = tail
-            if "first" not in seen:
-                n = first(tail)
-                if n:
-                    seen["first"] = (now, n)
+            for key, mark in marks.items():
+                n = None if key in seen else mark(tail)
+                if n is not None:
+                    seen[key] = (now, n)
 
     pumps = [threading.Thread(target=pump, args=(proc.stdout, "stdout"), daemon=True),
              threading.Thread(target=pump, args=(proc.stderr, "stderr"), daemon=True)]
@@ -113,20 +122,23 @@ def timed_process(cmd: list[str], results: Path, first: Callable[[str], int | No
     for p in pumps:
         p.join()
     fs, fn = seen.get("first", (None, None))
-    return Timed(to_results, to_exit, fs, fn, proc.returncode, tails["stderr"][-1500:])
+    return Timed(to_results, to_exit, seen.get("start", (None,))[0], fs, fn,
+                 proc.returncode, tails["stderr"][-1500:])
 
 
-def first_bar_count(text: str) -> int | None:
-    """The first count >= 1 of a tqdm bar in ``text`` (rpuhw's progress on stderr)."""
+def bar_count(text: str, least: int) -> int | None:
+    """The first count >= ``least`` of a tqdm bar in ``text`` (rpuhw's progress bar on
+    stderr: ``0/N`` when the epoch starts, then the images trained)."""
     for m in _BAR.finditer(text):
-        if int(m.group(1)) >= 1:
+        if int(m.group(1)) >= least:
             return int(m.group(1))
     return None
 
 
-def first_line(text: str) -> int | None:
-    """1 once aihwkit's script has said so."""
-    return 1 if "first image trained" in text else None
+def line(text: str, words: str) -> int | None:
+    """0 once ``words`` appear (aihwkit's script says ``training starts`` and ``first
+    image trained``)."""
+    return 0 if words in text else None
 
 
 def rpuhw_command(images: int, test_images: int, out: Path) -> list[str]:
@@ -168,7 +180,9 @@ AIHWKIT_ENV = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
 def run_rpuhw(images: int, test_images: int, tmp: Path) -> dict:
     out = tmp / f"rpuhw-{images}.json"
     out.unlink(missing_ok=True)
-    t = timed_process(rpuhw_command(images, test_images, out), out, first_bar_count, cwd=tmp)
+    t = timed_process(rpuhw_command(images, test_images, out), out,
+                      lambda text: bar_count(text, 0), lambda text: bar_count(text, 1),
+                      cwd=tmp)
     return _report(t, images, out)
 
 
@@ -178,7 +192,9 @@ def run_aihwkit(python: str, images: int, test_images: int, tmp: Path) -> dict:
     write_aihwkit_inputs(data, images, test_images)
     out = tmp / f"aihwkit-{images}.json"
     out.unlink(missing_ok=True)
-    t = timed_process(aihwkit_command(python, data, out), out, first_line,
+    t = timed_process(aihwkit_command(python, data, out), out,
+                      lambda text: line(text, "training starts"),
+                      lambda text: 1 if line(text, "first image trained") == 0 else None,
                       env={**os.environ, **AIHWKIT_ENV}, cwd=tmp)
     return _report(t, images, out)
 
@@ -308,7 +324,7 @@ def summarize(runs: list[dict], sizes: list[int]) -> dict:
         mine = [r for r in runs if r["images"] == n]
         row: dict = {}
         for side in ("rpuhw", "aihwkit"):
-            for key in ("images_per_s", "to_results_s", "first_image_s"):
+            for key in ("images_per_s", "to_results_s", "training_start_s", "first_image_s"):
                 vals = [r[side].get(key) for r in mine if side in r]
                 if vals:
                     row[f"{side}_{key}"] = vals
