@@ -115,7 +115,10 @@ class Train(Command):
         p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     def run(self, args: argparse.Namespace) -> int:
+        from rpuhw import _compile_notice
         from rpuhw.train import load_config, train
+
+        _compile_notice.announce_to(sys.stderr)  # a cold kernel cache: one line, once
 
         overrides = {
             "model": args.model, "data": args.data, "epochs": args.epochs,

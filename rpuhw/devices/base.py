@@ -43,10 +43,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
-import torch
 
 from rpuhw.config import require
 from rpuhw.devices.rule import (
@@ -59,7 +58,10 @@ from rpuhw.devices.rule import (
     pulse_of,
 )
 
-State = dict[str, torch.Tensor]
+if TYPE_CHECKING:  # torch is imported where a model draws or steps: `rpuhw models` needs none
+    import torch
+
+State = dict[str, "torch.Tensor"]
 """Per-device parameters of one array: name -> float32 tensor [rows, cols]."""
 
 BASE_STATE = ("dw_up", "dw_down", "w_min", "w_max")
@@ -109,8 +111,20 @@ class PulsedDeviceParams:
 
 def _spread(gen: torch.Generator, rows: int, cols: int, sigma: float) -> torch.Tensor:
     """Factor ``[1 + sigma * N(0,1)]_+`` per device (float64)."""
+    import torch
+
     xi = torch.randn(rows, cols, generator=gen, dtype=torch.float64)
     return (1.0 + sigma * xi).clamp_min(0.0)
+
+
+class _CompiledPulse:
+    """:attr:`DeviceModel.nb_pulse` of a model class: :func:`compiled_pulse` of its rules,
+    made on first access (one per pair of rules, shared by every class with both)."""
+
+    def __get__(self, obj: object, cls: type) -> Callable | None:
+        if cls.mean_step is None:
+            return None
+        return compiled_pulse(cls.mean_step, cls.noise)
 
 
 class DeviceModel:
@@ -140,11 +154,12 @@ class DeviceModel:
     """Declares a pulse's increment affine in w (and in xi), so that the torch engine
     composes pulses in closed form from :meth:`affine` (tested on the rules)."""
 
-    nb_pulse: ClassVar[Callable | None] = None
+    nb_pulse: ClassVar[Callable | None] = _CompiledPulse()
     """Derived from the rules: numba ``(w, up, xi, prm, i, j, c) -> w_new``, one pulse on
     device (i, j), inlined into the simulator's kernels. ``prm`` is float32 [rows, cols, K]
     as made by :meth:`packed_state` (one device's parameters side by side: one cache line
-    per pulsed device); ``c`` the float64 vector :meth:`constants`."""
+    per pulsed device); ``c`` the float64 vector :meth:`constants`. Made on first use
+    (importing a model loads no numba); None for a model without a rule."""
 
     np_pulse: ClassVar[Callable | None] = None
     """Derived from the rules: the same one-pulse rule for numpy arrays (scalar ``up``)."""
@@ -156,7 +171,6 @@ class DeviceModel:
             if rule is not None and not isinstance(rule, staticmethod):
                 setattr(cls, attr, staticmethod(rule))
         if cls.mean_step is not None:
-            cls.nb_pulse = staticmethod(compiled_pulse(cls.mean_step, cls.noise))
             cls.np_pulse = staticmethod(pulse_of(cls.mean_step, cls.noise))
 
     def __init__(self, params: PulsedDeviceParams | None = None):
@@ -170,6 +184,8 @@ class DeviceModel:
 
     def draw(self, rows: int, cols: int, gen: torch.Generator) -> State:
         """Draw every per-device parameter once for an array of ``rows x cols`` devices."""
+        import torch
+
         p = self.params
         g = _spread(gen, rows, cols, p.dw_min_dtod)
         r = p.up_down + p.up_down_dtod * torch.randn(rows, cols, generator=gen,
@@ -243,6 +259,8 @@ class DeviceModel:
         """
         if not self.affine_step:
             return None
+        import torch
+
         prm = Columns([state[k].numpy().astype(np.float64) for k in self.state_names])
         shape = state["w_min"].shape
         cls, c = type(self), self._c(np.float64)
@@ -267,6 +285,8 @@ def _by_direction(up: torch.Tensor | bool, f: Callable[[bool], np.ndarray],
     """``f(True)`` where ``up``, ``f(False)`` elsewhere, as a tensor of ``dtype``.
 
     The rules branch on a scalar direction only: mixed directions evaluate both."""
+    import torch
+
     if not isinstance(up, bool):
         upn = up.numpy()
         if upn.all():

@@ -19,8 +19,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
 from rpuhw.config import require
 from rpuhw.devices.base import DeviceModel, PulsedDeviceParams
 from rpuhw.devices.registry import register_model
@@ -87,6 +85,8 @@ class LinearStep(DeviceModel):
     affine_step = True
 
     def draw_extra(self, state, rows, cols, gen):
+        import torch  # here: listing or validating models loads no torch
+
         p: LinearStepParams = self.params  # type: ignore[assignment]
         g_up = p.gamma_up + p.gamma_up_dtod * torch.randn(rows, cols, generator=gen,
                                                           dtype=torch.float64)

@@ -23,8 +23,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
 from rpuhw.config import require
 from rpuhw.devices.base import DeviceModel, PulsedDeviceParams
 from rpuhw.devices.registry import register_model
@@ -79,6 +77,8 @@ class PowStep(DeviceModel):
     mean_step = mean_step
 
     def draw_extra(self, state, rows, cols, gen):
+        import torch  # here: listing or validating models loads no torch
+
         p: PowStepParams = self.params  # type: ignore[assignment]
         gain = 1.0 + p.pow_gamma_dtod * torch.randn(rows, cols, generator=gen,
                                                     dtype=torch.float64)

@@ -28,12 +28,11 @@ j, c)``, returning the step magnitude of a pulse with standard normal ``xi``;
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import numpy as np
-
-from rpuhw._jit import HAVE_NUMBA, njit
 
 Rule = Callable[..., object]
 """``mean_step(w, up, prm, i, j, c)`` or ``noise(mean, w, up, xi, prm, i, j, c)``."""
@@ -53,7 +52,10 @@ def maximum(a, b):
     return np.maximum(a, b)
 
 
-if HAVE_NUMBA:
+@functools.cache
+def _register_overloads() -> None:
+    """numba's versions of :func:`minimum` and :func:`maximum` (registered before the
+    first rule compiles; importing the rules needs no numba)."""
     from numba.extending import overload
 
     @overload(minimum)
@@ -108,9 +110,16 @@ _COMPILED: dict[tuple[Rule, Rule], Rule] = {}
 
 def compiled_pulse(mean_step: Rule, noise: Rule) -> Rule:
     """:func:`pulse_of` compiled by numba for one device (inlined where called; one
-    compiled function per pair of rules). Without numba, the Python function."""
+    compiled function per pair of rules). Without numba, the Python function.
+
+    numba compiles it only inside the kernels that inline it; they are cached on disk
+    keyed by the sources of both rules (:mod:`rpuhw._kernel_cache`)."""
     key = (mean_step, noise)
     if key not in _COMPILED:
+        from rpuhw._jit import HAVE_NUMBA, njit
+
+        if HAVE_NUMBA:
+            _register_overloads()
         _COMPILED[key] = pulse_of(mean_step, noise,
                                   lambda f: njit(inline="always", cache=False)(f))
     return _COMPILED[key]

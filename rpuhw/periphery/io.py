@@ -9,10 +9,12 @@ and the simulator share; :data:`SAT_RTOL` says when an output counts as saturate
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-import torch
+from typing import TYPE_CHECKING
 
 from rpuhw.config import require
+
+if TYPE_CHECKING:  # quantize uses tensor methods only: `rpuhw device` loads no torch
+    import torch
 
 SAT_RTOL = 1e-6
 """An output counts as saturated when ``|y| >= bound * (1 - SAT_RTOL)``."""
@@ -56,4 +58,4 @@ def quantize(x: torch.Tensor, res: float | None, bound: float) -> torch.Tensor:
     if not res:
         return x
     step = res * 2.0 * bound
-    return torch.round(x / step) * step
+    return (x / step).round() * step

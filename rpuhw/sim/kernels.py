@@ -3,7 +3,9 @@
 The update kernel walks each device through its updates in order and applies
 every coincidence pulse with the model's own one-pulse rule (``nb_pulse``, compiled
 from the model's one step rule, :mod:`rpuhw.devices.rule`), so it *is* the sequential
-pulse process, only compiled and parallel over rows.
+pulse process, only compiled and parallel over rows. Its source and the serial pulse
+kernel's are :mod:`rpuhw.sim.model_kernels`, compiled once per rule and cached on disk
+(:func:`update_kernel_for`, :func:`pulse_kernel_for`); this module holds what they share.
 Randomness comes from one splitmix64 stream per row (seeded per call), so
 results do not depend on the number of threads. Gaussian numbers use the
 ziggurat method (Doornik 2005, 128 layers), which is exact.
@@ -17,10 +19,11 @@ agree, and their number is a popcount.
 from __future__ import annotations
 
 import math
+from types import ModuleType
 
 import numpy as np
 
-from rpuhw._jit import njit, prange
+from rpuhw._jit import njit
 from rpuhw.periphery.rng import next_u64, stream_seed
 
 _INV53 = 1.0 / 9007199254740992.0  # 2**-53
@@ -113,97 +116,31 @@ def popcount(x):
     return np.int64((x * np.uint64(0x0101010101010101)) >> np.uint64(56))
 
 
-_KERNELS: dict = {}
-
-
 def update_kernel_for(pulse):
-    """The compiled update kernel with the one-pulse rule ``pulse`` inlined (cached).
+    """The compiled update kernel with the one-pulse rule ``pulse`` (a model's
+    ``nb_pulse``) inlined; cached on disk per rule (:mod:`rpuhw.sim.model_kernels`).
 
     Returns ``kernel(xnz, xpos, dnz, dpos, W, prm, c, seed, noisy)`` that applies
     the P packed rank-1 updates in order, pulse by pulse, to W [rows, cols] in place:
     device (i, j) gets a pulse in slot t of update p when both bits are non-zero,
     up when their signs agree, each with one fresh normal when ``noisy``.
     """
-    key = ("update", pulse)
-    if key not in _KERNELS:
-        _KERNELS[key] = _make_update_kernel(pulse)
-    return _KERNELS[key]
+    return _kernels_for(pulse).update_kernel
 
 
 def pulse_kernel_for(pulse):
     """Compiled ``kernel(counts, W, prm, c, seed, noisy)``: ``counts[i, j]`` signed pulses."""
-    key = ("pulse", pulse)
-    if key not in _KERNELS:
-        _KERNELS[key] = _make_pulse_kernel(pulse)
-    return _KERNELS[key]
+    return _kernels_for(pulse).pulse_kernel
 
 
-def _make_update_kernel(pulse):
-    # A closure, so that numba inlines ``pulse`` (passing it as an argument costs ~50 %).
-    @njit(parallel=True, cache=False)
-    def kernel(xnz, xpos, dnz, dpos, W, prm, c, seed, noisy):
-        P, cols = xnz.shape
-        rows = dnz.shape[1]
-        one = np.uint64(1)
-        for i in prange(rows):
-            s = stream_seed(seed, i)
-            hit = np.empty(cols + 1, np.int64)
-            for p in range(P):
-                dm = dnz[p, i]
-                if dm == 0:
-                    continue
-                dp = dpos[p, i]
-                # 1) branch-free list of the columns with a coincidence in this update
-                m = 0
-                for j in range(cols):
-                    hit[m] = j
-                    m += (dm & xnz[p, j]) != 0
-                # 2) their pulses, in slot order
-                for e in range(m):
-                    j = hit[e]
-                    co = dm & xnz[p, j]
-                    upm = co & ~(dp ^ xpos[p, j])
-                    w = np.float64(W[i, j])
-                    xi = 0.0
-                    if upm == co or upm == 0:  # one direction (the usual case)
-                        up = upm != 0
-                        for _ in range(popcount(co)):
-                            if noisy:
-                                s, xi = normal(s)
-                            w = pulse(w, up, xi, prm, i, j, c)
-                    else:  # the sign changes between slots: follow slot order
-                        mm = co
-                        while mm != 0:
-                            low = mm & (~mm + one)
-                            if noisy:
-                                s, xi = normal(s)
-                            w = pulse(w, (upm & low) != 0, xi, prm, i, j, c)
-                            mm ^= low
-                    W[i, j] = w
-
-    return kernel
+_BOUND: dict = {}
 
 
-def _make_pulse_kernel(pulse):
-    # Serial: serial addressing is usually a few devices, where waking numba's thread pool
-    # costs more (ms on a busy machine) than the pulses; per-row streams make the result
-    # the same either way.
-    @njit(cache=False)
-    def kernel(counts, W, prm, c, seed, noisy):
-        rows, cols = counts.shape
-        for i in range(rows):
-            s = stream_seed(seed, i)
-            for j in range(cols):
-                n = counts[i, j]
-                if n == 0:
-                    continue
-                up = n > 0
-                w = np.float64(W[i, j])
-                xi = 0.0
-                for _ in range(abs(n)):
-                    if noisy:
-                        s, xi = normal(s)
-                    w = pulse(w, up, xi, prm, i, j, c)
-                W[i, j] = w
+def _kernels_for(pulse) -> ModuleType:
+    """:mod:`rpuhw.sim.model_kernels` with ``pulse`` bound (one module per rule)."""
+    module = _BOUND.get(pulse)
+    if module is None:
+        from rpuhw._kernel_cache import bound_module
 
-    return kernel
+        module = _BOUND[pulse] = bound_module("rpuhw.sim.model_kernels", pulse=pulse)
+    return module

@@ -1,0 +1,92 @@
+"""The simulator's per-model kernels: the pulsed update and serial pulses, as one source.
+
+Each kernel inlines a device model's one-pulse rule, the global :data:`pulse` (numba
+inlines it: passing the rule as an argument costs ~50 %). This module is their source, not
+their home: :func:`rpuhw.sim.kernels.update_kernel_for` executes this file once per rule as
+a module of its own (:func:`rpuhw._kernel_cache.bound_module`) with :data:`pulse` bound to
+the model's ``nb_pulse``, so that numba caches each model's compiled kernels on disk, keyed
+by this file, the rule's sources and everything else they reach. Imported as is, the module
+has no rule and its kernels do not compile.
+
+Randomness, the packed masks and the order of pulses: see :mod:`rpuhw.sim.kernels`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from rpuhw._jit import njit, prange
+from rpuhw.periphery.rng import stream_seed
+from rpuhw.sim.kernels import normal, popcount
+
+pulse = None
+"""The model's one-pulse rule ``(w, up, xi, prm, i, j, c) -> w_new`` (numba, inlined);
+bound per model (see the module doc)."""
+
+
+@njit(parallel=True)
+def update_kernel(xnz, xpos, dnz, dpos, W, prm, c, seed, noisy):
+    """Apply the P packed rank-1 updates in order, pulse by pulse, to W [rows, cols] in
+    place: device (i, j) gets a pulse in slot t of update p when both bits are non-zero,
+    up when their signs agree, each with one fresh normal when ``noisy``."""
+    P, cols = xnz.shape
+    rows = dnz.shape[1]
+    one = np.uint64(1)
+    for i in prange(rows):
+        s = stream_seed(seed, i)
+        hit = np.empty(cols + 1, np.int64)
+        for p in range(P):
+            dm = dnz[p, i]
+            if dm == 0:
+                continue
+            dp = dpos[p, i]
+            # 1) branch-free list of the columns with a coincidence in this update
+            m = 0
+            for j in range(cols):
+                hit[m] = j
+                m += (dm & xnz[p, j]) != 0
+            # 2) their pulses, in slot order
+            for e in range(m):
+                j = hit[e]
+                co = dm & xnz[p, j]
+                upm = co & ~(dp ^ xpos[p, j])
+                w = np.float64(W[i, j])
+                xi = 0.0
+                if upm == co or upm == 0:  # one direction (the usual case)
+                    up = upm != 0
+                    for _ in range(popcount(co)):
+                        if noisy:
+                            s, xi = normal(s)
+                        w = pulse(w, up, xi, prm, i, j, c)
+                else:  # the sign changes between slots: follow slot order
+                    mm = co
+                    while mm != 0:
+                        low = mm & (~mm + one)
+                        if noisy:
+                            s, xi = normal(s)
+                        w = pulse(w, (upm & low) != 0, xi, prm, i, j, c)
+                        mm ^= low
+                W[i, j] = w
+
+
+# Serial: serial addressing is usually a few devices, where waking numba's thread pool
+# costs more (ms on a busy machine) than the pulses; per-row streams make the result
+# the same either way.
+@njit
+def pulse_kernel(counts, W, prm, c, seed, noisy):
+    """Apply ``counts[i, j]`` signed pulses to device (i, j) of W in place."""
+    rows, cols = counts.shape
+    for i in range(rows):
+        s = stream_seed(seed, i)
+        for j in range(cols):
+            n = counts[i, j]
+            if n == 0:
+                continue
+            up = n > 0
+            w = np.float64(W[i, j])
+            xi = 0.0
+            for _ in range(abs(n)):
+                if noisy:
+                    s, xi = normal(s)
+                w = pulse(w, up, xi, prm, i, j, c)
+            W[i, j] = w
