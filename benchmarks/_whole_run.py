@@ -141,7 +141,7 @@ def line(text: str, words: str) -> int | None:
     return 0 if words in text else None
 
 
-def rpuhw_command(images: int, test_images: int, out: Path) -> list[str]:
+def rpuhw_command(images: int | str, test_images: int, out: Path) -> list[str]:
     """``rpuhw train`` (the installed console script beside this interpreter)."""
     script = Path(sys.executable).with_name("rpuhw")
     prog = [str(script)] if script.exists() else [sys.executable, "-m", "rpuhw.cli"]
@@ -275,7 +275,7 @@ def whole_run(sizes: list[int], repeats: int, test_images: int, aihwkit_python: 
         "settings": {
             "network": "lenet", "dataset": "mnist5k", "batch_size": 1, "lr": 0.01, "bl": 10,
             "test_images": test_images, "sizes": sizes, "repeats": repeats,
-            "rpuhw_command": rpuhw_command(0, test_images, Path("results.json")),
+            "rpuhw_command": rpuhw_command("N", test_images, Path("results.json")),
             "aihwkit_command": (None if reason else
                                 aihwkit_command(aihwkit_python, Path("DATA"), Path("OUT"))),
             "aihwkit_env": AIHWKIT_ENV, "poll_s": POLL_S,
