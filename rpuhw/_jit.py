@@ -29,7 +29,7 @@ try:  # pragma: no cover - exercised implicitly
 
         def wrap(func):
             dispatcher = _numba.njit(**kwargs)(func)
-            if cache:
+            if cache and hasattr(dispatcher, "py_func"):  # not under NUMBA_DISABLE_JIT
                 _kernel_cache.enable(dispatcher)
             return dispatcher
 
