@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from rpuhw._dynamo_deferred import defer, sgd_step
 from rpuhw.im2col import col2im, im2col, out_size
 from rpuhw.schedule import LayerPlan, TileGrid
 
@@ -226,6 +227,10 @@ class AnalogSGD(torch.optim.SGD):
     by plain SGD (momentum and weight decay apply to those only).
     """
 
+    def __init__(self, params, *args, **kwargs):
+        defer()  # torch.optim would import torch._dynamo here (~1 s per run)
+        super().__init__(params, *args, **kwargs)
+
     @torch.no_grad()
     def step(self, closure=None):
         loss = None
@@ -243,7 +248,7 @@ class AnalogSGD(torch.optim.SGD):
                 elif p.grad is not None:
                     digital = True
         if digital:  # (SGD skips parameters without a gradient anyway)
-            super().step()
+            sgd_step(self)  # super().step() without importing torch._dynamo
         for layer, lr in analog:
             layer.apply_update(lr)
         return loss
