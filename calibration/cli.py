@@ -34,6 +34,7 @@ class Characterize(Command):
   rpuhw characterize --array bench:bench.yaml --rows 8 --cols 8 --devices all \\
                      --pulses 400 --cycles 5 -o meas.csv
   rpuhw characterize ... -o meas.csv --resume        # continue an interrupted run
+  rpuhw characterize ... -o meas.csv --resume --accept-jump   # ...though the devices moved
   rpuhw characterize --array sim --rows 2 --cols 2 --protocol read-noise \\
                      --repeats 50 --cycles 5 --pulses 100 -o noise.csv
 
@@ -61,7 +62,11 @@ apart (centred on the start), --repeats reads at each.
         p.add_argument("--seed", type=int, default=None, help="seed of a simulated array")
         p.add_argument("-o", "--output", required=True, metavar="CSV", help="measurement CSV")
         p.add_argument("--resume", action="store_true",
-                       help="continue an interrupted measurement in --output")
+                       help="continue an interrupted measurement in --output (refused when "
+                            "the devices moved since its last rows)")
+        p.add_argument("--accept-jump", action="store_true",
+                       help="with --resume: continue even though the devices moved beyond "
+                            "the read noise (the jumps are recorded in the sidecar)")
         p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     def run(self, args: argparse.Namespace) -> int:
@@ -93,10 +98,12 @@ apart (centred on the start), --repeats reads at each.
             try:
                 if args.protocol == "pulse-response":
                     pulse_response(array, devices, args.pulses, args.cycles, writer,
-                                   progress=not args.no_progress)
+                                   progress=not args.no_progress,
+                                   accept_jump=args.accept_jump)
                 else:
                     read_noise(array, devices, args.repeats, args.cycles, writer,
-                               pulses=args.pulses, progress=not args.no_progress)
+                               pulses=args.pulses, progress=not args.no_progress,
+                               accept_jump=args.accept_jump)
             except KeyboardInterrupt:
                 writer.close()
                 print(f"{self.prog}: interrupted; {writer.rows_written} rows of this run kept "
@@ -135,6 +142,8 @@ def _check_characterize_args(args: argparse.Namespace) -> None:
                           "file", key="--output")
     if args.resume and not out.is_file():
         raise ConfigError(f"{out} does not exist: nothing to resume", key="--resume")
+    if args.accept_jump and not args.resume:
+        raise ConfigError("applies to --resume only", key="--accept-jump")
 
 
 def _settings(args: argparse.Namespace, devices: list[tuple[int, int]]) -> dict[str, Any]:

@@ -144,7 +144,11 @@ class MeasurementWriter:
         resume: append to an existing file instead of creating it. The header must be
             rpuhw's; a last line cut short by a kill is removed; the rows already there
             are available as :attr:`existing`. The sidecar keeps its ``date`` and gets
-            the resume time appended to ``resumed``.
+            an entry ``{"at": ISO time, "row": rows before the resume, "jumps": {}}``
+            appended to ``resumed`` (read back by :func:`resume_points`;
+            :meth:`record_jumps` fills ``jumps``). It is rewritten only with the first row (or
+            :meth:`update_meta`, :meth:`finish`), so a resume refused before any row
+            (:func:`~rpuhw.calibration.protocols.check_resume_state`) leaves it as it was.
     """
 
     def __init__(self, path: str | Path, meta: dict[str, Any], resume: bool = False):
@@ -161,17 +165,21 @@ class MeasurementWriter:
         self.rows_written = 0
         """Rows appended by this writer."""
         self._last_sync = time.monotonic()
+        self._sidecar_due = False  # a resume's sidecar waits for its first row
         if resume:
             self._prepare_resume()
             old = self.existing.meta if self.existing is not None else {}
             self.meta["date"] = old.get("date", self.meta["date"])
-            self.meta["resumed"] = [*old.get("resumed", []), now]
+            row = len(self.existing) if self.existing is not None else 0
+            self.meta["resumed"] = [*old.get("resumed", []),
+                                    {"at": now, "row": row, "jumps": {}}]
             self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
+            self._sidecar_due = True
         else:
             self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
             os.write(self._fd, (",".join(COLUMNS) + "\n").encode())
+            write_json_atomic(sidecar_path(self.path), self.meta)
         self._closed = False
-        write_json_atomic(sidecar_path(self.path), self.meta)
 
     def _prepare_resume(self) -> None:
         if not self.path.is_file():
@@ -213,6 +221,8 @@ class MeasurementWriter:
             lines.append(",".join(map(_fmt, row)))
         if not lines:
             return 0
+        if self._sidecar_due:  # the resume happens: the sidecar says so before its rows
+            self._write_sidecar()
         data = ("\n".join(lines) + "\n").encode()
         view = memoryview(data)
         while view:  # os.write to a regular file is normally complete; loop for safety
@@ -227,13 +237,28 @@ class MeasurementWriter:
     def update_meta(self, **items: Any) -> None:
         """Merge ``items`` into the sidecar and rewrite it atomically."""
         self.meta.update(items)
+        self._write_sidecar()
+
+    def record_jumps(self, jumps: dict[str, float]) -> None:
+        """Set ``jumps`` (device id -> jump, in the rows' conductance unit) of this
+        resume's entry in ``resumed`` (written with the next row, or now when rows were
+        written already)."""
+        entries = self.meta.get("resumed") or []
+        if not entries or not isinstance(entries[-1], dict):
+            raise ValueError(f"{self.path}: this writer did not resume the file")
+        entries[-1]["jumps"] = {str(k): float(v) for k, v in jumps.items()}
+        if not self._sidecar_due:
+            self._write_sidecar()
+
+    def _write_sidecar(self) -> None:
+        self._sidecar_due = False
         write_json_atomic(sidecar_path(self.path), self.meta)
 
     def finish(self) -> None:
         """Mark the measurement complete (sidecar ``complete: true``) and close the file."""
         self.close()
         self.meta["complete"] = True
-        write_json_atomic(sidecar_path(self.path), self.meta)
+        self._write_sidecar()
 
     def close(self) -> None:
         """fsync and close the CSV (the sidecar keeps ``complete: false``)."""
@@ -387,6 +412,23 @@ def conductance_unit(meta: dict[str, Any]) -> str:
     """``"S"`` (siemens, the default) or ``"weight"`` (an array without a conductance map)."""
     settings = meta.get("settings") if isinstance(meta.get("settings"), dict) else {}
     return str(settings.get("conductance_unit", "S"))
+
+
+PULSE_KEYS = {"pulse-response": "pulses_per_direction", "read-noise": "pulses_between_levels"}
+"""The sidecar key of ``--pulses`` per protocol: pulse response, pulses per direction per
+cycle (``n`` up, then ``n`` down); read noise, up pulses between two levels. Sidecars
+written before these names have ``pulses`` (same meaning)."""
+
+
+def sidecar_settings(meta: dict[str, Any]) -> dict[str, Any]:
+    """The sidecar's ``settings``, an old sidecar's ``pulses`` renamed to its protocol's
+    :data:`PULSE_KEYS` key (so old and new sidecars compare equal)."""
+    settings = dict(meta.get("settings") or {}) if isinstance(meta.get("settings"), dict) \
+        else {}
+    key = PULSE_KEYS.get(str(settings.get("protocol", "pulse-response")))
+    if key and "pulses" in settings and key not in settings:
+        settings[key] = settings.pop("pulses")
+    return settings
 
 
 def load_measurements(path: str | Path, *, partial: bool = False) -> Measurements:

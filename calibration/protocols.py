@@ -31,6 +31,15 @@ state across the interruption; a simulator re-opened from its spec starts afresh
 rows are then complete but the traces jump at the resume point). A run killed inside a
 pulse call, before any read of that step, repeats that pulse on resume (no way to know
 which devices a serial pulse call reached).
+
+Resume check (:func:`check_resume_state`): before anything is pulsed or written, every
+device still to be measured that has rows is read twice and compared with its last row.
+A device that moved beyond the read noise (estimated from the rows and the two reads,
+see :mod:`rpuhw.resume_check`) plus one pulse step (a run killed between a pulse and its
+read) means the array came back in another state (a restarted bench or emulator, a
+power-cycled chip, a reseated probe card, a re-opened simulator): the resume is refused
+with the measured jump, unless ``accept_jump`` (``--accept-jump``), which continues and
+records the jumps in the sidecar's ``resumed`` entry.
 """
 
 from __future__ import annotations
@@ -262,17 +271,110 @@ def _done_rows(existing: Measurements | None, devices: list[Device], cols: int
     return done
 
 
+def _segments(m: Measurements) -> tuple[np.ndarray, np.ndarray]:
+    """Row indices of ``m`` sorted by (device, cycle, polarity, pulse) and, for each
+    sorted position, whether the next row is the next read of the same half-cycle
+    (read-noise level) of the same device."""
+    cyc = m.cycles()
+    order = np.lexsort((m.pulse, m.polarity, cyc, m.device))
+    d, c, p, k = m.device[order], cyc[order], m.polarity[order], m.pulse[order]
+    nxt = (d[1:] == d[:-1]) & (c[1:] == c[:-1]) & (p[1:] == p[:-1]) & (k[1:] == k[:-1] + 1)
+    return order, nxt
+
+
+def check_resume_state(array: CrossPointArray, devices: list[Device], plan: list[Step],
+                       existing: Measurements, to_g: ConductanceOf,
+                       accept_jump: bool = False) -> dict[str, float]:
+    """Before a resume: are the devices still where the file's last rows left them?
+
+    Reads every device that has rows and a plan step still to measure twice, and compares
+    the mean with its last row (:func:`rpuhw.resume_check.check_jumps`). The read noise
+    comes from the rows (second differences of successive reads of a half-cycle or
+    read-noise level, plus the two reads); the allowance is ``|pulses|`` of the device's
+    first missing step times twice its median one-pulse change (twice the array's
+    nominal ``dw_min`` where it has fewer than three): a run killed between that
+    step's pulse and its read left the device moved by that much. Returns the jumps of
+    the devices beyond the limit (device id -> jump, conductance unit of the rows; empty
+    when none); raises :class:`ConfigError` (one line with the largest jump, in the
+    unit and in read-noise sigmas) when there are any and not ``accept_jump``.
+    """
+    from rpuhw.resume_check import JUMP_OF_TWO_READS, check_jumps
+
+    cols = array.cols
+    ids = [i * cols + j for i, j in devices]
+    if not len(existing):
+        return {}
+    last_row: dict[int, int] = {}
+    for n, d in enumerate(existing.device.tolist()):  # the file is in time order
+        last_row[d] = n
+    done = _done_rows(existing, devices, cols)
+    first_missing: dict[int, Step] = {}
+    for s in plan:
+        have = done.get((s.cycle, s.polarity, s.pulse), ())
+        for d in ids:
+            if d not in first_missing and d not in have:
+                first_missing[d] = s
+        if len(first_missing) == len(ids):
+            break
+    check = [n for n, d in enumerate(ids) if d in last_row and d in first_missing]
+    if not check:
+        return {}
+    chosen = [devices[n] for n in check]
+    now_a, now_b = to_g(read_chosen(array, chosen)), to_g(read_chosen(array, chosen))
+    g = existing.conductance
+    recorded = np.array([g[last_row[ids[n]]] for n in check])
+    order, nxt = _segments(existing)
+    gs = g[order]
+    second = nxt[1:] & nxt[:-1]  # three successive reads: g[k+1] - 2 g[k] + g[k-1]
+    dd = (gs[2:] - 2 * gs[1:-1] + gs[:-2])[second]
+    pulsed = nxt & (existing.polarity[order][:-1] != 0)
+    step = np.abs(np.diff(gs))[pulsed]
+    step_dev = existing.device[order][:-1][pulsed]
+    nominal = abs(float(array.info().dw_min) * float(to_g(1.0) - to_g(0.0)))
+    allowance = []
+    for n in check:
+        d = ids[n]
+        own = step[step_dev == d]
+        one = 2 * float(np.median(own)) if len(own) >= 3 else 2 * nominal
+        allowance.append(abs(first_missing[d].pulses) * one)
+    # noiseless arrays: float32 reads resolve ~1e-7 of the values
+    floor = 1e-6 * float(np.max(np.abs(recorded)) + nominal)
+    res = check_jumps(now_a, now_b, recorded, np.array(allowance), dd, np.sqrt(6.0), floor)
+    moved = res.moved
+    jumps = {str(ids[check[q]]): float(res.jump[q]) for q in np.flatnonzero(moved)}
+    if jumps and not accept_jump:
+        w = res.worst()
+        i, j = chosen[w]
+        unit, scale = ("uS", 1e6) if to_g.unit == "S" else ("weight units", 1.0)
+
+        def fmt(v: float) -> str:
+            return f"{v * scale:.4g} {unit}"
+
+        raise ConfigError(
+            f"the devices are not where the interrupted run left them: device {ids[check[w]]} "
+            f"({i}:{j}) reads {fmt((now_a[w] + now_b[w]) / 2)}, its last row "
+            f"{fmt(recorded[w])}: a jump of {fmt(res.jump[w])} = "
+            f"{res.describe(res.jump[w], fmt)}; {int(moved.sum())} of {len(check)} devices "
+            f"moved beyond {res.sigmas * JUMP_OF_TWO_READS:.1f} x the read noise plus one "
+            "pulse step (was the "
+            "bench restarted, the chip power-cycled or the probe card reseated?); continue "
+            "with --accept-jump (the jumps are recorded in the sidecar's 'resumed') or "
+            "measure into a new file", source=existing.source)
+    return jumps
+
+
 def run_plan(array: CrossPointArray, devices: list[Device], plan: list[Step],
              writer: MeasurementWriter, conductance: ConductanceMap | None = None,
              progress: bool = True, desc: str = "measuring",
              on_step: Callable[[int], None] | None = None,
-             settings: dict[str, Any] | None = None) -> int:
+             settings: dict[str, Any] | None = None, accept_jump: bool = False) -> int:
     """Execute ``plan`` on ``devices``, streaming one row per read to ``writer``.
 
-    Skips what ``writer.existing`` already holds (see the module docstring). When the
-    writer's sidecar has no ``settings`` yet, :func:`protocol_meta` of ``settings`` is
-    stored first. ``on_step(k)`` is called after plan step ``k``. Returns the number of
-    rows written.
+    Skips what ``writer.existing`` already holds (see the module docstring), after
+    :func:`check_resume_state` (``accept_jump``: continue past a jump, recording it).
+    When the writer's sidecar has no ``settings`` yet, :func:`protocol_meta` of
+    ``settings`` is stored first. ``on_step(k)`` is called after plan step ``k``.
+    Returns the number of rows written.
     """
     check_array(array)
     if not devices:
@@ -283,11 +385,15 @@ def run_plan(array: CrossPointArray, devices: list[Device], plan: list[Step],
                               "array", key="--devices")
     to_g = conductance_of(array, conductance)
     v_read = read_voltage_of(array)
-    if "settings" not in writer.meta:
-        writer.update_meta(**protocol_meta(array, devices, settings or {}, conductance))
     cols = array.cols
     ids = [i * cols + j for i, j in devices]
     done = _done_rows(writer.existing, devices, cols)
+    if writer.existing is not None and len(writer.existing):  # before any pulse or write
+        jumps = check_resume_state(array, devices, plan, writer.existing, to_g, accept_jump)
+        if jumps:
+            writer.record_jumps(jumps)
+    if "settings" not in writer.meta:
+        writer.update_meta(**protocol_meta(array, devices, settings or {}, conductance))
     t_offset = 0.0
     if writer.existing is not None and writer.existing.time_s is not None and \
             len(writer.existing):
@@ -348,22 +454,26 @@ def protocol_meta(array: CrossPointArray, devices: list[Device], settings: dict[
 
 def pulse_response(array: CrossPointArray, devices: list[Device], pulses: int, cycles: int,
                    writer: MeasurementWriter, conductance: ConductanceMap | None = None,
-                   progress: bool = True) -> int:
-    """n up pulses then n down pulses per cycle, a read after each, on ``devices``.
+                   progress: bool = True, accept_jump: bool = False) -> int:
+    """``pulses`` per direction per cycle: n up pulses then n down pulses, a read after
+    each, on ``devices`` (sidecar key ``pulses_per_direction``).
 
     Rows as in the module docstring; returns the number of rows written (resumes from
-    ``writer.existing``).
+    ``writer.existing``, see :func:`check_resume_state` for ``accept_jump``).
     """
     pulses = _positive(pulses, "pulses")
     cycles = _positive(cycles, "cycles")
     return run_plan(array, devices, pulse_response_plan(pulses, cycles), writer, conductance,
                     progress, desc="pulse response",
-                    settings={"protocol": "pulse-response", "pulses": pulses, "cycles": cycles})
+                    settings={"protocol": "pulse-response", "pulses_per_direction": pulses,
+                              "cycles": cycles},
+                    accept_jump=accept_jump)
 
 
 def read_noise(array: CrossPointArray, devices: list[Device], repeats: int, states: int,
                writer: MeasurementWriter, pulses: int = 100, start_pulses: int | None = None,
-               conductance: ConductanceMap | None = None, progress: bool = True) -> int:
+               conductance: ConductanceMap | None = None, progress: bool = True,
+               accept_jump: bool = False) -> int:
     """``repeats`` reads at each of ``states`` levels ``pulses`` up pulses apart.
 
     Rows have polarity 0, ``cycle`` = level index, ``pulse`` = repeat index. Level 0 is
@@ -378,7 +488,8 @@ def read_noise(array: CrossPointArray, devices: list[Device], repeats: int, stat
     plan = read_noise_plan(repeats, states, pulses, start_pulses)
     return run_plan(array, devices, plan, writer, conductance, progress, desc="read noise",
                     settings={"protocol": "read-noise", "repeats": repeats, "states": states,
-                              "pulses": pulses, "start_pulses": start_pulses})
+                              "pulses_between_levels": pulses, "start_pulses": start_pulses},
+                    accept_jump=accept_jump)
 
 
 def survey(array: CrossPointArray, pulses: int, cycles: int, writer: MeasurementWriter,

@@ -19,6 +19,12 @@ Run it:
 Without ``--checkpoint`` the checkpoints go to a temporary folder that is removed at
 the end. With ``--checkpoint DIR`` and no ``--bench``, the emulated bench's YAML is
 written into DIR, so that a resumed run names the same bench.
+
+``--resume`` first reads the chip and compares it with the checkpoint: a chip that came
+back in another state (power-cycled, a reseated probe card, or a freshly started
+emulator: without ``--bench`` a resumed run starts a new one) is refused with the
+measured jump; ``--accept-jump`` continues anyway (the checkpoint's weights are
+programmed onto the devices as they are).
 """
 
 from __future__ import annotations
@@ -49,7 +55,8 @@ def run(args: argparse.Namespace, ckpt: Path) -> int:
         for name, spec in {"conv1": cfg.layers["conv1"], "others": cfg.backend}.items():
             print(f"{name:7s}-> {spec}")
         try:
-            results = train(cfg, resume=args.resume, log=lambda msg: print(f"   {msg}"))
+            results = train(cfg, resume=args.resume, accept_jump=args.accept_jump,
+                            log=lambda msg: print(f"   {msg}"))
         except HardwareError as exc:   # the arrays were closed (outputs off) by train()
             print(f"hardware error: {exc}\nthe last checkpoint in {ckpt} is intact: run the "
                   "same command with --checkpoint DIR --resume once the bench is back",
@@ -84,9 +91,18 @@ def main(argv: list[str] | None = None) -> int:
                     help="also checkpoint every N training images (50)")
     ap.add_argument("--resume", action="store_true",
                     help="continue the run whose checkpoint is in --checkpoint DIR")
+    ap.add_argument("--accept-jump", action="store_true",
+                    help="with --resume: continue even though the chip's devices moved since "
+                         "the checkpoint")
     args = ap.parse_args(argv)
     if args.resume and not args.checkpoint:
         ap.error("--resume needs --checkpoint DIR")
+    if args.resume and not (Path(args.checkpoint) / CHECKPOINT).is_file():
+        # before the folder is created or a bench started: a mistyped DIR is not a new run
+        ap.error(f"--checkpoint {args.checkpoint}: nothing to resume (no {CHECKPOINT} there); "
+                 "check the folder, or leave out --resume to start a new run")
+    if args.accept_jump and not args.resume:
+        ap.error("--accept-jump applies to --resume only")
     if args.checkpoint and not args.resume and (Path(args.checkpoint) / CHECKPOINT).exists():
         # train() would say so too, but only after programming the chip: say it now
         ap.error(f"{args.checkpoint} holds a checkpoint already: add --resume to continue "

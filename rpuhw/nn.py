@@ -255,13 +255,15 @@ class AnalogSGD(torch.optim.SGD):
 
 
 def convert(model: nn.Module, plan: dict[str, Any] | None = None,
-            seed: int | None = None) -> nn.Module:
+            seed: int | None = None, write: bool = True) -> nn.Module:
     """Replace every ``nn.Linear`` / ``nn.Conv2d`` of ``model`` by its analog twin.
 
     ``plan`` maps layer names to backend specs or LayerPlans, with ``default`` for the
     rest, e.g. ``{"layers": {"conv1": "sim:chip.yaml", "default": "sim"}}`` or directly
     ``{"conv1": LayerPlan(...), "default": LayerPlan()}``; ``"float"`` (or None) keeps a
-    layer in floating point. Weights are copied (programmed).
+    layer in floating point. Weights are copied (programmed); ``write=False`` leaves the
+    arrays as they opened (a resumed run reads the devices first, then loads the
+    checkpoint's state).
     """
     from rpuhw.errors import ConfigError
 
@@ -293,7 +295,9 @@ def convert(model: nn.Module, plan: dict[str, Any] | None = None,
             new = AnalogConv2d(module.in_channels, module.out_channels, module.kernel_size,
                                stride=module.stride, padding=module.padding,
                                bias=module.bias is not None, plan=lp, seed=s, init=False)
-        new.set_weights(module.weight.data, module.bias.data if module.bias is not None else None)
+        if write:
+            new.set_weights(module.weight.data,
+                            module.bias.data if module.bias is not None else None)
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         setattr(parent, child, new)

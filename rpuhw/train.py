@@ -7,6 +7,14 @@ directory the full state (weights, device parameters, every random generator, th
 position in the epoch) is written atomically every epoch and every
 ``checkpoint_every`` images, and ``resume`` continues exactly where it stopped: a run
 killed at any point and resumed ends with the same numbers as an uninterrupted one.
+
+Resuming needs a checkpoint: ``resume`` without ``checkpoint``, or with a folder that
+does not exist or holds none, is a :class:`ConfigError` before anything is opened.
+Layers on physical devices (a bench, a chip: arrays whose checkpoint state is their
+weights as read, restored by write-verify) are read before the checkpoint is written
+back and compared with the weights the checkpoint recorded (:func:`check_devices`): a
+chip that came back in another state (restarted, power-cycled, a reseated probe card)
+refuses the resume with the measured jump, unless ``accept_jump``.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ from torch import nn
 from rpuhw import __version__
 from rpuhw._io import atomic_write, remove_stale_temps
 from rpuhw._jit import HAVE_NUMBA
+from rpuhw.array import CrossPointArray
 from rpuhw.config import from_mapping, load_yaml, require
 from rpuhw.data import epoch_order, load_dataset
 from rpuhw.errors import ConfigError
@@ -127,8 +136,9 @@ def layer_backends(cfg: TrainConfig) -> dict[str, str]:
     return {n: cfg.layers.get(n, cfg.backend) for n in layer_names(build_model(cfg.model))}
 
 
-def make_model(cfg: TrainConfig) -> nn.Module:
-    """The model with each layer on its backend, initialised from ``cfg.seed``."""
+def make_model(cfg: TrainConfig, write: bool = True) -> nn.Module:
+    """The model with each layer on its backend, initialised from ``cfg.seed``
+    (``write=False``: the arrays are left as they opened, see :func:`~rpuhw.nn.convert`)."""
     from rpuhw.nn import convert
 
     torch.manual_seed(cfg.seed)
@@ -143,7 +153,7 @@ def make_model(cfg: TrainConfig) -> nn.Module:
             continue
         plan[name] = LayerPlan(backend=spec, devices_per_weight=cfg.devices_per_weight.get(
             name, 1), granularity=cfg.update_granularity, periphery=per)
-    convert(model, {"layers": plan, "default": "float"}, seed=cfg.seed)
+    convert(model, {"layers": plan, "default": "float"}, seed=cfg.seed, write=write)
     return model
 
 
@@ -171,14 +181,39 @@ def _comparable(cfg: TrainConfig) -> dict[str, Any]:
     return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _RESUMABLE_CHANGES}
 
 
+def _check_config(st: dict[str, Any], cfg: TrainConfig, source: str) -> None:
+    mine = _comparable(cfg)
+    if st.get("config") != mine:
+        diff = sorted(k for k in set(mine) | set(st.get("config", {}))
+                      if mine.get(k) != st.get("config", {}).get(k))
+        raise ConfigError(f"checkpoint is from another model or config (differs in: "
+                          f"{', '.join(diff)}); refusing to resume", source=source)
+
+
+def physical_arrays(model: nn.Module) -> dict[str, list[tuple[int, CrossPointArray]]]:
+    """Layer name -> ``[(index in the layer's arrays, array)]`` of the arrays on physical
+    devices: those whose state lives outside this process, so that a checkpoint holds
+    their weights as read and restores them by write-verify (the contract's default
+    ``state_dict``/``load_state_dict``: a bench, an ArC TWO)."""
+    out: dict[str, list[tuple[int, CrossPointArray]]] = {}
+    for name, layer in analog_layers(model).items():
+        found = [(k, a) for k, a in enumerate(layer.grid.arrays)
+                 if type(a).load_state_dict is CrossPointArray.load_state_dict]
+        if found:
+            out[name] = found
+    return out
+
+
 class Run:
     """State of one training run (what a checkpoint holds)."""
 
-    def __init__(self, cfg: TrainConfig):
+    def __init__(self, cfg: TrainConfig, write: bool = True):
+        """``write=False`` (a resume) leaves the arrays as they opened: the checkpoint's
+        state is loaded into them after :func:`check_devices`."""
         from rpuhw.nn import AnalogSGD
 
         self.cfg = cfg
-        self.model = make_model(cfg)
+        self.model = make_model(cfg, write=write)
         self.opt = AnalogSGD(self.model.parameters(), lr=cfg.lr)
         self.epoch = 0          # completed epochs
         self.done = 0           # images done in the current epoch
@@ -186,50 +221,217 @@ class Run:
         self.results: dict[str, Any] = {"test_error": [], "train_loss": [], "epoch_wall_s": []}
         self.train_s = 0.0
         self.images = 0
+        self.resumed: list[dict[str, Any]] = []
+        """One entry per resume: ``{"at", "epoch", "image", "jumps"}`` (see
+        :func:`check_devices`)."""
+        # physical arrays: weights at the last checkpoint (or the start) and the image
+        # count then, for the "moved" record of the next checkpoint
+        self._reference: dict[str, list[torch.Tensor]] = {}
+        self._reference_images = 0
+
+    def note_reference(self, weights: dict[str, list[torch.Tensor]] | None = None,
+                       images: int | None = None) -> None:
+        """Remember the physical arrays' weights now (read them when not given)."""
+        if weights is None:
+            weights = {name: [a.read() for _, a in arrays]
+                       for name, arrays in physical_arrays(self.model).items()}
+        self._reference = weights
+        self._reference_images = self.images if images is None else images
 
     def state(self) -> dict[str, Any]:
         # the model's state_dict holds the arrays (weights, device parameters, RNGs)
-        # and the peripheries' pulse-train generators
-        return {"config": _comparable(self.cfg), "model": self.model.state_dict(),
+        # and the peripheries' pulse-train generators; physical arrays: weights as read
+        model = self.model.state_dict()
+        return {"config": _comparable(self.cfg), "model": model,
                 "opt": self.opt.state_dict(), "epoch": self.epoch, "done": self.done,
                 "loss_sum": self.loss_sum, "results": self.results, "train_s": self.train_s,
                 "images": self.images, "torch_rng": torch.get_rng_state(),
+                "hardware": self._hardware_record(model), "resumed": self.resumed,
+                "planned_epochs": self.cfg.epochs,
                 "rpuhw_version": __version__}
 
+    def _hardware_record(self, model_state: dict[str, Any]) -> dict[str, Any]:
+        """Per layer on physical devices: ``moved`` (per array, the largest change of a
+        device's weight since the previous checkpoint or the start, as read) and
+        ``images`` (trained in between); the reference moves to this checkpoint."""
+        record: dict[str, Any] = {}
+        now: dict[str, list[torch.Tensor]] = {}
+        for name, arrays in physical_arrays(self.model).items():
+            saved = model_state[f"{name}._extra_state"]["arrays"]
+            now[name] = [saved[k]["weights"] for k, _ in arrays]
+            ref = self._reference.get(name)
+            if ref is None or len(ref) != len(now[name]):
+                continue
+            record[name] = {"moved": [float((w - r).abs().max()) for w, r in
+                                      zip(now[name], ref, strict=True)],
+                            "images": self.images - self._reference_images}
+        self.note_reference(now)
+        return record
+
     def load(self, st: dict[str, Any], source: str) -> None:
-        mine = _comparable(self.cfg)
-        if st.get("config") != mine:
-            diff = sorted(k for k in set(mine) | set(st.get("config", {}))
-                          if mine.get(k) != st.get("config", {}).get(k))
-            raise ConfigError(f"checkpoint is from another model or config (differs in: "
-                              f"{', '.join(diff)}); refusing to resume", source=source)
+        _check_config(st, self.cfg, source)
         self.model.load_state_dict(st["model"])
         self.opt.load_state_dict(st["opt"])
         torch.set_rng_state(st["torch_rng"])
         for key in ("epoch", "done", "loss_sum", "results", "train_s", "images"):
             setattr(self, key, st[key])
+        self.resumed = list(st.get("resumed", []))
+        self.note_reference({name: [st["model"][f"{name}._extra_state"]["arrays"][k]["weights"]
+                                    for k, _ in arrays]
+                             for name, arrays in physical_arrays(self.model).items()})
+
+
+def _checkpoint_to_resume(cfg: TrainConfig) -> dict[str, Any]:
+    """The checkpoint ``resume`` continues, loaded and checked against ``cfg`` before
+    anything is opened; one :class:`ConfigError` naming the folder otherwise."""
+    if cfg.checkpoint is None:
+        raise ConfigError("--resume needs --checkpoint DIR (the folder of the run to "
+                          "continue)", key="resume")
+    folder = Path(cfg.checkpoint)
+    what = ("the folder does not exist" if not folder.exists() else
+            "not a folder" if not folder.is_dir() else None)
+    if what is None:
+        ckpt = folder / CHECKPOINT
+        remove_stale_temps(ckpt)  # a killed run may have died in the middle of a write
+        if not ckpt.is_file():
+            what = f"the folder holds no {CHECKPOINT}"
+    if what is not None:
+        raise ConfigError(f"nothing to resume: {what}; check --checkpoint DIR, or leave out "
+                          "--resume to start a new run", source=str(folder))
+    try:
+        st = torch.load(ckpt, weights_only=False)
+    except Exception as exc:  # a corrupt file is bad input, not a crash
+        raise ConfigError(f"cannot read checkpoint ({exc})", source=str(ckpt)) from None
+    if not isinstance(st, dict) or "model" not in st:
+        raise ConfigError("not an rpuhw training checkpoint", source=str(ckpt))
+    _check_config(st, cfg, str(ckpt))
+    return st
+
+
+# The training a stopped run did after its last checkpoint moved the physical devices
+# too: by at most about what they moved between the last two checkpoints, scaled to
+# the images it may have trained since (the next checkpoint comes within
+# checkpoint_every images, or at the end of the epoch). Linear scaling over-estimates a
+# random walk's growth; the factor 2 covers the largest change of one interval
+# exceeding that of the previous one (about half the time for equal intervals, rarely
+# by more than a factor 2).
+_TRAINING_MARGIN = 2.0
+
+
+def check_devices(run: Run, st: dict[str, Any], n_train: int, source: str,
+                  accept_jump: bool = False, log=print) -> dict[str, float]:
+    """Before a resume: are the physical devices where the checkpoint left them?
+
+    Each array on physical devices (:func:`physical_arrays`) is read twice and compared
+    with the weights the checkpoint recorded (:func:`rpuhw.resume_check.check_jumps`;
+    the read noise from the two reads). The allowance is the training the stopped run
+    may have done since the checkpoint (see ``_TRAINING_MARGIN``; none after its last
+    epoch). Returns layer name -> largest jump (weight units) of the layers with
+    devices beyond the limit; raises :class:`ConfigError` (one line with the jump) when
+    there are any and not ``accept_jump`` (then logs a warning). A checkpoint without
+    the record of earlier checkpoints (rpuhw before 0.x) only warns.
+    """
+    from rpuhw.resume_check import JUMP_OF_TWO_READS, check_jumps
+
+    arrays = physical_arrays(run.model)
+    if not arrays:
+        return {}
+    cfg = run.cfg
+    record = st.get("hardware")
+    finished = st["epoch"] >= st.get("planned_epochs", cfg.epochs)  # nothing trained since
+    since = 0 if finished else min((cfg.checkpoint_every or n_train) + cfg.batch_size - 1,
+                                   n_train - st["done"])
+    jumps: dict[str, float] = {}
+    reports = []
+    for name, found in arrays.items():
+        saved = st["model"][f"{name}._extra_state"]["arrays"]
+        rec = (record or {}).get(name)
+        for q, (k, arr) in enumerate(found):
+            ckpt_w = saved[k]["weights"].double().numpy()
+            a, b = arr.read().double().numpy(), arr.read().double().numpy()
+            allowance = 0.0
+            if rec is not None and since:
+                allowance = _TRAINING_MARGIN * rec["moved"][q] * max(
+                    1.0, since / max(rec["images"], 1))
+            floor = 1e-6 * (float(abs(ckpt_w).max()) + float(arr.info().dw_min))
+            res = check_jumps(a, b, ckpt_w, allowance, floor=floor)
+            w = res.worst()
+            where = divmod(w, arr.cols)
+            info = arr.info()
+            per_s = None
+            if None not in (info.g_min, info.g_max, info.w_min, info.w_max):
+                per_s = (info.g_max - info.g_min) / (info.w_max - info.w_min)
+            jump = float(res.jump.reshape(-1)[w])
+
+            def fmt(v: float, per_s=per_s) -> str:
+                return f"{v:.4g} weight units" + (
+                    f" ({v * per_s * 1e6:.4g} uS)" if per_s is not None else "")
+
+            where_txt = f" (array {k})" if len(found) > 1 else ""
+            if res.moved.any():
+                jumps[name] = jump if abs(jump) >= abs(jumps.get(name, 0.0)) else jumps[name]
+                reports.append(
+                    f"{name}{where_txt} ({run.cfg.layers.get(name, cfg.backend)}): "
+                    f"{int(res.moved.sum())} of {res.moved.size} devices moved beyond "
+                    f"{res.sigmas * JUMP_OF_TWO_READS:.1f} x the read noise"
+                    + (f" plus {allowance:.3g} weight units of training since the "
+                       "checkpoint" if allowance else "")
+                    + f"; largest: device {where} reads {fmt(float((a + b).reshape(-1)[w]) / 2)}"
+                    f", the checkpoint {fmt(float(ckpt_w.reshape(-1)[w]))}: a jump of "
+                    f"{fmt(jump)} = {res.describe(jump, fmt)}")
+            else:
+                log(f"{name}{where_txt}: the devices are where the checkpoint left them "
+                    f"(largest change {fmt(float(abs(res.jump).max()))}, limit "
+                    f"{fmt(float(res.limit.min()))})")
+    if reports:
+        text = "; ".join(reports)
+        if record is None:
+            log(f"warning: {source}: {text} (the checkpoint predates the record of the "
+                "training between checkpoints, so this may be training: not refused)")
+            return {}
+        if not accept_jump:
+            raise ConfigError(
+                f"the devices are not where the checkpoint left them: {text}; was the bench "
+                "restarted, the chip power-cycled or the probe card reseated? Continue with "
+                "--accept-jump (the checkpoint's weights are then programmed onto the devices "
+                "as they are) or start a new run", source=source)
+        log(f"warning: {source}: the devices moved since the checkpoint (accepted): {text}")
+    return jumps
 
 
 def train(cfg: TrainConfig, resume: bool = False, log=print,
-          on_model: Callable[[nn.Module], None] | None = None) -> dict[str, Any]:
+          on_model: Callable[[nn.Module], None] | None = None,
+          accept_jump: bool = False) -> dict[str, Any]:
     """Run (or resume) training; returns the results dict (also written to ``cfg.out``).
 
     ``on_model(model)`` is called with the trained model before its arrays are closed
     (to read its weights). Hardware arrays report their instrument messages in the
-    results (``instrument_messages``: layer -> messages).
+    results (``instrument_messages``: layer -> messages). ``resume`` needs the
+    checkpoint in ``cfg.checkpoint``; layers on physical devices are checked first
+    (:func:`check_devices`; ``accept_jump``: continue past a jump, recording it in the
+    results' ``resumed``).
     """
     cfg.validate()
-    data = load_dataset(cfg.data, train_limit=cfg.train_limit, test_limit=cfg.test_limit)
     ckpt = Path(cfg.checkpoint) / CHECKPOINT if cfg.checkpoint else None
+    st = _checkpoint_to_resume(cfg) if resume else None  # before any array is opened
     if not resume and ckpt is not None and ckpt.exists():  # before any array is written
         raise ConfigError("a checkpoint exists already; use --resume to continue it or "
                           "another --checkpoint directory", source=str(ckpt))
+    data = load_dataset(cfg.data, train_limit=cfg.train_limit, test_limit=cfg.test_limit)
     threads = _threads()
     if cfg.threads:
         _set_threads((cfg.threads, cfg.threads))
-    run = Run(cfg)
+    run = Run(cfg, write=st is None)
     try:
-        results = _run(cfg, run, data, resume, log)
+        if st is not None:
+            jumps = check_devices(run, st, len(data.x_train), str(ckpt), accept_jump, log)
+            run.load(st, str(ckpt))
+            run.resumed.append({"at": _now(), "epoch": run.epoch, "image": run.done,
+                                "jumps": jumps})
+            log(f"resumed from {ckpt}: epoch {run.epoch + 1}, image {run.done}")
+        elif ckpt is not None and physical_arrays(run.model):
+            run.note_reference()  # what the first checkpoint's record is measured from
+        results = _run(cfg, run, data, log)
         msgs = {}  # instrument traffic of the layers on hardware
         for name, layer in analog_layers(run.model).items():
             counts = [a.stats() for a in layer.grid.arrays]
@@ -267,19 +469,14 @@ def _arrays(model: nn.Module) -> list:
     return [a for layer in analog_layers(model).values() for a in layer.grid.arrays]
 
 
-def _run(cfg: TrainConfig, run: Run, data, resume: bool, log) -> dict[str, Any]:
+def _now() -> str:
+    from datetime import datetime, timezone
+
+    return datetime.now(timezone.utc).astimezone().isoformat(timespec="seconds")
+
+
+def _run(cfg: TrainConfig, run: Run, data, log) -> dict[str, Any]:
     ckpt = Path(cfg.checkpoint) / CHECKPOINT if cfg.checkpoint else None
-    if resume:
-        if ckpt is None:
-            raise ConfigError("--resume needs --checkpoint DIR", key="resume")
-        remove_stale_temps(ckpt)  # a killed run may have died in the middle of a write
-        if ckpt.exists():
-            try:
-                st = torch.load(ckpt, weights_only=False)
-            except Exception as exc:  # a corrupt file is bad input, not a crash
-                raise ConfigError(f"cannot read checkpoint ({exc})", source=str(ckpt)) from None
-            run.load(st, str(ckpt))
-            log(f"resumed from {ckpt}: epoch {run.epoch + 1}, image {run.done}")
 
     def save_ckpt():
         if ckpt is not None:
@@ -333,11 +530,14 @@ def _run(cfg: TrainConfig, run: Run, data, resume: bool, log) -> dict[str, Any]:
 
 
 def _results(cfg: TrainConfig, run: Run, wall: float) -> dict[str, Any]:
-    return {"config": dataclasses.asdict(cfg), "epochs": run.epoch,
-            "test_error": run.results["test_error"], "train_loss": run.results["train_loss"],
-            "images_per_s": run.images / run.train_s if run.train_s > 0 else None,
-            "wall_s": wall, "seed": cfg.seed, "backends": layer_backends(cfg),
-            "rpuhw_version": __version__}
+    out = {"config": dataclasses.asdict(cfg), "epochs": run.epoch,
+           "test_error": run.results["test_error"], "train_loss": run.results["train_loss"],
+           "images_per_s": run.images / run.train_s if run.train_s > 0 else None,
+           "wall_s": wall, "seed": cfg.seed, "backends": layer_backends(cfg),
+           "rpuhw_version": __version__}
+    if run.resumed:
+        out["resumed"] = run.resumed
+    return out
 
 
 def _progress(cfg: TrainConfig, n: int, run: Run):

@@ -440,7 +440,12 @@ def test_cli_resume_after_sigkill(tmp_path, slow_backend):
     assert side["complete"] is False
     kept = load_measurements(out, partial=True)
     assert 120 <= len(kept) < 6 * 302
-    assert main(["characterize", "--array", "slow", *args[:-2], "-o", str(out), "--resume"]) == 0
+    # this process's ideal array starts at zero, not where the killed one left the devices:
+    # the resume is refused (tests/test_resume_checks.py) unless the jump is accepted
+    resume = ["characterize", "--array", "slow", *args[:-2], "-o", str(out), "--resume"]
+    assert main(resume) == 2
+    assert main([*resume, "--accept-jump"]) == 0
     m = load_measurements(out)
     _no_dupes_no_gaps(m, parse_devices("all", 2, 3), 3, 150, 1)
     assert len(m) == 6 * 302 and m.meta["complete"] and len(m.meta["resumed"]) == 1
+    assert m.meta["resumed"][0]["row"] == len(kept) and len(m.meta["resumed"][0]["jumps"]) == 6

@@ -111,7 +111,11 @@ class Train(Command):
         p.add_argument("--checkpoint", metavar="DIR", help="write checkpoints to DIR")
         p.add_argument("--checkpoint-every", type=int, metavar="N",
                        help="also checkpoint every N images")
-        p.add_argument("--resume", action="store_true", help="continue from --checkpoint DIR")
+        p.add_argument("--resume", action="store_true", help="continue from --checkpoint DIR "
+                       "(layers on a bench: refused when its devices moved since then)")
+        p.add_argument("--accept-jump", action="store_true",
+                       help="with --resume: continue even though a bench's devices moved "
+                            "beyond the read noise since the checkpoint")
         p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     def run(self, args: argparse.Namespace) -> int:
@@ -131,9 +135,11 @@ class Train(Command):
             "checkpoint_every": args.checkpoint_every,
             "progress": False if args.no_progress else None,
         }
+        if args.accept_jump and not args.resume:
+            raise ConfigError("applies to --resume only", key="--accept-jump")
         cfg = load_config(args.config, overrides)
         try:
-            results = train(cfg, resume=args.resume)
+            results = train(cfg, resume=args.resume, accept_jump=args.accept_jump)
         except FloatingPointError as exc:
             print(f"{self.prog}: {exc}", file=sys.stderr)
             return 1
