@@ -13,7 +13,8 @@ from rpuhw.cli.command import COMMANDS, Command, UsageError
 from rpuhw.errors import ConfigError, HardwareError
 
 RESUME_KEYS = {"array": "--array", "rows": "--rows", "cols": "--cols",
-               "protocol": "--protocol", "pulses": "--pulses", "cycles": "--cycles",
+               "protocol": "--protocol", "pulses_per_direction": "--pulses",
+               "pulses_between_levels": "--pulses", "cycles": "--cycles",
                "repeats": "--repeats", "seed": "--seed", "devices": "--devices"}
 """Sidecar settings a resumed ``rpuhw characterize`` must repeat, and the flag of each."""
 
@@ -38,8 +39,9 @@ class Characterize(Command):
   rpuhw characterize --array sim --rows 2 --cols 2 --protocol read-noise \\
                      --repeats 50 --cycles 5 --pulses 100 -o noise.csv
 
-pulse-response: per cycle, a read then --pulses up pulses (read after each), a read then
---pulses down pulses (read after each). read-noise: --cycles levels --pulses up pulses
+pulse-response: --pulses is per direction per cycle: per cycle, a read then --pulses up
+pulses (read after each), a read then --pulses down pulses (read after each); the sidecar
+says pulses_per_direction. read-noise: --cycles levels --pulses up pulses
 apart (centred on the start), --repeats reads at each.
 """
 
@@ -52,7 +54,8 @@ apart (centred on the start), --repeats reads at each.
         p.add_argument("--devices", default="all", metavar="all|N|r:c,...",
                        help="devices to measure (default all)")
         p.add_argument("--pulses", type=int, default=100,
-                       help="pulses per half-cycle, or between read-noise levels (default 100)")
+                       help="pulse-response: pulses per direction per cycle (N up, then N "
+                            "down); read-noise: up pulses between levels (default 100)")
         p.add_argument("--cycles", type=int, default=1,
                        help="up/down cycles, or read-noise levels (default 1)")
         p.add_argument("--protocol", choices=("pulse-response", "read-noise"),
@@ -147,9 +150,13 @@ def _check_characterize_args(args: argparse.Namespace) -> None:
 
 
 def _settings(args: argparse.Namespace, devices: list[tuple[int, int]]) -> dict[str, Any]:
-    """The run's settings as stored in the sidecar."""
+    """The run's settings as stored in the sidecar (``--pulses`` under the protocol's
+    :data:`~rpuhw.calibration.measurements.PULSE_KEYS` name)."""
+    from rpuhw.calibration.measurements import PULSE_KEYS
+
     s: dict[str, Any] = {"protocol": args.protocol, "array": args.array, "rows": args.rows,
-                         "cols": args.cols, "pulses": args.pulses, "cycles": args.cycles,
+                         "cols": args.cols, PULSE_KEYS[args.protocol]: args.pulses,
+                         "cycles": args.cycles,
                          "seed": args.seed, "devices_spec": args.devices,
                          "devices": [list(d) for d in devices]}
     if args.protocol == "read-noise":
@@ -160,14 +167,14 @@ def _settings(args: argparse.Namespace, devices: list[tuple[int, int]]) -> dict[
 
 def _check_resume(out: Path, settings: dict[str, Any]) -> dict[str, Any]:
     """The sidecar of the run to resume, after checking that ``settings`` repeat it."""
-    from rpuhw.calibration.measurements import load_measurements, sidecar_path
+    from rpuhw.calibration.measurements import load_measurements, sidecar_path, sidecar_settings
 
     side = sidecar_path(out)
     meta = load_measurements(out, partial=True).meta
     if not meta:
         raise ConfigError(f"{side} (the settings of the run) is missing; cannot check that "
                           "--resume continues the same measurement", key="--resume")
-    old = meta.get("settings") or {}
+    old = sidecar_settings(meta)  # an old sidecar's "pulses" under today's name
     for key, flag in RESUME_KEYS.items():
         if key not in settings and key not in old:
             continue

@@ -1,10 +1,16 @@
-"""Fit results as text and JSON: the parameter table and the ``--report`` file."""
+"""Fit results as text and JSON: the parameter table and the ``--report`` file.
+
+Both say which parameters the data do not determine
+(:mod:`rpuhw.calibration.identifiability`: bounds the traces never reached, a
+cycle-to-cycle noise hidden under the read noise, ...): the table as
+``not identified by the data:`` lines, the JSON under ``identifiability``."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
 import math
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +19,7 @@ import torch
 
 from rpuhw._io import atomic_write
 from rpuhw.calibration.fit import FitResult
+from rpuhw.calibration.identifiability import checks
 
 
 def mid_range_steps(spec) -> tuple[float, float]:
@@ -59,6 +66,8 @@ def parameter_table(res: FitResult) -> str:
         lines.append(f"  {name:18s} {_fmt(value):>12s} {se_txt:>12s}")
     lines.append(f"  devices {len(res.per_device['device'])}, steps "
                  f"{res.scores[res.model].n}")
+    if res.data is not None and res.data.traces:
+        lines.append(f"  protocol: {protocol_text(res)}")
     if len(res.scores) > 1:
         lines.append(f"  {'candidate':14s} {res.criterion.upper():>14s} {'runs':>6s} "
                      f"{'curve err':>9s}  ok")
@@ -66,7 +75,21 @@ def parameter_table(res: FitResult) -> str:
             lines.append(f"  {s.model:14s} {getattr(s, res.criterion):14.1f} "
                          f"{s.runs_ratio:6.2f} {100 * s.curve_error:8.1f}%  {s.ok}")
     lines += [f"  note: {n}" for n in res.notes]
+    lines += [textwrap.fill(f"not identified by the data: {c.parameter}: {c.cause}", 100,
+                            initial_indent="  ", subsequent_indent="    ",
+                            break_on_hyphens=False)
+              for c in checks(res).values() if not c.identified]
     return "\n".join(lines)
+
+
+def protocol_text(res: FitResult) -> str:
+    """``1 cycle(s) x 500 pulses per direction (up, then down) per device`` from the
+    fitted traces (the largest pulse number of a half-cycle; ``up to`` when they differ)."""
+    traces = res.data.traces if res.data is not None else {}
+    counts = sorted({int(pulses[-1]) for pulses, _ in traces.values()})
+    cycles = len({c for (_i, c, _p) in traces})
+    n = f"{counts[-1]}" if len(counts) == 1 else f"up to {counts[-1]}"
+    return f"{cycles} cycle(s) x {n} pulses per direction (up, then down) per device"
 
 
 def _jsonable(v: Any) -> Any:
@@ -90,6 +113,7 @@ def report(res: FitResult) -> dict[str, Any]:
     return _jsonable({
         "model": res.model, "ok": res.ok, "reason": res.reason,
         "explanation": res.explanation, "criterion": res.criterion,
+        "identifiability": {k: c.to_dict() for k, c in checks(res).items()},
         "g_min": res.g_min, "g_max": res.g_max, "read_noise": res.read_noise,
         "params": res.params, "uncertainties": res.uncertainties,
         "scores": {k: s.to_dict() for k, s in res.scores.items()},

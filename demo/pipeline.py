@@ -32,7 +32,8 @@ def characterize(bench: Path, size: DemoSize, out: Path, log: Log = print) -> di
     with open_array(f"bench:{bench}", CHIP, CHIP) as arr:
         devices = parse_devices(str(size.devices), CHIP, CHIP)
         meta = protocol_meta(arr, devices, {
-            "protocol": "pulse-response", "pulses": size.pulses, "cycles": size.cycles,
+            "protocol": "pulse-response", "pulses_per_direction": size.pulses,
+            "cycles": size.cycles,
             "devices": str(size.devices), "array": f"bench:{bench}", "rows": CHIP,
             "cols": CHIP, "seed": None})
         with MeasurementWriter(csv, meta) as writer:
@@ -40,8 +41,8 @@ def characterize(bench: Path, size: DemoSize, out: Path, log: Log = print) -> di
             writer.finish()
         msgs = arr.stats()["messages"]
     wall = time.perf_counter() - t0
-    log(f"characterised {len(devices)} devices x {size.cycles} cycles x {2 * size.pulses} "
-        f"pulses: {msgs} instrument messages, {wall:.1f} s -> {csv}")
+    log(f"characterised {len(devices)} devices x {size.cycles} cycle(s) x {size.pulses} "
+        f"pulses per direction: {msgs} instrument messages, {wall:.1f} s -> {csv}")
     return {"csv": csv, "messages": msgs, "wall_s": wall}
 
 

@@ -13,16 +13,10 @@ from rpuhw.demo.sizes import DemoSize
 
 def device_row(spec) -> dict[str, Any]:
     """A device YAML's parameters in conductance terms, comparable between the hidden
-    and the fitted device."""
-    from rpuhw.calibration.fit_report import mid_range_steps
+    and the fitted device (:func:`rpuhw.calibration.identifiability.device_row`)."""
+    from rpuhw.calibration.identifiability import device_row as row
 
-    p, c = spec.model.params, spec.conductance
-    up, down = mid_range_steps(spec)
-    scale = (c.g_max - c.g_min) / (p.w_max - p.w_min)
-    return {"model": spec.model.name, "g_min (S)": c.g_min, "g_max (S)": c.g_max,
-            "up step at mid-range (S)": up, "down step at mid-range (S)": down,
-            "dw_min_dtod": p.dw_min_dtod, "dw_min_std": p.dw_min_std,
-            "read noise (S)": spec.io.read_noise * scale}
+    return row(spec)
 
 
 def run_table(runs: dict[str, dict[str, Any]]) -> str:
@@ -42,27 +36,50 @@ def run_table(runs: dict[str, dict[str, Any]]) -> str:
     return "\n".join(rows)
 
 
-def device_table(hidden: dict[str, Any], fitted: dict[str, Any]) -> str:
-    """The hidden and the fitted device's :func:`device_row` side by side."""
-    rows = ["| parameter | hidden (emulated chip) | fitted | fitted / hidden |",
-            "|---|---|---|---|"]
-    for key, hv in hidden.items():
-        fv = fitted.get(key)
-        if isinstance(hv, str):
-            rows.append(f"| {key} | {hv} | {fv} | |")
+def device_table(rows: list) -> str:
+    """The hidden and the fitted device side by side, from
+    :func:`~rpuhw.calibration.identifiability.compare_with_truth` rows, then why each
+    far value is far and which values the data do not determine."""
+    from rpuhw.calibration.identifiability import FAR_RELATIVE
+
+    lines = ["| parameter | hidden (emulated chip) | fitted | fitted / hidden | "
+             "std. error of the fit | far from hidden | identified by the data |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if isinstance(r.true, str):
+            lines.append(f"| {r.parameter} | {r.true} | {r.fitted} | | | | |")
             continue
-        ratio = f"{fv / hv:.2f}" if hv and fv is not None else "-"
-        rows.append(f"| {key} | {hv:.3g} | {fv:.3g} | {ratio} |")
-    return "\n".join(rows)
+        ratio = f"{r.ratio:.2f}" if r.ratio is not None else "-"
+        se = f"{r.se:.2g}" if r.se else "-"
+        ident = "-" if r.check is None else ("yes" if r.check.identified else "**no**")
+        lines.append(f"| {r.parameter} | {r.true:.3g} | {r.fitted:.3g} | {ratio} | {se} | "
+                     f"{'**far**' if r.far else 'no'} | {ident} |")
+    far = [r for r in rows if r.far]
+    lines += ["", f"Far means |fitted / hidden - 1| > {FAR_RELATIVE:.0%} (a relative rule; "
+              "the standard errors are the fit's own). Identified: the checks of "
+              "`rpuhw.calibration.identifiability` on the measured data alone, as "
+              "`rpuhw fit` prints them."]
+    if far:
+        lines += ["", "Why the far values are far:", ""]
+        lines += [f"- **{r.parameter}**: {r.explanation}" for r in far]
+    else:
+        lines += ["", "No fitted value is far from the hidden one."]
+    unsure = [r for r in rows if not r.far and r.check is not None and not r.check.identified]
+    if unsure:
+        lines += ["", "Close to the hidden value, but not determined by the data:", ""]
+        lines += [f"- {r.parameter}: {r.check.cause}" for r in unsure]
+    return "\n".join(lines)
 
 
 def write_report(out: Path, size_name: str, size: DemoSize, table: str,
                  characterization: dict[str, Any], fitted: dict[str, Any], hidden_spec,
                  wall_s: float) -> Path:
     """Write ``out/report.md`` (the plots it names are written by the pipeline)."""
+    from rpuhw.calibration.identifiability import compare_with_truth
+
     val = fitted["validation"]
     char = characterization
-    device = device_table(device_row(hidden_spec), device_row(fitted["spec"]))
+    device = device_table(compare_with_truth(fitted["fit"], hidden_spec))
     text = f"""# rpuhw demo ({size_name})
 
 rpuhw {__version__}; {time.strftime('%Y-%m-%d %H:%M')}; total wall time {wall_s:.0f} s.
@@ -80,8 +97,9 @@ size {size.batch_size}, lr {size.lr}, update granularity batch; the same for all
 
 ## Calibration: the emulated chip's hidden device vs the fitted model
 
-Characterised {size.devices} devices x {size.cycles} cycle(s) x {2 * size.pulses} pulses
-through the bench ({char['messages']} instrument messages, {char['wall_s']:.0f} s); fitted
+Characterised {size.devices} devices x {size.cycles} cycle(s) x {size.pulses} pulses per
+direction (per cycle {size.pulses} up, then {size.pulses} down; a read after each) through
+the bench ({char['messages']} instrument messages, {char['wall_s']:.0f} s); fitted
 model chosen by `auto`: {fitted['fit'].explanation}
 
 {device}
