@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from rpuhw.cli.command import COMMANDS, Command, UsageError
-from rpuhw.errors import ConfigError, HardwareError
+from rpuhw.errors import ConfigError, HardwareError, add_hint
 
 RESUME_KEYS = {"array": "--array", "rows": "--rows", "cols": "--cols",
                "protocol": "--protocol", "pulses_per_direction": "--pulses",
@@ -107,16 +107,11 @@ apart (centred on the start), --repeats reads at each.
                     read_noise(array, devices, args.repeats, args.cycles, writer,
                                pulses=args.pulses, progress=not args.no_progress,
                                accept_jump=args.accept_jump)
-            except KeyboardInterrupt:
-                writer.close()
-                print(f"{self.prog}: interrupted; {writer.rows_written} rows of this run kept "
-                      f"in {out}; continue with --resume", file=sys.stderr)
-                return 130
-            except (OSError, HardwareError) as exc:  # the instruments or the OS failed
-                writer.close()
-                print(f"{self.prog}: error: {exc}; {writer.rows_written} rows of this run kept "
-                      f"in {out}; continue with --resume", file=sys.stderr)
-                return 1
+            except (KeyboardInterrupt, OSError, HardwareError) as exc:
+                writer.close()  # the rows so far stay; the CLI prints one line (exit 130/1)
+                add_hint(exc, f"{writer.rows_written} rows of this run kept in {out}; "
+                         "continue with --resume")
+                raise
             except BaseException:
                 writer.close()
                 raise
@@ -140,6 +135,8 @@ def _check_characterize_args(args: argparse.Namespace) -> None:
                           key="--output")
     if not out.parent.is_dir():
         raise ConfigError(f"folder {str(out.parent)!r} does not exist", key="--output")
+    if out.is_dir():
+        raise ConfigError(f"{out} is a directory; give the CSV's file name", key="--output")
     if out.exists() and not args.resume:
         raise ConfigError(f"{out} exists; pass --resume to continue it, or choose another "
                           "file", key="--output")

@@ -8,7 +8,7 @@ import json
 import sys
 
 from rpuhw.cli.command import COMMANDS, Command
-from rpuhw.errors import ConfigError, HardwareError
+from rpuhw.errors import ConfigError, HardwareError, add_hint
 
 
 @COMMANDS.register
@@ -143,12 +143,12 @@ class Train(Command):
         except FloatingPointError as exc:
             print(f"{self.prog}: {exc}", file=sys.stderr)
             return 1
-        except HardwareError as exc:
-            hint = (f"the last checkpoint in {cfg.checkpoint} is intact: run the same command "
-                    "with --resume once the instrument is back" if cfg.checkpoint else
-                    "train with --checkpoint DIR to be able to resume after such a failure")
-            print(f"{self.prog}: hardware error: {exc}; {hint}", file=sys.stderr)
-            return 1
+        except HardwareError as exc:  # the CLI prints it in one line, exit 1
+            add_hint(exc, f"the last checkpoint in {cfg.checkpoint} is intact: run the same "
+                     "command with --resume once the instrument is back" if cfg.checkpoint
+                     else "train with --checkpoint DIR to be able to resume after such a "
+                     "failure")
+            raise
         errs = ", ".join(f"{100 * e:.2f} %" for e in results["test_error"])
         print(f"test error per epoch: {errs}; {results['images_per_s']:.1f} images/s"
               + (f"; results in {cfg.out}" if cfg.out else ""))
