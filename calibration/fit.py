@@ -68,6 +68,7 @@ import numpy as np
 
 from rpuhw.calibration.fit_models import FIT_MODELS, FitModel, Frame, Side
 from rpuhw.calibration.measurements import Measurements, steps
+from rpuhw.calibration.segments import Discontinuity, find_discontinuities, segment_index
 from rpuhw.errors import ConfigError
 
 BASE = ("lo", "hi", "s_up", "s_dn")
@@ -95,6 +96,10 @@ class FitConfig:
     select_devices: int = 16
     """``auto`` with more devices than this scores the models on this many (evenly
     spaced) devices, then fits the chosen model to all."""
+    segments: bool = False
+    """Cut every device's trace at the resume boundaries and discontinuities
+    (:func:`rpuhw.calibration.segments.find_discontinuities`) and fit the pieces as
+    separate traces: no step spans a cut (``rpuhw fit --segments``)."""
 
 
 @dataclass
@@ -189,6 +194,10 @@ class FitResult:
     """Every candidate model's score."""
     criterion: str
     notes: list[str] = field(default_factory=list)
+    discontinuities: list[Discontinuity] = field(default_factory=list)
+    """Resume boundaries and jumps found in the measurement (significant or not)."""
+    segments: int = 1
+    """Segments each trace was cut into (> 1 with ``FitConfig.segments`` and boundaries)."""
     data: StepData | None = field(default=None, repr=False)
     fitmodel: FitModel | None = field(default=None, repr=False)
     p: np.ndarray | None = field(default=None, repr=False)
@@ -227,19 +236,38 @@ class FitResult:
 # ---- data preparation -----------------------------------------------------------------
 
 
-def prepare(m: Measurements, min_steps: int = 8) -> StepData:
-    """Steps of ``m`` in normalised units; raises ConfigError when nothing can be fitted."""
-    traces = steps(m)
+def _traces(m: Measurements, segment: np.ndarray | None
+            ) -> dict[tuple[int, int, int, int], Any]:
+    """``steps(m)`` keyed (device, cycle, polarity, segment); with ``segment`` (the
+    segment number of each row) the steps of each segment are taken on their own rows,
+    so no step spans two segments and each segment's first read starts a trace."""
+    if segment is None:
+        return {(*k, 0): tr for k, tr in steps(m).items()}
+    out = {}
+    for s in np.unique(segment):
+        for k, tr in steps(_take(m, segment == s)).items():
+            out[(*k, int(s))] = tr
+    return out
+
+
+def prepare(m: Measurements, min_steps: int = 8, segment: np.ndarray | None = None
+            ) -> StepData:
+    """Steps of ``m`` in normalised units; raises ConfigError when nothing can be fitted.
+
+    ``segment``: segment number of each row of ``m`` (see :attr:`FitConfig.segments`);
+    None: one segment.
+    """
+    traces = _traces(m, segment)
     if not traces:
         raise ConfigError("no pulse steps (rows with polarity +1/-1 and consecutive pulse "
                           "numbers) to fit", source=m.source)
     ids = np.unique(np.fromiter((k[0] for k in traces), dtype=np.int64))
     counts = {int(d): [0, 0] for d in ids}
-    for (d, _c, pol), tr in traces.items():
+    for (d, _c, pol, _s), tr in traces.items():
         counts[d][0 if pol > 0 else 1] += len(tr.pulse)
     keep = np.array([min(counts[int(d)]) >= min_steps for d in ids])
     span = {}
-    for (d, _c, _pol), tr in traces.items():
+    for (d, _c, _pol, _s), tr in traces.items():
         if len(tr.pulse):
             lo, hi = span.get(d, (np.inf, -np.inf))
             span[d] = (min(lo, tr.before.min(), tr.after.min()),
@@ -264,7 +292,7 @@ def prepare(m: Measurements, min_steps: int = 8) -> StepData:
     parts: dict[int, list] = {1: [], -1: []}
     plot_traces = {}
     n_trace = 0
-    for (d, c, pol), tr in sorted(traces.items()):
+    for (d, c, pol, _s), tr in sorted(traces.items()):
         if d not in index or not len(tr.pulse):
             continue
         i = index[d]
@@ -272,7 +300,11 @@ def prepare(m: Measurements, min_steps: int = 8) -> StepData:
         ua = (tr.after - g0) / s0
         parts[pol].append((np.full(len(ub), i), ub, ua - ub, np.full(len(ub), n_trace)))
         n_trace += 1
-        plot_traces[(i, c, pol)] = (np.r_[tr.pulse[0] - 1, tr.pulse], np.r_[ub[0], ua])
+        piece = (np.r_[tr.pulse[0] - 1, tr.pulse], np.r_[ub[0], ua])
+        if (i, c, pol) in plot_traces:  # a half-cycle cut into segments: one plotted trace
+            piece = tuple(np.r_[a, b] for a, b in zip(plot_traces[(i, c, pol)], piece,
+                                                     strict=True))
+        plot_traces[(i, c, pol)] = piece
     sides = {}
     tr_ids = {}
     for pol in (1, -1):
@@ -301,20 +333,23 @@ def prepare(m: Measurements, min_steps: int = 8) -> StepData:
             first.setdefault(d, (r, c))
         for d, i in index.items():
             rows[i], cols[i] = first.get(d, (-1, -1))
-    read_var, read_dof = _read_noise_rows(m, g0, s0)
+    read_var, read_dof = _read_noise_rows(m, g0, s0, segment)
     return StepData(devices=ids, rows=rows, cols=cols, g0=g0, s0=s0, up=sides[1],
                     down=sides[-1], trace_up=tr_ids[1], trace_down=tr_ids[-1], lo0=lo0,
                     hi0=hi0, read_var=read_var, read_dof=read_dof, dropped=dropped, stuck=stuck_ids,
                     traces=plot_traces)
 
 
-def _read_noise_rows(m: Measurements, g0: float, s0: float) -> tuple[float | None, int]:
-    """Pooled variance (u^2) of repeated reads per (device, level) and its dof."""
+def _read_noise_rows(m: Measurements, g0: float, s0: float,
+                     segment: np.ndarray | None = None) -> tuple[float | None, int]:
+    """Pooled variance (u^2) of repeated reads per (device, level, segment) and its dof."""
     sel = m.polarity == 0
     if sel.sum() < 3:
         return None, 0
     u = (m.conductance[sel] - g0) / s0
     key = m.device[sel] * 1_000_003 + m.cycles()[sel]
+    if segment is not None:
+        key = key * 1_000 + segment[sel]
     _, grp = np.unique(key, return_inverse=True)
     n = np.bincount(grp).astype(float)
     mean = np.bincount(grp, u) / n
@@ -945,14 +980,18 @@ def _population(f: _Fitted, data: StepData, cfg: FitConfig, read_var: float,
 # ---- entry point ------------------------------------------------------------------------
 
 
-def _subset(m: Measurements, devices: np.ndarray, n: int) -> Measurements:
-    """The rows of ``n`` evenly spaced devices of ``devices`` (plus nothing else)."""
-    ids = np.asarray(devices)[np.linspace(0, len(devices) - 1, n).round().astype(int)]
-    keep = np.isin(m.device, ids)
+def _take(m: Measurements, keep: np.ndarray) -> Measurements:
+    """The rows of ``m`` where ``keep`` (a boolean mask) is true, in order."""
     cut = {f.name: (getattr(m, f.name)[keep] if isinstance(getattr(m, f.name), np.ndarray)
                     else getattr(m, f.name))
            for f in dataclasses.fields(m)}
     return Measurements(**cut)
+
+
+def _subset(m: Measurements, devices: np.ndarray, n: int) -> np.ndarray:
+    """Mask of the rows of ``n`` evenly spaced devices of ``devices`` (nothing else)."""
+    ids = np.asarray(devices)[np.linspace(0, len(devices) - 1, n).round().astype(int)]
+    return np.isin(m.device, ids)
 
 
 def fit(m: Measurements, model: str = "auto", config: FitConfig | None = None) -> FitResult:
@@ -967,15 +1006,22 @@ def fit(m: Measurements, model: str = "auto", config: FitConfig | None = None) -
     if model != "auto" and model not in FIT_MODELS:
         raise ConfigError(f"unknown model {model!r} (known: auto, "
                           f"{', '.join(sorted(FIT_MODELS))})", key="--model")
-    data = prepare(m, cfg.min_steps)
+    discontinuities = find_discontinuities(m)
+    cuts = sorted({d.row for d in discontinuities}) if cfg.segments else []
+    segment = segment_index(len(m), cuts) if cuts else None
+    data = prepare(m, cfg.min_steps, segment)
     names = sorted(FIT_MODELS) if model == "auto" else [model]
     fits: dict[str, _Fitted] = {}
     scores: dict[str, ModelScore] = {}
     # auto on many devices: score every model on an evenly spaced subset of devices (the
     # criterion still sees thousands of steps), then fit the chosen model on all of them
     subset = model == "auto" and data.n_dev > cfg.select_devices
-    sel = prepare(_subset(m, data.devices, cfg.select_devices), cfg.min_steps) if subset \
-        else data
+    if subset:
+        keep = _subset(m, data.devices, cfg.select_devices)
+        sel = prepare(_take(m, keep), cfg.min_steps,
+                      None if segment is None else segment[keep])
+    else:
+        sel = data
     for name in names:
         fits[name] = _fit_with_frame(name, sel, cfg)
         scores[name] = _score(fits[name], sel, cfg)
@@ -1033,6 +1079,13 @@ def fit(m: Measurements, model: str = "auto", config: FitConfig | None = None) -
                      "rows)")
     if pop["g_min"] < 0:
         notes.append("fitted g_min < 0 (conductance in weight units?): no conductance block")
+    if cuts:
+        notes.append(f"fitted {len(cuts) + 1} segments separately (--segments): every "
+                     f"device's trace cut before data row(s) {', '.join(map(str, cuts))}; "
+                     "no step spans a cut")
+    elif cfg.segments:
+        notes.append("--segments: no resume boundary or discontinuity found; fitted as one "
+                     "segment")
     reason = sc.reason
     if not sc.ok and model == "auto":
         others = [n for n in ranked[1:] if scores[n].ok]
@@ -1042,5 +1095,5 @@ def fit(m: Measurements, model: str = "auto", config: FitConfig | None = None) -
                      params=pop["params"], uncertainties=pop["unc"], g_min=pop["g_min"],
                      g_max=pop["g_max"], read_noise=pop["read_noise"],
                      per_device=pop["per_device"], scores=scores, criterion=key,
-                     notes=notes, data=data, fitmodel=f.model, p=f.p, glob=f.glob,
-                     frame=f.frame)
+                     notes=notes, discontinuities=discontinuities, segments=len(cuts) + 1,
+                     data=data, fitmodel=f.model, p=f.p, glob=f.glob, frame=f.frame)

@@ -119,7 +119,63 @@ def report(res: FitResult) -> dict[str, Any]:
         "scores": {k: s.to_dict() for k, s in res.scores.items()},
         "notes": res.notes,
         "per_device": res.per_device,
+        **discontinuity_report(res),
     })
+
+
+def _conductance(value: float, unit: str) -> str:
+    """A conductance (S) in µS, or a value in weight units, with 3 significant digits."""
+    if unit == "S":
+        return f"{value * 1e6:+.3g} µS"
+    return f"{value:+.3g} (weight units)"
+
+
+def discontinuity_lines(res: FitResult, command: str, prog: str = "rpuhw fit") -> list[str]:
+    """Lines about the significant discontinuities (resume boundaries) of the fitted data.
+
+    One line per boundary: where (data row, CSV line, the resume time), how many devices
+    jump and by how much (median, in units of the read noise, largest); then one line:
+    when the traces were fitted as one (no ``--segments``), that the jump is the likely
+    cause of a bad fit (or spans the fitted steps of a good one) and ``command``, the
+    command that fits the segments separately. Empty without significant discontinuities.
+    """
+    sig = [d for d in res.discontinuities if d.significant]
+    if not sig:
+        return []
+    lines = []
+    for d in sig[:3]:
+        where = f"data row {d.row} (CSV line {d.row + 2}"
+        where += f", the first row of the run resumed at {d.at})" if d.at else ")"
+        rn = d.read_noise
+        size = _conductance(d.median_jump, d.unit)
+        if rn:
+            size += f" = {d.median_jump / rn:+.0f} x the read noise {_conductance(rn, d.unit)[1:]}"
+        dev, big = d.largest
+        lines.append(f"{prog}: the traces are discontinuous at {where}: "
+                     f"{int(d.jumped.sum())} of {len(d.devices)} devices jump, median {size}; "
+                     f"largest {_conductance(big, d.unit)} (device {dev})")
+    if len(sig) > 3:
+        lines.append(f"{prog}: ... and {len(sig) - 3} more discontinuities (see --report)")
+    if res.segments > 1:
+        return lines
+    if not any(d.pulsed.any() for d in sig):
+        lines.append(f"{prog}: the jump falls between two half-cycles, which the fit does "
+                     "not link: it does not bias the fit")
+    elif not res.ok:
+        lines.append(f"{prog}: this is the likely cause of the bad fit; fit the segments on "
+                     f"either side separately: {command}")
+    else:
+        lines.append(f"{prog}: the fit passed its checks, but one step per device spans the "
+                     f"jump; to fit the segments separately: {command}")
+    return lines
+
+
+def discontinuity_report(res: FitResult) -> dict[str, Any]:
+    """The ``--report`` keys about resume boundaries: ``discontinuities`` (every boundary,
+    significant or not, see :meth:`~rpuhw.calibration.segments.Discontinuity.to_dict`) and
+    ``segments`` (how many pieces each trace was fitted in)."""
+    return {"discontinuities": [d.to_dict() for d in res.discontinuities],
+            "segments": res.segments}
 
 
 def write_report(res: FitResult, path: str | Path) -> None:

@@ -511,6 +511,53 @@ def load_measurements(path: str | Path, *, partial: bool = False) -> Measurement
         source=source)
 
 
+class ResumePoint(NamedTuple):
+    """One resume of a measurement (an entry of the sidecar's ``resumed`` list)."""
+
+    at: str
+    """When the run was resumed (ISO 8601)."""
+    row: int | None
+    """Data rows in the CSV before the resume (the header excluded), so the resumed rows
+    start at data row ``row`` counted from 0; None when unknown (an old sidecar: a plain
+    time string)."""
+    jumps: dict[int, float]
+    """Per device id, the jump (conductance units) measured when resuming (may be empty)."""
+
+
+def resume_points(meta: dict[str, Any], source: str = "<sidecar>") -> list[ResumePoint]:
+    """The sidecar's ``resumed`` entries, oldest first.
+
+    Each entry is a time string (older sidecars: the row is unknown) or an object
+    ``{"at": time, "row": rows before the resume, "jumps": {device id: jump}}``. A
+    malformed entry is a ConfigError naming ``source`` and the key.
+    """
+    raw = meta.get("resumed") or []
+    if not isinstance(raw, list):
+        raise ConfigError(f"expected a list of resume times or objects, got {raw!r}",
+                          source=source, key="resumed")
+    out = []
+    for n, item in enumerate(raw):
+        if isinstance(item, str):
+            out.append(ResumePoint(item, None, {}))
+            continue
+        where = f"resumed[{n}]"
+        if not isinstance(item, dict):
+            raise ConfigError(f"expected a time string or an object with 'at', 'row', "
+                              f"'jumps', got {item!r}", source=source, key=where)
+        row = item.get("row")
+        if row is not None and (isinstance(row, bool) or not isinstance(row, int) or row < 0):
+            raise ConfigError(f"'row' must be a non-negative integer (data rows before the "
+                              f"resume), got {row!r}", source=source, key=where)
+        jumps_raw = item.get("jumps") or {}
+        try:
+            jumps = {int(k): float(v) for k, v in dict(jumps_raw).items()}
+        except (TypeError, ValueError):
+            raise ConfigError(f"'jumps' must map device ids to numbers, got {jumps_raw!r}",
+                              source=source, key=where) from None
+        out.append(ResumePoint(str(item.get("at", "")), row, jumps))
+    return out
+
+
 # ---- steps -----------------------------------------------------------------------------
 
 
