@@ -194,7 +194,12 @@ class Fit(Command):
     epilog = """examples:
   rpuhw fit meas.csv -o device.yaml                      # every model, chosen by BIC
   rpuhw fit meas.csv --model soft_bounds -o device.yaml --plot fit.png --report fit.json
+  rpuhw fit meas.csv --segments -o device.yaml           # traces jump where a run resumed
   rpuhw train --backend sim:device.yaml                  # then train on the fitted device
+
+A resumed measurement whose devices came back in another state (a restarted bench) has
+traces that jump at the resume; rpuhw fit names the row and the jump, and --segments fits
+the pieces on either side of each jump as separate traces.
 
 exit status: 0 written; 1 the fit is not trustworthy (nothing written, see the reason;
 --force writes anyway); 2 bad input.
@@ -214,17 +219,29 @@ exit status: 0 written; 1 the fit is not trustworthy (nothing written, see the r
                        help="information criterion of --model auto (default bic)")
         p.add_argument("--force", action="store_true",
                        help="write even when the fit is flagged as not trustworthy")
+        p.add_argument("--segments", action="store_true",
+                       help="cut every trace where the run was resumed or the traces jump, "
+                            "and fit the pieces separately")
 
     def run(self, args: argparse.Namespace) -> int:
         from rpuhw.calibration.fit import FitConfig, fit
-        from rpuhw.calibration.fit_report import parameter_table, write_report
+        from rpuhw.calibration.fit_report import (
+            discontinuity_lines,
+            parameter_table,
+            write_report,
+        )
         from rpuhw.calibration.measurements import load_measurements
         from rpuhw.device_spec import save_device
 
         try:
             m = load_measurements(args.measurements)
-            res = fit(m, args.model, FitConfig(criterion=args.criterion))
+            res = fit(m, args.model, FitConfig(criterion=args.criterion,
+                                               segments=args.segments))
             print(parameter_table(res))
+            again = " ".join([self.prog, args.measurements, "--segments", "-o", args.output]
+                             + (["--model", args.model] if args.model != "auto" else []))
+            for line in discontinuity_lines(res, again, self.prog):
+                print(line, file=sys.stderr)
             if not res.ok and not args.force:
                 print(f"{self.prog}: not written: {res.reason} (use --force to write anyway)",
                       file=sys.stderr)
