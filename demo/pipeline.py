@@ -63,7 +63,7 @@ def fit_and_validate(csv: Path, out: Path, log: Log = print) -> dict[str, Any]:
     spec = res.to_device_spec()
     device = out / "device.yaml"
     save_device(spec, device)
-    plot_fit(res, out / "fit.png")
+    plot_fit(res, out / "fit.png", truth=hidden_device(), meta=m.meta)
     val = validate(device, m)
     log(f"validate: {val.summary()}")
     return {"device": device, "spec": spec, "fit": res, "validation": val,
@@ -120,7 +120,7 @@ def hidden_device():
 def run_demo(size_name: str = "default", out: str | Path = "demo_out", seed: int = 0,
              log: Log = print) -> dict[str, Any]:
     """The whole demo; prints the run table and returns what went into the report."""
-    from rpuhw.plots import plot_runs, plot_weight_histograms
+    from rpuhw.plots import plot_runs, plot_weight_histograms, weight_bounds
 
     if size_name not in SIZES:
         raise ConfigError(f"unknown size {size_name!r} (known: {', '.join(SIZES)})", key="size")
@@ -132,9 +132,11 @@ def run_demo(size_name: str = "default", out: str | Path = "demo_out", seed: int
         char = characterize(bench, size, out, log)
         fitted = fit_and_validate(char["csv"], out, log)
         runs = train_three(bench, fitted["device"], size, out, seed=seed, log=log)
-    plot_runs([str(out / _results_file(n)) for n in runs], str(out / "curves.png"))
+    plot_runs([str(out / _results_file(n)) for n in runs], str(out / "curves.png"),
+              labels=list(runs))
     plot_weight_histograms({n: r["weights"] for n, r in runs.items()},
-                           str(out / "weights.png"))
+                           str(out / "weights.png"),
+                           bounds={n: weight_bounds(r["backends"]) for n, r in runs.items()})
     table = run_table(runs)
     wall = time.perf_counter() - t0
     report = write_report(out, size_name, size, table, char, fitted, hidden_device(), wall)
