@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.rpuhw-installed
 
-.PHONY: run test lint bench clean
+.PHONY: run test lint bench readme clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,10 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.update
+
+# run the README's tour as written and put its real outputs into README.md (a few minutes)
+readme: $(STAMP)
+	$(BIN)/python tools/readme_tour.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info
