@@ -350,12 +350,20 @@ def _explain(res, row: Comparison, true: dict[str, Any], fitted: dict[str, Any])
             parts.append(f"the measured traces never passed the true mid-range "
                          f"({g_mid:.3g} S), so the data cannot check this step")
         else:
-            agree = abs(abs(mean) - row.true) <= max(2 * se, FAR_RELATIVE * row.true)
-            parts.append(f"the {n} measured steps at the true mid-range ({g_mid:.3g} S) "
-                         f"average {abs(mean):.3g} +- {se:.2g} S, "
-                         + ("as the true device: the fitted model's shape or its bounds "
-                            "put its mid-range step elsewhere" if agree else
-                            "unlike the true device: the measurement itself differs"))
+            model_there = float(np.mean([abs(res.mean_step(i, np.array([g_mid]), up)[0])
+                                         for i in range(res.data.n_dev)]))
+            g_fit = 0.5 * (fitted["g_min (S)"] + fitted["g_max (S)"])
+            text = (f"the {n} measured steps at the true mid-range ({g_mid:.3g} S) average "
+                    f"{abs(mean):.3g} +- {se:.2g} S (true {row.true:.3g} S), the fitted model "
+                    f"gives {model_there:.3g} S there")
+            if abs(abs(mean) - row.true) > max(2 * se, FAR_RELATIVE * row.true):
+                text += ": the measured devices differ from the true mean device"
+            elif abs(model_there - abs(mean)) <= max(2 * se, FAR_RELATIVE * abs(mean)):
+                text += (f": the model fits the data, but its mid-range is at {g_fit:.3g} S "
+                         "because its bounds are off")
+            else:
+                text += ": the model's shape misses the measured steps there"
+            parts.append(text)
     if true.get("model") != fitted.get("model") and (row.check is None
                                                       or row.check.identified):
         parts.append(f"the fitted model ({fitted.get('model')}) is not the true one "

@@ -242,3 +242,25 @@ def test_demo_report_counts_pulses_per_direction(chip_fit, tmp_path):
     assert (f"{size.devices} devices x {size.cycles} cycle(s) x {size.pulses} pulses per "
             "direction") in text
     assert f"x {2 * size.pulses} pulses" not in text
+
+
+def test_far_step_row_is_checked_against_the_measured_steps(chip_fit):
+    from rpuhw.calibration.identifiability import _explain, device_row, measured_step_at
+
+    res, _ = chip_fit
+    true = device_row(spec_from_mapping(CHIP_LIKE))
+    fitted = device_row(res.to_device_spec())
+    key = "down step at mid-range (S)"
+    g_mid = 0.5 * (true["g_min (S)"] + true["g_max (S)"])
+    mean, se, n = measured_step_at(res, g_mid, up=False)
+    assert n > 50 and mean < 0  # the traces pass the true mid-range, down steps negative
+    # a "true" step half the measured one: the data themselves disagree with it
+    half = Comparison(key, 0.5 * abs(mean), fitted[key])
+    text = _explain(res, half, {**true, key: half.true}, fitted)
+    assert f"the {n} measured steps at the true mid-range ({g_mid:.3g} S)" in text
+    assert f"average {abs(mean):.3g}" in text
+    assert "the measured devices differ from the true mean device" in text
+    # the true step itself, a fitted value twice it: the data agree with the truth
+    far = Comparison(key, true[key], 2 * true[key])
+    text = _explain(res, far, true, {**fitted, key: far.fitted})
+    assert "the measured devices differ" not in text and "the fitted model gives" in text
