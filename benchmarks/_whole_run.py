@@ -10,7 +10,8 @@ results file exists (polled every 2 ms; the process's exit is reported too):
   --backend sim --management nm+bm+um --bl 10 --update-granularity position
   --batch-size 1 --epochs 1 --train-limit N --test-limit T --out results.json`` (the
   paper's device and periphery; one torch and numba thread and background updates, as
-  ``rpuhw train`` sets them; the progress bar on, as by default);
+  ``rpuhw train`` sets them; the progress bar on, as on a terminal: ``RPUHW_PROGRESS=bar``,
+  since into a pipe rpuhw writes only a line every few seconds);
 * **aihwkit** (1.2, at its best setting: one thread, ``OMP_NUM_THREADS`` and
   ``OPENBLAS_NUM_THREADS`` 1): ``_aihwkit_train.py --whole-run`` in the interpreter
   ``--aihwkit-python``: the same N training images in the order rpuhw's epoch takes
@@ -175,6 +176,9 @@ def aihwkit_command(python: str, data: Path, out: Path) -> list[str]:
 
 
 AIHWKIT_ENV = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+RPUHW_ENV = {"RPUHW_PROGRESS": "bar"}
+"""rpuhw's progress bar into the pipe (only a line every few seconds by default there), as
+a user sees it on a terminal: its 0/N and 1/N mark the loop's start and first image."""
 
 
 def run_rpuhw(images: int, test_images: int, tmp: Path) -> dict:
@@ -182,7 +186,7 @@ def run_rpuhw(images: int, test_images: int, tmp: Path) -> dict:
     out.unlink(missing_ok=True)
     t = timed_process(rpuhw_command(images, test_images, out), out,
                       lambda text: bar_count(text, 0), lambda text: bar_count(text, 1),
-                      cwd=tmp)
+                      env={**os.environ, **RPUHW_ENV}, cwd=tmp)
     return _report(t, images, out)
 
 

@@ -401,12 +401,10 @@ def run_plan(array: CrossPointArray, devices: list[Device], plan: list[Step],
         t_offset = float(finite.max()) if len(finite) else 0.0
     todo = [(k, s) for k, s in enumerate(plan)
             if len(done.get((s.cycle, s.polarity, s.pulse), ())) < len(devices)]
-    bar = None
-    if progress:
-        from tqdm import tqdm
+    from rpuhw.progress import progress_bar  # a bar on a terminal, lines in a log
 
-        bar = tqdm(total=len(plan), initial=len(plan) - len(todo), desc=desc, unit="step",
-                   dynamic_ncols=True, leave=True)
+    bar = progress_bar(len(plan), initial=len(plan) - len(todo), desc=desc, unit="step",
+                       leave=True, enabled=progress)
     t0 = time.monotonic()
     written = 0
     try:

@@ -541,9 +541,9 @@ def _results(cfg: TrainConfig, run: Run, wall: float) -> dict[str, Any]:
 
 
 def _progress(cfg: TrainConfig, n: int, run: Run):
-    if not cfg.progress:
-        return None
-    from tqdm import tqdm
+    """The epoch's progress display: a bar on a terminal, a line now and then in a log,
+    None without ``cfg.progress`` (:func:`rpuhw.progress.progress_bar`)."""
+    from rpuhw.progress import progress_bar
 
-    return tqdm(total=n, initial=run.done, desc=f"epoch {run.epoch + 1}/{cfg.epochs}",
-                unit="img", leave=False, dynamic_ncols=True)
+    return progress_bar(n, initial=run.done, desc=f"epoch {run.epoch + 1}/{cfg.epochs}",
+                        unit="img", leave=False, enabled=cfg.progress)
