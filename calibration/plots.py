@@ -193,7 +193,7 @@ def fit_figure(res: FitResult, n_traces: int = 4, truth: DeviceSpec | None = Non
     ylabel, xlabel = label.split(" / ")
     shape = (int(rr.max()) + 1, int(cc.max()) + 1)
     s_fit = _scale(spec) if physical else None
-    maps = [("dw", "dw_min: mean step of one pulse", "nS" if physical else "weight units",
+    maps = [("dw", "dw_min: step per pulse", "nS" if physical else "weight units",
              s_fit * 1e9 if physical else 1.0),
             ("g_min", "g_min: lower bound", "µS", 1e6),
             ("g_max", "g_max: upper bound", "µS", 1e6),
@@ -207,12 +207,13 @@ def fit_figure(res: FitResult, n_traces: int = 4, truth: DeviceSpec | None = Non
         grid = np.full(shape, np.nan)
         grid[rr, cc] = res.per_device[key] * scale
         im = ax.imshow(grid, cmap=cmap, interpolation="nearest")
-        cb = middle.colorbar(im, ax=ax, shrink=0.85)
+        two_units = key == "dw" and physical
+        cb = middle.colorbar(im, ax=ax, shrink=0.85, pad=0.16 if two_units else 0.05)
         cb.set_label(unit)
-        if key == "dw" and physical:
-            cb.set_label(f"{unit} (right) / weight units (left)")
-            cb.ax.secondary_yaxis("left", functions=(lambda v, k=scale: v / k,
-                                                     lambda v, k=scale: v * k))
+        if two_units:  # the same scale in weight units on the colorbar's left side
+            sec = cb.ax.secondary_yaxis("left", functions=(lambda v, k=scale: v / k,
+                                                           lambda v, k=scale: v * k))
+            sec.set_ylabel("weight units")
         ax.set(title=name, xlabel=xlabel, ylabel=ylabel)
 
     # 8-9: parameters (fitted vs true), table(s)
