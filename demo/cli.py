@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
-from rpuhw.cli.command import COMMANDS, Command
+from rpuhw.cli.command import COMMANDS, Command, UsageError
 
 
 @COMMANDS.register
@@ -26,6 +27,9 @@ class Demo(Command):
     def run(self, args: argparse.Namespace) -> int:
         from rpuhw.demo.pipeline import run_demo
 
+        if Path(args.out).exists() and not Path(args.out).is_dir():
+            raise UsageError(f"--out: {args.out} exists and is not a folder; give a folder "
+                             "(made if missing)")
         size = "quick" if args.quick else "full" if args.full else "default"
         result = run_demo(size, args.out, seed=args.seed)
         return 0 if result["report"].exists() else 1

@@ -201,6 +201,14 @@ def test_a_directory_where_a_file_was_expected(args, tmp_path, capsys):
     assert "is a directory" in err and "not found" not in err, err
 
 
+def test_a_file_where_a_folder_was_expected(tmp_path, capsys):
+    f = tmp_path / "afile"
+    f.write_text("")
+    assert main(["demo", "--quick", "--out", str(f)]) == 2
+    err = one_line(capsys.readouterr().err)
+    assert err.startswith(f"rpuhw demo: error: --out: {f} exists and is not a folder"), err
+
+
 def test_a_missing_file_is_named(tmp_path, capsys):
     missing = tmp_path / "nothere.csv"
     assert main(["fit", str(missing), "-o", str(tmp_path / "x.yaml")]) == 2
