@@ -119,9 +119,7 @@ def _truth() -> dict[str, float]:
     16 devices should find, free of the device-to-device sampling error."""
     arr = SimulatedArray(ROWS, COLS, device=spec_from_mapping(DEVICE), seed=3)
     st = {k: v.double().numpy().ravel() for k, v in arr.state.items()}
-    up, down = st["dw_up"], st["dw_down"]
-    return {"dw_S": float(np.mean(up + down) / 2 * S_PER_W),
-            "g_min": float(np.mean(G_MIN + (st["w_min"] + 1) * S_PER_W)),
+    return {"g_min": float(np.mean(G_MIN + (st["w_min"] + 1) * S_PER_W)),
             "g_max": float(np.mean(G_MIN + (st["w_max"] + 1) * S_PER_W)),
             "dw_min_std": DEVICE["dw_min_std"], "read_noise_S": READ_NOISE_S}
 
@@ -130,10 +128,12 @@ def _fitted(res) -> tuple[dict[str, float], dict[str, float]]:
     """(values, standard errors) of the fit in the units of :func:`_truth`."""
     half = (res.g_max - res.g_min) / 2  # S per weight unit of the fitted map
     u = res.uncertainties
-    val = {"dw_S": res.params["dw_min"] * half, "g_min": res.g_min, "g_max": res.g_max,
-           "dw_min_std": res.params["dw_min_std"], "read_noise_S": res.read_noise * half}
-    se = {"dw_S": u["dw_min"] * half, "g_min": u["g_min"], "g_max": u["g_max"],
-          "dw_min_std": u["dw_min_std"], "read_noise_S": u["read_noise"] * half}
+    val = {"g_min": res.g_min, "g_max": res.g_max, "dw_min_std": res.params["dw_min_std"],
+           "read_noise_S": res.read_noise * half, "dw_S": res.params["dw_min"] * half,
+           "up_down": res.params["up_down"]}
+    se = {"g_min": u["g_min"], "g_max": u["g_max"], "dw_min_std": u["dw_min_std"],
+          "read_noise_S": u["read_noise"] * half, "dw_S": u["dw_min"] * half,
+          "up_down": u["up_down"]}
     return val, se
 
 
@@ -211,7 +211,8 @@ def test_discontinuity_at_the_right_row_with_the_right_jump(files, name):
 @pytest.mark.parametrize("name", ["mid_row", "mid_time"])
 def test_not_ok_as_one_trace_ok_in_segments(files, name):
     """A jump inside a half-cycle spoils the one-trace fit (NOT OK); cut there, the fit is
-    OK and finds the drawn devices' parameters within 4 of its standard errors."""
+    OK and finds the drawn devices' parameters within 4 of its standard errors (a 6e-5
+    chance each for a Gaussian estimate)."""
     path, rows_before, _ = files[name]
     m = load_measurements(path)
     whole = fit(m, "soft_bounds")
@@ -224,13 +225,15 @@ def test_not_ok_as_one_trace_ok_in_segments(files, name):
     assert any(f"before data row(s) {rows_before};" in n for n in res.notes)
     truth = _truth()
     val, se = _fitted(res)
-    z = {k: (val[k] - truth[k]) / se[k] for k in truth}
+    z = {k: (val[k] - truth[k]) / se[k] for k in truth}  # bounds and noise
     assert max(abs(v) for v in z.values()) < 4, z
-    # up_down: the fit has its own bias of 2-3 standard errors at this size (clean data
-    # too), so it is compared with the fit of the same devices measured without a resume
-    clean = fit(load_measurements(files["clean"][0]), "soft_bounds")
-    se_ud = np.hypot(res.uncertainties["up_down"], clean.uncertainties["up_down"])
-    assert abs(res.params["up_down"] - clean.params["up_down"]) < 4 * se_ud
+    # the step size and asymmetry: the fitter has its own bias of 2-3 standard errors in
+    # up_down at this size (on clean data too; a convention of its own for dw_min), so
+    # these are compared with the fit of the same devices measured without a resume
+    # (independent data after the cut: the standard errors add in quadrature)
+    c_val, c_se = _fitted(fit(load_measurements(files["clean"][0]), "soft_bounds"))
+    for k in ("dw_S", "up_down"):
+        assert abs(val[k] - c_val[k]) < 4 * np.hypot(se[k], c_se[k]), (k, val, c_val)
     # as one trace the jump shows: the cycle-to-cycle noise is many standard errors off
     val_w, se_w = _fitted(whole)
     assert abs(val_w["dw_min_std"] - truth["dw_min_std"]) > 10 * se_w["dw_min_std"]
