@@ -197,7 +197,7 @@ def fit_figure(res: FitResult, n_traces: int = 4, truth: DeviceSpec | None = Non
              s_fit * 1e9 if physical else 1.0),
             ("g_min", "g_min: lower bound", "µS", 1e6),
             ("g_max", "g_max: upper bound", "µS", 1e6),
-            ("up_down", "up_down: up/down asymmetry", "relative (dimensionless)", 1.0)]
+            ("up_down", "up_down: asymmetry", "relative (dimensionless)", 1.0)]
     middle.suptitle("Device-to-device maps (grey: not measured)", fontsize=11)
     import matplotlib
 
