@@ -1,7 +1,8 @@
 """Array specs -> arrays: ``open_array("sim:device.yaml", rows, cols)``.
 
 Built-in specs: ``ideal``, ``sim``, ``sim:PATH.yaml``, ``sim:MODEL`` (a
-registered device model with its defaults). Hardware backends live outside
+registered device model with its defaults), ``sim:preset:NAME`` (one of aihwkit's device
+presets, :mod:`rpuhw.interop.presets`). Hardware backends live outside
 the core and are imported lazily when their prefix is used: ``bench:PATH.yaml``
 (``rpuhw.drivers``), ``arc2:PATH.yaml``. Third parties register a prefix with
 :func:`register_backend` or a ``rpuhw.backends`` entry point (:data:`BACKENDS`,
@@ -24,7 +25,8 @@ BACKENDS: Registry[Factory] = Registry("array backend", key="spec",
                                        entry_points="rpuhw.backends")
 """Spec prefix -> factory. Hardware backends are lazy strings: naming them imports nothing."""
 BACKENDS.add("ideal", "rpuhw.backends:_open_ideal", usage="ideal")
-BACKENDS.add("sim", "rpuhw.backends:_open_sim", usage="sim, sim:PATH.yaml, sim:MODEL")
+BACKENDS.add("sim", "rpuhw.backends:_open_sim",
+             usage="sim, sim:PATH.yaml, sim:MODEL, sim:preset:NAME")
 BACKENDS.add("bench", "rpuhw.drivers.bench:open_bench", usage="bench:PATH.yaml")
 BACKENDS.add("arc2", "rpuhw.drivers.arc2:open_arc2", usage="arc2:PATH.yaml")
 
@@ -70,7 +72,11 @@ def _open_sim(arg: str, rows: int, cols: int, seed: int | None) -> CrossPointArr
         return SimulatedArray(rows, cols, seed=seed)
     if arg in model_names():
         return SimulatedArray(rows, cols, device=get_model(arg)(), seed=seed)
+    if arg.startswith("preset:"):
+        from rpuhw.interop.presets import load_preset
+
+        return SimulatedArray(rows, cols, device=load_preset(arg[len("preset:"):]), seed=seed)
     if Path(arg).suffix.lower() not in (".yaml", ".yml") and not Path(arg).exists():
         raise ConfigError(f"'sim:{arg}' is neither a device YAML file nor a model "
-                          f"(models: {', '.join(model_names())})", key="spec")
+                          f"(models: {', '.join(model_names())}; or sim:preset:NAME)", key="spec")
     return SimulatedArray(rows, cols, device=load_device(arg), seed=seed)
