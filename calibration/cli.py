@@ -233,6 +233,10 @@ exit status: 0 written; 1 the fit is not trustworthy (nothing written, see the r
         from rpuhw.calibration.measurements import load_measurements
         from rpuhw.device_spec import save_device
 
+        for flag, target in (("--output", args.output), ("--plot", args.plot),
+                             ("--report", args.report)):  # before anything is written
+            if target and Path(target).is_dir():
+                raise ConfigError(f"{target} is a directory; give a file name", key=flag)
         try:
             m = load_measurements(args.measurements)
             res = fit(m, args.model, FitConfig(criterion=args.criterion,
@@ -254,8 +258,9 @@ exit status: 0 written; 1 the fit is not trustworthy (nothing written, see the r
             if args.report:
                 write_report(res, args.report)
             save_device(spec, args.output)
-        except OSError as exc:
-            raise ConfigError(exc.strerror or str(exc), source=exc.filename) from None
+        except OSError as exc:  # the target of an atomic write, not its temporary file
+            raise ConfigError(exc.strerror or str(exc),
+                              source=exc.filename2 or exc.filename) from None
         if not res.ok:
             print(f"{self.prog}: warning: written despite: {res.reason} (--force)",
                   file=sys.stderr)

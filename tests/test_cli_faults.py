@@ -189,6 +189,8 @@ def test_bench_lost_mid_characterize_is_one_line_and_keeps_the_rows(tmp_path):
     ["train", "--config", "{d}"],
     ["bench", "{d}"],
     ["characterize", "--array", "sim", "--rows", "2", "--cols", "2", "-o", "{d}"],
+    ["fit", "{t}/m.csv", "-o", "{d}"],
+    ["fit", "{t}/m.csv", "-o", "{t}/x.yaml", "--report", "{d}"],
 ])
 def test_a_directory_where_a_file_was_expected(args, tmp_path, capsys):
     d = tmp_path / "adir"
@@ -207,6 +209,10 @@ def test_a_file_where_a_folder_was_expected(tmp_path, capsys):
     assert main(["demo", "--quick", "--out", str(f)]) == 2
     err = one_line(capsys.readouterr().err)
     assert err.startswith(f"rpuhw demo: error: --out: {f} exists and is not a folder"), err
+    assert main(["train", "--backend", "float", "--epochs", "1", "--train-limit", "4",
+                 "--test-limit", "4", "--no-progress", "--checkpoint", str(f)]) == 2
+    err = one_line(capsys.readouterr().err)
+    assert err == f"rpuhw train: error: {f}: exists and is not a folder", err
 
 
 def test_a_missing_file_is_named(tmp_path, capsys):

@@ -102,6 +102,9 @@ def _os_error(exc: OSError) -> Fault:
                      "and that the other side is running", EXIT_FAILED)
     what, status = _OS_ERRORS.get(exc.errno, (None, EXIT_FAILED))
     what = what or (exc.strerror or str(exc)).lower()
+    if exc.errno == errno.EEXIST and name is not None and os.path.exists(name) \
+            and not os.path.isdir(name):
+        what = "exists and is not a folder"  # a folder to be made (output, checkpoints)
     if name is None:
         return Fault("error", what, status)
     return Fault("error", f"{os.fsdecode(name)}: {what}", status)
