@@ -261,6 +261,7 @@ FAULTS = {
     "denied": PermissionError(errno.EACCES, "Permission denied", "/root/x.csv"),
     "nospace": OSError(errno.ENOSPC, "No space left on device", "big.csv"),
     "replace": IsADirectoryError(errno.EISDIR, "Is a directory", ".r.json.tmp", None, "runs"),
+    "package": ModuleNotFoundError("No module named 'pyarc2'", name="pyarc2"),
 }
 
 EXPECTED = {
@@ -275,6 +276,8 @@ EXPECTED = {
     "denied": (2, "rpuhw raiser: error: /root/x.csv: permission denied"),
     "nospace": (1, "rpuhw raiser: error: big.csv: no space left on the device"),
     "replace": (2, "rpuhw raiser: error: runs: is a directory where a file was expected"),
+    "package": (1, "rpuhw raiser: error: the Python package 'pyarc2' is not installed; "
+                   "install it (pip install) or choose another backend"),
 }
 
 

@@ -40,7 +40,8 @@ EXIT_STATUS_HELP = """\
 exit status:
   0    done
   1    failed: an instrument fault (unreachable, refused, timeout, lost mid-run), a fit
-       not trustworthy, a validation that failed, training that diverged
+       not trustworthy, a validation that failed, training that diverged, a package
+       a backend needs that is not installed
   2    bad input: an argument, a file (missing, a directory where a file was expected,
        unreadable) or a key; a value beyond the bench's safety limits
   130  interrupted (Ctrl-C)
@@ -122,6 +123,15 @@ def _hardware(exc: BaseException) -> Fault:
     return Fault("hardware error", f"{text}; {hint}", EXIT_FAILED)
 
 
+def _missing_package(exc: ImportError) -> Fault:
+    """An optional package that a backend needs (pyarc2, pyvisa-py) is not installed."""
+    if isinstance(exc, ModuleNotFoundError) and exc.name and exc.name in str(exc) \
+            and "pip install" not in str(exc):
+        return Fault("error", f"the Python package {exc.name!r} is not installed; install it "
+                     "(pip install) or choose another backend", EXIT_FAILED)
+    return Fault("error", str(exc), EXIT_FAILED)
+
+
 def _is_pyvisa(exc: BaseException) -> bool:
     """An error of pyvisa that the instrument layer did not wrap (it names no resource
     then, but says what VISA found)."""
@@ -141,6 +151,7 @@ _TABLE: list[tuple[Callable[[BaseException], bool], Callable[[BaseException], Fa
     (lambda e: isinstance(e, HardwareError), _hardware),
     (_is_pyvisa, _hardware),
     (lambda e: isinstance(e, OSError), _os_error),
+    (lambda e: isinstance(e, ImportError), _missing_package),
 ]
 """(is this the exception?, how to report it), first match wins."""
 
