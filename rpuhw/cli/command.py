@@ -81,6 +81,7 @@ BUILT_IN = {
     "bench": "rpuhw.drivers.cli:Bench",
     "emulate": "rpuhw.drivers.cli:Emulate",
     "plot": "rpuhw.cli.core:Plot",
+    "export-model": "rpuhw.interop.cli:ExportModel",
 }
 """The commands shipped with rpuhw, where each is defined, in the order ``rpuhw --help``
 lists them (commands of other packages follow, sorted)."""

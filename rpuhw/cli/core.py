@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 
 from rpuhw.cli.command import COMMANDS, Command
@@ -30,34 +29,23 @@ class Models(Command):
 @COMMANDS.register
 class Device(Command):
     name = "device"
-    help = "validate a device YAML and print its parameters"
-    epilog = """example:
-  rpuhw device my_device.yaml          # validate a device YAML, print its parameters
-  rpuhw device my_device.yaml --json   # the same as JSON
-"""
+    help = "validate a device YAML and print its parameters; aihwkit presets, export, import"
+
+    @property
+    def epilog(self) -> str:  # type: ignore[override]
+        from rpuhw.interop.cli import DEVICE_EPILOG
+
+        return DEVICE_EPILOG
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("file", help="device YAML file")
-        parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+        from rpuhw.interop.cli import add_device_arguments  # show, presets, export, import
+
+        add_device_arguments(parser)
 
     def run(self, args: argparse.Namespace) -> int:
-        from rpuhw.device_spec import load_device
+        from rpuhw.interop.cli import run_device
 
-        spec = load_device(args.file)
-        mapping = spec.to_mapping()
-        if args.json:
-            print(json.dumps(mapping, indent=1))
-            return 0
-        print(f"{args.file}: model {spec.model.name}")
-        for key, value in mapping.items():
-            if key == "model":
-                continue
-            if isinstance(value, dict):
-                for sub, v in value.items():
-                    print(f"  {key}.{sub:18s} {v}")
-            else:
-                print(f"  {key:21s} {value}")
-        return 0
+        return run_device(self.prog, args)
 
 
 def _pairs(items: list[str] | None, flag: str, cast=str) -> dict | None:
