@@ -500,8 +500,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.readme}: the tour's commands changed while they ran; not rewritten",
               file=sys.stderr)
         return 1
-    machine = textwrap.fill(machine_line(results, load, total), width=90,
-                            break_on_hyphens=False)
+    # a number and its unit stay on one line (textwrap breaks at ASCII blanks only)
+    line = re.sub(r"(\d) (s\b)", "\\1\u00a0\\2", machine_line(results, load, total))
+    machine = textwrap.fill(line, width=90, break_on_hyphens=False).replace("\u00a0", " ")
     new = rewrite(text, steps, outputs, machine)
     tmp = args.readme.with_name(args.readme.name + ".tmp")
     tmp.write_text(new)
