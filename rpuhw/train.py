@@ -363,9 +363,14 @@ def check_devices(run: Run, st: dict[str, Any], n_train: int, source: str,
                 per_s = (info.g_max - info.g_min) / (info.w_max - info.w_min)
             jump = float(res.jump.reshape(-1)[w])
 
-            def fmt(v: float, per_s=per_s) -> str:
+            def fmt(v: float, per_s=per_s) -> str:  # a change of weight (and conductance)
                 return f"{v:.4g} weight units" + (
                     f" ({v * per_s * 1e6:.4g} uS)" if per_s is not None else "")
+
+            def fmt_w(v: float, per_s=per_s, info=info) -> str:  # a weight (conductance)
+                return f"{v:.4g}" + (
+                    f" ({(info.g_min + (v - info.w_min) * per_s) * 1e6:.4g} uS)"
+                    if per_s is not None else "")
 
             where_txt = f" (array {k})" if len(found) > 1 else ""
             if res.moved.any():
@@ -376,8 +381,8 @@ def check_devices(run: Run, st: dict[str, Any], n_train: int, source: str,
                     f"{res.sigmas * JUMP_OF_TWO_READS:.1f} x the read noise"
                     + (f" plus {allowance:.3g} weight units of training since the "
                        "checkpoint" if allowance else "")
-                    + f"; largest: device {where} reads {fmt(float((a + b).reshape(-1)[w]) / 2)}"
-                    f", the checkpoint {fmt(float(ckpt_w.reshape(-1)[w]))}: a jump of "
+                    + f"; largest: device {where} reads {fmt_w(float((a + b).reshape(-1)[w]) / 2)}"
+                    f", the checkpoint {fmt_w(float(ckpt_w.reshape(-1)[w]))}: a jump of "
                     f"{fmt(jump)} = {res.describe(jump, fmt)}")
             else:
                 log(f"{name}{where_txt}: the devices are where the checkpoint left them "
