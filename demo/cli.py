@@ -17,13 +17,13 @@ class Demo(Command):
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         size = parser.add_mutually_exclusive_group()
-        from rpuhw.demo.sizes import QUICK_TIME, SIZES
+        from rpuhw.demo.sizes import QUICK_MEASURED, QUICK_TIME, SIZES
 
         q = SIZES["quick"]
         size.add_argument("--quick", action="store_true",
-                          help=f"{QUICK_TIME} on 2 cores: {q.devices} devices x "
-                               f"{q.pulses} pulses per direction, {q.train_limit} training "
-                               f"images x {q.epochs} epochs")
+                          help=f"{QUICK_TIME} on 2 cores ({QUICK_MEASURED}): {q.devices} "
+                               f"devices x {q.pulses} pulses per direction, {q.train_limit} "
+                               f"training images x {q.epochs} epochs")
         size.add_argument("--full", action="store_true", help="the long version")
         parser.add_argument("--out", default="demo_out",
                             help="output folder (default ./demo_out)")

@@ -1,13 +1,16 @@
 """How much the demo measures and trains: ``--quick``, default, ``--full``.
 
 ``--quick`` takes :data:`QUICK_TIME` on 2 cores and shows learning. Measured (issue 16,
-the 2-core machine shared with other jobs): 82 s wall with the load average at 8-9, of
-which 45 s CPU (user + sys, the demo and its emulator process); on 2 otherwise idle
-cores the wall time is close to the CPU time. Of it, about 35 s train conv1 on the
-chip (700 images through the bench at ~23 images/s), 11 s characterise. Test errors
-at seed 0: floating point 17.5 %, calibrated simulator 27.0 %, conv1 on the chip
-24.5 % (chance: 90 %). The previous sizes (200 training images, 1 epoch, lr 0.1: 20
-optimizer steps) took 39 s but ended at 67 / 89 / 88 %: chance for the analog runs.
+on the 2-core machine shared with other jobs; wall from process start): 66 s with the
+load average at 7-8, 82 s at 8-10, 44-45 s of CPU either way (user + sys, the demo and
+its emulator process). Of the 66 s: imports 3 s, emulator start 4.5 s, characterisation
+7.5 s (18k instrument messages), fit 3 s, validation 6.7 s, floating point and
+calibrated simulator 5 s, conv1 on the chip 34 s (programming the chip, then 700
+training and 400 test images through the bench, 78k messages), plots and report 2 s.
+Test errors at seed 0: floating point 17.5 %, calibrated simulator 26.5-27.0 %, conv1
+on the chip 24.5-26.0 % (chance: 90 %; the analog runs vary a little between runs).
+The previous sizes (200 training images, 1 epoch, lr 0.1: 20 optimizer steps) took
+39 s but ended at 67 / 89 / 88 %: chance for the analog runs.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ class DemoSize:
 
 
 QUICK_TIME = "about a minute"
+QUICK_MEASURED = "measured: 66-82 s with the cores shared with other jobs, 45 s of CPU"
 """What ``rpuhw demo --quick`` takes on 2 cores (the help and the README say this)."""
 
 SIZES = {
