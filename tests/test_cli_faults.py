@@ -148,11 +148,23 @@ def test_debug_shows_the_traceback(tmp_path, capsys, monkeypatch):
 
 # ---- the bench lost mid-run --------------------------------------------------------------
 
-def test_bench_lost_mid_characterize_is_one_line_and_keeps_the_rows(tmp_path):
+def _fast_timeouts(bench: Path, timeout_s: float = 0.5) -> None:
+    m = yaml.safe_load(bench.read_text())
+    for inst in m["instruments"].values():
+        inst["timeout_s"] = timeout_s
+    bench.write_text(yaml.safe_dump(m))
+
+
+@pytest.mark.parametrize("fault", ["lost", "silent"])
+def test_bench_lost_mid_characterize_is_one_line_and_keeps_the_rows(fault, tmp_path):
+    """``lost``: the emulator stops (connections closed, nobody listens: a killed
+    process, an instrument switched off); ``silent``: it stops answering (every reply
+    later than the timeout: a hung instrument)."""
     out_csv = tmp_path / "meas.csv"
     with Emulator(rows=2, cols=2, seed=0) as emu:
         bench = emu.write_bench(tmp_path / "bench.yaml")
-        smu = emu.resources["smu"]
+        _fast_timeouts(bench)
+        resources = set(emu.resources.values())
         proc = subprocess.Popen(
             [sys.executable, "-m", "rpuhw.cli", "characterize", "--array", f"bench:{bench}",
              "--rows", "2", "--cols", "2", "--devices", "all", "--pulses", "2000",
@@ -164,15 +176,23 @@ def test_bench_lost_mid_characterize_is_one_line_and_keeps_the_rows(tmp_path):
                 assert proc.poll() is None, proc.communicate()
                 assert time.monotonic() < deadline, "no rows measured"
                 time.sleep(0.02)
-            emu.stop()  # the instruments go away mid-run, connections closed
+            if fault == "lost":
+                emu.stop()
+            else:
+                for srv in emu.servers.values():
+                    srv.latency_ms = 10_000.0
             _, err = proc.communicate(timeout=120)
         finally:
             if proc.poll() is None:
                 proc.kill()
+            for srv in emu.servers.values():
+                srv.latency_ms = 0.0
     line = one_line(err)
     assert proc.returncode == 1, err
-    assert line.startswith(f"rpuhw characterize: hardware error: {smu}"), line
-    assert InstrumentConnectionError.hint in line  # what to check
+    head = "rpuhw characterize: hardware error: "
+    assert line.startswith(head) and line[len(head):].split(": ")[0] in resources, line
+    hint = (InstrumentConnectionError if fault == "lost" else InstrumentTimeout).hint
+    assert hint in line  # what to check
     kept = load_measurements(out_csv, partial=True)
     assert f"{len(kept)} rows of this run kept in {out_csv}" in line, line
     assert "continue with --resume" in line
