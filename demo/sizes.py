@@ -1,8 +1,9 @@
 """How much the demo measures and trains: ``--quick``, default, ``--full``.
 
 ``--quick`` takes :data:`QUICK_TIME` on 2 cores and shows learning. Measured (issue 16,
-on the 2-core machine shared with other jobs; wall from process start): 66 s with the
-load average at 7-8, 82 s at 8-10, 44-45 s of CPU either way (user + sys, the demo and
+on the 2-core machine shared with other jobs; wall from process start): under 54 s with
+the load average at 6 (the whole of tests/test_demo.py), 66 s at 7-8, 82 s at 8-10,
+44-45 s of CPU either way (user + sys, the demo and
 its emulator process). Of the 66 s: imports 3 s, emulator start 4.5 s, characterisation
 7.5 s (18k instrument messages), fit 3 s, validation 6.7 s, floating point and
 calibrated simulator 5 s, conv1 on the chip 34 s (programming the chip, then 700
@@ -41,7 +42,7 @@ class DemoSize:
 
 
 QUICK_TIME = "about a minute"
-QUICK_MEASURED = "measured: 66-82 s with the cores shared with other jobs, 45 s of CPU"
+QUICK_MEASURED = "measured: 50-82 s with the cores shared with other jobs, 45 s of CPU"
 """What ``rpuhw demo --quick`` takes on 2 cores (the help and the README say this)."""
 
 SIZES = {
