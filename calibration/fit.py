@@ -26,15 +26,17 @@ mean step):
 3. **Weight units.** The mean bounds ``g_min = mean_i lo_i``, ``g_max = mean_i hi_i``
    map to ``w = -1, +1``; each device's parameters convert exactly (exp_step depends on
    the centre, so it is refitted once with the converged centre).
-4. **Population parameters** (rpuhw/devices/base.py definitions): ``dw_min`` = mean of
-   ``(dw_up_i + dw_down_i) / 2``; ``up_down`` = mean of
-   ``r_i = (dw_up_i - dw_down_i) / (dw_up_i + dw_down_i)``; spreads ``dw_min_dtod`` =
-   std of ``(dw_up_i + dw_down_i)/2`` relative to ``dw_min``, ``up_down_dtod`` = std of
-   ``r_i``, ``w_min_dtod`` / ``w_max_dtod`` = std of the device bounds (relative to the
-   mean bounds, which are 1 in magnitude). Every spread is corrected for the devices'
-   own estimation error: ``var_true = var_across_devices - mean_i se_i^2`` (clipped at
-   0), with ``se_i`` from the per-device (sandwich) covariance of the least-squares fit
-   propagated by the delta method.
+4. **Population parameters** (aihwkit's meanings, the inverse of the draw in
+   rpuhw/devices/base.py, ``one_sided_from_moments``): with the half-sum
+   ``s_i = (dw_up_i + dw_down_i) / 2`` and half-difference ``a_i = (dw_up_i - dw_down_i) / 2``
+   of each device's steps, ``dw_min = mean(s) + |mean(a)|`` (the larger direction's mean
+   step), ``up_down = 2 mean(a) / dw_min`` (one-sided), ``dw_min_dtod = sd(s) / dw_min``,
+   ``up_down_dtod = sd(a) / dw_min``; pow_step's exponents likewise give ``pow_gamma``,
+   ``pow_up_down`` and their spreads; ``w_min_dtod`` / ``w_max_dtod`` = std of the device
+   bounds (relative to the mean bounds, which are 1 in magnitude). Every spread is
+   corrected for the devices' own estimation error:
+   ``var_true = var_across_devices - mean_i se_i^2`` (clipped at 0), with ``se_i`` from
+   the per-device (sandwich) covariance of the least-squares fit propagated by the delta method.
 5. **Noise.** Read noise ``sigma_r`` from read-noise rows (polarity 0: pooled variance
    of repeated reads per device and level), else from the one-step residuals: a step
    is a difference of two reads, so consecutive residuals have covariance
@@ -69,6 +71,7 @@ import numpy as np
 from rpuhw.calibration.fit_models import FIT_MODELS, FitModel, Frame, Side
 from rpuhw.calibration.measurements import Measurements, steps
 from rpuhw.calibration.segments import Discontinuity, find_discontinuities, segment_index
+from rpuhw.devices.base import one_sided_from_moments
 from rpuhw.errors import ConfigError
 
 BASE = ("lo", "hi", "s_up", "s_dn")
@@ -772,8 +775,10 @@ def _per_device(f: _Fitted, u_mid: float, du: float, p: np.ndarray | None = None
     out = f.model.weights(p, f.glob, f.frame, u_mid, du)
     up, dn = out["dw_up"], out["dw_down"]
     tot = up + dn
-    out["dw"] = 0.5 * tot
-    out["up_down"] = np.where(tot > 0, (up - dn) / np.where(tot > 0, tot, 1.0), 0.0)
+    out["dw"] = 0.5 * tot  # half-sum and half-difference: the inverse of the draw
+    out["dw_diff"] = 0.5 * (up - dn)
+    big = np.maximum(up, dn)  # a device's own aihwkit up_down (its larger step is its dw_min)
+    out["up_down"] = np.where(big > 0, (up - dn) / np.where(big > 0, big, 1.0), 0.0)
     out["w_min"] = 2.0 * (p[:, 0] - u_mid) / du
     out["w_max"] = 2.0 * (p[:, 1] - u_mid) / du
     return out
@@ -904,13 +909,15 @@ def _population(f: _Fitted, data: StepData, cfg: FitConfig, read_var: float,
     se = _device_se(f, cov, u_mid, du)
     n = data.n_dev
     sq = math.sqrt(n)
-    dw_min = _random_effects(dev["dw"], se["dw"])[0]
+    steps = one_sided_from_moments(*_random_effects(dev["dw"], se["dw"]),
+                                   *_random_effects(dev["dw_diff"], se["dw_diff"]))
+    dw_min = steps.scale
     params: dict[str, Any] = {
         "dw_min": dw_min,
-        "dw_min_dtod": _spread(dev["dw"], se["dw"]) / dw_min if dw_min > 0 else 0.0,
+        "dw_min_dtod": steps.scale_dtod,
         "dw_min_std": c2c,
-        "up_down": _random_effects(dev["up_down"], se["up_down"])[0],
-        "up_down_dtod": _spread(dev["up_down"], se["up_down"]),
+        "up_down": steps.up_down,
+        "up_down_dtod": steps.up_down_dtod,
         "w_min": -1.0,
         "w_max": 1.0,
         "w_min_dtod": (_spread(dev["w_min"], se["w_min"]) if sd_lo is None
@@ -918,9 +925,11 @@ def _population(f: _Fitted, data: StepData, cfg: FitConfig, read_var: float,
         "w_max_dtod": (_spread(dev["w_max"], se["w_max"]) if sd_hi is None
                        else 2.0 * sd_hi / du),
     }
+    larger = dev["dw"] + np.sign(steps.up_down) * dev["dw_diff"]  # the larger direction
     unc: dict[str, float] = {
-        "dw_min": float(dev["dw"].std(ddof=1) / sq) if n > 1 else 0.0,
-        "up_down": float(dev["up_down"].std(ddof=1) / sq) if n > 1 else 0.0,
+        "dw_min": float(larger.std(ddof=1) / sq) if n > 1 else 0.0,
+        "up_down": (float((2.0 * dev["dw_diff"] / dw_min).std(ddof=1) / sq)
+                    if n > 1 and dw_min > 0 else 0.0),
         "dw_min_std": c2c_se,
     }
     for key in ("dw_min_dtod", "up_down_dtod", "w_min_dtod", "w_max_dtod"):
@@ -935,15 +944,16 @@ def _population(f: _Fitted, data: StepData, cfg: FitConfig, read_var: float,
             unc[f"gamma_{d}_dtod"] = params[f"gamma_{d}_dtod"] / math.sqrt(2.0 * max(n - 1, 1))
     elif name == "pow_step":
         gu, gd = dev["pow_gamma_up"], dev["pow_gamma_down"]
-        mean_g = 0.5 * (gu + gd)
         se_m = 0.5 * np.hypot(se["pow_gamma_up"], se["pow_gamma_down"])
-        pg = _random_effects(mean_g, se_m)[0]
-        gain, beta = mean_g / pg, 0.5 * (gu - gd) / pg
-        params.update(pow_gamma=pg, pow_gamma_dtod=_spread(gain, se_m / pg),
-                      pow_up_down=_random_effects(beta, se_m / pg)[0],
-                      pow_up_down_dtod=_spread(beta, se_m / pg))
-        unc.update(pow_gamma=float(mean_g.std(ddof=1) / sq) if n > 1 else 0.0,
-                   pow_up_down=float(beta.std(ddof=1) / sq) if n > 1 else 0.0)
+        half_sum, half_diff = 0.5 * (gu + gd), 0.5 * (gu - gd)
+        ex = one_sided_from_moments(*_random_effects(half_sum, se_m),
+                                    *_random_effects(half_diff, se_m))
+        pg = ex.scale if ex.scale > 0 else 1.0
+        params.update(pow_gamma=ex.scale, pow_gamma_dtod=ex.scale_dtod,
+                      pow_up_down=ex.up_down, pow_up_down_dtod=ex.up_down_dtod)
+        larger_g = half_sum + np.sign(ex.up_down) * half_diff
+        unc.update(pow_gamma=float(larger_g.std(ddof=1) / sq) if n > 1 else 0.0,
+                   pow_up_down=float((2.0 * half_diff / pg).std(ddof=1) / sq) if n > 1 else 0.0)
     elif name in ("exp_step", "piecewise"):
         params.update(f.model.spec_extras(f.glob))
         gse = _glob_se(f, data)

@@ -14,7 +14,10 @@
       g_min: 1.0e-6           # siemens
       g_max: 1.0e-5
 
-``read_noise`` may also be given at the top level (it then goes into ``io``).
+``read_noise`` may also be given at the top level (it then goes into ``io``). The model
+keys carry aihwkit 1.2's names and meanings (docs/simulator.md, formula table); a key of the
+model's aihwkit twin that rpuhw does not simulate (``lifetime``, ``write_noise_std``, ...)
+is refused with one error naming it, unless it sits at the value where it has no effect.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import yaml
 from rpuhw._io import atomic_write
 from rpuhw.config import from_mapping, load_yaml, require
 from rpuhw.devices import DeviceModel, get_model
+from rpuhw.devices.base import check_aihwkit_keys
 from rpuhw.errors import ConfigError
 from rpuhw.periphery.io import IOConfig
 
@@ -108,6 +112,9 @@ def spec_from_mapping(data: dict[str, Any], source: str = "<mapping>") -> Device
                               key="read_noise")
         io_data = {**io_data, "read_noise": data.pop("read_noise")}
     cond_data = data.pop("conductance", None)
+    # aihwkit keys rpuhw does not simulate: one error naming the key, unless at the value
+    # where they have no effect
+    data = check_aihwkit_keys(model_cls.unsupported, data, source)
     params = from_mapping(model_cls.Params, data, source=source)
     io = from_mapping(IOConfig, io_data, source=source, prefix="io.")
     cond = None

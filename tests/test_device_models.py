@@ -125,10 +125,13 @@ def _steps(name, params, w_values):
 
 
 def test_constant_step_formula():
-    # dw_up = 0.01 (1 + 0.2), dw_down = 0.01 (1 - 0.2), independent of w
+    # aihwkit's one-sided up_down: up_down = 0.2 > 0 leaves dw_up = dw_min = 0.01 and
+    # shrinks dw_down to 0.01 (1 - 0.2) = 0.008; up_down = -0.2 the other way round
     ups, downs = _steps("constant_step", {"up_down": 0.2}, [-0.5, 0.0, 0.5])
-    assert ups == pytest.approx([0.012] * 3, rel=1e-5)
+    assert ups == pytest.approx([0.01] * 3, rel=1e-5)
     assert downs == pytest.approx([0.008] * 3, rel=1e-5)
+    ups, downs = _steps("constant_step", {"up_down": -0.2}, [0.0])
+    assert (ups, downs) == (pytest.approx([0.008], rel=1e-5), pytest.approx([0.01], rel=1e-5))
 
 
 def test_soft_bounds_formula():
@@ -168,23 +171,28 @@ def test_exp_step_formula():
 
 
 def test_pow_step_formula():
-    # gamma = 2, beta = 0.5: gamma+ = 2 * 1.5 = 3, gamma- = 2 * 0.5 = 1; bounds +-1
-    # w = 0:   omega = 0.5  -> up 0.01 * 0.125 = 0.00125,      down 0.01 * 0.5 = 0.005
-    # w = 0.5: omega = 0.25 -> up 0.01 * 0.015625 = 0.00015625, down 0.01 * 0.75 = 0.0075
-    # w = 1:   omega = 0    -> up 0,                             down 0.01
+    # gamma = 2, beta = -0.5 (aihwkit's one-sided pow_up_down: < 0 lowers the up exponent):
+    # gamma+ = 2 * (1 - 0.5) = 1, gamma- = 2; with beta = +0.5: gamma+ = 2, gamma- = 1
+    # bounds +-1, beta = -0.5:
+    # w = 0:   omega = 0.5  -> up 0.01 * 0.5 = 0.005,   down 0.01 * 0.25 = 0.0025
+    # w = 0.5: omega = 0.25 -> up 0.01 * 0.25 = 0.0025, down 0.01 * 0.5625 = 0.005625
+    # w = 1:   omega = 0    -> up 0,                    down 0.01
     params = {"w_min": -1.0, "w_max": 1.0, "pow_gamma": 2.0, "pow_gamma_dtod": 0.0,
-              "pow_up_down": 0.5, "pow_up_down_dtod": 0.0}
+              "pow_up_down": -0.5, "pow_up_down_dtod": 0.0}
     ups, downs = _steps("pow_step", params, [0.0, 0.5, 1.0])
-    assert ups == pytest.approx([0.00125, 0.00015625, 0.0], abs=1e-9)
-    assert downs == pytest.approx([0.005, 0.0075, 0.01], abs=1e-9)
+    assert ups == pytest.approx([0.005, 0.0025, 0.0], abs=1e-9)
+    assert downs == pytest.approx([0.0025, 0.005625, 0.01], abs=1e-9)
+    # beta = +0.5 at w = 0: up 0.01 * 0.25, down 0.01 * 0.5
+    ups, downs = _steps("pow_step", {**params, "pow_up_down": 0.5}, [0.0])
+    assert (ups, downs) == (pytest.approx([0.0025]), pytest.approx([0.005]))
 
 
 def test_pow_step_gamma_draw():
-    # gamma = 2, beta = 0.5 without spread: per-device exponents 3 and 1
+    # gamma = 2, beta = 0.5 without spread: per-device exponents 2 (up kept) and 1
     model = _model("pow_step", {**NO_DTOD, "pow_gamma": 2.0, "pow_gamma_dtod": 0.0,
                                 "pow_up_down": 0.5})
     state = _state(model)
-    assert torch.allclose(state["pow_gamma_up"], torch.tensor(3.0))
+    assert torch.allclose(state["pow_gamma_up"], torch.tensor(2.0))
     assert torch.allclose(state["pow_gamma_down"], torch.tensor(1.0))
 
 
@@ -233,8 +241,7 @@ SPECIFIC_BAD = {
     "linear_step": [({"gamma_up_dtod": -0.1}, "gamma_up_dtod"),
                     ({"gamma_down_dtod": -0.1}, "gamma_down_dtod"),
                     ({"w_min": -1.0, "w_max": -0.5}, "w_max")],
-    "exp_step": [({"A_up": -0.1}, "A_up"), ({"A_down": -0.1}, "A_down"),
-                 ({"dw_min_std_add": -0.1}, "dw_min_std_add"),
+    "exp_step": [({"dw_min_std_add": -0.1}, "dw_min_std_add"),
                  ({"dw_min_std_slope": -0.1}, "dw_min_std_slope"),
                  ({"gamma_up": "steep"}, "gamma_up")],
     "pow_step": [({"pow_gamma": 0.0}, "pow_gamma"), ({"pow_gamma": -1.0}, "pow_gamma"),

@@ -22,25 +22,36 @@ coefficients of :meth:`DeviceModel.affine` for models declared :attr:`DeviceMode
 and the calibration fitter's mean step (``rpuhw.calibration.fit_models``).
 
 Per-device parameters (``dw_up``, ``dw_down``, ``w_min``, ``w_max`` and each
-model's extras) are drawn once per array from a seeded generator:
+model's extras) are drawn once per array from a seeded generator, exactly as aihwkit 1.2
+draws them (``PulsedRPUDevice::populate``), each :math:`\\xi_k` an independent standard
+normal:
 
 .. math::
 
-    g_{ij} = [1 + \\sigma_{dtod}\\xi]_+ ,\\quad
-    r_{ij} = \\text{up\\_down} + \\text{up\\_down\\_dtod}\\,\\xi'
+    g_{ij} = 1 + \\text{dw\\_min\\_dtod}\\,\\xi_1
+    \\;(\\text{or } e^{\\text{dw\\_min\\_dtod}\\,\\xi_1}
+    \\text{ with dw\\_min\\_dtod\\_log\\_normal}),\\quad
+    r_{ij} = \\text{up\\_down\\_dtod}\\,\\xi_2
 
-    \\Delta w^{up}_{ij} = \\text{dw\\_min}\\,g_{ij}\\,[1 + r_{ij}]_+ ,\\quad
-    \\Delta w^{down}_{ij} = \\text{dw\\_min}\\,g_{ij}\\,[1 - r_{ij}]_+
+    \\Delta w^{up}_{ij} = \\text{dw\\_min}\\,(\\min(\\text{up\\_down}, 0) + g_{ij} + r_{ij}),
+    \\quad
+    \\Delta w^{down}_{ij} = \\text{dw\\_min}\\,(-\\max(\\text{up\\_down}, 0) + g_{ij} - r_{ij})
 
-    w^{max}_{ij} = w_{max}\\,[1 + \\text{w\\_max\\_dtod}\\,\\xi'']_+ ,\\quad
-    w^{min}_{ij} = w_{min}\\,[1 + \\text{w\\_min\\_dtod}\\,\\xi''']_+
+    b^{max}_{ij} = w_{max}\\,(1 + \\text{w\\_max\\_dtod}\\,\\xi_3),\\quad
+    b^{min}_{ij} = w_{min}\\,(1 + \\text{w\\_min\\_dtod}\\,\\xi_4)
 
-(:math:`[\\cdot]_+` truncates at zero, so no device steps against its pulse on
-average; a device whose drawn bounds cross is pinned at their midpoint.)
+So ``up_down`` is one-sided: ``up_down > 0`` shrinks only the down step (mean
+``dw_min (1 - up_down)``, the up step stays ``dw_min``), ``up_down < 0`` only the up step;
+``up_down_dtod`` enters both directions with opposite signs, in units of ``dw_min``. With
+``enforce_consistency`` (default) negative steps are reflected (``|.|``), crossed bounds
+swapped, then ``b_max = |b_max|``, ``b_min = -|b_min|``; without it a device whose bounds
+cross is pinned at their midpoint and steps keep their sign. :func:`one_sided_from_moments`
+is the inverse (population parameters from per-device steps, used by the fitter).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
@@ -57,6 +68,7 @@ from rpuhw.devices.rule import (
     multiplicative,
     pulse_of,
 )
+from rpuhw.errors import ConfigError
 
 if TYPE_CHECKING:  # torch is imported where a model draws or steps: `rpuhw models` needs none
     import torch
@@ -67,36 +79,79 @@ State = dict[str, "torch.Tensor"]
 BASE_STATE = ("dw_up", "dw_down", "w_min", "w_max")
 
 
+ANY = object()
+"""Marks an unsupported aihwkit key that has no effect whatever its value (it only matters
+together with another unsupported key, which is checked itself)."""
+
+AIHWKIT_UNSUPPORTED: dict[str, tuple[object, str]] = {
+    "construction_seed": (0, "rpuhw draws the devices from the array's own seed"),
+    "corrupt_devices_prob": (0.0, "stuck (corrupt) devices are not simulated"),
+    "corrupt_devices_range": (ANY, "only used with corrupt_devices_prob"),
+    "diffusion": (0.0, "weight diffusion is not simulated"),
+    "diffusion_dtod": (ANY, "only used with diffusion"),
+    "drift": (None, "conductance drift is not simulated"),
+    "lifetime": (0.0, "weight decay is not simulated"),
+    "lifetime_dtod": (ANY, "only used with lifetime"),
+    "reset": (0.0, "rpuhw never resets devices"),
+    "reset_dtod": (ANY, "only used by device resets, which rpuhw never does"),
+    "reset_std": (ANY, "only used by device resets, which rpuhw never does"),
+    "perfect_bias": (False, "rpuhw arrays have no analog bias column"),
+    "count_pulses": (ANY, "a diagnostic switch of aihwkit, no effect on the device"),
+}
+"""aihwkit 1.2 ``PulsedDevice`` keys that rpuhw does not simulate: key -> (the value at which
+the key has no effect, or :data:`ANY`; what rpuhw lacks). A device YAML may carry them only
+at that value (:func:`check_aihwkit_keys`)."""
+
+WRITE_NOISE_UNSUPPORTED: dict[str, tuple[object, str]] = {
+    "write_noise_std": (0.0, "write noise (aihwkit's hidden persistent weight) is not "
+                             "simulated"),
+    "apply_write_noise_on_set": (ANY, "only used with write_noise_std"),
+}
+"""Write-noise keys of aihwkit's LinearStep, SoftBounds, ExpStep, PowStep and PiecewiseStep."""
+
+
 @dataclass
 class PulsedDeviceParams:
-    """Parameters shared by every pulsed device model (aihwkit's names and meanings)."""
+    """Parameters shared by every pulsed device model: aihwkit 1.2's ``PulsedDevice`` names
+    with aihwkit's meanings and defaults (module docstring for the draws)."""
 
     dw_min: float = 0.001
-    """Mean step size of one pulse (weight units), before asymmetry and spreads."""
+    """Step of one pulse of the mean device in its larger direction (weight units); the
+    smaller direction's step is ``dw_min (1 - |up_down|)``."""
 
     dw_min_dtod: float = 0.3
-    """Device-to-device spread of the step size, relative to ``dw_min``."""
+    """Device-to-device spread of the step gain g, relative (g = 1 + dw_min_dtod xi)."""
+
+    dw_min_dtod_log_normal: bool = False
+    """Draw the gain log-normally, g = exp(dw_min_dtod xi), instead of 1 + dw_min_dtod xi."""
 
     dw_min_std: float = 0.3
     """Cycle-to-cycle (pulse-to-pulse) spread of each step, relative to the step."""
 
     up_down: float = 0.0
-    """Systematic up/down asymmetry r: up steps scale by (1 + r), down steps by (1 - r)."""
+    """One-sided up/down asymmetry (aihwkit): > 0 shrinks the down step to
+    dw_min (1 - up_down), < 0 the up step to dw_min (1 + up_down); the other stays dw_min."""
 
     up_down_dtod: float = 0.01
-    """Device-to-device spread of the asymmetry r (absolute)."""
+    """Device-to-device spread of the asymmetry, in units of dw_min: + on the up step,
+    - on the down step."""
 
     w_min: float = -0.6
-    """Mean lower weight bound (weight units)."""
+    """Mean lower weight bound (weight units, <= 0)."""
 
     w_max: float = 0.6
-    """Mean upper weight bound (weight units)."""
+    """Mean upper weight bound (weight units, >= 0)."""
 
     w_min_dtod: float = 0.3
     """Device-to-device spread of the lower bound, relative to ``w_min``."""
 
     w_max_dtod: float = 0.3
     """Device-to-device spread of the upper bound, relative to ``w_max``."""
+
+    enforce_consistency: bool = True
+    """aihwkit's consistency of the draws: negative steps reflected (|.|), crossed bounds
+    swapped, then w_max >= 0 >= w_min per device. False: crossed bounds pin a device at their
+    midpoint and a negative step stays negative (the device moves against its pulse)."""
 
     def validate(self) -> None:
         """Check value ranges; raises ConfigError naming the key."""
@@ -107,14 +162,145 @@ class PulsedDeviceParams:
         require(-1 < self.up_down < 1, "up_down", f"must be in (-1, 1), got {self.up_down}")
         require(self.w_min < self.w_max, "w_min",
                 f"must be < w_max, got w_min={self.w_min} >= w_max={self.w_max}")
+        require(self.w_min <= 0, "w_min",
+                f"must be <= 0 ([w_min, w_max] must contain 0, as in aihwkit), got {self.w_min}")
+        require(self.w_max >= 0, "w_max",
+                f"must be >= 0 ([w_min, w_max] must contain 0, as in aihwkit), got {self.w_max}")
 
 
-def _spread(gen: torch.Generator, rows: int, cols: int, sigma: float) -> torch.Tensor:
-    """Factor ``[1 + sigma * N(0,1)]_+`` per device (float64)."""
+def _normal(gen: torch.Generator, rows: int, cols: int) -> torch.Tensor:
+    """Standard normals [rows, cols] (float64)."""
     import torch
 
-    xi = torch.randn(rows, cols, generator=gen, dtype=torch.float64)
-    return (1.0 + sigma * xi).clamp_min(0.0)
+    return torch.randn(rows, cols, generator=gen, dtype=torch.float64)
+
+
+def one_sided_pair(scale: float, up_down: float, gain, r) -> tuple:
+    """aihwkit's one-sided pair: ``(scale (min(up_down, 0) + gain + r),
+    scale (-max(up_down, 0) + gain - r))`` (per-device steps, or pow_step's exponents)."""
+    return (scale * (min(up_down, 0.0) + gain + r), scale * (-max(up_down, 0.0) + gain - r))
+
+
+@dataclass(frozen=True)
+class OneSided:
+    """Population parameters of an aihwkit one-sided pair (:func:`one_sided_pair`)."""
+
+    scale: float
+    """``dw_min`` (or ``pow_gamma``): the mean of the larger direction."""
+    up_down: float
+    """``up_down`` (or ``pow_up_down``)."""
+    scale_dtod: float
+    """``dw_min_dtod`` (or ``pow_gamma_dtod``): spread of the gain, relative."""
+    up_down_dtod: float
+    """``up_down_dtod`` (or ``pow_up_down_dtod``): spread of r, in units of the scale."""
+
+
+def one_sided_from_moments(mean_sum: float, sd_sum: float, mean_diff: float, sd_diff: float
+                           ) -> OneSided:
+    """Inverse of the one-sided draw (:func:`one_sided_pair` with normal gain and r).
+
+    Per device, with up value u and down value v, the half-sum ``s = (u + v)/2`` and half-
+    difference ``a = (u - v)/2`` are ``s = scale (g - |up_down|/2)``,
+    ``a = scale (up_down/2 + r)``; so, from their population means and spreads,
+    ``scale = E s + |E a|``, ``up_down = 2 E a / scale``, ``scale_dtod = sd(s) / scale``,
+    ``up_down_dtod = sd(a) / scale`` (exact without enforce_consistency's reflection,
+    which touches only devices with a negative draw).
+    """
+    scale = float(mean_sum) + abs(float(mean_diff))
+    if scale <= 0:
+        return OneSided(0.0, 0.0, 0.0, 0.0)
+    return OneSided(scale=scale, up_down=2.0 * float(mean_diff) / scale,
+                    scale_dtod=float(sd_sum) / scale, up_down_dtod=float(sd_diff) / scale)
+
+
+def migrate_legacy_steps(dw_min: float, dw_min_dtod: float, up_down: float,
+                         up_down_dtod: float) -> dict[str, float]:
+    """aihwkit-meaning step keys for a device written with rpuhw's old symmetric ``up_down``.
+
+    The old draw was ``dw_up = dw_min g (1 + r)``, ``dw_down = dw_min g (1 - r)`` with
+    ``g = 1 + dw_min_dtod xi``, ``r = up_down + up_down_dtod xi'``. The result keeps the
+    mean up and down steps exactly and the device-to-device spreads of their half-sum
+    (``dw_min dw_min_dtod``) and half-difference
+    (``dw_min sqrt(dtod^2 up_down^2 + up_down_dtod^2 (1 + dtod^2))``), i.e. the mean of the
+    up and down variances; the old draw's correlation of the two (product form) has no
+    aihwkit counterpart.
+    """
+    var_diff = ((1.0 + dw_min_dtod ** 2) * (up_down ** 2 + up_down_dtod ** 2)
+                - up_down ** 2)
+    new = one_sided_from_moments(dw_min, dw_min * dw_min_dtod, dw_min * up_down,
+                                 dw_min * math.sqrt(max(var_diff, 0.0)))
+    return {"dw_min": new.scale, "dw_min_dtod": new.scale_dtod, "up_down": new.up_down,
+            "up_down_dtod": new.up_down_dtod}
+
+
+def migrate_legacy_pow(pow_gamma: float, pow_gamma_dtod: float, pow_up_down: float,
+                       pow_up_down_dtod: float) -> dict[str, float]:
+    """aihwkit-meaning pow_step exponent keys for a device written with rpuhw's old symmetric
+    ``pow_up_down`` (``gamma_up/down = pow_gamma (gain +- beta)``, gain and beta independent
+    normals): keeps the means and spreads of both exponents exactly."""
+    new = one_sided_from_moments(pow_gamma, pow_gamma * pow_gamma_dtod,
+                                 pow_gamma * pow_up_down, pow_gamma * pow_up_down_dtod)
+    return {"pow_gamma": new.scale, "pow_gamma_dtod": new.scale_dtod,
+            "pow_up_down": new.up_down, "pow_up_down_dtod": new.up_down_dtod}
+
+
+def migrate_legacy_mapping(data: dict) -> dict:
+    """A device YAML mapping written with rpuhw's old (symmetric) ``up_down`` and
+    ``pow_up_down``, rewritten with aihwkit's meanings so that its device keeps its per-device
+    statistics (:func:`migrate_legacy_steps`, :func:`migrate_legacy_pow`). Keys the mapping
+    leaves out take the model's defaults; only the converted keys are (re)written."""
+    from rpuhw.devices.registry import get_model
+
+    out = dict(data)
+    defaults = get_model(str(data.get("model", "constant_step"))).Params()
+
+    def get(key: str) -> float:
+        return float(data.get(key, getattr(defaults, key)))
+
+    old = [get(k) for k in ("dw_min", "dw_min_dtod", "up_down", "up_down_dtod")]
+    if old[2] != 0.0:
+        out.update({k: _round(v) for k, v in migrate_legacy_steps(*old).items()})
+    if hasattr(defaults, "pow_gamma"):
+        old = [get(k) for k in ("pow_gamma", "pow_gamma_dtod", "pow_up_down",
+                                "pow_up_down_dtod")]
+        if old[2] != 0.0:
+            out.update({k: _round(v) for k, v in migrate_legacy_pow(*old).items()})
+    return out
+
+
+def _round(v: float) -> float:
+    """Six significant digits (for YAML files)."""
+    return float(f"{v:.6g}")
+
+
+def check_aihwkit_keys(unsupported: dict[str, tuple[object, str]], data: dict,
+                       source: str) -> dict:
+    """``data`` without the aihwkit keys rpuhw does not simulate that sit at their no-effect
+    value; any other value of such a key raises one ConfigError naming it."""
+    out = dict(data)
+    for key in list(out):
+        if key not in unsupported:
+            continue
+        neutral, why = unsupported[key]
+        value = out.pop(key)
+        if neutral is ANY or _same(value, neutral):
+            continue
+        shown = "" if neutral is None else f" (or set it to {neutral!r})"
+        raise ConfigError(f"aihwkit's {key} = {value!r} is not supported by rpuhw ({why}); "
+                          f"remove the key{shown}", source=source, key=key)
+    return out
+
+
+def _same(value: object, neutral: object) -> bool:
+    if neutral is None:  # a block such as drift: absent, empty, or all zero
+        return value is None or value == {} or (
+            isinstance(value, dict) and all(not v for v in value.values()))
+    if isinstance(neutral, bool) or isinstance(value, bool):
+        return value is neutral
+    try:
+        return float(value) == float(neutral)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return False
 
 
 class _CompiledPulse:
@@ -136,6 +322,10 @@ class DeviceModel:
 
     Params: ClassVar[type[PulsedDeviceParams]] = PulsedDeviceParams
     """Dataclass of the model's YAML keys."""
+
+    unsupported: ClassVar[dict[str, tuple[object, str]]] = AIHWKIT_UNSUPPORTED
+    """Keys of the model's aihwkit twin that rpuhw does not simulate (key -> no-effect
+    value, reason); a device YAML may carry them only at that value."""
 
     extra_state: ClassVar[tuple[str, ...]] = ()
     """Names of model-specific per-device tensors (after ``BASE_STATE``)."""
@@ -183,27 +373,35 @@ class DeviceModel:
         return BASE_STATE + self.extra_state
 
     def draw(self, rows: int, cols: int, gen: torch.Generator) -> State:
-        """Draw every per-device parameter once for an array of ``rows x cols`` devices."""
+        """Draw every per-device parameter once for an array of ``rows x cols`` devices
+        (aihwkit 1.2's ``populate``, module docstring)."""
         import torch
 
         p = self.params
-        g = _spread(gen, rows, cols, p.dw_min_dtod)
-        r = p.up_down + p.up_down_dtod * torch.randn(rows, cols, generator=gen,
-                                                     dtype=torch.float64)
-        w_max = p.w_max * _spread(gen, rows, cols, p.w_max_dtod)
-        w_min = p.w_min * _spread(gen, rows, cols, p.w_min_dtod)
+        xi = _normal(gen, rows, cols)
+        g = torch.exp(p.dw_min_dtod * xi) if p.dw_min_dtod_log_normal else 1.0 + p.dw_min_dtod * xi
+        r = p.up_down_dtod * _normal(gen, rows, cols)
+        dw_up, dw_down = one_sided_pair(p.dw_min, p.up_down, g, r)
+        w_max = p.w_max * (1.0 + p.w_max_dtod * _normal(gen, rows, cols))
+        w_min = p.w_min * (1.0 + p.w_min_dtod * _normal(gen, rows, cols))
         crossed = w_min > w_max
-        mid = 0.5 * (w_min + w_max)
-        w_min = torch.where(crossed, mid, w_min)
-        w_max = torch.where(crossed, mid, w_max)
-        state = {
-            "dw_up": p.dw_min * g * (1.0 + r).clamp_min(0.0),
-            "dw_down": p.dw_min * g * (1.0 - r).clamp_min(0.0),
-            "w_min": w_min,
-            "w_max": w_max,
-        }
+        if p.enforce_consistency:
+            dw_up, dw_down = dw_up.abs(), dw_down.abs()
+            w_min, w_max = torch.where(crossed, w_max, w_min), torch.where(crossed, w_min, w_max)
+            w_min, w_max = -w_min.abs(), w_max.abs()
+        else:
+            mid = 0.5 * (w_min + w_max)
+            w_min = torch.where(crossed, mid, w_min)
+            w_max = torch.where(crossed, mid, w_max)
+        state = {"dw_up": dw_up, "dw_down": dw_down, "w_min": w_min, "w_max": w_max}
         state.update(self.draw_extra(state, rows, cols, gen))
         return {k: v.to(torch.float32) for k, v in state.items()}
+
+    def granularity(self) -> float:
+        """aihwkit's weight granularity (``calcWeightGranularity``, weight units): the step
+        its update management and BL management assume for one coincidence. ``dw_min`` here;
+        models whose step at w = 0 differs from ``dw_min`` override it."""
+        return float(self.params.dw_min)
 
     def draw_extra(self, state: State, rows: int, cols: int, gen: torch.Generator) -> State:
         """Model-specific per-device tensors (float64); default none."""

@@ -5,7 +5,9 @@
     \\Delta_{up}(w) = \\Delta w^{up}_{ij},\\qquad \\Delta_{down}(w) = \\Delta w^{down}_{ij}
 
 so n pulses in one direction add :math:`n\\Delta` plus Gaussian noise of
-variance :math:`n(\\sigma_{c2c}\\Delta)^2`, then clip to the device's bounds.
+variance :math:`n(\\sigma_{c2c}\\Delta)^2`, then clip to the device's bounds: aihwkit's
+ConstantStepDevice, with the per-device steps and bounds drawn as aihwkit draws them
+(:mod:`rpuhw.devices.base`).
 """
 
 from __future__ import annotations

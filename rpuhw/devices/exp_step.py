@@ -10,7 +10,9 @@
     \\max\\big(1 - A_{down}\\,e^{-\\gamma_{down} z_{ij}},\\,0\\big)
 
 with tile-wide fit parameters :math:`A_d, \\gamma_d, a, b` (no device-to-device
-spread; ``dw_min``, ``up_down`` and the bounds keep theirs). Cycle-to-cycle noise
+spread; ``dw_min``, ``up_down`` and the bounds keep theirs). :math:`A_d` may be negative
+(aihwkit's ReRamES preset: the step then grows towards the bound). A device whose bounds
+coincide does not move. Cycle-to-cycle noise
 has a floor and a weight-dependent part:
 
 .. math::
@@ -20,18 +22,26 @@ has a floor and a weight-dependent part:
     w^{min}_{ij},\\; w^{max}_{ij}\\big)
 
 with :math:`\\sigma_{add}` = ``dw_min_std_add`` and :math:`\\sigma_{slope}` =
-``dw_min_std_slope``; with both zero this is the usual multiplicative noise
-:math:`\\Delta_d(w)(1 + \\sigma_{c2c}\\xi)`. Not affine in ``w``.
+``dw_min_std_slope`` (absolute, weight units, not scaled by ``dw_min``); with both zero
+this is the usual multiplicative noise :math:`\\Delta_d(w)(1 + \\sigma_{c2c}\\xi)`. Not
+affine in ``w``. aihwkit's weight granularity is the mean device's down step at
+``w = 0`` (:meth:`ExpStep.granularity`); ``write_noise_std`` is not simulated.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 
 from rpuhw.config import require
-from rpuhw.devices.base import DeviceModel, PulsedDeviceParams
+from rpuhw.devices.base import (
+    AIHWKIT_UNSUPPORTED,
+    WRITE_NOISE_UNSUPPORTED,
+    DeviceModel,
+    PulsedDeviceParams,
+)
 from rpuhw.devices.registry import register_model
 from rpuhw.devices.rule import maximum, minimum
 
@@ -63,10 +73,10 @@ class ExpStepParams(PulsedDeviceParams):
     """Parameters of ``exp_step`` (aihwkit's ExpStepDevice names and defaults)."""
 
     A_up: float = 0.00081
-    """Factor A of the up step's exponential (dimensionless, >= 0)."""
+    """Factor A of the up step's exponential (dimensionless; < 0: the step grows)."""
 
     A_down: float = 0.36833
-    """Factor A of the down step's exponential (dimensionless, >= 0)."""
+    """Factor A of the down step's exponential (dimensionless; < 0: the step grows)."""
 
     gamma_up: float = 12.44625
     """Exponent gamma of the up step, per unit of z (dimensionless)."""
@@ -88,7 +98,7 @@ class ExpStepParams(PulsedDeviceParams):
 
     def validate(self) -> None:
         super().validate()
-        for key in ("A_up", "A_down", "dw_min_std_add", "dw_min_std_slope"):
+        for key in ("dw_min_std_add", "dw_min_std_slope"):
             require(getattr(self, key) >= 0, key, f"must be >= 0, got {getattr(self, key)}")
 
 
@@ -98,8 +108,18 @@ class ExpStep(DeviceModel):
 
     name = "exp_step"
     Params = ExpStepParams
+    unsupported = {**AIHWKIT_UNSUPPORTED, **WRITE_NOISE_UNSUPPORTED}
     mean_step = mean_step
     noise = noise
+
+    def granularity(self) -> float:
+        """aihwkit's ExpStep granularity: the mean device's down step at w = 0,
+        ``dw_min (1 - max(up_down, 0)) max(1 - A_down e^(-gamma_down b), 0)`` (aihwkit
+        averages the down step with itself), or ``dw_min`` where that is 0."""
+        p: ExpStepParams = self.params  # type: ignore[assignment]
+        down = (p.dw_min * (1.0 - max(p.up_down, 0.0))
+                * max(1.0 - p.A_down * math.exp(min(-p.gamma_down * p.b, _EXP_MAX)), 0.0))
+        return down if down > 0 else float(p.dw_min)
 
     def constants(self) -> list[float]:
         p: ExpStepParams = self.params  # type: ignore[assignment]

@@ -9,10 +9,16 @@
     \\gamma^{-}_{ij} = -|\\gamma_{down} + \\gamma^{dtod}_{down}\\xi| / b^{min}
 
 with :math:`b^{max}, b^{min}` the mean bounds ``w_max, w_min``
-(``mean_bound_reference: true``) or the device's own. ``gamma = 1`` with no
-spread is soft bounds. Noise is multiplicative,
-:math:`\\Delta(w)(1+\\sigma\\xi)`, or with ``mult_noise: false`` additive,
-:math:`\\Delta(w) + \\Delta w^{d}_{ij}\\sigma\\xi`. Affine in ``w``.
+(``mean_bound_reference: true``) or the device's own; a reference bound of 0 gives no
+slope (aihwkit's ``w_ref == 0``). ``allow_increasing: true`` keeps the sign of
+:math:`\\gamma + \\gamma^{dtod}\\xi` (no ``|.|``). This is aihwkit's
+``slope = -|gamma| scale / w_ref``, step ``slope w + scale``: at the mean bound the mean
+step has fallen by the fraction ``gamma``. ``gamma = 1`` with no spread and the own
+bounds is soft bounds. Noise is multiplicative, :math:`\\Delta(w)(1+\\sigma\\xi)`, or
+with ``mult_noise: false`` additive on the constant part only,
+:math:`\\Delta(w) + \\Delta w^{d}_{ij}\\sigma\\xi` (aihwkit's ``slope w + scale (1 +
+sigma xi)``). Affine in ``w``. aihwkit's ``write_noise_std`` and ``reverse_up/down`` are
+not simulated (rejected unless at their no-effect values).
 """
 
 from __future__ import annotations
@@ -20,7 +26,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from rpuhw.config import require
-from rpuhw.devices.base import DeviceModel, PulsedDeviceParams
+from rpuhw.devices.base import (
+    AIHWKIT_UNSUPPORTED,
+    ANY,
+    WRITE_NOISE_UNSUPPORTED,
+    DeviceModel,
+    PulsedDeviceParams,
+)
 from rpuhw.devices.registry import register_model
 
 
@@ -67,10 +79,24 @@ class LinearStepParams(PulsedDeviceParams):
 
     def validate(self) -> None:
         super().validate()
-        require(self.w_max > 0, "w_max", f"linear_step needs w_max > 0, got {self.w_max}")
-        require(self.w_min < 0, "w_min", f"linear_step needs w_min < 0, got {self.w_min}")
         for key in ("gamma_up_dtod", "gamma_down_dtod"):
             require(getattr(self, key) >= 0, key, f"must be >= 0, got {getattr(self, key)}")
+
+
+def _slope(gamma, ref):
+    """aihwkit's relative slope ``-gamma / ref``, 0 where the reference bound is 0."""
+    import torch
+
+    safe = torch.where(ref == 0, torch.ones_like(ref), ref)
+    return torch.where(ref == 0, torch.zeros_like(gamma), -gamma / safe)
+
+
+REVERSE_UNSUPPORTED: dict[str, tuple[object, str]] = {
+    "reverse_up": (False, "aihwkit's reversed up slope is not simulated"),
+    "reverse_down": (False, "aihwkit's reversed down slope is not simulated"),
+    "reverse_offset": (ANY, "only used with reverse_up / reverse_down"),
+}
+"""aihwkit LinearStep/SoftBounds keys rpuhw does not simulate (see :data:`AIHWKIT_UNSUPPORTED`)."""
 
 
 @register_model
@@ -79,6 +105,7 @@ class LinearStep(DeviceModel):
 
     name = "linear_step"
     Params = LinearStepParams
+    unsupported = {**AIHWKIT_UNSUPPORTED, **WRITE_NOISE_UNSUPPORTED, **REVERSE_UNSUPPORTED}
     extra_state = ("gamma_up", "gamma_down")
     mean_step = mean_step
     noise = noise
@@ -94,9 +121,9 @@ class LinearStep(DeviceModel):
                                                                 dtype=torch.float64)
         if not p.allow_increasing:
             g_up, g_down = g_up.abs(), g_down.abs()
-        b_max = p.w_max if p.mean_bound_reference else state["w_max"].clamp_min(1e-12)
-        b_min = p.w_min if p.mean_bound_reference else state["w_min"].clamp_max(-1e-12)
-        return {"gamma_up": -g_up / b_max, "gamma_down": -g_down / b_min}
+        b_max = torch.full_like(g_up, p.w_max) if p.mean_bound_reference else state["w_max"]
+        b_min = torch.full_like(g_up, p.w_min) if p.mean_bound_reference else state["w_min"]
+        return {"gamma_up": _slope(g_up, b_max), "gamma_down": _slope(g_down, b_min)}
 
     def constants(self) -> list[float]:
         return [self.params.dw_min_std, 1.0 if self.params.mult_noise else 0.0]

@@ -12,8 +12,11 @@ is linearly interpolated:
 
     \\Delta_{d}(w) = \\Delta w^{d}_{ij}\\,\\big((1 - q)\\,v^{d}_{k} + q\\,v^{d}_{k+1}\\big)
 
-(a device whose bounds coincide uses :math:`v^{d}_0`). The two tables may have different
-lengths (aihwkit requires equal ones). Noise is multiplicative. Not affine in ``w``.
+(a device whose bounds coincide uses :math:`v^{d}_0`). This is aihwkit's
+PiecewiseStepDevice update with the same key names and meanings; the one extension is that
+the two tables may have different lengths (aihwkit requires equal ones: such a device has
+no aihwkit twin). Noise is multiplicative. Not affine in ``w``. aihwkit's
+``write_noise_std`` is not simulated.
 """
 
 from __future__ import annotations
@@ -23,7 +26,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from rpuhw.config import require
-from rpuhw.devices.base import DeviceModel, PulsedDeviceParams
+from rpuhw.devices.base import (
+    AIHWKIT_UNSUPPORTED,
+    WRITE_NOISE_UNSUPPORTED,
+    DeviceModel,
+    PulsedDeviceParams,
+)
 from rpuhw.devices.registry import register_model
 from rpuhw.devices.rule import maximum, minimum
 
@@ -74,6 +82,7 @@ class Piecewise(DeviceModel):
 
     name = "piecewise"
     Params = PiecewiseParams
+    unsupported = {**AIHWKIT_UNSUPPORTED, **WRITE_NOISE_UNSUPPORTED}
     mean_step = mean_step
 
     def constants(self) -> list[float]:

@@ -8,15 +8,19 @@ A shifted Fusi & Abbott (2007) synapse. With the relative distance to the upper 
     \\Delta_{up}(w) = \\Delta w^{up}_{ij}\\,\\omega_{ij}^{\\gamma^{+}_{ij}},\\qquad
     \\Delta_{down}(w) = \\Delta w^{down}_{ij}\\,(1 - \\omega_{ij})^{\\gamma^{-}_{ij}}
 
-    \\gamma^{d}_{ij} = \\big|\\gamma\\,(1 + d\\,\\beta_{ij} + \\sigma_{\\gamma}\\xi_{ij})\\big|,
-    \\qquad \\beta_{ij} = \\text{pow\\_up\\_down} + \\text{pow\\_up\\_down\\_dtod}\\,\\xi'_{ij}
+    \\gamma^{+}_{ij} = \\gamma\\,(\\min(\\beta, 0) + g_{ij} + r_{ij}),\\qquad
+    \\gamma^{-}_{ij} = \\gamma\\,(-\\max(\\beta, 0) + g_{ij} - r_{ij})
 
-with :math:`\\gamma` = ``pow_gamma``, :math:`\\sigma_{\\gamma}` = ``pow_gamma_dtod``,
-:math:`d = \\pm 1` and one :math:`\\xi_{ij}` shared by both directions (``|.|`` as
-aihwkit's ``enforce_consistency``). :math:`\\omega` is clamped to [0, 1]. Note that
-:math:`\\Delta w^{d}_{ij}` is the step at the far bound, not at ``w = 0``;
-``pow_gamma = 1`` without spread is soft bounds. Noise is multiplicative. Not affine
-in ``w``.
+with :math:`\\gamma` = ``pow_gamma``, :math:`\\beta` = ``pow_up_down``,
+:math:`g_{ij} = 1 + \\text{pow\\_gamma\\_dtod}\\,\\xi` and
+:math:`r_{ij} = \\text{pow\\_up\\_down\\_dtod}\\,\\xi'` drawn once per device: aihwkit's
+one-sided scheme, the same as ``up_down``'s (``pow_up_down > 0`` lowers only the down
+exponent, to :math:`\\gamma(1 - \\beta)`; < 0 only the up exponent). ``|.|`` is taken
+with ``enforce_consistency``. :math:`\\omega` is clamped to [0, 1]; a device whose bounds
+coincide does not move. Note that :math:`\\Delta w^{d}_{ij}` is the step at the far
+bound, not at ``w = 0`` (aihwkit's weight granularity is ``dw_min 0.5^pow_gamma``);
+``pow_gamma = 1`` without spread is soft bounds. Noise is multiplicative. Not affine in
+``w``. aihwkit's ``write_noise_std`` is not simulated.
 """
 
 from __future__ import annotations
@@ -24,7 +28,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from rpuhw.config import require
-from rpuhw.devices.base import DeviceModel, PulsedDeviceParams
+from rpuhw.devices.base import (
+    AIHWKIT_UNSUPPORTED,
+    WRITE_NOISE_UNSUPPORTED,
+    DeviceModel,
+    PulsedDeviceParams,
+    one_sided_pair,
+)
 from rpuhw.devices.registry import register_model
 from rpuhw.devices.rule import maximum, minimum
 
@@ -53,10 +63,12 @@ class PowStepParams(PulsedDeviceParams):
     """Device-to-device spread of the exponent, relative to ``pow_gamma``."""
 
     pow_up_down: float = 0.0
-    """Up/down bias beta of the exponent: gamma_up/down = gamma (1 +/- beta) (dimensionless)."""
+    """One-sided up/down bias beta of the exponents (aihwkit): > 0 lowers the down exponent
+    to gamma (1 - beta), < 0 the up exponent to gamma (1 + beta) (dimensionless)."""
 
     pow_up_down_dtod: float = 0.0
-    """Device-to-device spread of beta (absolute, i.e. relative to ``pow_gamma``)."""
+    """Device-to-device spread of the bias, in units of ``pow_gamma``: + on the up exponent,
+    - on the down exponent."""
 
     def validate(self) -> None:
         super().validate()
@@ -73,8 +85,14 @@ class PowStep(DeviceModel):
 
     name = "pow_step"
     Params = PowStepParams
+    unsupported = {**AIHWKIT_UNSUPPORTED, **WRITE_NOISE_UNSUPPORTED}
     extra_state = ("pow_gamma_up", "pow_gamma_down")
     mean_step = mean_step
+
+    def granularity(self) -> float:
+        """aihwkit's PowStep granularity ``dw_min 0.5^pow_gamma``."""
+        p: PowStepParams = self.params  # type: ignore[assignment]
+        return float(p.dw_min * 0.5 ** p.pow_gamma)
 
     def draw_extra(self, state, rows, cols, gen):
         import torch  # here: listing or validating models loads no torch
@@ -82,7 +100,8 @@ class PowStep(DeviceModel):
         p: PowStepParams = self.params  # type: ignore[assignment]
         gain = 1.0 + p.pow_gamma_dtod * torch.randn(rows, cols, generator=gen,
                                                     dtype=torch.float64)
-        beta = p.pow_up_down + p.pow_up_down_dtod * torch.randn(rows, cols, generator=gen,
-                                                                dtype=torch.float64)
-        return {"pow_gamma_up": (p.pow_gamma * (gain + beta)).abs(),
-                "pow_gamma_down": (p.pow_gamma * (gain - beta)).abs()}
+        r = p.pow_up_down_dtod * torch.randn(rows, cols, generator=gen, dtype=torch.float64)
+        up, down = one_sided_pair(p.pow_gamma, p.pow_up_down, gain, r)
+        if p.enforce_consistency:
+            up, down = up.abs(), down.abs()
+        return {"pow_gamma_up": up, "pow_gamma_down": down}
