@@ -215,6 +215,8 @@ def _preset_values(cls: str) -> tuple[str, dict[str, Any]] | None:
 
 def _class_defaults(cls: str, path: str, source: str) -> dict[str, Any]:
     """Every field of aihwkit class ``cls`` with its default (a full tree per value)."""
+    if _is_compound(cls):
+        raise _compound_error(cls, path, source)
     if cls in DEFAULTS:
         return dict(DEFAULTS[cls]["kwargs"])
     preset = _preset_values(cls)
@@ -436,9 +438,10 @@ def _training_from_nodes(fwd: dict[str, Any], bwd: dict[str, Any], upd: dict[str
         lost.append(f"the combination NM {nm}, BM {bm}, UM {um} (rpuhw's levels: "
                     f"{', '.join(MANAGEMENT_LEVELS)}; taken as {level})")
     udef = DEFAULTS["UpdateParameters"]["kwargs"]
-    if upd["update_bl_management"] or not upd["fixed_bl"]:
-        lost.append(f"update.update_bl_management={upd['update_bl_management']}, "
-                    f"fixed_bl={upd['fixed_bl']} (rpuhw: a fixed BL)")
+    if upd["update_bl_management"]:
+        lost.append("update.update_bl_management=True (rpuhw: BL fixed at --bl)")
+    if not upd["fixed_bl"]:
+        lost.append("update.fixed_bl=False (rpuhw: BL fixed at --bl)")
     for key in ("pulse_type", "res", "x_res_implicit", "d_res_implicit", "d_sparsity",
                 "sto_round", "um_grad_scale"):
         if not _same(upd[key], udef[key]):
@@ -598,6 +601,12 @@ def tree_of_spec(spec: Any, periphery: Any = None, device_only: bool = False
         for key, value in cond.items():
             extra[f"conductance.{key}"] = value
     if device_only:
+        changed = [k for k in io_fields if f"io.{k}" not in RPUHW_ONLY_NO_EFFECT
+                   and not _same(io.get(k, io_defaults[k]), io_defaults[k])]
+        if changed:
+            raise ConfigError(f"the device's io: block ({', '.join(changed)}) belongs in the "
+                              "SingleRPUConfig's IOParameters, not in an aihwkit device: "
+                              "export the whole config", source=source, key="io")
         if extra:
             device["rpuhw"] = extra
         return device
@@ -751,6 +760,15 @@ def _literal(node: ast.AST) -> Any:
                              "(the source is parsed, not run)")
 
 
+def _is_class_call(node: ast.AST) -> bool:
+    """``Name(...)`` or ``module.Name(...)`` with a capitalised name (a config class)."""
+    if not isinstance(node, ast.Call):
+        return False
+    f = node.func
+    name = f.id if isinstance(f, ast.Name) else (f.attr if isinstance(f, ast.Attribute) else "")
+    return name[:1].isupper()
+
+
 def _field_class(parent_cls: str, key: str) -> str | None:
     """The class of field ``key`` of aihwkit class ``parent_cls`` (from the defaults)."""
     try:
@@ -783,7 +801,7 @@ def tree_from_python(source: str, name: str = "<python>") -> dict[str, Any]:
             if isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Constant) \
                     and isinstance(stmt.value.value, str):
                 continue  # a docstring
-            if isinstance(stmt, ast.Expr) and root is None:
+            if isinstance(stmt, ast.Expr) and root is None and _is_class_call(stmt.value):
                 root = _literal(stmt.value)
                 continue
             if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1:
