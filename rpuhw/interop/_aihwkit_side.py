@@ -19,8 +19,9 @@ Commands:
 ``defaults``
     the default trees of the classes rpuhw maps (its table ``_aihwkit_defaults``).
 ``build``
-    stdin a tree -> builds the object, pickles and unpickles it, dumps it back (the
-    round trip ``from_aihwkit(to_aihwkit(spec))`` through a real aihwkit object).
+    stdin a tree (or a list of trees) -> builds the object, pickles and unpickles it,
+    dumps it back (the round trip ``from_aihwkit(to_aihwkit(spec))`` through a real
+    aihwkit object).
 ``load FILE``
     a pickled (``pickle`` or ``torch.save``) aihwkit config -> its tree. Unpickling runs
     code from the file: load only files you trust.
@@ -126,9 +127,12 @@ def cmd_defaults() -> dict:
     return {name: to_tree(lookup(name)()) for name in DEFAULT_CLASSES}
 
 
-def cmd_build(tree) -> dict:
+def cmd_build(tree):
+    """A tree (or a list of trees) -> built, pickled, unpickled, dumped again."""
     import pickle
 
+    if isinstance(tree, list):
+        return [cmd_build(t) for t in tree]
     obj = pickle.loads(pickle.dumps(build(tree)))
     return to_tree(obj)
 
