@@ -38,6 +38,11 @@ error line naming it (exit 2); training settings are printed as notes on stderr.
 
 def add_device_arguments(parser: argparse.ArgumentParser) -> None:
     """The arguments of ``rpuhw device``."""
+    parser.usage = ("rpuhw device FILE.yaml|preset:NAME [--json]\n"
+                    "       rpuhw device --presets [--json]\n"
+                    "       rpuhw device export FILE.yaml|preset:NAME --to aihwkit [-o OUT.py] "
+                    "[--management LEVEL] [--bl BL] [--device-only]\n"
+                    "       rpuhw device import CONFIG.py|CONFIG.pkl [-o OUT.yaml] [--run]")
     parser.add_argument("file", nargs="?", metavar="FILE",
                         help="device YAML or preset:NAME (or: export FILE, import FILE)")
     parser.add_argument("path", nargs="?", metavar="PATH", help=argparse.SUPPRESS)
