@@ -264,8 +264,12 @@ def test_attribute_assignments_and_arithmetic_are_read():
               "rpu_config = SingleRPUConfig(device=ConstantStepDevice(w_min_dtod=0.3 / 0.75))\n"
               "rpu_config.device.dw_min = 2e-3\n"
               "rpu_config.forward.out_noise = 0.02\n"
-              "rpu_config.backward.out_noise = 0.02\n")
-    spec = import_tree(tree_from_python(source)).spec
+              "rpu_config.backward.out_noise = 0.02\n"
+              "rpu_config.update.update_management = False\n"
+              "rpu_config.forward.bound_management = enums.BoundManagementType.NONE\n")
+    imported = import_tree(tree_from_python(source))
+    spec = imported.spec
+    assert imported.training["management"] == "nm"
     assert spec.model.params.dw_min == 0.002 and spec.io.out_noise == 0.02
     assert spec.model.params.w_min_dtod == 0.3 / 0.75
 

@@ -737,8 +737,10 @@ def _literal(node: ast.AST) -> Any:
             raise _SourceError(node, f"arithmetic fails ({exc})") from None
     if isinstance(node, (ast.List, ast.Tuple)):
         return [_literal(e) for e in node.elts]
-    if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
-        return {"enum": f"{node.value.id}.{node.attr}"}
+    if isinstance(node, ast.Attribute) and isinstance(node.value, (ast.Name, ast.Attribute)):
+        owner = node.value  # Enum.MEMBER, also module.Enum.MEMBER
+        return {"enum": f"{owner.id if isinstance(owner, ast.Name) else owner.attr}."
+                        f"{node.attr}"}
     if isinstance(node, ast.Call):
         func = node.func
         name = func.id if isinstance(func, ast.Name) else (
