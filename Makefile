@@ -27,13 +27,14 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.update
 
-# statistics of rpuhw vs aihwkit 1.2 for the same parameters (tests/test_parity_aihwkit.py);
+# statistics of rpuhw vs aihwkit 1.2 for the same parameters (tests/test_parity_aihwkit.py), and
+# the interchange: presets, round trips, export-model (tests/test_parity_presets.py);
 # aihwkit runs in its own interpreter, built by the recipe in docs/performance.md
 # ("aihwkit on this machine"); without it the tests skip and say so
 AIHWKIT_PYTHON ?= /opt/aihwkit-venv/bin/python
 parity: $(STAMP)
 	@test -x $(AIHWKIT_PYTHON) || echo "no aihwkit at $(AIHWKIT_PYTHON): build it as docs/performance.md 'aihwkit on this machine' says, or set AIHWKIT_PYTHON (the parity tests skip)"
-	RPUHW_AIHWKIT_PYTHON=$(AIHWKIT_PYTHON) $(BIN)/python -m pytest -q -m parity tests/test_parity_aihwkit.py
+	RPUHW_AIHWKIT_PYTHON=$(AIHWKIT_PYTHON) $(BIN)/python -m pytest -q -m parity tests/test_parity_aihwkit.py tests/test_parity_presets.py
 
 # run the README's tour as written and put its real outputs into README.md (a few minutes)
 readme: $(STAMP)
