@@ -64,8 +64,9 @@ def mean_step(w, up, prm, i, j, c):
 
 
 def noise(mean, w, up, xi, prm, i, j, c):
-    """``mean + sigma (mean + std_add + std_slope |w|) xi``."""
-    return mean + c[0] * (mean + c[7] + c[8] * abs(w)) * xi
+    """``mean + sigma (|mean| + std_add + std_slope |w|) xi`` (aihwkit's complex noise; the
+    mean is negative only for a negative step drawn without enforce_consistency)."""
+    return mean + c[0] * (abs(mean) + c[7] + c[8] * abs(w)) * xi
 
 
 @dataclass

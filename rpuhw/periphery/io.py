@@ -35,10 +35,13 @@ class IOConfig:
     """Inputs are clipped to ±inp_bound (the DAC range)."""
 
     inp_res: float | None = None
-    """DAC step as a fraction of the input range 2*inp_bound (1/126 is 7 bits); null = exact."""
+    """DAC step as a fraction of the input range 2*inp_bound (aihwkit's meaning: 1/126 is
+    7 bits, 1/(2^n - 2) n bits); null = exact (aihwkit's <= 0). aihwkit's other notation, a
+    number of steps N > 1, is refused here: write 1/N."""
 
     out_res: float | None = None
-    """ADC step as a fraction of the output range 2*out_bound (1/510 is 9 bits); null = exact."""
+    """ADC step as a fraction of the output range 2*out_bound (1/510 is 9 bits); null = exact
+    (aihwkit's <= 0); a number of steps N > 1 is refused: write 1/N."""
 
     read_noise: float = 0.0
     """Std of Gaussian noise of a direct weight read (``read()``), in weight units."""
@@ -50,7 +53,9 @@ class IOConfig:
         require(self.read_noise >= 0, "read_noise", f"must be >= 0, got {self.read_noise}")
         for key in ("inp_res", "out_res"):
             v = getattr(self, key)
-            require(v is None or 0 < v <= 1, key, f"must be null or in (0, 1], got {v}")
+            require(v is None or 0 < v <= 1, key,
+                    f"must be null (exact) or a step in (0, 1] as a fraction of the range "
+                    f"(aihwkit's N steps: write 1/N), got {v}")
 
 
 def quantize(x: torch.Tensor, res: float | None, bound: float) -> torch.Tensor:

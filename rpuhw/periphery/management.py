@@ -88,8 +88,8 @@ class PeripheryConfig:
 
     inp_res: float | None = None
     """DAC step of the periphery as a fraction of the input range [-1, 1] (step =
-    inp_res * 2); inputs are clipped to [-1, 1] first. None = no quantisation
-    (the array's own DAC, if any, still applies)."""
+    inp_res * 2, aihwkit's meaning); inputs are clipped to [-1, 1] first. None = no
+    quantisation (the array's own DAC, if any, still applies)."""
 
     out_res: float | None = None
     """ADC step as a fraction of the output range [-out_bound, out_bound] (step =
