@@ -31,12 +31,18 @@ exp_step      ``dw_d = s_d / h_ref``; ``A_d = exp(log_A_d)``, ``gamma_d`` shared
               devices (the model has no device-to-device spread of them); aihwkit's
               ``a, b`` held fixed (A and gamma absorb any other a, b)
 pow_step      ``dw_d = s_d / h_ref`` (s = the step at the far bound); per-device exponents
+              (``pow_gamma``, the one-sided ``pow_up_down`` and their spreads follow from
+              them as aihwkit defines them, ``one_sided_from_moments``)
 piecewise     ``dw_d = s_d / h_ref``; a node table shared by all devices, the centre node
               fixed to 1 (s = the step at the centre)
 ============= ========================================================================
 
-The same map into another frame gives the per-device parameters of the fitted device
-YAML, where the mean bounds map to ``w = -1`` and ``w = +1`` (:meth:`FitModel.weights`:
+The per-device steps become the YAML's population keys with aihwkit's meanings in
+``calibration/fit.py`` (``dw_min``: the larger direction's mean step, ``up_down``
+one-sided; :func:`rpuhw.devices.base.one_sided_from_moments`, the inverse of the
+simulator's draw). The same map into another frame gives the per-device parameters of the
+fitted device YAML, where the mean bounds map to ``w = -1`` and ``w = +1``
+(:meth:`FitModel.weights`:
 ``u_ref = U_mid``, ``h_ref = dU / 2``; ``x_0, rho`` above are that frame's centre and
 scale in the fit's frame). It is exact for every model but exp_step, whose ``z`` is
 relative to the frame's centre (the fit refits it once with the converged centre).

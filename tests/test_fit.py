@@ -38,7 +38,12 @@ BASE = dict(dw_min=0.02, dw_min_dtod=0.3, dw_min_std=0.3, up_down=0.2, up_down_d
 EXTRA = {
     "linear_step": dict(gamma_up=0.5, gamma_down=0.3, gamma_up_dtod=0.05,
                         gamma_down_dtod=0.05),
-    "pow_step": dict(pow_gamma=1.5, pow_gamma_dtod=0.1),
+    # aihwkit's one-sided up_down draws the smaller (down) step as dw_min (g - up_down - r):
+    # its relative spread is dw_min_dtod / (1 - up_down); at dw_min_dtod 0.3 about 2 % of
+    # the devices get a down step under a quarter of the mean, which pow_step's power-law
+    # approach does not take near the lower bound in 600 pulses (unidentified bounds); at
+    # 0.2, 0.1 % (the old symmetric draw, dw_min g (1 - r), had 0.6 % at 0.3)
+    "pow_step": dict(pow_gamma=1.5, pow_gamma_dtod=0.1, dw_min_dtod=0.2),
     "exp_step": {},  # aihwkit's defaults: A_up 0.00081, A_down 0.368, gamma ~12.5
     "piecewise": dict(piecewise_up=[1.2, 1.0, 0.5], piecewise_down=[0.5, 1.0, 1.2]),
 }
@@ -106,7 +111,7 @@ def test_recovers_known_parameters(model):
     errors = {"mid-range up step": _rel(f_up, t_up), "mid-range down step":
               _rel(f_down, t_down), "g_min": _rel(res.g_min, 3e-5),
               "g_max": _rel(res.g_max, 1e-4), "up_down": _rel(res.params["up_down"], 0.2)}
-    spreads = {k: _rel(res.params[k], BASE[k]) for k in
+    spreads = {k: _rel(res.params[k], mapping[k]) for k in
                ("dw_min_dtod", "up_down_dtod", "w_min_dtod", "w_max_dtod", "dw_min_std")}
     assert max(errors.values()) < 0.10, f"{errors}\n{table}"
     assert max(spreads.values()) < 0.25, f"{spreads}\n{table}"

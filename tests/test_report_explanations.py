@@ -42,8 +42,9 @@ from rpuhw.device_spec import spec_from_mapping
 HARD = {"model": "constant_step", "dw_min": 0.02, "dw_min_dtod": 0.1, "dw_min_std": 0.3,
         "up_down": 0.0, "w_min": -1.0, "w_max": 1.0, "w_min_dtod": 0.05, "w_max_dtod": 0.05,
         "conductance": {"g_min": 3e-5, "g_max": 1e-4}}
-CHIP_LIKE = {"model": "soft_bounds", "dw_min": 0.002, "dw_min_dtod": 0.2, "dw_min_std": 0.2,
-             "up_down": 0.05, "up_down_dtod": 0.02, "w_min": -0.6, "w_max": 0.6,
+CHIP_LIKE = {"model": "soft_bounds", "dw_min": 0.0021, "dw_min_dtod": 0.190476,
+             "dw_min_std": 0.2, "up_down": 0.0952381, "up_down_dtod": 0.0216339,
+             "w_min": -0.6, "w_max": 0.6,
              "w_min_dtod": 0.1, "w_max_dtod": 0.1, "io": {"read_noise": 0.002},
              "conductance": {"g_min": 2e-5, "g_max": 1e-4}}
 """Like the emulated chip's hidden device (drivers/emulators/hidden_device.yaml)."""
