@@ -96,8 +96,10 @@ def test_hil_example_resume_without_a_checkpoint_is_refused(tmp_path):
 # ---- 2. characterize on the emulated bench --------------------------------------------------
 
 ROWS = COLS = 8
-DEVICES, PULSES = 4, 100
-# rows written before the interruption: about a quarter of the 4 x 2 x 101 = 808 rows
+DEVICES, PULSES = 4, 400
+# rows written before the interruption: 200 of the 4 x 2 x 401 = 3208 rows, so that the
+# run is still going when Ctrl-C arrives even when this test process is scheduled late
+# on a busy machine (with 808 rows, a quiet machine finished before the signal landed)
 STOP_AFTER = 200
 
 
