@@ -39,6 +39,7 @@ parity: $(STAMP)
 # run the README's tour as written and put its real outputs into README.md (a few minutes)
 readme: $(STAMP)
 	$(BIN)/python tools/readme_tour.py
+	$(BIN)/python tools/readme_demo.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info
