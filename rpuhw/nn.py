@@ -42,7 +42,7 @@ class _AnalogMVM(torch.autograd.Function):
         xb = x.detach().float()  # a copy: the update in the optimizer step uses it later
         xb = torch.cat([xb, torch.ones(xb.shape[0], 1)], 1) if layer.has_bias else xb.clone()
         ctx.layer, ctx.images, ctx.xb, ctx.dtype = layer, images, xb, x.dtype
-        return layer.grid.forward(xb)
+        return layer.algorithm.forward(xb)
 
     @staticmethod
     def backward(ctx, d: torch.Tensor):
@@ -52,7 +52,7 @@ class _AnalogMVM(torch.autograd.Function):
             layer._pending.append((ctx.xb, d, ctx.images))
         z = None
         if ctx.needs_input_grad[0]:
-            z = layer.grid.backward(d)
+            z = layer.algorithm.backward(d)
             z = (z[:, :layer.in_features] if layer.has_bias else z).to(ctx.dtype)
         return z, None, None, None
 
@@ -69,7 +69,7 @@ class _AnalogConvMVM(torch.autograd.Function):
         patches = im2col(x, layer.kernel_size, layer.stride, layer.padding, layer.has_bias)
         ctx.layer, ctx.patches, ctx.dtype = layer, patches, x.dtype
         ctx.shape = (n, x.shape[1], h, w)
-        y = layer.grid.forward(patches)  # [n * ho * wo, out], image-major positions
+        y = layer.algorithm.forward(patches)  # [n * ho * wo, out], image-major positions
         return y.view(n, ho * wo, -1).transpose(1, 2).reshape(n, -1, ho, wo)
 
     @staticmethod
@@ -81,21 +81,33 @@ class _AnalogConvMVM(torch.autograd.Function):
             layer._pending.append((ctx.patches, d, n))
         dx = None
         if ctx.needs_input_grad[0]:
-            z = layer.grid.backward(d)
+            z = layer.algorithm.backward(d)
             dx = col2im(z, ctx.shape, layer.kernel_size, layer.stride, layer.padding)
             dx = dx.to(ctx.dtype)
         return dx, None, None
 
 
 class AnalogLayer(nn.Module):
-    """Common part of the analog layers: the tile grid, pending updates, state."""
+    """Common part of the analog layers: the algorithm and its tile grids, pending
+    updates, state.
+
+    ``algorithm`` (:mod:`rpuhw.algorithms`, chosen by ``plan.algorithm``) owns the
+    layer's arrays and does its MVMs and updates; ``grid`` is its visible array C (the
+    only one for ``sgd``).
+    """
 
     grid: TileGrid
 
     def _init_analog(self, out_f: int, in_f: int, plan: LayerPlan | None,
                      seed: int | None) -> None:
+        from rpuhw.algorithms import algorithm_class, make_params
+
         self.plan = plan or LayerPlan()
-        self.grid = TileGrid(out_f, in_f, self.plan, seed=seed)
+        self.plan.check_algorithm()
+        cls = algorithm_class(self.plan.algorithm)
+        params = make_params(self.plan.algorithm, self.plan.algorithm_params)
+        self.algorithm = cls(out_f, in_f, self.plan, seed=seed, params=params)
+        self.grid = self.algorithm.grid
         self._pending: list[tuple[torch.Tensor, torch.Tensor, int]] = []  # (x, d, images)
         # a placeholder parameter so that optimizers see the layer (and autograd calls
         # the backward even when the layer's input needs no gradient)
@@ -115,34 +127,54 @@ class AnalogLayer(nn.Module):
             x = torch.cat([p[0] for p in self._pending])
             d = torch.cat([p[1] for p in self._pending])
         self._pending.clear()
-        self.grid.update(x, d, lr, images=max(images, 1))
+        self.algorithm.update(x, d, lr, images=max(images, 1))
+
+    def _algo_repr(self) -> str:
+        return "" if self.plan.algorithm == "sgd" else f", algorithm={self.plan.algorithm!r}"
+
+    @property
+    def arrays(self) -> list:
+        """Every array of the layer (all of the algorithm's grids: A's, then C's)."""
+        return self.algorithm.arrays
 
     def analog_weight(self) -> torch.Tensor:
-        """The weights as read from the arrays, in torch's layout (bias column dropped)."""
-        w = self.grid.read()
+        """The weights as read from the arrays, in torch's layout (bias column dropped;
+        the algorithm's weight, ``gamma A + C`` for ``tt``)."""
+        w = self.algorithm.read()
         return w[:, :-1] if self.has_bias else w
 
     def analog_bias(self) -> torch.Tensor | None:
-        return self.grid.read()[:, -1] if self.has_bias else None
+        return self.algorithm.read()[:, -1] if self.has_bias else None
 
     def get_extra_state(self) -> dict[str, Any]:
-        arrays = self.grid.arrays
-        return {"plan_backend": self.plan.backend,
-                "arrays": [a.state_dict() for a in arrays],
-                # the peripheries' pulse-train generators: a resumed run draws the same bits
-                "periphery_rng": [p.rng_state() for row in self.grid.tiles for p in row]}
+        algo = self.algorithm
+        state = {"plan_backend": self.plan.backend,
+                 "arrays": [a.state_dict() for a in algo.arrays],
+                 # the peripheries' pulse-train generators: a resumed run draws the same
+                 # bits
+                 "periphery_rng": [p.rng_state() for p in algo.peripheries]}
+        digital = algo.state_dict()
+        if digital or algo.name != "sgd":  # (sgd: the state as before algorithms existed)
+            state["algorithm"] = {"name": algo.name, "state": digital}
+        return state
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
-        arrays = self.grid.arrays
+        algo = self.algorithm
+        arrays = algo.arrays
         if len(state["arrays"]) != len(arrays):
             raise ValueError(f"state_dict: {len(state['arrays'])} arrays saved, the layer has "
                              f"{len(arrays)}")
+        saved = state.get("algorithm", {"name": "sgd", "state": {}})
+        if saved["name"] != algo.name:
+            raise ValueError(f"state_dict: saved with algorithm {saved['name']}, the layer "
+                             f"trains with {algo.name}")
         for a, sd in zip(arrays, state["arrays"], strict=True):
             a.load_state_dict(sd)  # hardware: write-verify of the saved weights
         rngs = state.get("periphery_rng")
         if rngs is not None:
-            for p, g in zip([p for row in self.grid.tiles for p in row], rngs, strict=True):
+            for p, g in zip(algo.peripheries, rngs, strict=True):
                 p.set_rng_state(g)
+        algo.load_state_dict(saved["state"])
 
 
 class AnalogLinear(AnalogLayer):
@@ -161,7 +193,7 @@ class AnalogLinear(AnalogLayer):
 
     def set_weights(self, weight: torch.Tensor, bias: torch.Tensor | None = None) -> None:
         w = torch.cat([weight, bias[:, None]], 1) if self.has_bias else weight
-        self.grid.set_weights(w)
+        self.algorithm.set_weights(w)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
@@ -176,7 +208,7 @@ class AnalogLinear(AnalogLayer):
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
-                f"bias={self.has_bias}, backend={self.plan.backend!r}")
+                f"bias={self.has_bias}, backend={self.plan.backend!r}{self._algo_repr()}")
 
 
 class AnalogConv2d(AnalogLayer):
@@ -200,7 +232,7 @@ class AnalogConv2d(AnalogLayer):
 
     def set_weights(self, weight: torch.Tensor, bias: torch.Tensor | None = None) -> None:
         w = weight.reshape(self.out_channels, -1)
-        self.grid.set_weights(torch.cat([w, bias[:, None]], 1) if self.has_bias else w)
+        self.algorithm.set_weights(torch.cat([w, bias[:, None]], 1) if self.has_bias else w)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] != self.in_channels:
@@ -211,7 +243,7 @@ class AnalogConv2d(AnalogLayer):
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
                 f"stride={self.stride}, padding={self.padding}, bias={self.has_bias}, "
-                f"backend={self.plan.backend!r}")
+                f"backend={self.plan.backend!r}{self._algo_repr()}")
 
 
 def analog_layers(model: nn.Module) -> dict[str, AnalogLayer]:
@@ -261,7 +293,9 @@ def convert(model: nn.Module, plan: dict[str, Any] | None = None,
     ``plan`` maps layer names to backend specs or LayerPlans, with ``default`` for the
     rest, e.g. ``{"layers": {"conv1": "sim:chip.yaml", "default": "sim"}}`` or directly
     ``{"conv1": LayerPlan(...), "default": LayerPlan()}``; ``"float"`` (or None) keeps a
-    layer in floating point. Weights are copied (programmed); ``write=False`` leaves the
+    layer in floating point. A LayerPlan also chooses the layer's training algorithm
+    (``LayerPlan(algorithm="tt", algorithm_params={"gamma": 0.1}, arrays={"A": "sim"})``,
+    see :mod:`rpuhw.algorithms`). Weights are copied (programmed); ``write=False`` leaves the
     arrays as they opened (a resumed run reads the devices first, then loads the
     checkpoint's state).
     """

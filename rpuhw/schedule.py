@@ -21,7 +21,7 @@ pulsed SGD the paper analyses, offered because it is what some hardware can do).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -56,6 +56,14 @@ class LayerPlan:
     """``position`` (paper), ``sample`` or ``batch`` (aggregated counts, approximate)."""
     periphery: PeripheryConfig = field(default_factory=PeripheryConfig)
     """Noise / bound / update management and pulse-train settings of every tile."""
+    algorithm: str = "sgd"
+    """Training algorithm (:mod:`rpuhw.algorithms`: ``sgd``, ``mp``, ``tt``)."""
+    algorithm_params: dict[str, Any] = field(default_factory=dict)
+    """The algorithm's hyper-parameters (aihwkit's names), e.g. ``{"gamma": 0.1}``;
+    unset keys take the algorithm's (device-derived) defaults."""
+    arrays: dict[str, str] = field(default_factory=dict)
+    """Backend spec of one of the algorithm's arrays, e.g. ``{"A": "sim:fast.yaml"}``;
+    the others use :attr:`backend`."""
 
     def validate(self) -> None:
         require(self.devices_per_weight >= 1, "devices_per_weight",
@@ -65,6 +73,20 @@ class LayerPlan:
             require(v is None or v >= 1, key, f"must be >= 1 or null, got {v}")
         require(self.granularity in ("position", "sample", "batch"), "granularity",
                 f"must be one of position, sample, batch; got {self.granularity!r}")
+
+    def check_algorithm(self) -> None:
+        """The algorithm, its hyper-parameters and the arrays placed in :attr:`arrays`
+        exist (ConfigError naming the allowed values otherwise)."""
+        from rpuhw.algorithms import algorithm_class, make_params
+
+        cls = algorithm_class(self.algorithm)
+        make_params(self.algorithm, self.algorithm_params)
+        for arr, spec in self.arrays.items():
+            require(arr in cls.array_names, "layers",
+                    f"algorithm {self.algorithm} has no array {arr} (arrays: "
+                    f"{', '.join(cls.array_names)})")
+            require(isinstance(spec, str) and spec not in ("", "float"), "layers",
+                    f"array {arr} needs an array spec, got {spec!r}")
 
     @staticmethod
     def management(level: str) -> PeripheryConfig:
@@ -139,6 +161,18 @@ class TileGrid:
         """The logical weights as read (the K copies averaged)."""
         phys = torch.cat([torch.cat([p.array.read() for p in row], 1) for row in self.tiles], 0)
         return phys.view(self.k, self.out_features, self.in_features).mean(0)
+
+    def pulse(self, counts: torch.Tensor) -> None:
+        """Signed pulse counts of the logical matrix [out, in] (int32): every one of the
+        K devices of a weight gets its weight's count, each tile its block (``pulse``)."""
+        if self.k > 1:
+            counts = counts.repeat(self.k, 1)
+        if self._single is not None:
+            self._single.array.pulse(counts)
+            return
+        for (r0, r1), row in zip(self.row_splits, self.tiles, strict=True):
+            for (c0, c1), per in zip(self.col_splits, row, strict=True):
+                per.array.pulse(counts[r0:r1, c0:c1].contiguous())
 
     # ---- cycles ----------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -47,6 +47,8 @@ CHECKPOINT = "checkpoint.pt"
 # keys that may change between a run and its resumption
 _RESUMABLE_CHANGES = {"epochs", "out", "checkpoint", "checkpoint_every", "progress",
                       "threads"}
+# keys added after checkpoints existed: a checkpoint without them had their defaults
+_ADDED_KEYS = {"algorithm", "layer_algorithms"}
 
 
 @dataclass
@@ -66,7 +68,13 @@ class TrainConfig:
     backend: str = "sim"
     """Array spec of every layer not named in ``layers`` (``float`` = plain torch)."""
     layers: dict[str, str] = field(default_factory=dict)
-    """Per-layer array specs, e.g. ``{conv1: "sim:chip.yaml"}``."""
+    """Per-layer array specs, e.g. ``{conv1: "sim:chip.yaml"}``; ``conv1.A`` places one
+    array of the layer's algorithm (``{conv1.A: "sim:fast.yaml"}``)."""
+    algorithm: Any = "sgd"
+    """Training algorithm of every analog layer (:mod:`rpuhw.algorithms`): a name
+    (``sgd``, ``mp``, ``tt``) or ``{name: tt, gamma: 0.1, ...}`` with hyper-parameters."""
+    layer_algorithms: dict[str, Any] = field(default_factory=dict)
+    """Per-layer algorithms, e.g. ``{conv1: mp, fc2: {name: tt, gamma: 0.1}}``."""
     management: str = "nm+bm+um"
     """Periphery techniques: none, nm, nm+bm, nm+bm+um."""
     devices_per_weight: dict[str, int] = field(default_factory=dict)
@@ -115,12 +123,55 @@ class TrainConfig:
             require(v is None or v >= 1, key, f"must be >= 1 or null, got {v}")
         names = layer_names(build_model(self.model))
         for key in ("layers", "devices_per_weight"):
-            unknown = sorted(set(getattr(self, key)) - set(names))
+            unknown = sorted(k for k in set(getattr(self, key)) - set(names) if "." not in k)
             require(not unknown, key, f"model {self.model} has no layer "
                     f"{', '.join(unknown)} (layers: {', '.join(names)})")
         for name, k in self.devices_per_weight.items():
             require(isinstance(k, int) and k >= 1, f"devices_per_weight.{name}",
                     f"must be an integer >= 1, got {k!r}")
+        self.layer_algorithm_choices()  # every algorithm choice and array placement
+
+    def layer_algorithm_choices(self) -> dict[str, tuple[str, dict[str, Any]]]:
+        """Analog layer name -> ``(algorithm, hyper-parameters given)``, checked: unknown
+        algorithms, hyper-parameters, layers and arrays are one ConfigError each."""
+        from rpuhw.algorithms import algorithm_class, parse_algorithm
+
+        names = layer_names(build_model(self.model))
+        require(isinstance(self.layer_algorithms, dict), "layer_algorithms",
+                f"expected a mapping of layer names to algorithms, got "
+                f"{self.layer_algorithms!r}")
+        unknown = sorted(set(self.layer_algorithms) - set(names))
+        require(not unknown, "layer_algorithms", f"model {self.model} has no layer "
+                f"{', '.join(unknown)} (layers: {', '.join(names)})")
+        default = parse_algorithm(self.algorithm, key="algorithm")
+        backends = layer_backends(self)
+        out: dict[str, tuple[str, dict[str, Any]]] = {}
+        for name in names:
+            if name in self.layer_algorithms:
+                choice = parse_algorithm(self.layer_algorithms[name],
+                                         key=f"layer_algorithms.{name}")
+                require(backends[name] != "float", f"layer_algorithms.{name}",
+                        f"layer {name} is in floating point (backend float): no array "
+                        "algorithm applies")
+            else:
+                choice = default
+            if backends[name] != "float":
+                out[name] = choice
+        for key, spec in self.layers.items():
+            if "." not in key:
+                continue
+            layer, _, arr = key.partition(".")
+            require(layer in names, "layers", f"model {self.model} has no layer {layer} "
+                    f"(layers: {', '.join(names)})")
+            require(layer in out, f"layers.{key}", f"layer {layer} is in floating point "
+                    "(backend float): it has no arrays to place")
+            arrays = algorithm_class(out[layer][0]).array_names
+            require(arr in arrays, "layers", f"{key}: algorithm {out[layer][0]} of layer "
+                    f"{layer} has no array {arr} (arrays: {', '.join(arrays)})")
+            require(isinstance(spec, str) and spec not in ("", "float"), f"layers.{key}",
+                    f"expected an array spec (ideal, sim, sim:FILE.yaml, bench:FILE.yaml, "
+                    f"...), got {spec!r}")
+        return out
 
 
 def load_config(path: str | None, overrides: dict[str, Any]) -> TrainConfig:
@@ -147,12 +198,17 @@ def make_model(cfg: TrainConfig, write: bool = True) -> nn.Module:
     per = PeripheryConfig(noise_management=nm, bound_management=bm, update_management=um,
                           bl=cfg.bl, lr=cfg.lr)
     plan: dict[str, Any] = {}
+    algorithms = cfg.layer_algorithm_choices()
     for name, spec in layer_backends(cfg).items():
         if spec == "float":
             plan[name] = "float"
             continue
+        alg, params = algorithms[name]
+        arrays = {k.partition(".")[2]: v for k, v in cfg.layers.items()
+                  if k.partition(".")[0] == name and "." in k}
         plan[name] = LayerPlan(backend=spec, devices_per_weight=cfg.devices_per_weight.get(
-            name, 1), granularity=cfg.update_granularity, periphery=per)
+            name, 1), granularity=cfg.update_granularity, periphery=per, algorithm=alg,
+            algorithm_params=params, arrays=arrays)
     convert(model, {"layers": plan, "default": "float"}, seed=cfg.seed, write=write)
     return model
 
@@ -183,9 +239,11 @@ def _comparable(cfg: TrainConfig) -> dict[str, Any]:
 
 def _check_config(st: dict[str, Any], cfg: TrainConfig, source: str) -> None:
     mine = _comparable(cfg)
-    if st.get("config") != mine:
-        diff = sorted(k for k in set(mine) | set(st.get("config", {}))
-                      if mine.get(k) != st.get("config", {}).get(k))
+    # keys added since the checkpoint was written count as their defaults
+    saved = {**{k: v for k, v in _comparable(TrainConfig()).items()
+                if k in _ADDED_KEYS}, **st.get("config", {})}
+    if saved != mine:
+        diff = sorted(k for k in set(mine) | set(saved) if mine.get(k) != saved.get(k))
         raise ConfigError(f"checkpoint is from another model or config (differs in: "
                           f"{', '.join(diff)}); refusing to resume", source=source)
 
@@ -197,7 +255,7 @@ def physical_arrays(model: nn.Module) -> dict[str, list[tuple[int, CrossPointArr
     ``state_dict``/``load_state_dict``: a bench, an ArC TWO)."""
     out: dict[str, list[tuple[int, CrossPointArray]]] = {}
     for name, layer in analog_layers(model).items():
-        found = [(k, a) for k, a in enumerate(layer.grid.arrays)
+        found = [(k, a) for k, a in enumerate(layer.arrays)
                  if type(a).load_state_dict is CrossPointArray.load_state_dict]
         if found:
             out[name] = found
@@ -439,7 +497,7 @@ def train(cfg: TrainConfig, resume: bool = False, log=print,
         results = _run(cfg, run, data, log)
         msgs = {}  # instrument traffic of the layers on hardware
         for name, layer in analog_layers(run.model).items():
-            counts = [a.stats() for a in layer.grid.arrays]
+            counts = [a.stats() for a in layer.arrays]
             if all("messages" in c for c in counts):
                 msgs[name] = sum(c["messages"] for c in counts)
         if msgs:
@@ -471,7 +529,7 @@ def _set_threads(threads: tuple[int, int | None]) -> None:
 
 
 def _arrays(model: nn.Module) -> list:
-    return [a for layer in analog_layers(model).values() for a in layer.grid.arrays]
+    return [a for layer in analog_layers(model).values() for a in layer.arrays]
 
 
 def _now() -> str:
@@ -539,6 +597,7 @@ def _results(cfg: TrainConfig, run: Run, wall: float) -> dict[str, Any]:
            "test_error": run.results["test_error"], "train_loss": run.results["train_loss"],
            "images_per_s": run.images / run.train_s if run.train_s > 0 else None,
            "wall_s": wall, "seed": cfg.seed, "backends": layer_backends(cfg),
+           "algorithms": {n: a for n, (a, _) in cfg.layer_algorithm_choices().items()},
            "rpuhw_version": __version__}
     if run.resumed:
         out["resumed"] = run.resumed

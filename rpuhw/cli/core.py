@@ -73,6 +73,7 @@ class Train(Command):
   rpuhw train --backend sim --layer conv1=sim:chip.yaml --devices-per-weight conv1=4 \\
               --epochs 3 --out results.json --checkpoint ckpt/
   rpuhw train --config run.yaml --resume --checkpoint ckpt/
+  rpuhw train --backend sim:device.yaml --algorithm tt:gamma=0.1 --layer-algorithm fc2=sgd
 """
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
@@ -86,7 +87,13 @@ class Train(Command):
         p.add_argument("--backend", help="array spec of all layers: float, ideal, sim, "
                        "sim:FILE.yaml, ... (default sim)")
         p.add_argument("--layer", action="append", metavar="NAME=SPEC",
-                       help="backend of one layer (repeatable)")
+                       help="backend of one layer, or NAME.A=SPEC of one array of its "
+                       "algorithm (repeatable)")
+        p.add_argument("--algorithm", metavar="ALG[:KEY=VALUE,...]",
+                       help="training algorithm of all analog layers: sgd (default), mp, "
+                       "tt, with hyper-parameters e.g. tt:gamma=0.1,transfer_every=2")
+        p.add_argument("--layer-algorithm", action="append", metavar="NAME=ALG",
+                       help="algorithm of one layer (repeatable)")
         p.add_argument("--management", help="none | nm | nm+bm | nm+bm+um (default)")
         p.add_argument("--devices-per-weight", action="append", metavar="NAME=K",
                        help="K devices per weight for a layer (repeatable)")
@@ -116,6 +123,8 @@ class Train(Command):
             "model": args.model, "data": args.data, "epochs": args.epochs,
             "batch_size": args.batch_size, "lr": args.lr, "backend": args.backend,
             "layers": _pairs(args.layer, "--layer"), "management": args.management,
+            "algorithm": args.algorithm,
+            "layer_algorithms": _pairs(args.layer_algorithm, "--layer-algorithm"),
             "devices_per_weight": _pairs(args.devices_per_weight, "--devices-per-weight", int),
             "update_granularity": args.update_granularity, "bl": args.bl,
             "train_limit": args.train_limit, "test_limit": args.test_limit, "seed": args.seed,

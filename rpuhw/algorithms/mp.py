@@ -1,0 +1,93 @@
+"""``mp``: mixed-precision training (Nandakumar et al., Front. Neurosci. 14:406, 2020).
+
+A digital accumulator ``chi [out, in]`` (float64) sums the exact update the step asks
+for, ``chi += -lr d^T x`` (every rank-1 pair of the step; the sum over a conv layer's
+positions is exact, so no pulse trains are drawn). Every ``transfer_every`` update
+blocks, each weight whose ``|chi|`` reached the pulse granularity ``eps`` gets
+``n = trunc(chi / eps)`` pulses through the contract's ``pulse`` (signed counts, all K
+devices of a weight the same count), and ``chi -= n eps`` keeps the remainder, so after a
+transfer ``|chi| < eps`` everywhere. An update block is one optimizer step (``position``
+and ``batch`` granularity) or one image (``sample``).
+
+As aihwkit's ``MixedPrecisionCompound`` with ``n_rows_per_transfer=-1`` (all rows),
+except that the pulses go out as exact counts through ``pulse`` instead of a stochastic
+rank-1 update per row (at most ``desired_bl`` pulses there); the quantisation of x and
+d (``n_x_bins``/``n_d_bins``) is not implemented (x and d are used as computed).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from rpuhw.algorithms.base import Algorithm
+from rpuhw.config import require
+
+
+@dataclass
+class MPParams:
+    """Hyper-parameters of ``mp`` (aihwkit's ``MixedPrecisionCompound`` names)."""
+
+    granularity: float | None = None
+    """Pulse granularity eps (weight units): chi is transferred in multiples of it. None
+    (aihwkit's 0) = the device's own ``dw_min`` (C's ``info().dw_min``)."""
+    transfer_every: int = 1
+    """Update blocks (optimizer steps; images with ``sample`` granularity) between
+    transfers of chi to the devices."""
+
+    def validate(self) -> None:
+        g = self.granularity
+        require(g is None or (math.isfinite(g) and g > 0), "granularity",
+                f"must be null (the device's dw_min) or a number > 0, got {g!r}")
+        require(self.transfer_every >= 1, "transfer_every",
+                f"must be an integer >= 1, got {self.transfer_every!r}")
+
+
+class MixedPrecision(Algorithm):
+    """Digital accumulation in chi, integer pulse counts to C (see the module doc)."""
+
+    name = "mp"
+    array_names = ("C",)
+    Params = MPParams
+    requires = {"C": ("pulse",)}
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.chi = torch.zeros(self.out_features, self.in_features, dtype=torch.float64)
+        """The digital accumulator (weight units), logical layout [out, in]."""
+        self.blocks = 0
+        """Update blocks accumulated since the start (the transfer counter)."""
+        g = self.params.granularity
+        self.granularity = float(g) if g is not None else self.dw_min("C")
+        """eps in use (weight units): the hyper-parameter, else C's ``dw_min``."""
+
+    def update(self, x: torch.Tensor, d: torch.Tensor, lr: float, images: int = 1) -> None:
+        groups = images if self.plan.granularity == "sample" else 1
+        for xg, dg in zip(x.chunk(groups), d.chunk(groups), strict=True):
+            self.chi -= lr * (dg.T @ xg).double()
+            self.blocks += 1
+            if self.blocks % self.params.transfer_every == 0:
+                self.transfer()
+
+    def set_weights(self, w: torch.Tensor) -> None:
+        """Write C and clear chi (as aihwkit's ``set_weights``)."""
+        self.grid.set_weights(w)
+        self.chi.zero_()
+
+    def transfer(self) -> None:
+        """Pulse ``trunc(chi / eps)`` into C and keep the remainder in chi."""
+        n = torch.trunc(self.chi / self.granularity)
+        if not n.any():
+            return
+        self.chi -= n * self.granularity
+        self.grid.pulse(n.to(torch.int32))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"chi": self.chi.clone(), "blocks": self.blocks}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.chi.copy_(state["chi"])
+        self.blocks = int(state["blocks"])
