@@ -47,6 +47,24 @@ So ``up_down`` is one-sided: ``up_down > 0`` shrinks only the down step (mean
 swapped, then ``b_max = |b_max|``, ``b_min = -|b_min|``; without it a device whose bounds
 cross is pinned at their midpoint and steps keep their sign. :func:`one_sided_from_moments`
 is the inverse (population parameters from per-device steps, used by the fitter).
+
+**Write noise** (``write_noise_std`` > 0, models with :class:`WriteNoiseParams`; aihwkit's
+``update_once`` of each device and ``PulsedRPUDevice::applyUpdateWriteNoise``): pulses move
+a hidden persistent weight :math:`h` (the rule above, clipped to the bounds); the visible
+weight, which forward, backward and reads see, is :math:`v = h + \\sigma_w\\xi` with
+:math:`\\sigma_w` = ``write_noise_std dw_min`` and :math:`\\xi` drawn anew at every pulse
+the device gets (so after an update: one fresh draw per pulsed device; the others keep
+theirs), for every device after a decay, and at ``set_weights`` (the bounds clip the set
+weights first; ``apply_write_noise_on_set: false`` leaves :math:`v = h` there). :math:`v`
+is not clipped.
+
+**Decay** (``lifetime`` > 0; ``PulsedRPUDevice::decayWeights``, which aihwkit's analog
+optimizer calls once per mini-batch through ``post_update_step``): once per update call,
+:math:`h \\leftarrow \\mathrm{clip}((h - b_{ij})\\,\\delta_{ij} + b_{ij},\\;w^{min}_{ij},\\;
+w^{max}_{ij})` with :math:`t_{ij} = \\text{lifetime}(1 + \\text{lifetime\\_dtod}\\,\\xi_7)`,
+:math:`\\delta_{ij} = 1 - 1/t_{ij}` for :math:`t_{ij} > 1`, else 0, and the reset value
+:math:`b_{ij} = \\text{reset} + \\text{reset\\_dtod}\\,\\xi_8` (:meth:`DeviceModel.draw_decay`).
+``reset_std`` acts only when a device is reset, which rpuhw's arrays never are.
 """
 
 from __future__ import annotations
@@ -90,24 +108,12 @@ AIHWKIT_UNSUPPORTED: dict[str, tuple[object, str]] = {
     "diffusion": (0.0, "weight diffusion is not simulated"),
     "diffusion_dtod": (ANY, "only used with diffusion"),
     "drift": (None, "conductance drift is not simulated"),
-    "lifetime": (0.0, "weight decay is not simulated"),
-    "lifetime_dtod": (ANY, "only used with lifetime"),
-    "reset": (0.0, "rpuhw never resets devices"),
-    "reset_dtod": (ANY, "only used by device resets, which rpuhw never does"),
-    "reset_std": (ANY, "only used by device resets, which rpuhw never does"),
     "perfect_bias": (False, "rpuhw arrays have no analog bias column"),
     "count_pulses": (ANY, "a diagnostic switch of aihwkit, no effect on the device"),
 }
 """aihwkit 1.2 ``PulsedDevice`` keys that rpuhw does not simulate: key -> (the value at which
 the key has no effect, or :data:`ANY`; what rpuhw lacks). A device YAML may carry them only
 at that value (:func:`check_aihwkit_keys`)."""
-
-WRITE_NOISE_UNSUPPORTED: dict[str, tuple[object, str]] = {
-    "write_noise_std": (0.0, "write noise (aihwkit's hidden persistent weight) is not "
-                             "simulated"),
-    "apply_write_noise_on_set": (ANY, "only used with write_noise_std"),
-}
-"""Write-noise keys of aihwkit's LinearStep, SoftBounds, ExpStep, PowStep and PiecewiseStep."""
 
 
 @dataclass
@@ -153,10 +159,30 @@ class PulsedDeviceParams:
     swapped, then w_max >= 0 >= w_min per device. False: crossed bounds pin a device at their
     midpoint and a negative step stays negative (the device moves against its pulse)."""
 
+    lifetime: float = 0.0
+    """Weight decay (aihwkit's ``lifetime``), in update cycles (optimizer steps): once per
+    update call each device decays as ``w <- (w - b) (1 - 1/t) + b``, ``t`` its own lifetime
+    (``lifetime (1 + lifetime_dtod xi)``, ``t <= 1``: back to ``b`` at once); 0 = no decay."""
+
+    lifetime_dtod: float = 0.0
+    """Device-to-device spread of ``lifetime``, relative."""
+
+    reset: float = 0.0
+    """Mean reset value b (weight units): where a device returns on a reset and towards which
+    it decays (``b = reset + reset_dtod xi`` per device)."""
+
+    reset_dtod: float = 0.0
+    """Device-to-device spread of the reset value b, absolute (weight units)."""
+
+    reset_std: float = 0.01
+    """Cycle-to-cycle spread of a reset (weight units); only a reset uses it, and rpuhw's
+    arrays are never reset (aihwkit: ``reset_weights``/``reset_columns``)."""
+
     def validate(self) -> None:
         """Check value ranges; raises ConfigError naming the key."""
         require(self.dw_min > 0, "dw_min", f"must be > 0, got {self.dw_min}")
-        for key in ("dw_min_dtod", "dw_min_std", "up_down_dtod", "w_min_dtod", "w_max_dtod"):
+        for key in ("dw_min_dtod", "dw_min_std", "up_down_dtod", "w_min_dtod", "w_max_dtod",
+                    "lifetime", "lifetime_dtod", "reset_dtod", "reset_std"):
             value = getattr(self, key)
             require(value >= 0, key, f"must be >= 0, got {value}")
         require(-1 < self.up_down < 1, "up_down", f"must be in (-1, 1), got {self.up_down}")
@@ -166,6 +192,27 @@ class PulsedDeviceParams:
                 f"must be <= 0 ([w_min, w_max] must contain 0, as in aihwkit), got {self.w_min}")
         require(self.w_max >= 0, "w_max",
                 f"must be >= 0 ([w_min, w_max] must contain 0, as in aihwkit), got {self.w_max}")
+
+
+@dataclass
+class WriteNoiseParams(PulsedDeviceParams):
+    """The shared keys plus aihwkit's write noise (LinearStep, SoftBounds, ExpStep, PowStep
+    and PiecewiseStep have it; ConstantStep does not)."""
+
+    write_noise_std: float = 0.0
+    """Write noise in units of dw_min (aihwkit's ``write_noise_std``): pulses move a hidden
+    weight; a device's visible weight is the hidden one plus a fresh normal of std
+    ``write_noise_std dw_min``, drawn anew whenever the device is pulsed (and for every
+    device at a decay and at ``set_weights``); 0 = none."""
+
+    apply_write_noise_on_set: bool = True
+    """Whether ``set_weights`` (and the array's creation) adds write noise to the visible
+    weights (else they equal the set weights until the next pulse)."""
+
+    def validate(self) -> None:
+        super().validate()
+        require(self.write_noise_std >= 0, "write_noise_std",
+                f"must be >= 0, got {self.write_noise_std}")
 
 
 def _normal(gen: torch.Generator, rows: int, cols: int) -> torch.Tensor:
@@ -344,6 +391,11 @@ class DeviceModel:
     """Declares a pulse's increment affine in w (and in xi), so that the torch engine
     composes pulses in closed form from :meth:`affine` (tested on the rules)."""
 
+    write_noise_skips_pinned: ClassVar[bool] = False
+    """aihwkit's ExpStep and PowStep leave a device whose bounds coincide untouched by a
+    pulse, its write noise included (``update_once`` returns early); the other models
+    redraw it."""
+
     nb_pulse: ClassVar[Callable | None] = _CompiledPulse()
     """Derived from the rules: numba ``(w, up, xi, prm, i, j, c) -> w_new``, one pulse on
     device (i, j), inlined into the simulator's kernels. ``prm`` is float32 [rows, cols, K]
@@ -395,7 +447,34 @@ class DeviceModel:
             w_max = torch.where(crossed, mid, w_max)
         state = {"dw_up": dw_up, "dw_down": dw_down, "w_min": w_min, "w_max": w_max}
         state.update(self.draw_extra(state, rows, cols, gen))
+        if p.lifetime > 0:  # drawn last: devices without decay keep their draws
+            state.update(self.draw_decay(rows, cols, gen))
         return {k: v.to(torch.float32) for k, v in state.items()}
+
+    def draw_decay(self, rows: int, cols: int, gen: torch.Generator) -> State:
+        """Per-device decay scale and reset value (float64), as aihwkit 1.2's
+        ``PulsedRPUDevice::populate`` draws them (``rpu_pulsed_device.cpp``):
+        ``t = lifetime (1 + lifetime_dtod xi)``, ``decay_scale = 1 - 1/t`` where ``t > 1``
+        else 0; ``reset_bias = reset + reset_dtod xi'`` (additive, whatever aihwkit's Python
+        docstring says)."""
+        import torch
+
+        p = self.params
+        t = p.lifetime * (1.0 + p.lifetime_dtod * _normal(gen, rows, cols))
+        scale = torch.where(t > 1.0, 1.0 - 1.0 / torch.where(t > 1.0, t, 2.0), 0.0)
+        bias = p.reset + p.reset_dtod * _normal(gen, rows, cols)
+        return {"decay_scale": scale, "reset_bias": bias}
+
+    @property
+    def write_noise(self) -> float:
+        """Std of the write noise in weight units, aihwkit's ``getScaledWriteNoise``:
+        ``write_noise_std dw_min`` (0 for a model or device without write noise)."""
+        return float(getattr(self.params, "write_noise_std", 0.0)) * float(self.params.dw_min)
+
+    @property
+    def decays(self) -> bool:
+        """Whether the devices decay once per update call (``lifetime > 0``)."""
+        return self.params.lifetime > 0
 
     def granularity(self) -> float:
         """aihwkit's weight granularity (``calcWeightGranularity``, weight units): the step

@@ -25,7 +25,9 @@ with :math:`\\sigma_{add}` = ``dw_min_std_add`` and :math:`\\sigma_{slope}` =
 ``dw_min_std_slope`` (absolute, weight units, not scaled by ``dw_min``); with both zero
 this is the usual multiplicative noise :math:`\\Delta_d(w)(1 + \\sigma_{c2c}\\xi)`. Not
 affine in ``w``. aihwkit's weight granularity is the mean device's down step at
-``w = 0`` (:meth:`ExpStep.granularity`); ``write_noise_std`` is not simulated.
+``w = 0`` (:meth:`ExpStep.granularity`). Write noise (``write_noise_std``) and decay
+(``lifetime``) as aihwkit's (:mod:`rpuhw.devices.base`); a device whose bounds coincide
+keeps its visible weight when pulsed.
 """
 
 from __future__ import annotations
@@ -38,9 +40,8 @@ import numpy as np
 from rpuhw.config import require
 from rpuhw.devices.base import (
     AIHWKIT_UNSUPPORTED,
-    WRITE_NOISE_UNSUPPORTED,
     DeviceModel,
-    PulsedDeviceParams,
+    WriteNoiseParams,
 )
 from rpuhw.devices.registry import register_model
 from rpuhw.devices.rule import maximum, minimum
@@ -70,7 +71,7 @@ def noise(mean, w, up, xi, prm, i, j, c):
 
 
 @dataclass
-class ExpStepParams(PulsedDeviceParams):
+class ExpStepParams(WriteNoiseParams):
     """Parameters of ``exp_step`` (aihwkit's ExpStepDevice names and defaults)."""
 
     A_up: float = 0.00081
@@ -109,7 +110,8 @@ class ExpStep(DeviceModel):
 
     name = "exp_step"
     Params = ExpStepParams
-    unsupported = {**AIHWKIT_UNSUPPORTED, **WRITE_NOISE_UNSUPPORTED}
+    unsupported = {**AIHWKIT_UNSUPPORTED}
+    write_noise_skips_pinned = True  # aihwkit's update_once returns early
     mean_step = mean_step
     noise = noise
 

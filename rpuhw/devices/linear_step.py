@@ -17,8 +17,9 @@ step has fallen by the fraction ``gamma``. ``gamma = 1`` with no spread and the 
 bounds is soft bounds. Noise is multiplicative, :math:`\\Delta(w)(1+\\sigma\\xi)`, or
 with ``mult_noise: false`` additive on the constant part only,
 :math:`\\Delta(w) + \\Delta w^{d}_{ij}\\sigma\\xi` (aihwkit's ``slope w + scale (1 +
-sigma xi)``). Affine in ``w``. aihwkit's ``write_noise_std`` and ``reverse_up/down`` are
-not simulated (rejected unless at their no-effect values).
+sigma xi)``). Affine in ``w``. aihwkit's ``reverse_up/down`` are not simulated (rejected
+unless at their no-effect values); write noise (``write_noise_std``) and decay
+(``lifetime``) as aihwkit's (:mod:`rpuhw.devices.base`).
 """
 
 from __future__ import annotations
@@ -29,9 +30,8 @@ from rpuhw.config import require
 from rpuhw.devices.base import (
     AIHWKIT_UNSUPPORTED,
     ANY,
-    WRITE_NOISE_UNSUPPORTED,
     DeviceModel,
-    PulsedDeviceParams,
+    WriteNoiseParams,
 )
 from rpuhw.devices.registry import register_model
 
@@ -53,7 +53,7 @@ def noise(mean, w, up, xi, prm, i, j, c):
 
 
 @dataclass
-class LinearStepParams(PulsedDeviceParams):
+class LinearStepParams(WriteNoiseParams):
     """Parameters of ``linear_step``."""
 
     gamma_up: float = 0.0
@@ -105,7 +105,7 @@ class LinearStep(DeviceModel):
 
     name = "linear_step"
     Params = LinearStepParams
-    unsupported = {**AIHWKIT_UNSUPPORTED, **WRITE_NOISE_UNSUPPORTED, **REVERSE_UNSUPPORTED}
+    unsupported = {**AIHWKIT_UNSUPPORTED, **REVERSE_UNSUPPORTED}
     extra_state = ("gamma_up", "gamma_down")
     mean_step = mean_step
     noise = noise

@@ -15,8 +15,9 @@ is linearly interpolated:
 (a device whose bounds coincide uses :math:`v^{d}_0`). This is aihwkit's
 PiecewiseStepDevice update with the same key names and meanings; the one extension is that
 the two tables may have different lengths (aihwkit requires equal ones: such a device has
-no aihwkit twin). Noise is multiplicative. Not affine in ``w``. aihwkit's
-``write_noise_std`` is not simulated.
+no aihwkit twin). Noise is multiplicative. Not affine in ``w``.
+Write noise (``write_noise_std``) and decay (``lifetime``) as aihwkit's
+(:mod:`rpuhw.devices.base`).
 """
 
 from __future__ import annotations
@@ -28,9 +29,8 @@ import numpy as np
 from rpuhw.config import require
 from rpuhw.devices.base import (
     AIHWKIT_UNSUPPORTED,
-    WRITE_NOISE_UNSUPPORTED,
     DeviceModel,
-    PulsedDeviceParams,
+    WriteNoiseParams,
 )
 from rpuhw.devices.registry import register_model
 from rpuhw.devices.rule import maximum, minimum
@@ -58,7 +58,7 @@ def mean_step(w, up, prm, i, j, c):
 
 
 @dataclass
-class PiecewiseParams(PulsedDeviceParams):
+class PiecewiseParams(WriteNoiseParams):
     """Parameters of ``piecewise`` (aihwkit's PiecewiseStepDevice names)."""
 
     piecewise_up: list[float] = field(default_factory=lambda: [1.0, 1.0])
@@ -82,7 +82,7 @@ class Piecewise(DeviceModel):
 
     name = "piecewise"
     Params = PiecewiseParams
-    unsupported = {**AIHWKIT_UNSUPPORTED, **WRITE_NOISE_UNSUPPORTED}
+    unsupported = {**AIHWKIT_UNSUPPORTED}
     mean_step = mean_step
 
     def constants(self) -> list[float]:

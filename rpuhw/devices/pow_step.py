@@ -20,7 +20,9 @@ with ``enforce_consistency``. :math:`\\omega` is clamped to [0, 1]; a device who
 coincide does not move. Note that :math:`\\Delta w^{d}_{ij}` is the step at the far
 bound, not at ``w = 0`` (aihwkit's weight granularity is ``dw_min 0.5^pow_gamma``);
 ``pow_gamma = 1`` without spread is soft bounds. Noise is multiplicative. Not affine in
-``w``. aihwkit's ``write_noise_std`` is not simulated.
+``w``. Write noise (``write_noise_std``) and decay (``lifetime``) as aihwkit's
+(:mod:`rpuhw.devices.base`); a device whose bounds coincide keeps its visible weight when
+pulsed.
 """
 
 from __future__ import annotations
@@ -30,9 +32,8 @@ from dataclasses import dataclass
 from rpuhw.config import require
 from rpuhw.devices.base import (
     AIHWKIT_UNSUPPORTED,
-    WRITE_NOISE_UNSUPPORTED,
     DeviceModel,
-    PulsedDeviceParams,
+    WriteNoiseParams,
     one_sided_pair,
 )
 from rpuhw.devices.registry import register_model
@@ -53,7 +54,7 @@ def mean_step(w, up, prm, i, j, c):
 
 
 @dataclass
-class PowStepParams(PulsedDeviceParams):
+class PowStepParams(WriteNoiseParams):
     """Parameters of ``pow_step`` (aihwkit's PowStepDevice names and defaults)."""
 
     pow_gamma: float = 1.0
@@ -85,7 +86,8 @@ class PowStep(DeviceModel):
 
     name = "pow_step"
     Params = PowStepParams
-    unsupported = {**AIHWKIT_UNSUPPORTED, **WRITE_NOISE_UNSUPPORTED}
+    unsupported = {**AIHWKIT_UNSUPPORTED}
+    write_noise_skips_pinned = True  # aihwkit's update_once returns early
     extra_state = ("pow_gamma_up", "pow_gamma_down")
     mean_step = mean_step
 

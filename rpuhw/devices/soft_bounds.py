@@ -11,9 +11,10 @@ SoftBoundsDevice, a LinearStep with ``gamma_up = gamma_down = 1``, no spread of 
 ``mean_bound_reference: false``. Noise is multiplicative,
 :math:`\\Delta_d(w)(1 + \\sigma\\xi)`, or with ``mult_noise: false`` additive on the
 constant part only, :math:`\\Delta_d(w) + \\Delta w^{d}_{ij}\\sigma\\xi`. The step is
-affine in ``w``, so n pulses compose in closed form. aihwkit's ``write_noise_std``,
+affine in ``w``, so n pulses compose in closed form. aihwkit's
 ``reverse_up/down`` and the SoftBoundsReference keys are not simulated (rejected unless at
-their no-effect values).
+their no-effect values); write noise (``write_noise_std``) and decay (``lifetime``) as
+aihwkit's (:mod:`rpuhw.devices.base`).
 """
 
 from __future__ import annotations
@@ -23,9 +24,8 @@ from dataclasses import dataclass
 from rpuhw.config import require
 from rpuhw.devices.base import (
     AIHWKIT_UNSUPPORTED,
-    WRITE_NOISE_UNSUPPORTED,
     DeviceModel,
-    PulsedDeviceParams,
+    WriteNoiseParams,
 )
 from rpuhw.devices.linear_step import REVERSE_UNSUPPORTED
 from rpuhw.devices.linear_step import noise as linear_noise
@@ -53,7 +53,7 @@ def mean_step(w, up, prm, i, j, c):
 
 
 @dataclass
-class SoftBoundsParams(PulsedDeviceParams):
+class SoftBoundsParams(WriteNoiseParams):
     """Parameters of ``soft_bounds`` (the shared pulsed-device keys and mult_noise)."""
 
     mult_noise: bool = True
@@ -72,7 +72,7 @@ class SoftBounds(DeviceModel):
 
     name = "soft_bounds"
     Params = SoftBoundsParams
-    unsupported = {**AIHWKIT_UNSUPPORTED, **WRITE_NOISE_UNSUPPORTED, **REVERSE_UNSUPPORTED,
+    unsupported = {**AIHWKIT_UNSUPPORTED, **REVERSE_UNSUPPORTED,
                    **REFERENCE_UNSUPPORTED}
     mean_step = mean_step
     noise = linear_noise  # linear_step's rule: multiplicative, or additive (mult_noise)

@@ -26,7 +26,7 @@ from rpuhw.sim.mvm import (
     product_kernel,
     small_product,
 )
-from rpuhw.sim.update_torch import apply_counts, update_torch
+from rpuhw.sim.update_torch import apply_counts, pulsed_devices, update_torch, write_noise
 
 Engine = Literal["auto", "numba", "torch"]
 
@@ -49,6 +49,12 @@ class SimulatedArray(CrossPointArray):
     Updates that a :class:`~rpuhw.periphery.Periphery` sends may finish on the
     background update thread (:mod:`rpuhw.sim.background`); every method and the
     ``weights`` attribute wait for them, so callers always see the updated array.
+
+    A device with write noise (``write_noise_std``) keeps hidden weights
+    (:attr:`hidden_weights`) that pulses move; :attr:`weights` are the visible ones. A device
+    with ``lifetime`` decays once at the end of every ``update`` call (one per optimizer
+    step in training, aihwkit's once per mini-batch); ``pulse`` does not decay (call
+    :meth:`decay`). Both as aihwkit 1.2 (:mod:`rpuhw.devices.base`).
     """
 
     capabilities = Capabilities(forward=True, backward=True, update=True, pulse=True,
@@ -81,6 +87,9 @@ class SimulatedArray(CrossPointArray):
         self._clip_into_bounds()
         self._prm = self.model.packed_state(self.state)
         self._const = np.asarray(self.model.constants(), dtype=np.float64)
+        self._wn = self.model.write_noise
+        self._hidden = self.weights.clone() if self._wn > 0 else None
+        self._on_set()  # as aihwkit's tile after populating (onSetWeights)
 
     def __repr__(self) -> str:
         return (f"SimulatedArray(rows={self.rows}, cols={self.cols}, model={self.model.name!r}, "
@@ -89,7 +98,8 @@ class SimulatedArray(CrossPointArray):
     # ---- the weights, after any pending background update --------------------------
     @property
     def weights(self) -> torch.Tensor:
-        """The device states ``[rows, cols]`` (weight units), float32, updated in place.
+        """The device states ``[rows, cols]`` (weight units), float32, updated in place:
+        the visible weights (hidden ones plus write noise, for a device that has it).
 
         Waits for this array's pending background update first
         (:mod:`rpuhw.sim.background`); every method reaches the weights through here.
@@ -103,6 +113,14 @@ class SimulatedArray(CrossPointArray):
         if self._pending is not None:
             self._wait()
         self._weights = value
+
+    @property
+    def hidden_weights(self) -> torch.Tensor:
+        """The hidden (persistent) weights that pulses move, for a device with write noise
+        (aihwkit's ``persistent_weights``); otherwise :attr:`weights` itself."""
+        if self._pending is not None:
+            self._wait()
+        return self._weights if self._hidden is None else self._hidden
 
     def __getstate__(self) -> dict[str, Any]:  # copy / pickle: the finished state
         if self._pending is not None:
@@ -121,6 +139,61 @@ class SimulatedArray(CrossPointArray):
         torch.minimum(torch.maximum(self.weights, self.state["w_min"]), self.state["w_max"],
                       out=self.weights)
 
+    def _on_set(self) -> None:
+        """After the weights were set (and clipped): the hidden weights take them and, with
+        ``apply_write_noise_on_set``, every visible weight gets write noise (aihwkit's
+        ``PulsedRPUDevice::onSetWeights``)."""
+        if self._hidden is None:
+            return
+        self._hidden.copy_(self._weights)
+        if self.model.params.apply_write_noise_on_set:  # type: ignore[attr-defined]
+            self._weights.copy_(write_noise(self.model, self.state, self._hidden,
+                                            self._weights, None, self.gen))
+
+    def _wn_args(self) -> tuple:
+        """The kernels' write-noise arguments ``(V, wn, wn_pinned)``, or none."""
+        if self._hidden is None:
+            return ()
+        return (self._weights.numpy(), self._wn, self.model.write_noise_skips_pinned)
+
+    def _moved(self) -> torch.Tensor:
+        """The weights pulses move: the hidden ones with write noise, else the weights."""
+        return self._weights if self._hidden is None else self._hidden
+
+    def _decay_job(self):
+        """``job()`` applying one decay (:meth:`decay`) to the current weights' memory, safe
+        to run on the background thread after the update; None without ``lifetime``."""
+        if not self.model.decays:
+            return None
+        hidden, visible = self._moved().numpy(), self._weights.numpy()
+        st = self.state
+        scale, bias, lo, hi = (st[k].numpy() for k in ("decay_scale", "reset_bias", "w_min",
+                                                       "w_max"))
+        seed = self._call_seed() if self._hidden is not None else 0
+        wn = self._wn
+
+        def job() -> None:
+            # aihwkit's PulsedRPUDevice::decayWeights (alpha 1), float32 like aihwkit's
+            np.subtract(hidden, bias, out=hidden)
+            np.multiply(hidden, scale, out=hidden)
+            np.add(hidden, bias, out=hidden)
+            np.minimum(hidden, hi, out=hidden)
+            np.maximum(hidden, lo, out=hidden)
+            if wn > 0:  # then applyUpdateWriteNoise: every device's visible weight anew
+                noise = np.random.default_rng(seed).standard_normal(hidden.shape)
+                np.add(hidden, (wn * noise).astype(np.float32), out=visible)
+
+        return job
+
+    def decay(self) -> None:
+        """Decay every device once (``lifetime`` > 0; else nothing): aihwkit's
+        ``decayWeights``, which its analog optimizer runs once per mini-batch. Every
+        ``update`` call ends with one; call this after ``pulse`` where that stands for an
+        update cycle."""
+        job = self._decay_job()
+        if job is not None:
+            job()
+
     def _call_seed(self) -> int:
         return self._seeds()
 
@@ -137,9 +210,12 @@ class SimulatedArray(CrossPointArray):
                          out_bound=float(self.io.out_bound))
 
     def set_weights(self, w: torch.Tensor) -> None:
-        """Set the device states directly (simulation only), clipped to each device's bounds."""
+        """Set the device states directly (simulation only), clipped to each device's bounds
+        (with write noise: the hidden weights; the visible ones get fresh write noise unless
+        ``apply_write_noise_on_set`` is false)."""
         self.weights.copy_(check_float(w, "w", self.shape))
         self._clip_into_bounds()
+        self._on_set()
 
     # ---- native operations -----------------------------------------------------------
     def _forward(self, x):
@@ -195,15 +271,23 @@ class SimulatedArray(CrossPointArray):
     def _update(self, x_bits, d_bits):
         if self.engine == "numba" and x_bits.shape[1] <= MAX_BL:
             return self._update_packed(PackedBits.from_bits(x_bits, d_bits))
-        self.weights = update_torch(self.model, self.state, self.weights, x_bits, d_bits,
-                                    self.gen)
+        moved = update_torch(self.model, self.state, self._moved(), x_bits, d_bits, self.gen)
+        if self._hidden is None:
+            self.weights = moved
+        else:
+            self._hidden = moved
+            self.weights = write_noise(self.model, self.state, moved, self.weights,
+                                       pulsed_devices(x_bits, d_bits), self.gen)
+        self.decay()
 
     def _update_packed(self, packed: PackedBits):
         if self.engine != "numba":
             return self._update(*packed.to_bits())
         kernel = kernels.update_kernel_for(self.model.nb_pulse)
-        kernel(packed.x_nz, packed.x_pos, packed.d_nz, packed.d_pos, self.weights.numpy(),
-               self._prm, self._const, self._call_seed(), self.model.noisy)
+        moved = self.weights.numpy() if self._hidden is None else self._hidden.numpy()
+        kernel(packed.x_nz, packed.x_pos, packed.d_nz, packed.d_pos, moved,
+               self._prm, self._const, self._call_seed(), self.model.noisy, *self._wn_args())
+        self.decay()
 
     def _update_signed(self, sx: np.ndarray, sd: np.ndarray, bl: int, seed: int) -> bool:
         """The pulse trains ``encode_packed_np(sx, sd, bl, seed)``, applied by the update
@@ -215,12 +299,16 @@ class SimulatedArray(CrossPointArray):
         x_nz, x_pos, d_nz, d_pos = self._mask_buffers(P)
         encode = encode_kernel_for(P * (cols + rows) * bl)
         update = kernels.update_kernel_for(self.model.nb_pulse)
-        w = self.weights.numpy()  # (waits for an earlier pending update)
-        call_seed, noisy = self._call_seed(), self.model.noisy
+        w = self._moved().numpy()  # (waits for an earlier pending update)
+        call_seed, noisy, wn_args = self._call_seed(), self.model.noisy, self._wn_args()
+        decay = self._decay_job()
 
         def job() -> None:
             encode(sx, sd, bl, np.uint64(seed), x_nz, x_pos, d_nz, d_pos)
-            update(x_nz, x_pos, d_nz, d_pos, w, self._prm, self._const, call_seed, noisy)
+            update(x_nz, x_pos, d_nz, d_pos, w, self._prm, self._const, call_seed, noisy,
+                   *wn_args)
+            if decay is not None:
+                decay()
 
         if background.enabled() and P * (cols + rows) * bl >= background.MIN_SLOTS:
             self._pending = background.submit(job)
@@ -243,19 +331,29 @@ class SimulatedArray(CrossPointArray):
     def _pulse(self, counts):
         if self.engine == "numba":
             kernel = kernels.pulse_kernel_for(self.model.nb_pulse)
-            kernel(counts.numpy(), self.weights.numpy(), self._prm, self._const,
-                   self._call_seed(), self.model.noisy)
+            kernel(counts.numpy(), self._moved().numpy(), self._prm, self._const,
+                   self._call_seed(), self.model.noisy, *self._wn_args())
             return
-        self.weights = apply_counts(self.model, self.state, self.weights,
-                                    counts.abs().float()[None], (counts > 0)[None], self.gen)
+        moved = apply_counts(self.model, self.state, self._moved(), counts.abs().float()[None],
+                             (counts > 0)[None], self.gen)
+        if self._hidden is None:
+            self.weights = moved
+        else:
+            self._hidden = moved
+            self.weights = write_noise(self.model, self.state, moved, self.weights, counts != 0,
+                                       self.gen)
 
     # ---- torch-style state -----------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        """Weights, per-device parameters, seed and RNG state (for checkpoints)."""
-        return {"weights": self.weights.clone(), "state": {k: v.clone() for k, v in
-                                                           self.state.items()},
-                "seed": self.seed, "rng": self.gen.get_state(), "seeds": self._seeds.state,
-                "model": self.model.name}
+        """Weights, per-device parameters, seed and RNG state (for checkpoints); with write
+        noise also the hidden weights (``hidden``)."""
+        out = {"weights": self.weights.clone(), "state": {k: v.clone() for k, v in
+                                                          self.state.items()},
+               "seed": self.seed, "rng": self.gen.get_state(), "seeds": self._seeds.state,
+               "model": self.model.name}
+        if self._hidden is not None:
+            out["hidden"] = self._hidden.clone()
+        return out
 
     def load_state_dict(self, sd: dict[str, Any]) -> None:
         """Restore :meth:`state_dict`; the model name and shapes must match."""
@@ -266,6 +364,8 @@ class SimulatedArray(CrossPointArray):
             raise ValueError(f"state_dict: expected weights {list(self.shape)}, got "
                              f"{list(sd['weights'].shape)}")
         self.weights.copy_(sd["weights"])
+        if self._hidden is not None:
+            self._hidden.copy_(sd.get("hidden", sd["weights"]))
         for k, v in sd["state"].items():
             self.state[k].copy_(v)
         self._prm[:] = self.model.packed_state(self.state)

@@ -123,13 +123,16 @@ def update_kernel_for(pulse):
     Returns ``kernel(xnz, xpos, dnz, dpos, W, prm, c, seed, noisy)`` that applies
     the P packed rank-1 updates in order, pulse by pulse, to W [rows, cols] in place:
     device (i, j) gets a pulse in slot t of update p when both bits are non-zero,
-    up when their signs agree, each with one fresh normal when ``noisy``.
+    up when their signs agree, each with one fresh normal when ``noisy``. With the
+    optional ``V, wn, wn_pinned`` (write noise of std ``wn``), W holds the hidden weights
+    and each pulsed device's visible weight in V is drawn anew.
     """
     return _kernels_for(pulse).update_kernel
 
 
 def pulse_kernel_for(pulse):
-    """Compiled ``kernel(counts, W, prm, c, seed, noisy)``: ``counts[i, j]`` signed pulses."""
+    """Compiled ``kernel(counts, W, prm, c, seed, noisy[, V, wn, wn_pinned])``:
+    ``counts[i, j]`` signed pulses (write noise as in :func:`update_kernel_for`)."""
     return _kernels_for(pulse).pulse_kernel
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from rpuhw._jit import njit, prange
+from rpuhw.devices.rule import W_MAX, W_MIN
 from rpuhw.periphery.rng import stream_seed
 from rpuhw.sim.kernels import normal, popcount
 
@@ -38,11 +39,28 @@ def _one_way(W, i, j, n, up, prm, c, s, noisy):
     return s
 
 
+@njit(inline="always")
+def _write_noise(W, V, i, j, prm, s, wn, wn_pinned):
+    """aihwkit's write noise after the pulses of device (i, j): visible ``V = W + wn xi``
+    (one fresh normal; ``wn_pinned``: not for a device whose bounds coincide)."""
+    if wn_pinned and prm[i, j, W_MAX] <= prm[i, j, W_MIN]:
+        return s
+    s, xi = normal(s)
+    V[i, j] = np.float64(W[i, j]) + wn * xi
+    return s
+
+
 @njit(parallel=True)
-def update_kernel(xnz, xpos, dnz, dpos, W, prm, c, seed, noisy):
+def update_kernel(xnz, xpos, dnz, dpos, W, prm, c, seed, noisy, V=None, wn=0.0,
+                  wn_pinned=False):
     """Apply the P packed rank-1 updates in order, pulse by pulse, to W [rows, cols] in
     place: device (i, j) gets a pulse in slot t of update p when both bits are non-zero,
     up when their signs agree, each with one fresh normal when ``noisy``.
+
+    Write noise (``V`` given, ``wn`` > 0): W holds the hidden weights and every device
+    pulsed in this call gets its visible weight ``V = W + wn xi`` anew after its last
+    pulse, the one of aihwkit's per-pulse redraws that survives (``_write_noise``).
+    Without ``V`` numba prunes that part: the kernel is the plain one.
 
     Per row and update, the columns with a coincidence are sorted without branches into
     three lists: every pulse up, every pulse down, and both directions (in slot order).
@@ -107,14 +125,26 @@ def update_kernel(xnz, xpos, dnz, dpos, W, prm, c, seed, noisy):
                     w = pulse(w, (upm & low) != 0, xi, prm, i, j, c)
                     mm ^= low
                 W[i, j] = w
+        if V is not None:
+            if wn > 0.0:  # once per row: the devices pulsed in this call
+                touched = np.zeros(cols, np.bool_)
+                for p in range(P):
+                    dm = dnz[p, i]
+                    if dm != 0:
+                        for j in range(cols):
+                            touched[j] |= (dm & xnz[p, j]) != 0
+                for j in range(cols):
+                    if touched[j]:
+                        s = _write_noise(W, V, i, j, prm, s, wn, wn_pinned)
 
 
 # Serial: serial addressing is usually a few devices, where waking numba's thread pool
 # costs more (ms on a busy machine) than the pulses; per-row streams make the result
 # the same either way.
 @njit
-def pulse_kernel(counts, W, prm, c, seed, noisy):
-    """Apply ``counts[i, j]`` signed pulses to device (i, j) of W in place."""
+def pulse_kernel(counts, W, prm, c, seed, noisy, V=None, wn=0.0, wn_pinned=False):
+    """Apply ``counts[i, j]`` signed pulses to device (i, j) of W in place (write noise
+    into ``V`` as in :func:`update_kernel`)."""
     rows, cols = counts.shape
     for i in range(rows):
         s = stream_seed(seed, i)
@@ -123,3 +153,6 @@ def pulse_kernel(counts, W, prm, c, seed, noisy):
             if n == 0:
                 continue
             s = _one_way(W, i, j, abs(n), n > 0, prm, c, s, noisy)
+            if V is not None:
+                if wn > 0.0:
+                    s = _write_noise(W, V, i, j, prm, s, wn, wn_pinned)

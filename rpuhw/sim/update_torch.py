@@ -61,6 +61,27 @@ def update_torch(model: DeviceModel, state: State, w: torch.Tensor, x_bits: torc
     return w
 
 
+def pulsed_devices(x_bits: torch.Tensor, d_bits: torch.Tensor) -> torch.Tensor:
+    """Which devices [rows, cols] get at least one pulse from the updates (bool)."""
+    total = torch.einsum("pti,ptj->ij", d_bits.abs().float(), x_bits.abs().float())
+    return total > 0
+
+
+def write_noise(model: DeviceModel, state: State, hidden: torch.Tensor, visible: torch.Tensor,
+                pulsed: torch.Tensor | None, gen: torch.Generator) -> torch.Tensor:
+    """aihwkit's write noise: the new visible weights, ``hidden + wn xi`` (one fresh normal
+    per device, ``wn`` = :attr:`DeviceModel.write_noise`) where ``pulsed``, the old visible
+    weights elsewhere. ``pulsed=None``: every device (``applyUpdateWriteNoise``, after a set or
+    a decay); otherwise a model with :attr:`DeviceModel.write_noise_skips_pinned` leaves a
+    pulsed device whose bounds coincide as it was (its ``update_once`` returns early)."""
+    fresh = hidden + model.write_noise * torch.randn(hidden.shape, generator=gen)
+    if pulsed is None:
+        return fresh
+    if model.write_noise_skips_pinned:
+        pulsed = pulsed & (state["w_max"] > state["w_min"])
+    return torch.where(pulsed, fresh, visible)
+
+
 def _split_slots(bits: torch.Tensor, which: torch.Tensor) -> torch.Tensor:
     """Replace update p (where ``which[p]``) by BL copies, copy t keeping only slot t."""
     P, BL, L = bits.shape
