@@ -20,6 +20,7 @@ import pytest
 import torch
 import yaml
 
+from rpuhw._jit import HAVE_NUMBA
 from rpuhw.config import from_mapping
 from rpuhw.device_spec import spec_from_mapping
 from rpuhw.devices import get_model
@@ -30,6 +31,7 @@ from rpuhw.devices.base import (
     one_sided_from_moments,
 )
 from rpuhw.errors import ConfigError
+from rpuhw.sim.array import SimulatedArray
 
 ROOT = Path(__file__).resolve().parents[1]
 N = 300  # 300 x 300 = 90,000 devices per draw
@@ -285,8 +287,8 @@ def test_hidden_device_is_the_migrated_old_device():
 # ---- aihwkit keys rpuhw does not simulate ---------------------------------------------------
 
 @pytest.mark.parametrize("model,key,value", [
-    ("constant_step", "lifetime", 1e6),
-    ("linear_step", "write_noise_std", 0.5),
+    ("constant_step", "diffusion", 1e-3),
+    ("linear_step", "corrupt_devices_prob", 0.5),
     ("soft_bounds", "reverse_up", True),
     ("soft_bounds", "subtract_symmetry_point", True),
     ("exp_step", "corrupt_devices_prob", 0.1),
@@ -317,10 +319,196 @@ def test_cli_names_an_unsupported_key(tmp_path):
     import sys
 
     path = tmp_path / "dev.yaml"
-    path.write_text("model: linear_step\nwrite_noise_std: 0.5\n")
+    path.write_text("model: linear_step\ndiffusion: 0.5\n")
     out = subprocess.run([sys.executable, "-m", "rpuhw.cli", "device", str(path)],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 2
     lines = [line for line in out.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and "write_noise_std" in lines[0] and str(path) in lines[0]
+    assert len(lines) == 1 and "diffusion" in lines[0] and str(path) in lines[0]
     assert "not supported by rpuhw" in lines[0]
+
+
+# ---- write noise and decay (aihwkit's PulsedRPUDevice, rpu_pulsed_device.cpp) ----------------
+
+ENGINES = ["torch"] + (["numba"] if HAVE_NUMBA else [])
+WN = 200  # 200 x 200 = 40,000 devices per array
+
+
+def _array(engine: str, seed: int = 0, **params) -> SimulatedArray:
+    spec = spec_from_mapping({"model": "soft_bounds", "dw_min": 0.01, "dw_min_std": 0.0,
+                              **params}, source="test")
+    return SimulatedArray(WN, WN, device=spec, seed=seed, engine=engine)
+
+
+def _flat(t: torch.Tensor) -> np.ndarray:
+    return t.double().numpy().ravel()
+
+
+def test_write_noise_is_in_units_of_dw_min_and_only_where_aihwkit_has_it():
+    """aihwkit's getScaledWriteNoise: write_noise_std * dw_min; ConstantStepDevice has no
+    write noise (no such key), the other five models do."""
+    spec = spec_from_mapping({"model": "linear_step", "dw_min": 0.02, "write_noise_std": 3.0})
+    assert spec.model.write_noise == pytest.approx(0.06)
+    for name in ("linear_step", "soft_bounds", "exp_step", "pow_step", "piecewise"):
+        assert spec_from_mapping({"model": name, "write_noise_std": 0.5}).model.write_noise > 0
+    with pytest.raises(ConfigError, match="write_noise_std"):
+        spec_from_mapping({"model": "constant_step", "write_noise_std": 0.5})
+    with pytest.raises(ConfigError, match="write_noise_std"):
+        spec_from_mapping({"model": "soft_bounds", "write_noise_std": -1.0})
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_write_noise_on_set_is_fresh_unclipped_noise_on_the_clipped_weights(engine):
+    """onSetWeights: the set weights are clipped to the bounds and become the hidden ones;
+    every visible weight is hidden + sigma xi (not clipped), sigma = write_noise_std dw_min.
+    The array's creation sets w = 0 the same way."""
+    arr = _array(engine, write_noise_std=3.0)
+    sigma = 0.03
+    assert torch.equal(arr.hidden_weights, torch.zeros(WN, WN))
+    close_mean(_flat(arr.weights), 0.0, sigma)
+    close_sd(_flat(arr.weights), sigma)
+    arr.set_weights(torch.full((WN, WN), 10.0))  # beyond every upper bound: clipped to it
+    assert torch.equal(arr.hidden_weights, arr.state["w_max"])
+    noise = _flat(arr.weights - arr.hidden_weights)
+    close_mean(noise, 0.0, sigma)
+    close_sd(noise, sigma)
+    above = float((noise > 0).mean())  # half of the visible weights lie above the bound
+    assert abs(above - 0.5) <= Z * math.sqrt(0.25 / noise.size)
+    quiet = _array(engine, write_noise_std=3.0, apply_write_noise_on_set=False)
+    assert torch.equal(quiet.weights, quiet.hidden_weights)
+    quiet.set_weights(torch.full((WN, WN), 0.1))
+    assert torch.equal(quiet.weights, quiet.hidden_weights)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("how", ["pulse", "update"])
+def test_write_noise_is_redrawn_for_pulsed_devices_only(engine, how):
+    """update_once: a pulse moves the hidden weight by the device's rule and draws the
+    visible one anew (hidden + sigma xi, independent of the old noise); devices without a
+    pulse keep both."""
+    arr = _array(engine, write_noise_std=3.0)
+    sigma = 0.03
+    arr.set_weights(torch.full((WN, WN), 0.2))
+    h0, v0 = arr.hidden_weights.clone(), arr.weights.clone()
+    hit = torch.zeros(WN, WN, dtype=torch.bool)
+    hit[:, ::2] = True  # even columns
+    if how == "pulse":
+        arr.pulse(hit.to(torch.int32) * 2)  # two up pulses each
+    else:
+        x = (torch.arange(WN) % 2 == 0).to(torch.int8).view(1, 1, WN).repeat(1, 2, 1)
+        arr.update(x, torch.ones(1, 2, WN, dtype=torch.int8))
+    h1, v1 = arr.hidden_weights, arr.weights
+    assert torch.equal(h1[~hit], h0[~hit]) and torch.equal(v1[~hit], v0[~hit])
+    st = arr.state
+    expect = h0.double()
+    for _ in range(2):  # soft bounds without cycle-to-cycle noise: dw_up (1 - w / w_max)
+        expect = torch.minimum(expect + st["dw_up"].double() * (1 - expect / st["w_max"]),
+                               st["w_max"].double())
+    assert torch.allclose(h1[hit].double(), expect[hit], atol=1e-6)
+    new, old = _flat(v1[hit] - h1[hit]), _flat(v0[hit] - h0[hit])
+    close_mean(new, 0.0, sigma)
+    close_sd(new, sigma)
+    corr = float(np.corrcoef(new, old)[0, 1])  # fresh: uncorrelated with the old noise
+    assert abs(corr) <= Z / math.sqrt(new.size)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("model,kept", [("exp_step", True), ("pow_step", True),
+                                        ("linear_step", False)])
+def test_pulsed_pinned_device_keeps_its_visible_weight_in_exp_and_pow_step(engine, model,
+                                                                            kept):
+    """aihwkit's ExpStep (b_diff > 0) and PowStep (range == 0) update_once return before the
+    write noise when a device's bounds coincide; LinearStep redraws it."""
+    spec = spec_from_mapping({"model": model, "write_noise_std": 2.0, "w_min_dtod": 1.5,
+                              "w_max_dtod": 1.5, "enforce_consistency": False})
+    arr = SimulatedArray(60, 60, device=spec, seed=3, engine=engine)
+    pinned = arr.state["w_min"] == arr.state["w_max"]
+    assert 0.1 < float(pinned.float().mean()) < 0.9  # both kinds present
+    v0 = arr.weights.clone()
+    arr.pulse(torch.ones(60, 60, dtype=torch.int32))
+    assert torch.equal(arr.weights[pinned], v0[pinned]) == kept
+    assert not (arr.weights[~pinned] == v0[~pinned]).any()
+
+
+def test_decay_parameters_are_drawn_as_aihwkit_populate():
+    """t = lifetime (1 + lifetime_dtod xi), decay_scale = 1 - 1/t for t > 1 else 0;
+    reset_bias = reset + reset_dtod xi' (additive). Drawn after the other parameters, so
+    a device keeps its steps and bounds when a lifetime is added."""
+    s = draw("linear_step", seed=4, lifetime=10.0, lifetime_dtod=0.3, reset=0.1,
+             reset_dtod=0.05)
+    zero = s["decay_scale"] == 0
+    p_zero = 0.0013499  # P(1 + 0.3 xi <= 0.1) = P(xi <= -3)
+    assert abs(zero.mean() - p_zero) <= Z * math.sqrt(p_zero * (1 - p_zero) / zero.size)
+    t = 1.0 / (1.0 - s["decay_scale"][~zero])
+    # the mean of t given t > 1 is 10 + 3 phi(3) / (1 - Phi(3)) = 10.0133
+    close_mean(t, 10.0133, 3.0)
+    close_sd(t, 3.0)
+    close_mean(s["reset_bias"], 0.1, 0.05)
+    close_sd(s["reset_bias"], 0.05)
+    plain = draw("linear_step", seed=4)
+    assert "decay_scale" not in plain
+    for key in plain:
+        assert np.array_equal(plain[key], s[key]), key
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_decay_once_per_update_call_towards_the_reset_value(engine):
+    """decayWeights: h <- clip((h - b) delta + b, w_min, w_max) once per update call (with
+    or without pulses in it), never by pulse(); decay() does one explicitly."""
+    from rpuhw.sim.reference import reference_decay
+
+    spec = spec_from_mapping({"model": "linear_step", "lifetime": 4.0, "lifetime_dtod": 0.5,
+                              "reset": 0.2, "reset_dtod": 0.1, "w_min": -0.3, "w_max": 0.3})
+    arr = SimulatedArray(40, 50, device=spec, seed=5, engine=engine)
+    w0 = torch.empty(40, 50).uniform_(-0.5, 0.5, generator=torch.Generator().manual_seed(1))
+    arr.set_weights(w0)
+    expect = arr.weights.clone()
+    no_pulse = torch.zeros(1, 1, 50, dtype=torch.int8), torch.ones(1, 1, 40, dtype=torch.int8)
+    for _ in range(3):
+        arr.update(*no_pulse)
+        expect = reference_decay(arr.state, expect)
+        assert torch.equal(arr.weights, expect)
+    # some devices are back at their reset value at once (t <= 1), some clipped
+    assert (arr.state["decay_scale"] == 0).any()
+    assert (expect == arr.state["w_max"]).any()
+    counts = torch.zeros(40, 50, dtype=torch.int32)
+    counts[0, 0] = 1
+    arr.pulse(counts)
+    assert torch.equal(arr.weights[1:], expect[1:])  # pulse: no decay
+    before = arr.weights.clone()
+    arr.decay()
+    assert torch.equal(arr.weights, reference_decay(arr.state, before))
+
+
+def test_decay_redraws_every_devices_write_noise():
+    """decayWeights ends with applyUpdateWriteNoise: after an update call every visible
+    weight is the decayed hidden one plus fresh write noise, pulsed or not."""
+    arr = _array("torch", write_noise_std=3.0, lifetime=50.0)
+    arr.set_weights(torch.full((WN, WN), 0.3))
+    v0 = arr.weights.clone()
+    arr.update(torch.zeros(1, 1, WN, dtype=torch.int8), torch.ones(1, 1, WN, dtype=torch.int8))
+    noise = _flat(arr.weights - arr.hidden_weights)
+    close_mean(noise, 0.0, 0.03)
+    close_sd(noise, 0.03)
+    assert not (arr.weights == v0).any()
+
+
+def test_periphery_update_decays_once():
+    """rpuhw's training path: one Periphery.update (what an optimizer step sends each
+    array, nn.AnalogSGD -> apply_update) is one decay."""
+    from rpuhw.periphery import Periphery
+    from rpuhw.sim.reference import reference_decay
+
+    spec = spec_from_mapping({"model": "constant_step", "lifetime": 3.0, "reset": 0.1})
+    arr = SimulatedArray(8, 6, device=spec, seed=2)
+    arr.set_weights(torch.full((8, 6), 0.5))
+    expect = reference_decay(arr.state, arr.weights.clone())
+    Periphery(arr).update(torch.zeros(4, 6), torch.zeros(4, 8), lr=0.1)
+    assert torch.equal(arr.weights, expect)
+
+
+@pytest.mark.parametrize("key,value", [("lifetime", -1.0), ("reset_dtod", -0.1),
+                                       ("reset_std", -0.1), ("lifetime_dtod", -0.2)])
+def test_decay_keys_must_be_non_negative(key, value):
+    with pytest.raises(ConfigError, match=key):
+        spec_from_mapping({"model": "constant_step", key: value})

@@ -33,7 +33,7 @@ from rpuhw.devices import get_model, model_names
 from rpuhw.periphery.bits import PackedBits
 from rpuhw.sim import kernels
 from rpuhw.sim.reference import reference_update
-from rpuhw.sim.update_torch import update_torch
+from rpuhw.sim.update_torch import pulsed_devices, update_torch, write_noise
 
 ROWS, COLS, P, BL = 16, 26, 576, 10
 S = int(os.environ.get("RPUHW_STAT_REPLICAS", "64"))
@@ -77,11 +77,12 @@ def _lines(gen, P, n, p_lo, p_hi, sign_mode):
     return (on.float() * sign).to(torch.int8)
 
 
-def scenario(name: str, model_name: str):
-    """(model, state [ROWS, COLS], w0 [ROWS, COLS], x_bits, d_bits) of one scenario."""
+def scenario(name: str, model_name: str, **params):
+    """(model, state [ROWS, COLS], w0 [ROWS, COLS], x_bits, d_bits) of one scenario
+    (``params``: more model parameters)."""
     gen = torch.Generator().manual_seed(1234)
     extra = {"up_down": 0.2} if name == "asymmetry" else {}
-    model = _model(model_name, **extra)
+    model = _model(model_name, **extra, **params)
     state = model.draw(ROWS, COLS, gen)
     lo, hi = state["w_min"], state["w_max"]
     if name == "random":
@@ -221,3 +222,70 @@ def test_engines_are_reproducible_with_a_seed():
         a = run_engine(engine, *scenario("random", "soft_bounds"), seed=5)
         b = run_engine(engine, *scenario("random", "soft_bounds"), seed=5)
         assert torch.equal(a, b)
+
+
+# ---- write noise: hidden weights moved by the pulses, visible ones redrawn ------------------
+WN_MODELS = ["soft_bounds", "exp_step"]
+"""An affine model (torch engine in closed form) and one looped pulse by pulse whose
+pinned devices (bounds equal) keep their visible weight (aihwkit's ExpStep)."""
+
+
+def wn_scenario(model_name: str):
+    """The random scenario with write noise (write_noise_std 2): column 0 never pulsed, and
+    for a model that skips pinned devices every 7th device pinned; visible weights start
+    0.05 above the hidden ones (so that an unchanged one is recognised)."""
+    model, state, w0, x, d = scenario("random", model_name, write_noise_std=2.0)
+    x = x.clone()
+    x[:, :, 0] = 0
+    state = dict(state)
+    if model.write_noise_skips_pinned:
+        pin = (torch.arange(ROWS)[:, None] * COLS + torch.arange(COLS)) % 7 == 3
+        mid = 0.5 * (state["w_min"] + state["w_max"])
+        state["w_min"] = torch.where(pin, mid, state["w_min"])
+        state["w_max"] = torch.where(pin, mid, state["w_max"])
+        w0 = torch.where(pin, mid, w0)
+    return model, state, w0, w0 + 0.05, x, d
+
+
+def run_engine_wn(engine: str, model, state, w0, v0, x, d, seed: int):
+    """Final hidden and visible weights [S, ROWS, COLS] of S replicas: the reference redraws
+    the visible weight at every pulse (aihwkit's update_once), the fast engines once per
+    pulsed device after its last pulse."""
+    st = {k: _tile(v, 0) for k, v in state.items()}
+    w, v = _tile(w0, 0).clone(), _tile(v0, 0).clone()
+    dd = _tile(d, 2)
+    gen = torch.Generator().manual_seed(seed)
+    if engine == "reference":
+        w, v = reference_update(model, st, w, x, dd, gen, visible=v)
+    elif engine == "torch":
+        w = update_torch(model, st, w, x, dd, gen)
+        v = write_noise(model, st, w, v, pulsed_devices(x, dd), gen)
+    else:
+        pk = PackedBits.from_bits(x, dd)
+        kernel = kernels.update_kernel_for(model.nb_pulse)
+        kernel(pk.x_nz, pk.x_pos, pk.d_nz, pk.d_pos, w.numpy(), model.packed_state(st),
+               np.asarray(model.constants(), dtype=np.float64), seed, model.noisy, v.numpy(),
+               model.write_noise, model.write_noise_skips_pinned)
+    return w.reshape(S, ROWS, COLS), v.reshape(S, ROWS, COLS)
+
+
+_WN_REFERENCE: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("model_name", WN_MODELS)
+def test_write_noise_engines_match_pulse_by_pulse_reference(model_name, engine):
+    if model_name not in _WN_REFERENCE:
+        _WN_REFERENCE[model_name] = run_engine_wn("reference", *wn_scenario(model_name), seed=7)
+    ref_h, ref_v = _WN_REFERENCE[model_name]
+    fast_h, fast_v = run_engine_wn(engine, *wn_scenario(model_name), seed=11)
+    assert_same(compare(fast_h, ref_h))
+    assert_same(compare(fast_v, ref_v))
+    model, state, w0, v0, x, d = wn_scenario(model_name)
+    assert torch.equal(fast_v[:, :, 0], v0[:, 0].expand(S, ROWS))  # never pulsed: kept
+    # the write noise is there: where redrawn, visible minus hidden has std
+    # write_noise_std * dw_min (5 standard errors of a sample std, sd / sqrt(2 n))
+    redrawn = fast_v != v0.expand(S, ROWS, COLS)
+    assert redrawn[:, :, 1:].float().mean() > (0.8 if model.write_noise_skips_pinned else 0.99)
+    noise = (fast_v - fast_h)[redrawn].double()
+    assert abs(float(noise.std()) / model.write_noise - 1) < 5 * (2 * noise.numel()) ** -0.5
