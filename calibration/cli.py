@@ -15,7 +15,9 @@ from rpuhw.errors import ConfigError, HardwareError, add_hint
 RESUME_KEYS = {"array": "--array", "rows": "--rows", "cols": "--cols",
                "protocol": "--protocol", "pulses_per_direction": "--pulses",
                "pulses_between_levels": "--pulses", "cycles": "--cycles",
-               "repeats": "--repeats", "seed": "--seed", "devices": "--devices"}
+               "repeats": "--repeats", "seed": "--seed", "devices": "--devices",
+               "pulses_per_half": "--pulses", "window": "--window",
+               "settle_tol": "--settle-tol", "max_pulses": "--max-pulses"}
 """Sidecar settings a resumed ``rpuhw characterize`` must repeat, and the flag of each."""
 
 
@@ -26,10 +28,10 @@ class Characterize(Command):
     keeping the rows."""
 
     name = "characterize"
-    help = ("measure devices' pulse response or read noise on any array into a measurement "
-            "CSV")
-    description = ("Measure the pulse response (or read noise) of devices of an array into "
-                   "a measurement CSV with a sidecar JSON.")
+    help = ("measure devices' pulse response, read noise or symmetry point on any array into "
+            "a measurement CSV")
+    description = ("Measure the pulse response (or read noise, or symmetry point) of devices "
+                   "of an array into a measurement CSV with a sidecar JSON.")
     epilog = """examples:
   rpuhw characterize --array sim --rows 4 --cols 4 --devices 4 --pulses 200 -o meas.csv
   rpuhw characterize --array bench:bench.yaml --rows 8 --cols 8 --devices all \\
@@ -38,11 +40,17 @@ class Characterize(Command):
   rpuhw characterize ... -o meas.csv --resume --accept-jump   # ...though the devices moved
   rpuhw characterize --array sim --rows 2 --cols 2 --protocol read-noise \\
                      --repeats 50 --cycles 5 --pulses 100 -o noise.csv
+  rpuhw characterize --array bench:bench.yaml --rows 8 --cols 8 --devices 4 \
+                     --protocol symmetry-point -o sp.csv
+  rpuhw symmetry-point sp.csv -o sp.yaml      # per-device symmetry points
 
 pulse-response: --pulses is per direction per cycle: per cycle, a read then --pulses up
 pulses (read after each), a read then --pulses down pulses (read after each); the sidecar
 says pulses_per_direction. read-noise: --cycles levels --pulses up pulses
-apart (centred on the start), --repeats reads at each.
+apart (centred on the start), --repeats reads at each. symmetry-point: --pulses (default
+1) up pulses then as many down pulses, a read after each, repeated on every device until
+the means of its last two --window cycles differ by less than --settle-tol x dw_min, or
+--max-pulses (docs/calibration.md, "Symmetry points").
 """
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
@@ -53,15 +61,25 @@ apart (centred on the start), --repeats reads at each.
         p.add_argument("--cols", required=True, type=int, help="array columns")
         p.add_argument("--devices", default="all", metavar="all|N|r:c,...",
                        help="devices to measure (default all)")
-        p.add_argument("--pulses", type=int, default=100,
+        p.add_argument("--pulses", type=int, default=None,
                        help="pulse-response: pulses per direction per cycle (N up, then N "
-                            "down); read-noise: up pulses between levels (default 100)")
+                            "down); read-noise: up pulses between levels (default 100); "
+                            "symmetry-point: pulses per half-cycle (default 1)")
         p.add_argument("--cycles", type=int, default=1,
                        help="up/down cycles, or read-noise levels (default 1)")
-        p.add_argument("--protocol", choices=("pulse-response", "read-noise"),
+        p.add_argument("--protocol", choices=("pulse-response", "read-noise", "symmetry-point"),
                        default="pulse-response", help="what to measure (default pulse-response)")
         p.add_argument("--repeats", type=int, default=100,
                        help="reads per level for read-noise (default 100)")
+        p.add_argument("--window", type=int, default=None, metavar="K",
+                       help="symmetry-point: cycles per settle window (default from the "
+                            "device: (w_max - w_min) / dw_min / (2 x pulses))")
+        p.add_argument("--settle-tol", type=float, default=None, metavar="F",
+                       help="symmetry-point: settled when the last two window means differ "
+                            "by less than F x dw_min (default 0.5)")
+        p.add_argument("--max-pulses", type=int, default=None, metavar="N",
+                       help="symmetry-point: most pulses per device (default 20 x window x "
+                            "pulses)")
         p.add_argument("--seed", type=int, default=None, help="seed of a simulated array")
         p.add_argument("-o", "--output", required=True, metavar="CSV", help="measurement CSV")
         p.add_argument("--resume", action="store_true",
@@ -81,6 +99,7 @@ apart (centred on the start), --repeats reads at each.
             protocol_meta,
             pulse_response,
             read_noise,
+            symmetry_point,
         )
 
         _check_characterize_args(args)
@@ -99,10 +118,17 @@ apart (centred on the start), --repeats reads at each.
             writer = MeasurementWriter(out, meta, resume=args.resume)
             t0 = time.monotonic()
             try:
+                result = None
                 if args.protocol == "pulse-response":
                     pulse_response(array, devices, args.pulses, args.cycles, writer,
                                    progress=not args.no_progress,
                                    accept_jump=args.accept_jump)
+                elif args.protocol == "symmetry-point":
+                    result = symmetry_point(array, devices, writer, pulses=args.pulses,
+                                            window=args.window, tolerance=args.settle_tol,
+                                            max_pulses=args.max_pulses,
+                                            progress=not args.no_progress,
+                                            accept_jump=args.accept_jump)
                 else:
                     read_noise(array, devices, args.repeats, args.cycles, writer,
                                pulses=args.pulses, progress=not args.no_progress,
@@ -119,16 +145,33 @@ apart (centred on the start), --repeats reads at each.
             total = writer.rows_written + (len(writer.existing) if writer.existing else 0)
             print(f"wrote {total} rows ({len(devices)} devices, {args.protocol}) to {out} and "
                   f"{sidecar_path(out)} in {time.monotonic() - t0:.1f} s")
+            if result is not None:
+                print(f"this run: {result.summary()}; analyse with: rpuhw symmetry-point "
+                      f"{out} -o SP.yaml")
             return 0
         finally:
             array.close()
 
 
 def _check_characterize_args(args: argparse.Namespace) -> None:
-    for name in ("rows", "cols", "pulses", "cycles", "repeats"):
+    sym = args.protocol == "symmetry-point"
+    if args.pulses is None:
+        args.pulses = 1 if sym else 100
+    for name in ("rows", "cols", "pulses", "cycles", "repeats", "window", "max_pulses"):
         value = getattr(args, name)
-        if value < 1:
-            raise ConfigError(f"expected a positive integer, got {value}", key=f"--{name}")
+        if value is not None and value < 1:
+            raise ConfigError(f"expected a positive integer, got {value}",
+                              key=f"--{name.replace('_', '-')}")
+    if args.settle_tol is not None and not (0 < args.settle_tol < float("inf")):
+        raise ConfigError(f"expected a positive number (units of dw_min), got "
+                          f"{args.settle_tol}", key="--settle-tol")
+    for name in ("window", "settle_tol", "max_pulses"):
+        if getattr(args, name) is not None and not sym:
+            raise ConfigError("applies to --protocol symmetry-point only",
+                              key=f"--{name.replace('_', '-')}")
+    if sym and args.max_pulses is not None and args.max_pulses < 2 * args.pulses:
+        raise ConfigError(f"expected at least one cycle (2 x --pulses = {2 * args.pulses}), "
+                          f"got {args.max_pulses}", key="--max-pulses")
     out = Path(args.output)
     if out.suffix.lower() == ".json":
         raise ConfigError("the CSV may not end in .json (that name is its sidecar)",
@@ -159,6 +202,9 @@ def _settings(args: argparse.Namespace, devices: list[tuple[int, int]]) -> dict[
     if args.protocol == "read-noise":
         s["repeats"] = args.repeats
         s["states"] = args.cycles
+    if args.protocol == "symmetry-point":
+        del s["cycles"]
+        s.update(window=args.window, settle_tol=args.settle_tol, max_pulses=args.max_pulses)
     return s
 
 
@@ -311,3 +357,75 @@ exit status: 0 pass, 1 fail, 2 bad input.
                                             "measurements": str(args.measurements),
                                             **result.to_dict()})
         return 0 if result.passed else 1
+
+
+@COMMANDS.register
+class SymmetryPoint(Command):
+    name = "symmetry-point"
+    help = "per-device symmetry points of a symmetry-point measurement -> YAML/JSON"
+    description = ("Read a measurement of rpuhw characterize --protocol symmetry-point and "
+                   "write each device's symmetry point (mean of its settled reads) with its "
+                   "standard error, in weight units and in conductance, for the training "
+                   "algorithms (rpuhw.symmetry.load_symmetry_points).")
+    epilog = """example:
+  rpuhw characterize --array bench:bench.yaml --rows 8 --cols 8 --devices all \\
+                     --protocol symmetry-point -o sp.csv
+  rpuhw symmetry-point sp.csv -o sp.yaml
+
+exit status: 0 written (every device settled); 1 written, but some devices did not settle
+within --max-pulses (listed); 2 bad input.
+"""
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        p = parser
+        p.add_argument("measurements", help="measurement CSV of --protocol symmetry-point")
+        p.add_argument("-o", "--output", required=True,
+                       help="file to write: .yaml/.yml (YAML) or .json (JSON)")
+        p.add_argument("--window", type=int, default=None, metavar="K",
+                       help="cycles per settle window (default: the sidecar's)")
+        p.add_argument("--settle-tol-weight", type=float, default=None, metavar="TOL",
+                       help="settle tolerance in weight units (default: the sidecar's)")
+
+    def run(self, args: argparse.Namespace) -> int:
+        from rpuhw.calibration.measurements import load_measurements
+        from rpuhw.calibration.protocols import symmetry_points_of
+        from rpuhw.symmetry import save_symmetry_points
+
+        out = Path(args.output)
+        if out.suffix.lower() not in (".yaml", ".yml", ".json"):
+            raise ConfigError(f"expected a .yaml, .yml or .json file name, got {out.name!r}",
+                              key="--output")
+        if out.is_dir() or not out.resolve().parent.is_dir():
+            raise ConfigError(f"{out} is a directory or its folder does not exist",
+                              key="--output")
+        if args.window is not None and args.window < 1:
+            raise ConfigError(f"expected a positive integer, got {args.window}", key="--window")
+        if args.settle_tol_weight is not None and not args.settle_tol_weight > 0:
+            raise ConfigError(f"expected a positive number, got {args.settle_tol_weight}",
+                              key="--settle-tol-weight")
+        m = load_measurements(args.measurements, partial=True)
+        if (m.meta.get("settings") or {}).get("protocol", "symmetry-point") != "symmetry-point":
+            raise ConfigError(f"a {m.meta['settings']['protocol']} measurement, not a "
+                              "symmetry-point one", source=args.measurements)
+        data = symmetry_points_of(m, args.window, args.settle_tol_weight)
+        try:
+            save_symmetry_points(data, out)
+        except OSError as exc:
+            raise ConfigError(exc.strerror or str(exc), source=str(out)) from None
+        devs = data["devices"]
+        unsettled = [f"{e['row']}:{e['col']}" for e in devs if not e["settled"]]
+        unit = "uS" if data["conductance_unit"] == "S" else "weight units"
+        scale = 1e6 if unit == "uS" else 1.0
+        print(f"{'device':>8} {'w*':>10} {'+-':>8} {'g*':>10} {'+-':>8} {'cycles':>7} settled")
+        for e in devs:
+            print(f"{e['row']:>4}:{e['col']:<3} {e['symmetry_point']:>+10.4f} "
+                  f"{e['stderr']:>8.4f} {e['symmetry_point_conductance'] * scale:>10.4f} "
+                  f"{e['stderr_conductance'] * scale:>8.4f} {e['cycles']:>7} "
+                  f"{'yes' if e['settled'] else 'NO'}")
+        print(f"(w* in weight units, g* in {unit}) wrote {out}")
+        if unsettled:
+            print(f"{self.prog}: {len(unsettled)} device(s) did not settle: "
+                  f"{', '.join(unsettled[:10])}; their values are the last window's mean "
+                  "(measure longer: --max-pulses)", file=sys.stderr)
+            return 1
+        return 0

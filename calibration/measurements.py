@@ -414,9 +414,11 @@ def conductance_unit(meta: dict[str, Any]) -> str:
     return str(settings.get("conductance_unit", "S"))
 
 
-PULSE_KEYS = {"pulse-response": "pulses_per_direction", "read-noise": "pulses_between_levels"}
+PULSE_KEYS = {"pulse-response": "pulses_per_direction", "read-noise": "pulses_between_levels",
+              "symmetry-point": "pulses_per_half"}
 """The sidecar key of ``--pulses`` per protocol: pulse response, pulses per direction per
-cycle (``n`` up, then ``n`` down); read noise, up pulses between two levels. Sidecars
+cycle (``n`` up, then ``n`` down); read noise, up pulses between two levels; symmetry
+point, pulses per half-cycle of the alternation (``n`` up, ``n`` down, repeated). Sidecars
 written before these names have ``pulses`` (same meaning)."""
 
 

@@ -162,6 +162,14 @@ class ConductanceOf:
         return self.g_min + (w - self.w_min) * (self.g_max - self.g_min) / (self.w_max
                                                                             - self.w_min)
 
+    def inverse(self, g: np.ndarray) -> np.ndarray:
+        """Weights of conductances ``g`` (the inverse map; identity for ``weight``)."""
+        g = np.asarray(g, dtype=np.float64)
+        if self.g_min is None or self.g_max is None:
+            return g
+        return self.w_min + (g - self.g_min) * (self.w_max - self.w_min) / (self.g_max
+                                                                            - self.g_min)
+
     def to_meta(self) -> dict[str, Any] | None:
         if self.g_min is None:
             return None
@@ -495,3 +503,171 @@ def survey(array: CrossPointArray, pulses: int, cycles: int, writer: Measurement
     """Pulse response of every device of the array (for device-to-device maps)."""
     devices = [(i, j) for i in range(array.rows) for j in range(array.cols)]
     return pulse_response(array, devices, pulses, cycles, writer, conductance, progress)
+
+
+# ---- symmetry points ---------------------------------------------------------------------
+
+
+def symmetry_point(array: CrossPointArray, devices: list[Device], writer: MeasurementWriter,
+                   pulses: int = 1, window: int | None = None, tolerance: float | None = None,
+                   max_pulses: int | None = None, conductance: ConductanceMap | None = None,
+                   progress: bool = True, accept_jump: bool = False) -> Any:
+    """Alternating up/down pulses on ``devices`` until each settles at its symmetry point.
+
+    The search is :func:`rpuhw.symmetry.centre_on_symmetry_point`'s (one implementation,
+    :class:`~rpuhw.symmetry.SymmetryPointSearch`): per cycle ``c``, ``pulses`` (n) up
+    pulses then n down pulses to every device not yet settled, a read after each. Rows:
+    the initial read ``(cycle 0, polarity +1, pulse 0)``, then ``(c, +1, k)`` after the
+    k-th up pulse and ``(c, -1, k)`` after the k-th down pulse of cycle c (the half-cycles
+    have no ``pulse 0`` read: each starts where the previous one ended, as the loader
+    bridges it). A device's rows end when it settles (or after ``max_pulses``).
+
+    ``window`` (K, cycles), ``tolerance`` (units of ``dw_min``; default
+    :data:`rpuhw.symmetry.DEFAULT_TOLERANCE`) and ``max_pulses`` default from the device
+    (:func:`rpuhw.symmetry.resolve_settings`); the resolved values go into the sidecar's
+    settings (``pulses_per_half``, ``window_cycles``, ``settle_tolerance_weight``,
+    ``max_pulses_per_device``, ``dw_min``). Resumes from ``writer.existing`` after
+    :func:`check_resume_state` (devices whose jump ``accept_jump`` lets through start
+    their settle windows afresh). Returns the :class:`~rpuhw.symmetry.SymmetryPointResult`
+    (cost of this run; :func:`symmetry_points_of` reads the same numbers from the file).
+    """
+    from rpuhw.symmetry import (
+        DEFAULT_TOLERANCE,
+        SymmetryPointSearch,
+        resolve_settings,
+    )
+
+    check_array(array)
+    if not devices:
+        raise ConfigError("no devices chosen", key="--devices")
+    for i, j in devices:
+        if not (0 <= i < array.rows and 0 <= j < array.cols):
+            raise ConfigError(f"device {i}:{j} is outside the {array.rows} x {array.cols} "
+                              "array", key="--devices")
+    s = resolve_settings(array, pulses, window,
+                         DEFAULT_TOLERANCE if tolerance is None else tolerance, max_pulses)
+    to_g = conductance_of(array, conductance)
+    v_read = read_voltage_of(array)
+    cols = array.cols
+    ids = [i * cols + j for i, j in devices]
+    t0 = time.monotonic()
+    t_offset = 0.0
+
+    def on_read(c: int, p: int, k: int, idx: list[int], w: np.ndarray) -> None:
+        g = to_g(w)
+        t = round(t_offset + time.monotonic() - t0, 6)
+        writer.write([(ids[d], devices[d][0], devices[d][1], c, k, p, float(g[q]), t, v_read)
+                      for q, d in enumerate(idx)])
+
+    search = SymmetryPointSearch(array, devices, s, on_read)
+    existing = writer.existing
+    if existing is not None and len(existing):  # before any pulse or write
+        _done_rows(existing, devices, cols)  # refuses foreign devices
+        plan = [Step(c, p, k, sign) for c, p, k, sign in search.plan_keys()]
+        jumps = check_resume_state(array, devices, plan, existing, to_g, accept_jump)
+        if jumps:
+            writer.record_jumps(jumps)
+        w_old = to_g.inverse(existing.conductance)
+        reads: dict[int, list[tuple[int, int, int, float]]] = {d: [] for d in ids}
+        for d, c, p, k, w in zip(existing.device.tolist(), existing.cycles().tolist(),
+                                 existing.polarity.tolist(), existing.pulse.tolist(),
+                                 w_old.tolist(), strict=True):
+            reads[d].append((c, p, k, w))
+        for n, d in enumerate(ids):
+            search.restore(n, reads[d])
+            if str(d) in jumps:
+                search.forget_history(n)
+        finite = existing.time_s[np.isfinite(existing.time_s)] \
+            if existing.time_s is not None else np.zeros(0)
+        t_offset = float(finite.max()) if len(finite) else 0.0
+    base = {"protocol": "symmetry-point"}
+    if "settings" not in writer.meta:
+        writer.update_meta(**protocol_meta(array, devices, {**base, **s.to_dict()},
+                                           conductance))
+    else:
+        writer.update_meta(settings={**writer.meta["settings"], **s.to_dict()})
+    before = _stats(array)
+    search.run(progress=progress, desc="symmetry point")
+    after = _stats(array)
+    return search.result(time.monotonic() - t0,
+                         {k: int(after[k]) - int(before.get(k, 0)) for k in after})
+
+
+def _stats(array: CrossPointArray) -> dict[str, int]:
+    try:
+        return dict(array.stats())
+    except Exception:  # noqa: BLE001 - counters are informative only
+        return {}
+
+
+def symmetry_points_of(m: Measurements, window: int | None = None,
+                       tolerance_weight: float | None = None) -> dict[str, Any]:
+    """Per-device symmetry points of a symmetry-point measurement (``rpuhw symmetry-point``).
+
+    For each device: its reads after pulses (``pulse >= 1``) grouped into cycles, a cycle's
+    mean taken when it has all its ``2 n`` reads; after a resume whose jump was accepted
+    (sidecar ``resumed[].jumps``) the device's cycles start afresh there. The symmetry point
+    and its standard error are :func:`rpuhw.symmetry.settled_estimate` of those cycle means
+    (the mean of the last ``K`` of them), ``settled`` is the settle criterion
+    (:func:`rpuhw.symmetry.settled_at`), both with the sidecar's ``window_cycles`` and
+    ``settle_tolerance_weight`` unless given. Values in weight units (through the
+    sidecar's ``conductance_map``) and in the rows' conductance unit.
+
+    Returns the mapping written by ``rpuhw symmetry-point`` (docs/calibration.md).
+    """
+    from rpuhw.symmetry import settled_at, settled_estimate
+
+    from .measurements import resume_points
+
+    st = dict(m.meta.get("settings") or {})
+    n = int(st.get("pulses_per_half") or 1)
+    window = window if window is not None else st.get("window_cycles")
+    tol = tolerance_weight if tolerance_weight is not None else \
+        st.get("settle_tolerance_weight")
+    if window is None or tol is None:
+        raise ConfigError("the sidecar has no window_cycles / settle_tolerance_weight (not a "
+                          "symmetry-point measurement of rpuhw characterize?); give --window "
+                          "and --settle-tol-weight", source=m.source)
+    window, tol = int(window), float(tol)
+    cmap = st.get("conductance_map")
+    to_g = ConductanceOf(None, None) if not cmap else ConductanceOf(
+        float(cmap["g_min"]), float(cmap["g_max"]), float(cmap["w_min"]), float(cmap["w_max"]))
+    slope = float(to_g(1.0) - to_g(0.0))
+    w_all = to_g.inverse(m.conductance)
+    restarts: dict[int, int] = {}  # device -> first row after an accepted jump
+    for point in resume_points(m.meta, m.source):
+        for d in (point.jumps or {}):
+            restarts[int(d)] = max(restarts.get(int(d), 0), int(point.row or 0))
+    cyc = m.cycles()
+    out = []
+    rows_col = m.row if m.row is not None else np.full(len(m), -1)
+    cols_col = m.col if m.col is not None else np.full(len(m), -1)
+    for d in sorted(set(m.device.tolist())):
+        sel = np.flatnonzero((m.device == d) & (m.pulse >= 1)
+                             & (np.arange(len(m)) >= restarts.get(d, 0)))
+        sums: dict[int, list[float]] = {}
+        for q in sel.tolist():
+            sums.setdefault(int(cyc[q]), []).append(float(w_all[q]))
+        means = [float(np.mean(v)) for c, v in sorted(sums.items()) if len(v) == 2 * n]
+        sp, se = settled_estimate(means, window)
+        first = int(np.flatnonzero(m.device == d)[0])
+        out.append({"device": int(d), "row": int(rows_col[first]), "col": int(cols_col[first]),
+                    "symmetry_point": sp, "stderr": se,
+                    "symmetry_point_conductance": float(to_g(sp)),
+                    "stderr_conductance": abs(slope) * se,
+                    "settled": settled_at(means, window, tol) is not None,
+                    "cycles": len(means), "pulses": int(np.sum((m.device == d)
+                                                               & (m.pulse >= 1)))})
+    shape = (st.get("rows"), st.get("cols"))
+    matrix = None
+    if shape[0] and shape[1]:
+        matrix = [[None] * int(shape[1]) for _ in range(int(shape[0]))]
+        for e in out:
+            if 0 <= e["row"] < shape[0] and 0 <= e["col"] < shape[1] and \
+                    math.isfinite(e["symmetry_point"]):
+                matrix[e["row"]][e["col"]] = e["symmetry_point"]
+    return {"kind": "symmetry_points", "source": m.source, "rows": shape[0],
+            "cols": shape[1], "conductance_unit": to_g.unit,
+            "settings": {"pulses_per_half": n, "window_cycles": window,
+                         "settle_tolerance_weight": tol},
+            "devices": out, "symmetry_point": matrix}

@@ -42,10 +42,12 @@ Defaults from the device (``array.info()``): ``K`` = the number of states
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -500,3 +502,46 @@ def centre_on_symmetry_point(array: CrossPointArray, devices: list[Device] | Non
     after = _stats(array)
     delta = {k: int(after[k]) - int(before.get(k, 0)) for k in after}
     return search.result(time.monotonic() - t0, delta)
+
+
+def save_symmetry_points(data: dict[str, Any], path: str | Path) -> None:
+    """Write the mapping of ``rpuhw symmetry-point`` (YAML for .yaml/.yml, else JSON),
+    atomically."""
+    from rpuhw._io import atomic_write
+
+    path = Path(path)
+    clean = json.loads(json.dumps(data, default=float, allow_nan=True).replace("NaN", "null"))
+    if path.suffix.lower() in (".yaml", ".yml"):
+        import yaml
+
+        text = yaml.safe_dump(clean, sort_keys=False, default_flow_style=None)
+    else:
+        text = json.dumps(clean, indent=1) + "\n"
+    atomic_write(path, text)
+
+
+def load_symmetry_points(path: str | Path) -> torch.Tensor:
+    """The ``symmetry_point`` matrix of a file of ``rpuhw symmetry-point``: float32
+    [rows, cols] in weight units, NaN at devices not measured. Errors name the file."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(exc.strerror or str(exc), source=str(path)) from None
+    try:
+        if path.suffix.lower() in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text)
+        else:
+            data = json.loads(text)
+    except Exception as exc:  # noqa: BLE001 - any parse error is one line
+        raise ConfigError(f"not YAML/JSON: {exc}".splitlines()[0], source=str(path)) from None
+    if not isinstance(data, dict) or data.get("kind") != "symmetry_points" or \
+            not isinstance(data.get("symmetry_point"), list):
+        raise ConfigError("not a file of rpuhw symmetry-point (expected kind: "
+                          "symmetry_points and a symmetry_point matrix)", source=str(path))
+    rows = [[math.nan if v is None else float(v) for v in row] for row in data["symmetry_point"]]
+    if not rows or len({len(r) for r in rows}) != 1:
+        raise ConfigError("symmetry_point: expected a rows x cols matrix", source=str(path))
+    return torch.tensor(rows, dtype=torch.float32)

@@ -78,6 +78,7 @@ BUILT_IN = {
     "characterize": "rpuhw.calibration.cli:Characterize",
     "fit": "rpuhw.calibration.cli:Fit",
     "validate": "rpuhw.calibration.cli:Validate",
+    "symmetry-point": "rpuhw.calibration.cli:SymmetryPoint",
     "bench": "rpuhw.drivers.cli:Bench",
     "emulate": "rpuhw.drivers.cli:Emulate",
     "plot": "rpuhw.cli.core:Plot",
