@@ -4,7 +4,8 @@ A digital accumulator ``chi [out, in]`` (float64) sums the exact update the step
 for, ``chi += -lr d^T x`` (every rank-1 pair of the step; the sum over a conv layer's
 positions is exact, so no pulse trains are drawn). Every ``transfer_every`` update
 blocks, each weight whose ``|chi|`` reached the pulse granularity ``eps`` gets
-``n = trunc(chi / eps)`` pulses through the contract's ``pulse`` (signed counts, all K
+``n = trunc(chi / eps)`` granules, ``n round(eps / dw_min)`` pulses (n with the default
+``eps = dw_min``), through the contract's ``pulse`` (signed counts, all K
 devices of a weight the same count), and ``chi -= n eps`` keeps the remainder, so after a
 transfer ``|chi| < eps`` everywhere. An update block is one optimizer step (``position``
 and ``batch`` granularity) or one image (``sample``).
@@ -63,6 +64,8 @@ class MixedPrecision(Algorithm):
         g = self.params.granularity
         self.granularity = float(g) if g is not None else self.dw_min("C")
         """eps in use (weight units): the hyper-parameter, else C's ``dw_min``."""
+        self.pulses_per_granule = max(1, round(self.granularity / self.dw_min("C")))
+        """Pulses that move a weight by one eps: ``round(eps / dw_min)``, at least 1."""
 
     def update(self, x: torch.Tensor, d: torch.Tensor, lr: float, images: int = 1) -> None:
         groups = images if self.plan.granularity == "sample" else 1
@@ -83,7 +86,7 @@ class MixedPrecision(Algorithm):
         if not n.any():
             return
         self.chi -= n * self.granularity
-        self.grid.pulse(n.to(torch.int32))
+        self.grid.pulse((n * self.pulses_per_granule).to(torch.int32))
 
     def state_dict(self) -> dict[str, Any]:
         return {"chi": self.chi.clone(), "blocks": self.blocks}

@@ -1,0 +1,293 @@
+"""Training algorithms (rpuhw.algorithms): sgd unchanged, mp and tt against step-by-step
+numpy references on tiny ideal arrays, properties, selection, bad input, resume."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import rpuhw.train as train_mod
+from rpuhw.cli import main
+from rpuhw.errors import ConfigError
+from rpuhw.ideal import IdealArray
+from rpuhw.nn import AnalogLinear, analog_layers
+from rpuhw.periphery import Periphery
+from rpuhw.schedule import LayerPlan, TileGrid
+from rpuhw.train import TrainConfig, train
+
+DW = 0.001  # the ideal backend's exact step (weight units)
+
+
+def _ideal_layer(alg: str, params: dict | None = None, in_f: int = 3, out_f: int = 2,
+                 **plan_kw) -> AnalogLinear:
+    plan = LayerPlan(backend="ideal", algorithm=alg, algorithm_params=params or {},
+                     **plan_kw)
+    return AnalogLinear(in_f, out_f, plan=plan, seed=5)
+
+
+# ---- sgd: bit for bit what the layer did before algorithms -----------------------------
+def test_sgd_layer_is_its_tile_grid_driven_directly():
+    """The default layer (sgd) gives exactly the numbers of a TileGrid driven by hand as
+    the layer did before algorithms existed (forward, backward, update with the layer's
+    seed), on the stochastic simulator with 2 x 2 tiles."""
+    torch.manual_seed(0)
+    plan = LayerPlan(backend="sim", max_rows=3, max_cols=4)
+    layer = AnalogLinear(6, 5, plan=plan, seed=11)
+    grid = TileGrid(5, 7, LayerPlan(backend="sim", max_rows=3, max_cols=4), seed=11)
+    grid.set_weights(layer.grid.read())  # same start (sim: set directly)
+    for _ in range(3):
+        x = torch.randn(4, 6)
+        y = layer(x.requires_grad_())
+        g = torch.randn_like(y)
+        y.backward(g)
+        layer.apply_update(0.05)
+        xb = torch.cat([x.detach(), torch.ones(4, 1)], 1)
+        assert torch.equal(y.detach(), grid.forward(xb))
+        grid.backward(g)
+        grid.update(xb, g, 0.05, images=4)
+        assert torch.equal(layer.grid.read(), grid.read())
+
+
+def test_sgd_explicit_equals_default_run(tmp_path):
+    """``algorithm: sgd`` is the default: a fixed-seed run gives the same weights and
+    numbers with and without it."""
+    cfg = dict(backend="sim", train_limit=12, test_limit=10, epochs=1, seed=4,
+               progress=False)
+    got = {}
+
+    def keep(tag):
+        return lambda m: got.__setitem__(tag, {n: la.analog_weight().clone()
+                                               for n, la in analog_layers(m).items()})
+
+    a = train(TrainConfig(**cfg), log=lambda *_: None, on_model=keep("default"))
+    b = train(TrainConfig(**cfg, algorithm="sgd"), log=lambda *_: None, on_model=keep("sgd"))
+    assert a["test_error"] == b["test_error"] and a["train_loss"] == b["train_loss"]
+    for n in got["default"]:
+        assert torch.equal(got["default"][n], got["sgd"][n]), n
+    assert b["algorithms"] == {"conv1": "sgd", "conv2": "sgd", "fc1": "sgd", "fc2": "sgd"}
+
+
+# ---- mp ----------------------------------------------------------------------------
+def test_mp_matches_numpy_reference_and_keeps_chi_below_granularity():
+    """chi += -lr d x^T; n = trunc(chi / eps) pulses of exactly eps (ideal); chi keeps the
+    rest. Inputs are multiples of 1/8 so float32/64 sums are exact."""
+    eps = 3 * DW
+    layer = _ideal_layer("mp", {"granularity": eps})
+    algo = layer.algorithm
+    rng = np.random.default_rng(1)
+    w_ref = layer.grid.read().double().numpy().copy()
+    chi = np.zeros_like(w_ref)
+    lr = 0.01
+    for _ in range(12):
+        x = rng.integers(-8, 9, size=(2, 4)) / 8.0
+        d = rng.integers(-8, 9, size=(2, 2)) / 8.0
+        algo.update(torch.tensor(x, dtype=torch.float32), torch.tensor(d, dtype=torch.float32),
+                    lr)
+        for p in range(2):  # one rank-1 outer product at a time
+            chi += -lr * np.outer(d[p], x[p])
+        for i in range(2):  # one device, one pulse at a time
+            for j in range(4):
+                n = int(np.trunc(chi[i, j] / eps))
+                for _ in range(abs(n)):
+                    w_ref[i, j] += np.sign(n) * DW * (eps / DW)
+                chi[i, j] -= n * eps
+        np.testing.assert_allclose(algo.chi.numpy(), chi, atol=1e-12)
+        # float32 weights of the ideal array: |w| < 1, steps of 1e-3: error < 1e-6
+        np.testing.assert_allclose(layer.grid.read().double().numpy(), w_ref, atol=2e-6)
+        assert float(algo.chi.abs().max()) < eps
+
+
+def test_mp_granularity_defaults_to_the_devices_dw_min():
+    layer = AnalogLinear(3, 2, plan=LayerPlan(backend="sim:pow_step", algorithm="mp"), seed=1)
+    assert layer.algorithm.granularity == layer.grid.arrays[0].info().dw_min
+
+
+# ---- tt ----------------------------------------------------------------------------
+def _apply_bits(w: np.ndarray, xb: torch.Tensor, db: torch.Tensor, dw: float) -> None:
+    """Pulse by pulse: update p, slot t, device (i, j) moves by dw * x_bit * d_bit."""
+    xb, db = xb.numpy(), db.numpy()
+    for p in range(xb.shape[0]):
+        for t in range(xb.shape[1]):
+            for i in range(w.shape[0]):
+                for j in range(w.shape[1]):
+                    w[i, j] += dw * int(xb[p, t, j]) * int(db[p, t, i])
+
+
+@pytest.mark.parametrize("params, per_step", [
+    ({}, 1),  # aihwkit defaults: one column per mini-batch
+    ({"transfer_every": 2, "units_in_mbatch": False, "n_reads_per_transfer": 2,
+      "fast_lr": 0.5, "transfer_lr": 3.0}, 3),  # splits inside a step
+])
+def test_tt_matches_numpy_reference(params, per_step):
+    """A gets the gradient, columns of A go to C. The reference replays the same pulse
+    trains (twin peripheries with the layer's generator states) one pulse at a time and
+    derives the order (transfer after vector k when k % period == 0) itself."""
+    layer = _ideal_layer("tt", params, in_f=3, out_f=2)
+    algo = layer.algorithm
+    cfg = layer.plan.periphery
+    twin = {}
+    for name in ("A", "C"):
+        real = algo.grids[name].tiles[0][0]
+        twin[name] = Periphery(IdealArray(2, 4), cfg, seed=0)
+        twin[name].set_rng_state(real.rng_state())
+    wa = algo.grids["A"].read().double().numpy().copy()
+    wc = algo.grids["C"].read().double().numpy().copy()
+    assert not wa.any()  # A starts at zero
+    p = algo.params
+    c0 = wc.copy()
+    lr, k_done, col = 0.1, 0, 0
+    rng = np.random.default_rng(2)
+    for _ in range(5):
+        x = torch.tensor(rng.uniform(-1, 1, (per_step, 4)), dtype=torch.float32)
+        d = torch.tensor(rng.uniform(-1, 1, (per_step, 2)), dtype=torch.float32)
+        algo.update(x, d, lr)
+        period = int(np.ceil(p.transfer_every * per_step)) if p.units_in_mbatch \
+            else round(p.transfer_every)
+        start = 0
+        for v in range(per_step):
+            k_done += 1
+            if k_done % period and v < per_step - 1:
+                continue
+            xb, db = twin["A"].encode_bits(x[start:v + 1], d[start:v + 1],
+                                           p.fast_lr * lr)
+            _apply_bits(wa, xb, db, DW)
+            start = v + 1
+            if k_done % period == 0:
+                cols = [(col + i) % 4 for i in range(p.n_reads_per_transfer)]
+                col = (col + p.n_reads_per_transfer) % 4
+                e = torch.eye(4)[cols]
+                read = torch.tensor(wa[:, cols].T, dtype=torch.float32)
+                t_lr = (p.transfer_lr or 1.0) * lr
+                xb, db = twin["C"].encode_bits(e, -read, t_lr)
+                _apply_bits(wc, xb, db, DW)
+        np.testing.assert_allclose(algo.grids["A"].read().double().numpy(), wa, atol=2e-6)
+        np.testing.assert_allclose(algo.grids["C"].read().double().numpy(), wc, atol=2e-6)
+    assert np.abs(wc - c0).max() > 5 * DW  # the transfers did move C
+    assert algo.vectors == 5 * per_step
+
+
+def test_tt_weight_is_gamma_a_plus_c():
+    layer = _ideal_layer("tt", {"gamma": 0.5})
+    a = torch.tensor([[0.1, -0.2, 0.05, 0.0], [0.3, 0.0, -0.1, 0.2]])
+    layer.algorithm.grids["A"].set_weights(a)
+    c = layer.grid.read()
+    w = 0.5 * a + c
+    assert torch.allclose(layer.algorithm.read(), w)
+    x = torch.tensor([[0.5, -1.0, 0.25]])
+    assert torch.allclose(layer(x), torch.cat([x, torch.ones(1, 1)], 1) @ w.T, atol=1e-6)
+
+
+def test_tt_places_array_a_on_another_backend():
+    plan = LayerPlan(backend="ideal", algorithm="tt", arrays={"A": "sim"})
+    layer = AnalogLinear(3, 2, plan=plan, seed=1)
+    assert type(layer.algorithm.grids["A"].arrays[0]).__name__ == "SimulatedArray"
+    assert isinstance(layer.grid.arrays[0], IdealArray)
+    assert len(layer.arrays) == 2
+
+
+# ---- bad input ---------------------------------------------------------------------
+@pytest.mark.parametrize("args, fragment", [
+    (["--algorithm", "adam"], "unknown training algorithm 'adam' (known: mp, sgd, tt)"),
+    (["--algorithm", "tt:gama=1"], "key 'algorithm.gama': unknown hyper-parameter of tt "
+     "(known: gamma,"),
+    (["--layer-algorithm", "conv9=mp"], "has no layer conv9 (layers: conv1, conv2, fc1, "
+     "fc2)"),
+    (["--algorithm", "tt", "--layer", "conv1.B=sim"], "algorithm tt of layer conv1 has no "
+     "array B (arrays: A, C)"),
+    (["--layer", "conv1.A=sim"], "algorithm sgd of layer conv1 has no array A (arrays: C)"),
+    (["--algorithm", "mp:granularity=-1"], "key 'algorithm.granularity': must be null"),
+    (["--backend", "float", "--layer-algorithm", "fc1=tt"], "layer fc1 is in floating "
+     "point"),
+])
+def test_cli_bad_algorithm_input_is_one_line_exit_2(args, fragment, tmp_path, capsys):
+    out = tmp_path / "r.json"
+    status = main(["train", "--no-progress", "--train-limit", "2", "--test-limit", "2",
+                   "--out", str(out), "--checkpoint", str(tmp_path / "ck"), *args])
+    err = capsys.readouterr().err
+    assert status == 2, err
+    assert fragment in err and "Traceback" not in err
+    assert err.strip().count("\n") == 0
+    assert not out.exists() and not (tmp_path / "ck").exists()
+
+
+def test_yaml_algorithm_mapping_and_unknown_key(tmp_path):
+    good = tmp_path / "ok.yaml"
+    good.write_text("algorithm: {name: tt, gamma: 0.2}\nlayer_algorithms: {fc2: mp}\n")
+    cfg = train_mod.load_config(str(good), {})
+    choices = cfg.layer_algorithm_choices()
+    assert choices["conv1"] == ("tt", {"gamma": 0.2}) and choices["fc2"] == ("mp", {})
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("layer_algorithms: {conv2: {name: mp, granulrity: 0.01}}\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml.*layer_algorithms.conv2.granulrity.*"
+                                          r"known: granularity, transfer_every"):
+        train_mod.load_config(str(bad), {})
+
+
+def test_backend_without_the_operation_is_refused():
+    class WriteOnly(IdealArray):  # can neither read nor do an MVM
+        capabilities = IdealArray.capabilities.__class__(update=True, pulse=True)
+
+    from rpuhw.backends import BACKENDS
+
+    BACKENDS.add("writeonly", lambda spec, rows, cols, seed=None: WriteOnly(rows, cols))
+    try:
+        with pytest.raises(ConfigError, match="algorithm tt needs forward on array A, which "
+                                              "backend 'writeonly' can neither do nor emulate"):
+            AnalogLinear(3, 2, plan=LayerPlan(backend="ideal", algorithm="tt",
+                                              arrays={"A": "writeonly"}), seed=1)
+    finally:
+        BACKENDS.remove("writeonly")
+
+
+# ---- checkpoint / resume -----------------------------------------------------------
+@pytest.mark.parametrize("alg", ["mp", "tt:gamma=0.1,n_reads_per_transfer=3"])
+def test_interrupted_run_resumes_to_the_same_numbers(alg, tmp_path, monkeypatch):
+    """Stop a run right after its second checkpoint (mid-epoch), resume it: every
+    number (errors, losses, final weights and algorithm state) equals an uninterrupted
+    run's. (The SIGKILL variant for sgd is tests/test_train.py's.)"""
+    cfg = dict(backend="sim", train_limit=30, test_limit=20, epochs=2, seed=3,
+               progress=False, checkpoint_every=10, algorithm=alg)
+    final = {}
+
+    def keep(tag):
+        return lambda m: final.__setitem__(tag, m.state_dict())
+
+    ref = train(TrainConfig(**cfg), log=lambda *_: None, on_model=keep("ref"))
+    real_write, writes = train_mod._atomic_write, []
+
+    def stop_after_two(path, write):
+        real_write(path, write)
+        if path.name == train_mod.CHECKPOINT:
+            writes.append(path)
+            if len(writes) == 2:
+                raise KeyboardInterrupt
+
+    ck = str(tmp_path / "ck")
+    monkeypatch.setattr(train_mod, "_atomic_write", stop_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        train(TrainConfig(**cfg, checkpoint=ck), log=lambda *_: None)
+    monkeypatch.setattr(train_mod, "_atomic_write", real_write)
+    st = torch.load(tmp_path / "ck" / train_mod.CHECKPOINT, weights_only=False)
+    assert (st["epoch"], st["done"]) == (0, 20)  # really interrupted mid-epoch
+    assert any("algorithm" in v for k, v in st["model"].items() if k.endswith("_extra_state"))
+    out = tmp_path / "r.json"
+    res = train(TrainConfig(**cfg, checkpoint=ck, out=str(out)), resume=True,
+                log=lambda *_: None, on_model=keep("resumed"))
+    assert res["test_error"] == ref["test_error"]
+    assert res["train_loss"] == ref["train_loss"]
+    assert json.loads(out.read_text())["test_error"] == ref["test_error"]
+    for key, v in final["ref"].items():
+        w = final["resumed"][key]
+        if isinstance(v, torch.Tensor):
+            assert torch.equal(v, w), key
+        else:
+            a_ref, a_res = v["algorithm"], w["algorithm"]
+            assert a_ref["name"] == a_res["name"]
+            for sk, sv in a_ref["state"].items():
+                assert (torch.equal(sv, a_res["state"][sk]) if isinstance(sv, torch.Tensor)
+                        else sv == a_res["state"][sk]), (key, sk)
+            for sa, sb in zip(v["arrays"], w["arrays"], strict=True):
+                assert torch.equal(sa["weights"], sb["weights"]), key
