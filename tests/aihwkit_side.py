@@ -8,7 +8,11 @@ and prints one JSON answer on stdout. Requests (``kind``):
   with ``params``), weights set to 0, then ``up`` steps of one up pulse per device followed
   by ``down`` steps of one down pulse (aihwkit's fitting recipe: BL 1, update and BL
   management off, lr 1, x = 1, d = -+1 so that every device gets exactly one coincidence
-  per step). Answer: ``{"checkpoints": {"k": moments of the weights after k steps},
+  per step), or the steps of ``schedule`` (+1 up, -1 down, 0 an update with x = 0: no
+  pulse). Each step is one mini-batch: ``tile.update`` then ``tile.post_update_step()``
+  (what aihwkit's analog optimizer calls: the decay of a device with ``lifetime``).
+  Answer: ``{"checkpoints": {"k": moments of the weights after k steps},
+  "persistent": {"k": moments of the hidden persistent weights (write noise only)},
   "hidden": {name: moments of each per-device parameter}}``.
 * ``forward``: an AnalogTile (ConstantStepDevice with bounds +-10) with weights
   ``weights`` [out, in] and forward
@@ -72,14 +76,19 @@ def pulses(req: dict) -> dict:
     tile.set_learning_rate(1.0)
     tile.set_weights(torch.zeros(rows, cols))
     hidden = {k: moments(v) for k, v in tile.get_hidden_parameters().items()}
-    x = torch.ones(1, cols)
-    checkpoints, out = set(req["checkpoints"]), {}
-    for k in range(1, req["up"] + req["down"] + 1):
-        d = -torch.ones(1, rows) if k <= req["up"] else torch.ones(1, rows)  # W -= lr d x
+    schedule = req.get("schedule") or [1] * req["up"] + [-1] * req["down"]
+    checkpoints, out, persistent = set(req["checkpoints"]), {}, {}
+    for k, step in enumerate(schedule, start=1):
+        x = torch.ones(1, cols) if step else torch.zeros(1, cols)
+        d = -torch.ones(1, rows) if step >= 0 else torch.ones(1, rows)  # W -= lr d x
         tile.update(x, d)
+        tile.post_update_step()
         if k in checkpoints:
             out[str(k)] = moments(tile.get_weights()[0])
-    return {"checkpoints": out, "hidden": hidden}
+            hp = tile.get_hidden_parameters()
+            if "persistent_weights" in hp:
+                persistent[str(k)] = moments(hp["persistent_weights"])
+    return {"checkpoints": out, "persistent": persistent, "hidden": hidden}
 
 
 def forward(req: dict) -> dict:

@@ -35,16 +35,13 @@ from rpuhw.interop.presets import load_preset, preset_names, preset_status, pres
 
 ROOT = Path(__file__).resolve().parents[1]
 
-LOADABLE = ["EcRam", "EcRamMO", "Idealized", "GokmenVlasov"]
+LOADABLE = ["ReRamES", "ReRamSB", "EcRam", "EcRamMO", "Capacitor", "Idealized",
+            "GokmenVlasov", "PCM"]
 """Presets rpuhw expresses exactly (the others need keys it does not simulate)."""
 
 REFUSED = {
-    "ReRamES": ["write_noise_std"],
-    "ReRamSB": ["write_noise_std"],
-    "Capacitor": ["lifetime"],
-    "PCM": ["reset"],
-    "ReRamArrayOM": ["write_noise_std", "reference_std", "subtract_symmetry_point"],
-    "ReRamArrayHfO2": ["write_noise_std", "reference_std", "subtract_symmetry_point"],
+    "ReRamArrayOM": ["reference_std", "subtract_symmetry_point"],
+    "ReRamArrayHfO2": ["reference_std", "subtract_symmetry_point"],
 }
 """Refused presets -> every key the refusal must name."""
 
@@ -107,7 +104,9 @@ def test_loadable_preset_equals_its_data(name):
     spec = load_preset(name)
     assert preset_status(name) is None
     assert spec.model.name == {"LinearStepDevice": "linear_step",
-                               "ConstantStepDevice": "constant_step"}[entry["base"]]
+                               "ConstantStepDevice": "constant_step",
+                               "ExpStepDevice": "exp_step",
+                               "SoftBoundsReferenceDevice": "soft_bounds"}[entry["base"]]
     defaults = DEFAULTS[entry["base"]]["kwargs"]
     params = dataclasses.asdict(spec.model.params)
     for key, value in params.items():
@@ -134,8 +133,8 @@ def test_sim_preset_spec_opens_the_preset_device():
     assert arr.model.params == load_preset("EcRam").model.params
     with pytest.raises(ConfigError, match="unknown preset 'Nope'.*EcRam.*GokmenVlasov"):
         open_array("sim:preset:Nope", 4, 5)
-    with pytest.raises(ConfigError, match="write_noise_std"):
-        open_array("sim:preset:ReRamES", 4, 5)
+    with pytest.raises(ConfigError, match="reference_std"):
+        open_array("sim:preset:ReRamArrayOM", 4, 5)
 
 
 def test_cli_bad_preset_is_one_line_exit_2(capsys):
@@ -144,9 +143,9 @@ def test_cli_bad_preset_is_one_line_exit_2(capsys):
     assert "\n" not in err and "unknown preset 'Nope'" in err
     for n in preset_names():
         assert n in err
-    assert main(["device", "preset:Capacitor"]) == 2
+    assert main(["device", "preset:ReRamArrayHfO2"]) == 2
     err = capsys.readouterr().err.strip()
-    assert "\n" not in err and "lifetime" in err
+    assert "\n" not in err and "subtract_symmetry_point" in err
 
 
 def test_cli_lists_presets_with_status(capsys):
@@ -278,9 +277,9 @@ BAD_SOURCES = [
     ("rpu_config = UnitCellRPUConfig(device=TransferCompound(unit_cell_devices=[]))\n",
      "compound device TransferCompound"),
     ("rpu_config = SingleRPUConfig(device=VectorUnitCell())\n", "compound device VectorUnitCell"),
-    ("device = LinearStepDevice(write_noise_std=1.0)\n", "write_noise_std"),
-    ("device = LinearStepDevice(write_noise_std=1.0, lifetime=10.0)\n",
-     "key 'lifetime, write_noise_std'"),
+    ("device = LinearStepDevice(diffusion=0.01)\n", "diffusion"),
+    ("device = LinearStepDevice(diffusion=0.01, corrupt_devices_prob=0.1)\n",
+     "key 'corrupt_devices_prob, diffusion'"),
     ("device = ExpStepDevice(drift=DriftParameter(nu=0.1))\n", "key 'drift'"),
     ("rpu_config = SingleRPUConfig(forward=IOParameters(w_noise=0.1, "
      "w_noise_type=WeightNoiseType.ADDITIVE_CONSTANT))\n", "forward.w_noise"),

@@ -4,8 +4,9 @@ The values are data (``rpuhw/devices/presets.yaml``, each entry with its source)
 aihwkit 1.2's preset classes (``EcRamPresetDevice``, ...) as the fields they set on
 their base class. A preset loads through the same mapping as any aihwkit config
 (:func:`rpuhw.interop.aihwkit.import_tree`), so a preset that needs a key rpuhw cannot
-express (``write_noise_std``, ``lifetime``, ``reset``, ...) is refused with one line
-naming the key, never loaded as a different device. :func:`preset_status` says which.
+express (``reference_std``, ``subtract_symmetry_point`` of the ReRamArray presets) is
+refused with one line naming the key, never loaded as a different device; write noise,
+decay and the reset values are simulated. :func:`preset_status` says which load.
 """
 
 from __future__ import annotations
