@@ -226,6 +226,8 @@ def _check_resume(out: Path, settings: dict[str, Any]) -> dict[str, Any]:
             was = old.get(key) if key != "devices" else f"{len(old.get(key) or [])} devices"
             if key == "devices" and shown == was:
                 shown, was = "another set of devices", "the devices in the sidecar"
+            shown = "the default" if shown is None else shown
+            was = "the default" if was is None else was
             raise ConfigError(f"{shown!s} differs from {was!s} in {side} (the run being "
                               "resumed); repeat the original settings", key=flag)
     return meta
