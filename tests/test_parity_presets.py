@@ -303,3 +303,56 @@ def test_exported_model_loads_in_aihwkit_with_the_trained_weights(tmp_path, caps
         assert torch.equal(theirs[f"{idx}.max_bound"], arr["state"]["w_max"])
     assert torch.equal(theirs["9.weight"], st["fc2.weight"])
     assert torch.equal(theirs["9.bias"], st["fc2.bias"])
+
+
+HIDDEN_IN_AIHWKIT = r"""
+import sys, torch
+model = torch.load(sys.argv[1], weights_only=False)
+out = {}
+for name, mod in model.named_children():
+    if hasattr(mod, "analog_tiles"):
+        tile = next(mod.analog_tiles())
+        out[name + ".tile_weights"] = tile.tile.get_weights()
+        for key, value in tile.get_hidden_parameters().items():
+            out[name + "." + key] = value
+torch.save(out, sys.argv[2])
+"""
+
+
+def test_exported_write_noise_and_decay_devices_come_back_equal(tmp_path, capsys):
+    """A network trained on ReRamES (write noise: hidden weights differ from the visible
+    ones) with fc1 on Capacitor (lifetime: per-device decay scales) loads in aihwkit with
+    rpuhw's visible weights, its hidden (persistent) weights, decay scales and reset
+    values, all exactly (aihwkit's own unpickling would set the persistent weights from
+    the visible ones and redraw the visible ones)."""
+    from rpuhw.cli import main
+    from rpuhw.train import load_config, train
+
+    ck = tmp_path / "ck"
+    cfg = load_config(None, {"backend": "sim:preset:ReRamES",
+                             "layers": {"fc1": "sim:preset:Capacitor", "fc2": "float"},
+                             "train_limit": 4, "test_limit": 10, "checkpoint": str(ck),
+                             "progress": False, "seed": 5})
+    train(cfg, log=lambda *a, **k: None)
+    out = tmp_path / "net.pt"
+    assert main(["export-model", str(ck), "--to", "aihwkit", "-o", str(out)]) == 0
+    diffs = [line for line in capsys.readouterr().out.splitlines() if "max |diff" in line]
+    assert len(diffs) == 4 and all(line.endswith("max |difference| 0") for line in diffs)
+    got = tmp_path / "got.pt"
+    proc = subprocess.run([PYTHON, "-c", HIDDEN_IN_AIHWKIT, str(out), str(got)],
+                          capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    theirs = torch.load(got, weights_only=True)
+    st = torch.load(ck / "checkpoint.pt", weights_only=False)["model"]
+    for idx, layer in (("0", "conv1"), ("3", "conv2")):  # ReRamES: write noise
+        arr = st[f"{layer}._extra_state"]["arrays"][0]
+        assert not torch.equal(arr["hidden"], arr["weights"])  # the test can see a swap
+        assert torch.equal(theirs[f"{idx}.tile_weights"], arr["weights"])
+        assert torch.equal(theirs[f"{idx}.persistent_weights"], arr["hidden"])
+        assert torch.equal(theirs[f"{idx}.max_bound"], arr["state"]["w_max"])
+    arr = st["fc1._extra_state"]["arrays"][0]  # Capacitor: decay, no write noise
+    assert "7.persistent_weights" not in theirs
+    assert torch.equal(theirs["7.tile_weights"], arr["weights"])
+    assert float(arr["state"]["decay_scale"].std()) > 0  # lifetime_dtod drew them
+    assert torch.equal(theirs["7.decay_scales"], arr["state"]["decay_scale"])
+    assert torch.equal(theirs["7.reset_bias"], arr["state"]["reset_bias"])

@@ -173,6 +173,35 @@ def cmd_preset(name: str) -> dict:
     return to_tree(lookup(f"{name}PresetDevice")())
 
 
+class _Call:
+    """Pickles as ``fn(*args)``: the call runs when the pickle is loaded (``args`` may
+    hold other ``_Call`` objects, resolved first); only aihwkit, torch and the standard
+    library are needed to load it."""
+
+    def __init__(self, fn, *args) -> None:
+        self.fn, self.args = fn, args
+
+    def __reduce__(self):
+        return (self.fn, self.args)
+
+    def run(self):
+        """The call now, as unpickling makes it."""
+        return self.fn(*[a.run() if isinstance(a, _Call) else a for a in self.args])
+
+
+def _persistent_steps(tile, persistent, visible) -> list:
+    """Calls that give a write-noise tile these persistent (hidden) and visible weights
+    (tile layout ``[out, in (+1 bias column)]``): the C++ ``set_weights`` makes the
+    persistent weights (``onSetWeights``: clipped to the bounds, visible redrawn), then
+    the visible ones are written into the tile's shared weight storage, which does not
+    touch the persistent ones. aihwkit 1.2 stores no persistent weights of its own
+    across pickling (its ``__setstate__`` sets them from the visible weights)."""
+    from operator import methodcaller
+
+    return [_Call(methodcaller("set_weights", persistent), _Call(getattr, tile, "tile")),
+            _Call(methodcaller("_copy_weights_to_shared_tensors", visible), tile)]
+
+
 def export_model(req: dict) -> dict:
     """Build, fill and save an aihwkit network.
 
@@ -180,9 +209,11 @@ def export_model(req: dict) -> dict:
     "out": PATH}``; each layer ``{"kind": "conv2d" | "linear" | "tanh" | "relu" |
     "sigmoid" | "maxpool2d" | "avgpool2d" | "flatten", ...}``; weight layers carry
     ``name``, sizes, ``bias``, ``rpu_config`` (a tree, or null for a digital layer) and
-    ``hidden`` (names of per-device tensors ``NAME.hidden.KEY`` to set first).
+    ``hidden`` (names of per-device tensors ``NAME.hidden.KEY`` to set first) and, for a
+    device with write noise, ``persistent`` (tensors ``NAME.persistent_weights`` and
+    ``NAME.visible_weights``, tile layout, set last: :func:`_persistent_steps`).
     Returns per layer the largest |difference| between the weights aihwkit reads back
-    and the ones given.
+    and the ones given (``max_abs_diff``; persistent ones: ``hidden_max_abs_diff``).
     """
     import torch
     from aihwkit.nn import AnalogConv2d, AnalogLinear, AnalogSequential
@@ -190,6 +221,8 @@ def export_model(req: dict) -> dict:
 
     tensors = torch.load(req["tensors"], weights_only=True)
     modules, report = [], {}
+    restore: list = []
+    hidden_diff: dict = {}
     for spec in req["layers"]:
         kind = spec["kind"]
         if kind in ("conv2d", "linear"):
@@ -221,6 +254,16 @@ def export_model(req: dict) -> dict:
                         hp[key] = value.to(hp[key].dtype)
                     tiles[0].set_hidden_parameters(hp)
                 mod.set_weights(w, b)
+                if spec.get("persistent"):
+                    tile = next(iter(mod.analog_tiles()))
+                    pers = tensors[f"{name}.persistent_weights"]
+                    vis = tensors[f"{name}.visible_weights"]
+                    steps = _persistent_steps(tile, pers, vis)
+                    for step in steps:  # here, and again when the file is loaded
+                        step.run()
+                    restore.extend(steps)
+                    got = tile.get_hidden_parameters()["persistent_weights"]
+                    hidden_diff[name] = float((got - pers).abs().max())
                 got_w, got_b = mod.get_weights()
             else:
                 with torch.no_grad():
@@ -248,6 +291,8 @@ def export_model(req: dict) -> dict:
         else:
             raise SystemExit(f"unknown layer kind {kind!r}")
     model = AnalogSequential(*modules)
+    if restore:  # after the tiles in the pickle: runs once they are rebuilt
+        model.rpuhw_restore_hidden_weights = restore
     tmp = req["out"] + ".tmp"
     torch.save(model, tmp)
     import os
@@ -255,7 +300,8 @@ def export_model(req: dict) -> dict:
     os.replace(tmp, req["out"])  # the file appears complete or not at all
     import aihwkit
 
-    return {"max_abs_diff": report, "aihwkit_version": aihwkit.__version__,
+    return {"max_abs_diff": report, "hidden_max_abs_diff": hidden_diff,
+            "aihwkit_version": aihwkit.__version__,
             "torch_version": torch.__version__}
 
 

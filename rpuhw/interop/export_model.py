@@ -11,7 +11,14 @@ sets the weights and saves it with ``torch.save``.
 A simulated layer keeps its devices: the per-device parameters rpuhw drew (bounds,
 step sizes, linear_step/soft_bounds slopes, pow_step exponents) become the tile's
 hidden parameters, so aihwkit holds the same device realisation and the trained
-weights are not clipped at bounds drawn anew. Layers on hardware (bench, arc2) take
+weights are not clipped at bounds drawn anew; with ``lifetime`` its decay scales and
+reset values (``decay_scales``, ``reset_bias``). With write noise (``write_noise_std``)
+the tile's ``persistent_weights`` are rpuhw's hidden weights and its visible weights
+rpuhw's visible ones, both exactly: aihwkit 1.2 itself re-sets the persistent weights
+from the visible ones (with fresh write noise) whenever a tile is unpickled, so the saved
+network carries a restore step that ``torch.load`` runs after the tiles are rebuilt (the
+attribute ``rpuhw_restore_hidden_weights`` of the ``AnalogSequential``; moving a tile to
+CUDA in aihwkit re-sets them again). Layers on hardware (bench, arc2) take
 their device from ``--device`` (the calibrated YAML); aihwkit draws its own devices for
 them and clips weights beyond their bounds (reported).
 """
@@ -124,6 +131,9 @@ def hidden_parameters(model_name: str, state: dict[str, Any]) -> dict[str, Any]:
     elif model_name == "pow_step":
         out["gamma_up"] = state["pow_gamma_up"]
         out["gamma_down"] = state["pow_gamma_down"]
+    if "decay_scale" in state:  # lifetime > 0: aihwkit's w_decay_scale_, w_reset_bias_
+        out["decay_scales"] = state["decay_scale"]
+        out["reset_bias"] = state["reset_bias"]
     return {k: v.float().contiguous() for k, v in out.items()}
 
 
@@ -208,6 +218,10 @@ def export_model(results: str | Path, out: str | Path | None = None,
             for key, value in hidden_parameters(spec.model.name, arr["state"]).items():
                 tensors[f"{item}.hidden.{key}"] = value
                 hidden.append(key)
+            if arr.get("hidden") is not None:  # write noise: the weights pulses move
+                tensors[f"{item}.persistent_weights"] = arr["hidden"].float().contiguous()
+                tensors[f"{item}.visible_weights"] = w.contiguous()
+                entry["persistent"] = True
         entry["hidden"] = hidden
         described[item] = f"{backend} ({spec.model.name}" + (
             ", its devices" if hidden else ", devices drawn by aihwkit") + ")"
