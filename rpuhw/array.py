@@ -275,6 +275,13 @@ class CrossPointArray(ABC):  # noqa: B024 - every hook is optional, see capabili
             d[0, :, i] = 1
             self._update(x, d)
 
+    def decay(self) -> None:  # noqa: B027 - optional hook, a no-op by default
+        """One decay step of every device, as at the end of an update cycle (aihwkit's
+        ``decayWeights``, once per mini-batch), for callers that move the devices through
+        :meth:`pulse`, which has none (:meth:`update` includes it). A no-op here: real
+        devices relax in time by themselves; simulated ones with ``lifetime`` override it
+        (:meth:`rpuhw.sim.array.SimulatedArray.decay`)."""
+
     def read(self) -> torch.Tensor:
         """Read every device: W [rows, cols] (with the backend's read noise)."""
         if self.capabilities.read:

@@ -231,3 +231,5 @@ class TileGrid:
             for (r0, r1), row in zip(self.row_splits, self.tiles, strict=True):
                 for (c0, c1), per in zip(self.col_splits, row, strict=True):
                     per.array.pulse(counts[r0:r1, c0:c1].contiguous())
+        for array in self.arrays:  # pulse has no decay: one per update, as update has
+            array.decay()

@@ -512,3 +512,25 @@ def test_periphery_update_decays_once():
 def test_decay_keys_must_be_non_negative(key, value):
     with pytest.raises(ConfigError, match=key):
         spec_from_mapping({"model": "constant_step", key: value})
+
+
+@pytest.mark.parametrize("granularity", ["sample", "batch"])
+def test_pulsed_granularities_decay_once_per_step(granularity):
+    """``sample``/``batch`` granularity move devices through ``pulse``, which has no decay:
+    the tile grid adds exactly one per optimizer step (TileGrid.update), on every tile, as
+    an ``update`` call has (aihwkit: post_update_step once per mini-batch). A zero gradient
+    sends no pulses, so the step is the decay alone; three images are three pulse rounds at
+    ``sample`` granularity, still one decay."""
+    from rpuhw.schedule import LayerPlan, TileGrid
+    from rpuhw.sim.reference import reference_decay
+
+    grid = TileGrid(4, 5, LayerPlan(backend="sim:preset:Capacitor", granularity=granularity,
+                                    max_rows=2), seed=3)
+    grid.set_weights(torch.rand(4, 5, generator=torch.Generator().manual_seed(1)) - 0.5)
+    assert len(grid.arrays) == 2 and all(a.model.decays for a in grid.arrays)
+    before = [a.weights.clone() for a in grid.arrays]
+    grid.update(torch.ones(6, 5), torch.zeros(6, 4), lr=0.1, images=3)
+    for arr, w0 in zip(grid.arrays, before, strict=True):
+        once = reference_decay(arr.state, w0)
+        assert not torch.equal(once, w0)  # lifetime 1e6 still moves float32 weights
+        assert torch.equal(arr.weights, once)
