@@ -16,8 +16,10 @@
 
 ``read_noise`` may also be given at the top level (it then goes into ``io``). The model
 keys carry aihwkit 1.2's names and meanings (docs/simulator.md, formula table); a key of the
-model's aihwkit twin that rpuhw does not simulate (``lifetime``, ``write_noise_std``, ...)
-is refused with one error naming it, unless it sits at the value where it has no effect.
+model's aihwkit twin that rpuhw does not simulate (``diffusion``,
+``corrupt_devices_prob``, ...) is refused with one error naming it, unless it sits at the
+value where it has no effect (``write_noise_std``, ``lifetime`` and ``reset`` are
+simulated: docs/simulator.md, "write noise and decay").
 """
 
 from __future__ import annotations

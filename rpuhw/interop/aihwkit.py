@@ -28,8 +28,9 @@ printed Python.
 
 Nothing is dropped silently. From aihwkit: a compound device (``TransferCompound``,
 ``VectorUnitCell``, ...) is refused naming the compound; a key rpuhw cannot express
-with a value other than aihwkit's default (``write_noise_std``, ``lifetime``,
-``reset``, ``forward.w_noise``, ...) is refused naming every such key; settings that
+with a value other than aihwkit's default (``diffusion``, ``corrupt_devices_prob``,
+``reference_std``, ...) is refused naming every such key (``write_noise_std``,
+``lifetime`` and ``reset`` are simulated, docs/simulator.md); settings that
 belong to a training run rather than to a device (management, BL, bias mapping) are
 returned as :attr:`Imported.training` and :attr:`Imported.notes`. To aihwkit: an rpuhw
 key without counterpart that changes the device is refused.
