@@ -441,3 +441,21 @@ def test_device_show_still_works(tmp_path, capsys):
     assert main(["device", str(f)]) == 0
     assert "model soft_bounds" in capsys.readouterr().out
     assert sys.modules.get("aihwkit") is None
+
+
+def test_hidden_parameters_carry_the_decay_draws():
+    """With lifetime, export-model gives aihwkit each device's decay scale and reset
+    value (aihwkit's hidden parameters ``decay_scales``, ``reset_bias``); without, none."""
+    import torch
+
+    from rpuhw.interop.export_model import hidden_parameters
+
+    m = get_model("constant_step")(get_model("constant_step").Params(
+        lifetime=50.0, lifetime_dtod=0.3, reset=0.05, reset_dtod=0.02))
+    state = m.draw(4, 5, torch.Generator().manual_seed(1))
+    hp = hidden_parameters("constant_step", state)
+    assert torch.equal(hp["decay_scales"], state["decay_scale"])
+    assert torch.equal(hp["reset_bias"], state["reset_bias"])
+    plain = get_model("constant_step")()
+    assert "decay_scales" not in hidden_parameters(
+        "constant_step", plain.draw(4, 5, torch.Generator().manual_seed(1)))
