@@ -35,16 +35,15 @@ from __future__ import annotations
 
 import atexit
 import logging
-import weakref
 from contextlib import suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from rpuhw.array import ArrayInfo, Capabilities, CrossPointArray
-from rpuhw.drivers.bench_config import BenchConfig, load_bench
+from rpuhw.drivers.bench_config import BenchConfig, Region, load_bench
 from rpuhw.drivers.errors import InstrumentConnectionError, InstrumentError
 from rpuhw.drivers.instrument import Instrument
 from rpuhw.drivers.safety import failsafe, run_every
@@ -66,15 +65,39 @@ specifications); a burst is also kept under half the SMU's reply timeout."""
 MAX_CACHED_TRAINS = 4096
 """SMU pulse-train statements kept per (polarity, count)."""
 
-_OPEN: weakref.WeakSet = weakref.WeakSet()
+_SESSIONS: dict[tuple, _BenchSession] = {}
+"""Open instrument sessions, one per chip (:func:`_chip_key`): every array on a chip
+shares it."""
 
 
 def _close_open_benches() -> None:
     """Outputs off at interpreter exit, while the sessions are still open: re-registered
     after every bench opens, so it runs before pyvisa's own exit handler (atexit is LIFO
     and pyvisa registers its handler when the first ResourceManager opens)."""
-    for bench in list(_OPEN):
-        bench.close()
+    for session in list(_SESSIONS.values()):
+        session.close()
+
+
+def _chip_key(cfg: BenchConfig, transports: dict[str, Any]) -> tuple:
+    """What identifies one chip: the switch matrix's resource (through its TSP-Link
+    master when it has one), and the identity of any transports handed in."""
+    name = cfg.matrix_name()
+    inst = cfg.instruments[name]
+    if inst.tsp_link is not None:
+        master = cfg.instruments[inst.tsp_link.via]
+        reach = (master.backend, master.resource, inst.tsp_link.node)
+        given = transports.get(inst.tsp_link.via)
+    else:
+        reach, given = (inst.backend, inst.resource), transports.get(name)
+    return reach + (id(given) if given is not None else None,)
+
+
+def _differs(a: BenchConfig, b: BenchConfig) -> str | None:
+    """The first bench setting (other than regions) where ``a`` and ``b`` differ."""
+    for f in fields(BenchConfig):
+        if f.name not in ("regions", "source") and getattr(a, f.name) != getattr(b, f.name):
+            return f.name
+    return None
 
 
 @dataclass
@@ -91,50 +114,69 @@ class _Source:
         return type(self.instrument).SPEAKS_TSP
 
 
-class BenchArray(CrossPointArray):
-    """A chip on instruments, through the bench YAML's wiring and safety limits."""
+class _BenchSession:
+    """The instruments of one chip, opened once and shared by every array on it.
 
-    capabilities = Capabilities(read=True, pulse=True)
-    serial_reads = True
-    _closed = True            # until connected (a failed constructor has nothing to close)
+    The session owns the connections and the safe state: it turns every output off
+    before any relay moves and on every exit path, and closes the instruments when the
+    last array on the chip closes (or at interpreter exit). Arrays claim blocks of the
+    chip (:meth:`claim`); two claims on overlapping devices are refused.
+    """
+
     _pulser: Instrument | None = None
     _matrix: Instrument | None = None
     _sense: _Source | None = None
     _bias: _Source | None = None
 
-    def __init__(self, config: BenchConfig | str | Path, rows: int | None = None,
-                 cols: int | None = None, *, transports: dict[str, Any] | None = None):
-        """Connect the instruments and put the bench in its safe state.
-
-        Args:
-            config: a :class:`BenchConfig` or the path of a bench YAML.
-            rows, cols: the block of the chip to use (top-left; default: all wired).
-            transports: instrument name -> ready transport, instead of opening the
-                resources (tests, or an already-open session).
-        """
-        cfg = config if isinstance(config, BenchConfig) else load_bench(config)
-        rows = cfg.rows if rows is None else rows
-        cols = cfg.cols if cols is None else cols
-        super().__init__(rows, cols)
-        if rows > cfg.rows or cols > cfg.cols:
-            raise ConfigError(f"a {rows} x {cols} array does not fit the {cfg.rows} x "
-                              f"{cfg.cols} devices wired on this bench", source=cfg.source,
-                              key="rows" if rows > cfg.rows else "cols")
-        self.config = cfg
-        self._closed = False
-        self._instruments: dict[str, Instrument] = {}
-        self._read_msgs: dict[tuple[int, int], list[str]] = {}
-        self._route_msgs: dict[tuple[int, int, bool], list[str]] = {}
-        self._smu_pulse_msgs: dict[tuple[int, int, bool], tuple[str, str]] = {}
-        self._smu_trains: dict[tuple[bool, int], str] = {}
-        self._mvm_cache: torch.Tensor | None = None
-        self._plans: dict[tuple[int, int, bool], tuple[list[str], dict[str, float]]] = {}
-        _OPEN.add(self)
+    def __init__(self, cfg: BenchConfig, transports: dict[str, Any], key: tuple):
+        self.config, self.key = cfg, key
+        self.closed = False
+        self.instruments: dict[str, Instrument] = {}
+        self.claims: dict[int, tuple[str, tuple[int, int, int, int]]] = {}
+        """id(array) -> (its label, its block (r0, r1, c0, c1) of chip lines)."""
+        self.pulse_shape: tuple[float, float] | None = None
+        _SESSIONS[key] = self
         with failsafe(self.close, what="closing the bench after a failed open"):
-            self._connect(transports or {})
+            self._connect(transports)
             atexit.unregister(_close_open_benches)
             atexit.register(_close_open_benches)
-            self._setup()
+            self.setup()
+
+    # ---- claims ------------------------------------------------------------------------
+    def check_free(self, label: str, block: tuple[int, int, int, int]) -> None:
+        """ConfigError naming both arrays when ``block`` overlaps an open array's."""
+        r0, r1, c0, c1 = block
+        for other, (s0, s1, d0, d1) in self.claims.values():
+            if r0 < s1 and s0 < r1 and c0 < d1 and d0 < c1:
+                raise ConfigError(
+                    f"{label} ({_lines(block)}) overlaps {other} ({_lines((s0, s1, d0, d1))}),"
+                    " open on the same chip: give each array its own region (regions: in "
+                    "the bench YAML, opened as bench:BENCH.yaml#NAME)",
+                    source=self.config.source, key="regions")
+
+    def claim(self, array: BenchArray, label: str, block: tuple[int, int, int, int]) -> None:
+        self.check_free(label, block)
+        self.claims[id(array)] = (label, block)
+
+    def release(self, array: BenchArray) -> None:
+        """Drop ``array``'s claim: outputs off, and the session closed after the last."""
+        self.claims.pop(id(array), None)
+        if self.claims:
+            if not self.closed:
+                self.safe_off()
+        else:
+            self.close()
+
+    def traffic(self) -> tuple[int, int]:
+        """(messages, queries) sent to all instruments since open."""
+        seen, msgs, queries = set(), 0, 0
+        for inst in self.instruments.values():
+            t = inst.transport
+            if id(t) not in seen:
+                seen.add(id(t))
+                msgs += t.messages
+                queries += t.queries
+        return msgs, queries
 
     # ---- connection and safe state ---------------------------------------------------
     def _connect(self, transports: dict[str, Any]) -> None:
@@ -151,29 +193,29 @@ class BenchArray(CrossPointArray):
                 kwargs["channel"] = next((t.channel for t in cfg.terminals.values()
                                           if t.instrument == name and t.channel),
                                          driver.CHANNELS[0])
-            self._instruments[name] = driver(transports.get(name, inst.resource), **kwargs)
+            self.instruments[name] = driver(transports.get(name, inst.resource), **kwargs)
         for name, inst in linked.items():
-            master = self._instruments[inst.tsp_link.via]
-            self._instruments[name] = cfg.driver(name)(None, via=master,
-                                                       node=inst.tsp_link.node)
-        self._matrix = self._instruments[cfg.matrix_name()]
+            master = self.instruments[inst.tsp_link.via]
+            self.instruments[name] = cfg.driver(name)(None, via=master,
+                                                      node=inst.tsp_link.node)
+        self._matrix = self.instruments[cfg.matrix_name()]
         self._sense = self._source("sense")
         self._bias = self._source("bias")
         # the sense channel pulses (PulseVMeasureI): there is no pulse generator to drive
         self._smu_pulse = cfg.pulse_source == "smu"
         self._pulser = None if self._smu_pulse else \
-            self._instruments[cfg.terminals["pulse"].instrument]
+            self.instruments[cfg.terminals["pulse"].instrument]
         smu = self._sense.instrument
         link = cfg.instruments[cfg.matrix_name()].tsp_link
         self._fast = (self._sense.tsp and smu is self._bias.instrument and link is not None
-                      and self._instruments[link.via] is smu)
+                      and self.instruments[link.via] is smu)
 
     def _source(self, terminal: str) -> _Source:
         term = self.config.terminals[terminal]
-        inst = self._instruments[term.instrument]
+        inst = self.instruments[term.instrument]
         return _Source(terminal, inst, inst.channel(term.channel))
 
-    def _setup(self) -> None:
+    def setup(self) -> None:
         """Safe state: outputs off, relays open, pulse shape and compliances set."""
         cfg = self.config
         if self._pulser is not None:  # strict here: an instrument that does not answer
@@ -181,20 +223,20 @@ class BenchArray(CrossPointArray):
         for src in (self._bias, self._sense):
             src.channel.output(False)
         self._matrix.open_all()
-        self._pulse_shape: tuple[float, float] | None = None
+        self.pulse_shape = None
         if self._pulser is not None:
             self._pulser.voltage_limits(cfg.limits.v_max)
-            self._configure_pulser(cfg.pulse.potentiation.amplitude,
-                                   cfg.pulse.potentiation.width_s)
+            self.configure_pulser(cfg.pulse.potentiation.amplitude,
+                                  cfg.pulse.potentiation.width_s)
         for src in (self._sense, self._bias):
             src.channel.source_voltage(0.0, cfg.read.compliance_a)
 
-    def _configure_pulser(self, amplitude: float, width_s: float) -> None:
-        if self._pulse_shape != (amplitude, width_s):
+    def configure_pulser(self, amplitude: float, width_s: float) -> None:
+        if self.pulse_shape != (amplitude, width_s):
             self._pulser.configure_pulse(amplitude, 0.0, width_s, self.config.pulse.period_s, 1)
-            self._pulse_shape = (amplitude, width_s)
+            self.pulse_shape = (amplitude, width_s)
 
-    def _safe_off(self) -> None:
+    def safe_off(self) -> None:
         """Every output off; reconnect once to do it if the session was lost.
 
         Never stops half-way: an error on one output is logged and the others still go
@@ -210,44 +252,173 @@ class BenchArray(CrossPointArray):
                   attempts=3,
                   before_last=lambda label: outputs[label][0].transport.reconnect())
 
-    def _guard(self, op, *args):
-        if self._closed:
-            raise InstrumentError(f"bench {self.config.source} is closed")
-        with failsafe(self._safe_off, what="turning the bench outputs off"):
-            return op(*args)
-
     def reconnect(self, attempts: int = 3) -> None:
         """Re-open every instrument session and restore the safe state (retried when a
         session drops again meanwhile)."""
         for attempt in range(attempts):
             try:
                 seen = set()
-                for inst in self._instruments.values():
+                for inst in self.instruments.values():
                     t = inst.transport
                     if id(t) not in seen:
                         seen.add(id(t))
                         t.reconnect()
-                self._setup()
+                self.setup()
                 return
             except InstrumentConnectionError:
-                self._safe_off()
+                self.safe_off()
                 if attempt == attempts - 1:
                     raise
 
     def close(self) -> None:
         """Outputs off, relays open, sessions closed (idempotent; finishes even when
         interrupted, then re-raises the KeyboardInterrupt)."""
-        if self._closed:
+        if self.closed:
             return
-        self._closed = True
-        _OPEN.discard(self)
-        steps = [("turning the outputs off", self._safe_off)]
+        self.closed = True
+        if _SESSIONS.get(self.key) is self:
+            del _SESSIONS[self.key]
+        steps = [("turning the outputs off", self.safe_off)]
         if self._matrix is not None:
             steps.append(("opening the relays", self._matrix.open_all))
-        linked_first = sorted(self._instruments.items(),
+        linked_first = sorted(self.instruments.items(),
                               key=lambda kv: self.config.instruments[kv[0]].tsp_link is None)
         steps += [(f"closing {name}", inst.close) for name, inst in linked_first]
         run_every(steps, attempts=2, retry_errors=False)  # one retry after an interrupt
+
+    def __del__(self):
+        with suppress(BaseException):  # nothing may escape a finaliser
+            self.close()
+
+
+def _lines(block: tuple[int, int, int, int]) -> str:
+    """``rows 0-15, cols 0-25`` of a block (r0, r1, c0, c1), inclusive, for messages."""
+    r0, r1, c0, c1 = block
+    return f"chip rows {r0}-{r1 - 1}, cols {c0}-{c1 - 1}"
+
+
+class BenchArray(CrossPointArray):
+    """A chip on instruments, through the bench YAML's wiring and safety limits.
+
+    Several arrays may share one chip, each on its own block of devices (a region of
+    the bench YAML): they share one instrument session (:class:`_BenchSession`), opened
+    by the first and closed after the last."""
+
+    capabilities = Capabilities(read=True, pulse=True)
+    serial_reads = True
+    _closed = True            # until connected (a failed constructor has nothing to close)
+    _session: _BenchSession | None = None
+    _pulser: Instrument | None = None
+    _matrix: Instrument | None = None
+    _sense: _Source | None = None
+    _bias: _Source | None = None
+
+    def __init__(self, config: BenchConfig | str | Path, rows: int | None = None,
+                 cols: int | None = None, *, region: str | None = None,
+                 transports: dict[str, Any] | None = None):
+        """Connect the instruments (or join the session already open on this chip) and
+        put the bench in its safe state.
+
+        Args:
+            config: a :class:`BenchConfig` or the path of a bench YAML.
+            rows, cols: the block of the chip to use (top-left of the region, or of the
+                wired crossbar; default: all of it).
+            region: name of a region of the bench YAML (``regions:``); None: the whole
+                wired crossbar.
+            transports: instrument name -> ready transport, instead of opening the
+                resources (tests, or an already-open session).
+        """
+        cfg = config if isinstance(config, BenchConfig) else load_bench(config)
+        area = cfg.region(region) if region is not None else \
+            Region("", (0, cfg.rows), (0, cfg.cols))
+        n_rows, n_cols = area.shape
+        rows = n_rows if rows is None else rows
+        cols = n_cols if cols is None else cols
+        super().__init__(rows, cols)
+        where = f"region {region} ({area.describe()})" if region is not None else \
+            "devices wired on this bench"
+        if rows > n_rows or cols > n_cols:
+            raise ConfigError(f"a {rows} x {cols} array does not fit the {n_rows} x "
+                              f"{n_cols} {where}", source=cfg.source,
+                              key=("regions." + region) if region is not None else
+                              ("rows" if rows > n_rows else "cols"))
+        self.config = cfg
+        self.region = region
+        self._r0, self._c0 = area.rows[0], area.cols[0]
+        block = (self._r0, self._r0 + rows, self._c0, self._c0 + cols)
+        self.label = f"bench:{cfg.source}" + (f"#{region}" if region is not None else "")
+        transports = transports or {}
+        key = _chip_key(cfg, transports)
+        session = _SESSIONS.get(key)
+        if session is not None:
+            what = _differs(session.config, cfg)
+            if what is not None:
+                raise ConfigError(f"this chip is already open from {session.config.source} "
+                                  f"with a different {what}: open every array on one chip "
+                                  "from the same bench YAML (one region each)",
+                                  source=cfg.source, key=what)
+            session.check_free(self.label, block)
+            before = session.traffic()
+        else:
+            session = _BenchSession(cfg, transports, key)
+            before = (0, 0)
+        session.claim(self, self.label, block)
+        self._session = session
+        self._closed = False
+        self._instruments = session.instruments
+        self._matrix, self._sense, self._bias = session._matrix, session._sense, session._bias
+        self._pulser, self._smu_pulse, self._fast = \
+            session._pulser, session._smu_pulse, session._fast
+        after = session.traffic()
+        self._traffic = [after[0] - before[0], after[1] - before[1]]
+        self._read_msgs: dict[tuple[int, int], list[str]] = {}
+        self._route_msgs: dict[tuple[int, int, bool], list[str]] = {}
+        self._smu_pulse_msgs: dict[tuple[int, int, bool], tuple[str, str]] = {}
+        self._smu_trains: dict[tuple[bool, int], str] = {}
+        self._mvm_cache: torch.Tensor | None = None
+        self._plans: dict[tuple[int, int, bool], tuple[list[str], dict[str, float]]] = {}
+
+    # ---- connection and safe state (the session's) -------------------------------------
+    @property
+    def _pulse_shape(self) -> tuple[float, float] | None:
+        return self._session.pulse_shape
+
+    @_pulse_shape.setter
+    def _pulse_shape(self, value: tuple[float, float] | None) -> None:
+        self._session.pulse_shape = value
+
+    def _configure_pulser(self, amplitude: float, width_s: float) -> None:
+        self._session.configure_pulser(amplitude, width_s)
+
+    def _safe_off(self) -> None:
+        """Every output of the chip's instruments off (:meth:`_BenchSession.safe_off`)."""
+        self._session.safe_off()
+
+    def _guard(self, op, *args):
+        if self._closed or self._session.closed:
+            raise InstrumentError(f"bench {self.label} is closed")
+        m0, q0 = self._session.traffic()
+        try:
+            with failsafe(self._safe_off, what="turning the bench outputs off"):
+                return op(*args)
+        finally:
+            m1, q1 = self._session.traffic()
+            self._traffic[0] += m1 - m0
+            self._traffic[1] += q1 - q0
+
+    def reconnect(self, attempts: int = 3) -> None:
+        """Re-open every instrument session of the chip and restore the safe state
+        (retried when a session drops again meanwhile)."""
+        self._session.reconnect(attempts)
+
+    def close(self) -> None:
+        """Outputs off; the last array on the chip also opens the relays and closes the
+        sessions (idempotent; finishes even when interrupted, then re-raises the
+        KeyboardInterrupt)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._session.release(self)
 
     def __del__(self):
         with suppress(BaseException):  # nothing may escape a finaliser
@@ -305,6 +476,8 @@ class BenchArray(CrossPointArray):
         return self._guard(self._read_list, list(devices))
 
     def _read_list(self, devices: list[tuple[int, int]]) -> torch.Tensor:
+        r0, c0 = self._r0, self._c0  # array (i, j) -> chip lines (r0 + i, c0 + j)
+        devices = [(i + r0, j + c0) for i, j in devices]
         if self._fast:
             cur = self._read_pipelined(devices)
         else:
@@ -398,7 +571,7 @@ class BenchArray(CrossPointArray):
             n = int(counts[i, j])
             while n:
                 burst = max(-top, min(top, n))
-                bursts.append((i, j, burst))
+                bursts.append((i + self._r0, j + self._c0, burst))  # chip lines
                 n -= burst
         if self._smu_pulse and self._fast:
             self._pulse_pipelined(bursts)
@@ -526,19 +699,20 @@ class BenchArray(CrossPointArray):
         return self.config.weights.info(read_voltage=self.config.read.voltage)
 
     def stats(self) -> dict[str, int]:
-        """Messages and queries sent to all instruments since open."""
-        seen, msgs, queries = set(), 0, 0
-        for inst in self._instruments.values():
-            t = inst.transport
-            if id(t) not in seen:
-                seen.add(id(t))
-                msgs += t.messages
-                queries += t.queries
-        return {"messages": msgs, "queries": queries}
+        """Messages and queries sent to the instruments for this array since it opened
+        (its reads and pulses; the first array on a chip also counts the connection and
+        safe state), so that the arrays sharing a chip add up to its traffic."""
+        return {"messages": self._traffic[0], "queries": self._traffic[1]}
+
+    def block(self) -> tuple[int, int, int, int]:
+        """This array's devices on the chip: (first row line, one past the last, first
+        column line, one past the last), in the order of the bench YAML's wiring."""
+        return self._r0, self._r0 + self.rows, self._c0, self._c0 + self.cols
 
     def snapshot(self) -> dict[str, Any]:
         """Instrument identities and the bench settings (stored with measurements)."""
-        return {"bench": self.config.source,
+        return {"bench": self.config.source, "region": self.region,
+                "block": list(self.block()),
                 "instruments": {n: self._identity(n) for n in self._instruments},
                 "bias_scheme": self.config.bias_scheme,
                 "read_voltage": self.config.read.voltage,
@@ -556,11 +730,18 @@ class BenchArray(CrossPointArray):
         return self._instruments[name].transport.idn
 
     def __repr__(self) -> str:
-        return f"BenchArray({self.config.source!r}, rows={self.rows}, cols={self.cols})"
+        region = f", region={self.region!r}" if self.region is not None else ""
+        return f"BenchArray({self.config.source!r}, rows={self.rows}, cols={self.cols}{region})"
 
 
 def open_bench(argument: str, rows: int, cols: int, seed: int | None = None) -> BenchArray:
-    """``open_array("bench:FILE.yaml", rows, cols)`` (hardware takes no seed)."""
-    if not argument:
-        raise ConfigError("expected bench:FILE.yaml", key="spec")
-    return BenchArray(load_bench(argument), rows, cols)
+    """``open_array("bench:FILE.yaml", rows, cols)``, or ``"bench:FILE.yaml#REGION"`` for
+    a region of the bench YAML's ``regions:`` (hardware takes no seed)."""
+    path, hash_, region = argument.rpartition("#") if "#" in argument else (argument, "", "")
+    if not path:
+        raise ConfigError(f"expected bench:FILE.yaml or bench:FILE.yaml#REGION, got "
+                          f"'bench:{argument}'", key="spec")
+    if hash_ and not region:
+        raise ConfigError(f"'bench:{argument}': name a region after '#' "
+                          "(bench:FILE.yaml#REGION)", key="spec")
+    return BenchArray(load_bench(path), rows, cols, region=region or None)

@@ -32,7 +32,7 @@ from .instruments import INSTRUMENTS
 
 __all__ = ["BenchConfig", "BenchLimits", "BenchPulseConfig", "BenchReadConfig",
            "InstrumentConfig", "Limits", "PulseConfig", "PulseShape", "ReadConfig",
-           "TerminalConfig", "TspLink", "WeightMap", "Wiring", "bench_from_mapping",
+           "Region", "TerminalConfig", "TspLink", "WeightMap", "Wiring", "bench_from_mapping",
            "load_bench"]
 
 TERMINALS = ("sense", "bias", "pulse", "ground")
@@ -46,6 +46,7 @@ pulse at a given level and load can need longer; the reference manual (2600BS-90
 settling times (< 50 us on the 1 V range, < 110 us on the 10 V range) rule out shorter
 pulses anyway. Shorter pulses need a pulse generator (``keysight33500b``)."""
 _LINE = re.compile(r"^([1-6]):(\d{1,2})$")
+_REGION_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 
 @dataclass
@@ -100,6 +101,30 @@ class Wiring:
     """Matrix column of each chip column line (array input j)."""
 
 
+@dataclass(frozen=True)
+class Region:
+    """A named block of the wired crossbar: chip rows ``rows[0] .. rows[1] - 1`` and chip
+    columns ``cols[0] .. cols[1] - 1`` (half-open, counted in the order of ``wiring``).
+
+    ``bench:BENCH.yaml#NAME`` opens an array on it (its top-left corner, at most the
+    region's size), so that two arrays (an algorithm's A and C) share one chip."""
+
+    name: str
+    rows: tuple[int, int]
+    """First chip row line, one past the last (0-based, ``wiring.rows`` order)."""
+    cols: tuple[int, int]
+    """First chip column line, one past the last (0-based, ``wiring.cols`` order)."""
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """Devices (rows, cols) of the region."""
+        return self.rows[1] - self.rows[0], self.cols[1] - self.cols[0]
+
+    def describe(self) -> str:
+        """``rows 0-15, cols 0-25`` (inclusive line numbers, for messages)."""
+        return f"rows {self.rows[0]}-{self.rows[1] - 1}, cols {self.cols[0]}-{self.cols[1] - 1}"
+
+
 @dataclass
 class BenchConfig:
     """A whole bench YAML."""
@@ -124,8 +149,21 @@ class BenchConfig:
     """Conductance -> weight map."""
     limits: BenchLimits = field(default_factory=BenchLimits)
     """Safety limits."""
+    regions: dict[str, Any] = field(default_factory=dict)
+    """Region name -> :class:`Region`: named blocks of the wired crossbar that arrays open
+    as ``bench:BENCH.yaml#NAME``; written ``NAME: {rows: [START, STOP], cols: [START,
+    STOP]}`` (half-open line numbers). Regions may overlap in the file; two arrays open
+    at once on overlapping devices of one chip are refused."""
     source: str = field(default="<bench>", init=False, repr=False)
     """Where it was read from (for messages)."""
+
+    def region(self, name: str) -> Region:
+        """The region ``name`` (ConfigError listing the regions when there is none)."""
+        if name not in self.regions:
+            known = ", ".join(self.regions) if self.regions else "none: add a regions: block"
+            raise ConfigError(f"unknown region {name!r} (regions: {known})", source=self.source,
+                              key="regions")
+        return self.regions[name]
 
     def channel(self, line: str, terminal: str) -> str:
         """707B channel that connects chip line ``"S:C"`` to ``terminal``'s card row."""
@@ -181,13 +219,52 @@ def bench_from_mapping(data: dict[str, Any], source: str = "<bench>") -> BenchCo
     _check_quoted_lines(data.get("wiring"), source)
     instruments = _mapping_of(InstrumentConfig, data.pop("instruments"), source, "instruments")
     terminals = _mapping_of(TerminalConfig, data.pop("terminals"), source, "terminals")
+    regions = data.pop("regions", None) or {}
     cfg = from_mapping(BenchConfig, {**data, "instruments": {}, "terminals": {}}, source=source)
     cfg.instruments, cfg.terminals, cfg.source = instruments, terminals, source
     try:
         _check(cfg)
+        cfg.regions = _regions(regions, cfg.rows, cfg.cols)
     except ConfigError as exc:
         raise ConfigError(exc.detail, source=source, key=exc.key) from None
     return cfg
+
+
+def _regions(value: Any, rows: int, cols: int) -> dict[str, Region]:
+    """Validate ``regions:``: each a block inside the ``rows x cols`` wired crossbar."""
+    require(isinstance(value, dict), "regions",
+            f"expected a mapping NAME: {{rows: [START, STOP], cols: [START, STOP]}}, "
+            f"got {value!r}")
+    out: dict[str, Region] = {}
+    for name, block in value.items():
+        key = f"regions.{name}"
+        require(isinstance(name, str) and _REGION_NAME.match(name) is not None, key,
+                "a region name is letters, digits, '_', '.' or '-'")
+        require(isinstance(block, dict) and set(block) == {"rows", "cols"}, key,
+                f"expected {{rows: [START, STOP], cols: [START, STOP]}}, got {block!r}")
+        span = {}
+        for axis, n in (("rows", rows), ("cols", cols)):
+            v = block[axis]
+            ok = isinstance(v, list) and len(v) == 2 and all(
+                isinstance(x, int) and not isinstance(x, bool) for x in v)
+            require(ok, f"{key}.{axis}", f"expected [START, STOP] (two integers), got {v!r}")
+            require(0 <= v[0] < v[1] <= n, f"{key}.{axis}",
+                    f"[{v[0]}, {v[1]}] is not inside the wired crossbar's {n} {axis} "
+                    f"(need 0 <= START < STOP <= {n}; STOP is one past the last line)")
+            span[axis] = (v[0], v[1])
+        out[name] = Region(name, span["rows"], span["cols"])
+    return out
+
+
+def example_regions(rows: int, cols: int) -> dict[str, dict[str, list[int]]]:
+    """Two regions for an algorithm's arrays: ``A`` the top half of the wired rows, ``C``
+    the bottom half, each all columns (on the 32 x 32 emulated chip: 16 x 32 each, room
+    for conv1's 16 x 26 A and C); none when there is a single row."""
+    if rows < 2:
+        return {}
+    half = rows // 2
+    return {"A": {"rows": [0, half], "cols": [0, cols]},
+            "C": {"rows": [half, rows], "cols": [0, cols]}}
 
 
 def _check_quoted_lines(wiring: Any, source: str) -> None:

@@ -4,7 +4,8 @@ Built-in specs: ``ideal``, ``sim``, ``sim:PATH.yaml``, ``sim:MODEL`` (a
 registered device model with its defaults), ``sim:preset:NAME`` (one of aihwkit's device
 presets, :mod:`rpuhw.interop.presets`). Hardware backends live outside
 the core and are imported lazily when their prefix is used: ``bench:PATH.yaml``
-(``rpuhw.drivers``), ``arc2:PATH.yaml``. Third parties register a prefix with
+or ``bench:PATH.yaml#REGION`` (a region of the bench YAML: ``rpuhw.drivers``),
+``arc2:PATH.yaml``. Third parties register a prefix with
 :func:`register_backend` or a ``rpuhw.backends`` entry point (:data:`BACKENDS`,
 a :class:`~rpuhw.registry.Registry`).
 """
@@ -27,7 +28,7 @@ BACKENDS: Registry[Factory] = Registry("array backend", key="spec",
 BACKENDS.add("ideal", "rpuhw.backends:_open_ideal", usage="ideal")
 BACKENDS.add("sim", "rpuhw.backends:_open_sim",
              usage="sim, sim:PATH.yaml, sim:MODEL, sim:preset:NAME")
-BACKENDS.add("bench", "rpuhw.drivers.bench:open_bench", usage="bench:PATH.yaml")
+BACKENDS.add("bench", "rpuhw.drivers.bench:open_bench", usage="bench:PATH.yaml[#REGION]")
 BACKENDS.add("arc2", "rpuhw.drivers.arc2:open_arc2", usage="arc2:PATH.yaml")
 
 
