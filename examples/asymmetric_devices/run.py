@@ -57,6 +57,10 @@ END = "<!-- study: to here -->"
 HIDDEN_DEVICE = ROOT / "drivers" / "emulators" / "hidden_device.yaml"
 ORDER = ("sgd", "mp", "tt", "ttv2", "cttv2", "agad")
 """Algorithms in this order first (the rest of the registry after them, by name)."""
+LONG_NAMES = {"sgd": "sgd (pulsed SGD)", "mp": "mp (mixed precision)",
+              "tt": "tt (Tiki-Taka)", "ttv2": "ttv2 (Tiki-Taka v2, buffered)",
+              "cttv2": "cttv2 (chopped TTv2)", "agad": "agad (chopped, dynamic reference)"}
+"""Legend names of the algorithms (a newly registered one shows its own name)."""
 CHECKPOINT_EVERY = 1000
 """Images between checkpoints within an epoch (and one after every epoch)."""
 
@@ -283,7 +287,7 @@ def study_figure(results: dict[tuple[str, str], list[dict[str, Any]]],
             stats = [_mean_std([c[i] for c in curves]) for i in range(n)]
             mean = [m for m, _ in stats]
             x = list(range(1, n + 1))
-            ax.plot(x, mean, marker="o", ms=3, color=f"C{k}", label=alg)
+            ax.plot(x, mean, marker="o", ms=3, color=f"C{k}", label=LONG_NAMES.get(alg, alg))
             if len(curves) > 1:
                 lo = [m - (s or 0.0) for m, s in stats]
                 hi = [m + (s or 0.0) for m, s in stats]
@@ -308,9 +312,10 @@ def study_figure(results: dict[tuple[str, str], list[dict[str, Any]]],
     for ax in axes:
         for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
             handles.setdefault(lab, h)
-    fig.legend([handles[a] for a in algorithms if a in handles],
-               [a for a in algorithms if a in handles], loc="outside lower center",
-               ncol=min(6, max(1, len(handles))), fontsize=9, frameon=False,
+    names = [LONG_NAMES.get(a, a) for a in algorithms]
+    fig.legend([handles[a] for a in names if a in handles],
+               [a for a in names if a in handles], loc="outside lower center",
+               ncol=min(3, max(1, len(handles))), fontsize=9, frameon=False,
                title="algorithm (mean over seeds, band ± std)", title_fontsize=9)
     return fig
 
@@ -393,7 +398,11 @@ def main(argv: list[str] | None = None, log: Callable[[str], None] = print) -> i
         for job in todo:
             report(*run_job(job))
     elif todo:
-        with ProcessPoolExecutor(max_workers=args.jobs) as pool:
+        import multiprocessing
+
+        # spawn: a fresh interpreter per worker (fork after torch's threads can deadlock)
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=args.jobs, mp_context=ctx) as pool:
             for fut in as_completed([pool.submit(run_job, j) for j in todo]):
                 report(*fut.result())
     results: dict[tuple[str, str], list[dict[str, Any]]] = {}
