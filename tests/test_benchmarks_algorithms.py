@@ -1,0 +1,97 @@
+"""``python -m benchmarks.algorithms`` (issue 18 item 8): the JSON's shape at a tiny size,
+the hyper-parameters handed to aihwkit, a missing aihwkit interpreter reported, bad
+input refused in one line."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from benchmarks import algorithms as bench
+from benchmarks._common import DEFAULT_AIHWKIT_PYTHON, aihwkit_unavailable
+from rpuhw.algorithms.tt import TikiTaka, TTParams
+
+HIDDEN_DW_MIN = 0.0021  # drivers/emulators/hidden_device.yaml
+
+
+def _run(capsys, *argv: str) -> dict:
+    assert bench.main(list(argv)) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_rpuhw_side_json_and_missing_aihwkit(capsys):
+    """mp alone asked: sgd is added as the baseline; a missing interpreter is a reason in
+    the JSON, not a crash; mp's granularity resolves to the device's dw_min."""
+    r = _run(capsys, "--algorithms", "mp", "--images", "2", "--warmup", "1",
+             "--aihwkit-python", "/nonexistent/python")
+    assert r["benchmark"] == "algorithms"
+    assert r["command"].startswith("python -m benchmarks.algorithms --algorithms mp")
+    assert list(r["algorithms"]) == ["sgd", "mp"]
+    assert "not found" in r["aihwkit"]["skipped"]
+    assert r["settings"]["backend"] == f"sim:{bench.DEFAULT_DEVICE}"
+    assert r["settings"]["images"] == 2 and r["settings"]["threads"] == 1
+    for key in ("git", "machine", "versions", "loadavg_before", "loadavg_after"):
+        assert key in r
+    for name, entry in r["algorithms"].items():
+        side = entry["rpuhw"]
+        assert side["images_per_s"] > 0 and side["seconds"] > 0, name
+        assert side["torch_threads"] == 1 and side["numba_threads"] == 1
+        assert entry["aihwkit"] == {"skipped": r["aihwkit"]["skipped"]}
+        assert entry["rpuhw_over_aihwkit"] is None
+        assert entry["cost_vs_sgd"] == pytest.approx(
+            r["algorithms"]["sgd"]["rpuhw"]["images_per_s"] / side["images_per_s"])
+    assert r["algorithms"]["sgd"]["cost_vs_sgd"] == 1.0
+    assert r["algorithms"]["sgd"]["rpuhw"]["arrays"] == 4  # one per layer
+    mp = r["algorithms"]["mp"]["rpuhw"]
+    assert mp["unresolved"] == []
+    for layer in bench.LAYERS:
+        assert mp["params"][layer] == {"granularity": pytest.approx(HIDDEN_DW_MIN),
+                                       "transfer_every": 1}
+
+
+def test_resolved_params_scaled_transfer_lr():
+    """tt's transfer_lr=None resolves through the object's transfer_lr(lr), in aihwkit's
+    scaled form (divided by lr, scale_transfer_lr on): at lr 1e-3 the device-derived
+    floor dw_min_C / half range of A (0.0021 / 0.6 = 3.5e-3) wins over 1 x lr."""
+    plan = bench.plan_for("tt", bench.DEFAULT_DEVICE)
+    alg = TikiTaka(3, 4, plan, seed=0, params=TTParams())
+    params, unresolved = bench.resolved_params(alg, lr=1e-3)
+    assert unresolved == []
+    floor = alg.dw_min("C") / alg.weight_range("A")
+    assert params["transfer_lr"] == pytest.approx(floor / 1e-3)
+    assert params["transfer_lr"] > 1.0  # the floor is active, not the plain default
+    assert params["fast_lr"] == 1.0 and params["gamma"] == 0.0
+    # at lr 0.01 (the benchmark's) 1 x lr is above the floor: aihwkit's plain 1.0
+    assert bench.resolved_params(alg, lr=0.01)[0]["transfer_lr"] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--algorithms", "nope"], ["'nope'", "known:", "sgd", "mp"]),
+    (["--device", "missing_device.yaml"], ["--device", "missing_device.yaml"]),
+    (["--images", "0"], ["--images"]),
+])
+def test_bad_input_one_line(capsys, argv, words):
+    assert bench.main([*argv, "--aihwkit-python", ""]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1
+    for w in words:
+        assert w in err
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(aihwkit_unavailable(DEFAULT_AIHWKIT_PYTHON) is not None,
+                    reason="aihwkit interpreter not available")
+def test_aihwkit_side_runs_tt(capsys):
+    """The aihwkit side builds TransferCompound with rpuhw's resolved hyper-parameters
+    and the same device (SoftBoundsDevice) and times it."""
+    r = _run(capsys, "--algorithms", "tt", "--images", "2", "--warmup", "0",
+             "--aihwkit-python", DEFAULT_AIHWKIT_PYTHON)
+    a = r["algorithms"]["tt"]["aihwkit"]
+    assert "skipped" not in a, a
+    assert a["config"]["rpu_config"] == "UnitCellRPUConfig"
+    assert a["config"]["compound"] == "TransferCompound"
+    assert a["config"]["device"] == "SoftBoundsDevice"
+    assert a["config"]["conv1_params"] == r["algorithms"]["tt"]["rpuhw"]["params"]["conv1"]
+    assert a["not_passed"] == [] and a["torch_threads"] == 1
+    assert r["algorithms"]["tt"]["rpuhw_over_aihwkit"] > 0
