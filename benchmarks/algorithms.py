@@ -37,7 +37,10 @@ Each configuration trains ``--warmup`` images untimed (compilation, allocations)
 times ``--images`` images (forward, backward, optimizer step each). Prints one JSON
 object: per algorithm the images/s, wall and CPU seconds and losses of each side, the
 ratio rpuhw/aihwkit and the algorithm's cost per image relative to rpuhw's ``sgd``
-(``sgd`` images/s over its images/s), with the git commit, machine, versions and the
+(``sgd`` images/s over its images/s); the same two from the processes' CPU seconds
+(``rpuhw_over_aihwkit_cpu``: aihwkit's CPU seconds over rpuhw's; ``cpu_cost_vs_sgd``),
+less sensitive to other load on a shared machine (rpuhw's include its background
+update thread), with the git commit, machine, versions and the
 load average before and after (the machine may be shared: compare only within a run).
 """
 
@@ -269,12 +272,14 @@ def main(argv: list[str] | None = None) -> int:
                     "not_passed": sorted(set(a.get("not_passed", [])) | set(r["unresolved"])),
                     **summarize(a["seconds"], a["losses"], a.get("cpu_seconds"))}
         table[name] = entry
-    base = table["sgd"]["rpuhw"]["images_per_s"]
+    base, base_cpu = (table["sgd"]["rpuhw"][k] for k in ("images_per_s", "cpu_seconds"))
     for entry in table.values():
-        ips = entry["rpuhw"]["images_per_s"]
+        ips, cpu = entry["rpuhw"]["images_per_s"], entry["rpuhw"]["cpu_seconds"]
         entry["cost_vs_sgd"] = base / ips
-        aips = entry["aihwkit"].get("images_per_s")
+        entry["cpu_cost_vs_sgd"] = cpu / base_cpu if base_cpu else None
+        aips, acpu = entry["aihwkit"].get("images_per_s"), entry["aihwkit"].get("cpu_seconds")
         entry["rpuhw_over_aihwkit"] = ips / aips if aips else None
+        entry["rpuhw_over_aihwkit_cpu"] = acpu / cpu if acpu and cpu else None
     result["loadavg_after"] = _load()
     json.dump(result, sys.stdout, indent=1)
     sys.stdout.write("\n")

@@ -39,6 +39,9 @@ def test_rpuhw_side_json_and_missing_aihwkit(capsys):
         assert side["torch_threads"] == 1 and side["numba_threads"] == 1
         assert entry["aihwkit"] == {"skipped": r["aihwkit"]["skipped"]}
         assert entry["rpuhw_over_aihwkit"] is None
+        assert entry["rpuhw_over_aihwkit_cpu"] is None
+        assert entry["cpu_cost_vs_sgd"] == pytest.approx(
+            side["cpu_seconds"] / r["algorithms"]["sgd"]["rpuhw"]["cpu_seconds"])
         assert entry["cost_vs_sgd"] == pytest.approx(
             r["algorithms"]["sgd"]["rpuhw"]["images_per_s"] / side["images_per_s"])
     assert r["algorithms"]["sgd"]["cost_vs_sgd"] == 1.0
@@ -95,3 +98,4 @@ def test_aihwkit_side_runs_tt(capsys):
     assert a["config"]["conv1_params"] == r["algorithms"]["tt"]["rpuhw"]["params"]["conv1"]
     assert a["not_passed"] == [] and a["torch_threads"] == 1
     assert r["algorithms"]["tt"]["rpuhw_over_aihwkit"] > 0
+    assert r["algorithms"]["tt"]["rpuhw_over_aihwkit_cpu"] > 0
