@@ -121,6 +121,8 @@ class Algorithm:
 
         self.params = self.Params() if params is None else params
         self.plan = plan
+        self.seed = seed
+        """The layer's seed (None: unseeded); algorithms derive their generators from it."""
         self.out_features, self.in_features = out_features, in_features
         self.grids: dict[str, TileGrid] = {}
         visible = self.array_names[-1]
@@ -187,6 +189,14 @@ class Algorithm:
         if info.w_min is None or info.w_max is None:
             return None
         return 0.5 * float(info.w_max - info.w_min)
+
+    def decay(self, *arrays: str) -> None:
+        """One decay step (``CrossPointArray.decay``: devices with ``lifetime``) on every
+        array of the named grids: what an update cycle ends with, for grids moved through
+        ``pulse`` (which has none) or not moved in a step."""
+        for arr in arrays:
+            for a in self.grids[arr].arrays:
+                a.decay()
 
     def _check_operations(self) -> None:
         for arr, ops in self.requires.items():

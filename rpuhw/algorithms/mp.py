@@ -14,6 +14,9 @@ As aihwkit's ``MixedPrecisionCompound`` with ``n_rows_per_transfer=-1`` (all row
 except that the pulses go out as exact counts through ``pulse`` instead of a stochastic
 rank-1 update per row (at most ``desired_bl`` pulses there); the quantisation of x and
 d (``n_x_bins``/``n_d_bins``) is not implemented (x and d are used as computed).
+
+Devices with ``lifetime`` decay once per optimizer step (``decay()`` on C after the
+step's transfers: ``pulse`` has none), as after one ``update`` call.
 """
 
 from __future__ import annotations
@@ -74,6 +77,7 @@ class MixedPrecision(Algorithm):
             self.blocks += 1
             if self.blocks % self.params.transfer_every == 0:
                 self.transfer()
+        self.decay("C")  # pulse has no decay: once per optimizer step, as an update
 
     def set_weights(self, w: torch.Tensor) -> None:
         """Write C and clear chi (as aihwkit's ``set_weights``)."""

@@ -5,9 +5,22 @@ Two arrays: the fast array A takes the gradient (pulsed SGD at ``fast_lr``), and
 (a forward MVM of unit vectors through A's periphery) and written into the slow array C
 with a pulsed rank-1 update, ``C[:, j] += lr_t A[:, j]`` in expectation. The layer's
 weight is ``W = gamma A + C``: forward and backward are one MVM on C, plus one on A
-scaled by ``gamma`` when ``gamma != 0`` (two MVMs summed digitally). A is programmed
-to zero at the start (:meth:`TikiTaka.initialise_fast_array`: the hook where the
-symmetry-point centring of A, ``centre_on_symmetry_point``, plugs in).
+scaled by ``gamma`` when ``gamma != 0`` (two MVMs summed digitally).
+
+A starts at zero, or, with ``centre_a`` (the default where A's backend pulses and reads
+natively and is not the symmetric ``ideal`` one), centred on its devices' symmetry
+points (:func:`rpuhw.symmetry.centre_on_symmetry_point`, alternating pulses until each
+device settles). The found points are kept as the digital reference ``A_ref`` (the
+reference devices of aihwkit's ``subtract_symmetry_point``, section 6 of the
+algorithms reference): every read of A is taken as ``A - A_ref``, so the layer's weight
+is ``gamma (A - A_ref) + C`` and a transfer moves C by ``lr_t (A - A_ref)[:, j]``.
+A's implicit decay (the asymmetry) then pulls toward 0 of that difference instead of
+transferring each device's symmetry point into C as a bias.
+
+Devices with ``lifetime`` decay once per ``update`` call of a grid (as in ``sgd``) and
+a grid that got no ``update`` call in an optimizer step (C without a transfer, or C
+moved through ``pulse``) decays once at its end, so with the defaults each array decays
+exactly once per step.
 
 Order of operations as aihwkit's ``TransferCompound`` (CPU): the rank-1 updates of a
 step go to A in order; after update vector k (counted over the whole run) a transfer
@@ -30,6 +43,7 @@ import torch
 
 from rpuhw.algorithms.base import Algorithm
 from rpuhw.config import require
+from rpuhw.ideal import IdealArray
 
 
 @dataclass
@@ -56,6 +70,10 @@ class TTParams:
     ``max(1 [x lr], dw_min_C / ((w_max_A - w_min_A)/2))``."""
     scale_transfer_lr: bool = True
     """Multiply ``transfer_lr`` by the SGD learning rate."""
+    centre_a: bool | None = None
+    """Centre A on its devices' symmetry points at ``set_weights`` and subtract them
+    (``A_ref``) from every read of A. None: true where A's backend pulses and reads
+    natively and is not ``ideal`` (whose devices are symmetric)."""
 
     def validate(self) -> None:
         require(math.isfinite(self.gamma) and self.gamma >= 0, "gamma",
@@ -87,34 +105,79 @@ class TikiTaka(Algorithm):
         half = self.weight_range("A")
         self._min_transfer_lr = None if half is None else self.dw_min("C") / half
         self._eye = torch.eye(self.in_features)
+        self.a_ref: torch.Tensor | None = None
+        """A's reference [out, in] (weight units, its symmetry points) or None (0)."""
+        self.centring: list[Any] = []
+        """The ``SymmetryPointResult`` of each of A's tiles from the last centring."""
 
     # ---- weight ------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.C.forward(x)
         g = self.params.gamma
-        return y if g == 0 else y + g * self.A.forward(x)
+        if g == 0:
+            return y
+        xa = self.fast_input(x)
+        ya = self.A.forward(xa)
+        if self.a_ref is not None:
+            ya = ya - xa @ self.a_ref.T
+        return y + g * ya
 
     def backward(self, d: torch.Tensor) -> torch.Tensor:
         z = self.C.backward(d)
         g = self.params.gamma
-        return z if g == 0 else z + g * self.A.backward(d)
+        if g == 0:
+            return z
+        za = self.A.backward(d)
+        if self.a_ref is not None:
+            za = za - d @ self.a_ref
+        return z + g * self.fast_input(za)
 
     def read(self) -> torch.Tensor:
         c = self.C.read()
         g = self.params.gamma
-        return c if g == 0 else c + g * self.A.read()
+        return c if g == 0 else c + g * self.read_fast()
+
+    def read_fast(self) -> torch.Tensor:
+        """A as the algorithm sees it, ``A - A_ref`` [out, in] (weight units; the
+        choppers' signs undone)."""
+        a = self.A.read()
+        return self.fast_input(a if self.a_ref is None else a - self.a_ref)
 
     def set_weights(self, w: torch.Tensor) -> None:
         """C = w, A initialised (:meth:`initialise_fast_array`; aihwkit: C = W, A = 0)."""
         self.C.set_weights(w)
         self.initialise_fast_array()
 
+    def centres_a(self) -> bool:
+        """Whether :meth:`initialise_fast_array` centres A (``centre_a``; None: every
+        array of A pulses and reads natively and none is an ``IdealArray``)."""
+        c = getattr(self.params, "centre_a", False)
+        if c is not None:
+            return bool(c)
+        return all(a.capabilities.pulse and a.capabilities.read
+                   and not isinstance(a, IdealArray) for a in self.A.arrays)
+
     def initialise_fast_array(self) -> None:
-        """Program A to zero (each backend's ``set_weights``). The hook for centring A on
-        its devices' symmetry points (``centre_on_symmetry_point``), which Tiki-Taka
-        needs on devices whose symmetry point is not at w = 0: override or replace this
-        method; until then A starts at zero."""
+        """Program A to zero (each backend's ``set_weights``); with :meth:`centres_a`,
+        then drive every device of A to its symmetry point
+        (:func:`~rpuhw.symmetry.centre_on_symmetry_point`, per tile) and keep the found
+        points as ``A_ref`` (the mean of the K copies of a weight; a device that did not
+        settle: where it ended). Cost: see docs/algorithms.md."""
         self.A.set_weights(torch.zeros(self.out_features, self.in_features))
+        self.a_ref, self.centring = None, []
+        if not self.centres_a():
+            return
+        from rpuhw.symmetry import centre_on_symmetry_point
+
+        grid = self.A
+        phys = torch.zeros(grid.k * self.out_features, self.in_features)
+        for (r0, r1), row in zip(grid.row_splits, grid.tiles, strict=True):
+            for (c0, c1), per in zip(grid.col_splits, row, strict=True):
+                res = centre_on_symmetry_point(per.array)
+                sp, reached = res.matrix("symmetry_point"), res.matrix("reached")
+                phys[r0:r1, c0:c1] = torch.where(torch.isfinite(sp), sp, reached)
+                self.centring.append(res)
+        self.a_ref = phys.view(grid.k, self.out_features, self.in_features).mean(0)
 
     # ---- update ------------------------------------------------------------------------
     def fast_lr(self, lr: float) -> float:
@@ -137,41 +200,69 @@ class TikiTaka(Algorithm):
             return max(1, math.ceil(p.transfer_every * n_vectors))
         return max(1, round(p.transfer_every))
 
+    def fast_input(self, x: torch.Tensor) -> torch.Tensor:
+        """A's input for the gradient update, columns of ``x [..., in]`` times the
+        choppers' signs (the choppers' hook; here x itself)."""
+        return x
+
     def update(self, x: torch.Tensor, d: torch.Tensor, lr: float, images: int = 1) -> None:
         n = x.shape[0]
         if n == 0:
             return
         period, lr_a = self._period(n), self.fast_lr(lr)
+        transfers = 0
         if self.plan.granularity != "position":
-            self.A.update(x, d, lr_a, images=images)
+            self.A.update(self.fast_input(x), d, lr_a, images=images)
             due = (self.vectors + n) // period - self.vectors // period
             self.vectors += n
             for _ in range(due):
                 self.transfer(lr)
-            return
-        start = 0
-        while start < n:
-            end = min(n, start + period - self.vectors % period)
-            self.A.update(x[start:end], d[start:end], lr_a)
-            self.vectors += end - start
-            start = end
-            if self.vectors % period == 0:
-                self.transfer(lr)
+            transfers = due
+        else:
+            start = 0
+            while start < n:
+                end = min(n, start + period - self.vectors % period)
+                self.A.update(self.fast_input(x[start:end]), d[start:end], lr_a)
+                self.vectors += end - start
+                start = end
+                if self.vectors % period == 0:
+                    self.transfer(lr)
+                    transfers += 1
+        if transfers == 0 or self.pulses_c:
+            self.decay("C")  # C's update cycle of this step, when no C.update had one
 
-    def transfer(self, lr: float) -> None:
-        """Read the next ``n_reads_per_transfer`` columns of A (forward of unit vectors)
-        and write them into C (``C[:, j] += lr_t A[:, j]`` by a pulsed update)."""
+    pulses_c = False
+    """Whether :meth:`transfer` moves C through ``pulse`` (no decay of its own)."""
+
+    def read_columns(self, cols: list[int]) -> torch.Tensor:
+        """Columns ``cols`` of ``A - A_ref`` as read: [k, out] (one forward of unit
+        vectors through A's periphery)."""
+        v = self.A.forward(self._eye[cols])
+        return v if self.a_ref is None else v - self.a_ref[:, cols].T
+
+    def next_columns(self) -> list[int]:
+        """The next ``n_reads_per_transfer`` columns, cyclically (moves the pointer)."""
         k = self.params.n_reads_per_transfer
         cols = [(self.column + i) % self.in_features for i in range(k)]
         self.column = (self.column + k) % self.in_features
-        e = self._eye[cols]
-        v = self.A.forward(e)  # [k, out]: the columns as read
+        return cols
+
+    def transfer(self, lr: float) -> None:
+        """Read the next ``n_reads_per_transfer`` columns of A - A_ref (forward of unit
+        vectors) and write them into C (``C[:, j] += lr_t A[:, j]`` by a pulsed update)."""
+        cols = self.next_columns()
+        v = self.read_columns(cols)  # [k, out]: the columns as read
         # W <- W - lr_t d^T x with x = e_j, d = -v: C[:, j] += lr_t v
-        self.C.update(e, -v, self.transfer_lr(lr), images=1)
+        self.C.update(self._eye[cols], -v, self.transfer_lr(lr), images=1)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"vectors": self.vectors, "column": self.column}
+        st: dict[str, Any] = {"vectors": self.vectors, "column": self.column}
+        if self.a_ref is not None:
+            st["a_ref"] = self.a_ref.clone()
+        return st
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.vectors = int(state["vectors"])
         self.column = int(state["column"])
+        ref = state.get("a_ref")
+        self.a_ref = None if ref is None else ref.clone()
