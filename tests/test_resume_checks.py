@@ -112,8 +112,12 @@ def _characterize_args(bench: Path, out: Path) -> list[str]:
 def _interrupted_run(bench: Path, out: Path) -> int:
     """``rpuhw characterize`` as its own process, stopped with Ctrl-C (SIGINT) once it has
     written STOP_AFTER rows; returns the rows kept."""
+    # Ctrl-C's default action in the child, even when this suite runs as a background job
+    # of a non-interactive shell (which starts it with SIGINT ignored, an inherited
+    # setting under which Python installs no KeyboardInterrupt handler)
     proc = subprocess.Popen([sys.executable, "-m", "rpuhw.cli", *_characterize_args(bench, out)],
-                            stderr=subprocess.PIPE, text=True, env=ENV)
+                            stderr=subprocess.PIPE, text=True, env=ENV,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 120
         while not (out.exists() and out.read_bytes().count(b"\n") > STOP_AFTER):
