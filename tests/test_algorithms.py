@@ -1,5 +1,6 @@
-"""Training algorithms (rpuhw.algorithms): sgd unchanged, mp and tt against step-by-step
-numpy references on tiny ideal arrays, properties, selection, bad input, resume."""
+"""Training algorithms (rpuhw.algorithms): sgd unchanged, mp, tt, ttv2, cttv2 and agad
+against step-by-step numpy references on tiny ideal arrays, properties (chopper, decay,
+symmetry-point centring), selection, bad input, resume."""
 
 from __future__ import annotations
 
@@ -181,7 +182,8 @@ def test_tt_weight_is_gamma_a_plus_c():
 
 
 def test_tt_places_array_a_on_another_backend():
-    plan = LayerPlan(backend="ideal", algorithm="tt", arrays={"A": "sim"})
+    plan = LayerPlan(backend="ideal", algorithm="tt", arrays={"A": "sim"},
+                     algorithm_params={"centre_a": False})
     layer = AnalogLinear(3, 2, plan=plan, seed=1)
     assert type(layer.algorithm.grids["A"].arrays[0]).__name__ == "SimulatedArray"
     assert isinstance(layer.grid.arrays[0], IdealArray)
@@ -190,7 +192,24 @@ def test_tt_places_array_a_on_another_backend():
 
 # ---- bad input ---------------------------------------------------------------------
 @pytest.mark.parametrize("args, fragment", [
-    (["--algorithm", "adam"], "unknown training algorithm 'adam' (known: mp, sgd, tt)"),
+    (["--algorithm", "adam"], "unknown training algorithm 'adam' (known: agad, cttv2, mp, "
+     "sgd, tt, ttv2)"),
+    (["--algorithm", "cttv2:in_chop_prob=2"], "key 'algorithm.in_chop_prob': must be a "
+     "number in [0, 1], got 2"),
+    (["--algorithm", "cttv2:n_reads_per_transfer=2"], "key 'algorithm.n_reads_per_transfer'"
+     ": must be 1 with a chopper"),
+    (["--algorithm", "cttv2:buffer_granularity=0"], "key 'algorithm.buffer_granularity': "
+     "must be a number > 0"),
+    (["--algorithm", "agad:in_chop_prob=0"], "key 'algorithm.in_chop_prob': must be > 0 "
+     "for agad"),
+    (["--algorithm", "agad:tail_weightening=-1"], "key 'algorithm.tail_weightening'"),
+    (["--algorithm", "ttv2:momentum=1"], "key 'algorithm.momentum': must be a number in "
+     "[0, 1)"),
+    (["--algorithm", "ttv2:thres_scale=0"], "key 'algorithm.thres_scale': must be a "
+     "number > 0"),
+    (["--algorithm", "ttv2:out_chop_prob=0.1"], "key 'algorithm.out_chop_prob': unknown "
+     "hyper-parameter of ttv2"),
+    (["--algorithm", "tt:centre_a=maybe"], "algorithm.centre_a"),
     (["--algorithm", "tt:gama=1"], "key 'algorithm.gama': unknown hyper-parameter of tt "
      "(known: gamma,"),
     (["--layer-algorithm", "conv9=mp"], "has no layer conv9 (layers: conv1, conv2, fc1, "
@@ -243,7 +262,11 @@ def test_backend_without_the_operation_is_refused():
 
 
 # ---- checkpoint / resume -----------------------------------------------------------
-@pytest.mark.parametrize("alg", ["mp", "tt:gamma=0.1,n_reads_per_transfer=3"])
+@pytest.mark.parametrize("alg", [
+    "mp", "tt:gamma=0.1,n_reads_per_transfer=3,centre_a=false",
+    # (sim's default device has no symmetry point to settle at: centring there is slow)
+    "ttv2:centre_a=false,transfer_every=0.5", "cttv2:gamma=0.1,in_chop_prob=0.3",
+    "agad:in_chop_prob=0.5"])
 def test_interrupted_run_resumes_to_the_same_numbers(alg, tmp_path, monkeypatch):
     """Stop a run right after its second checkpoint (mid-epoch), resume it: every
     number (errors, losses, final weights and algorithm state) equals an uninterrupted
@@ -291,3 +314,224 @@ def test_interrupted_run_resumes_to_the_same_numbers(alg, tmp_path, monkeypatch)
                         else sv == a_res["state"][sk]), (key, sk)
             for sa, sb in zip(v["arrays"], w["arrays"], strict=True):
                 assert torch.equal(sa["weights"], sb["weights"]), key
+
+
+# ---- ttv2, cttv2, agad: step-by-step references ------------------------------------
+def _reference_run(alg: str, params: dict, per_step: int, steps: int,
+                   a_ref: np.ndarray | None = None, offset: float = 0.0):
+    """Drive a 2 x 4 ideal layer with ``alg`` and replay it in numpy: A's pulse trains
+    (twin periphery, one pulse at a time), then per transfer the column read, the
+    buffer, the threshold rule, C's single exact pulses, the chopper and (agad) the
+    running reference, all derived here from the algorithm's description."""
+    layer = _ideal_layer(alg, params, in_f=3, out_f=2)
+    algo = layer.algorithm
+    p = algo.params
+    if a_ref is not None:
+        algo.a_ref = torch.tensor(a_ref, dtype=torch.float32)
+    ref = np.zeros((2, 4)) if a_ref is None else a_ref.astype(np.float32).astype(np.float64)
+    twin = Periphery(IdealArray(2, 4), layer.plan.periphery, seed=0)
+    twin.set_rng_state(algo.grids["A"].tiles[0][0].rng_state())
+    wa = algo.grids["A"].read().double().numpy().copy()
+    wc = algo.grids["C"].read().double().numpy().copy()
+    c0 = wc.copy()
+    H, chop, reads = np.zeros((2, 4)), np.ones(4), np.zeros(4, int)
+    mu, mu_p, switched = np.zeros((2, 4)), np.zeros((2, 4)), np.zeros(4, bool)
+    chopped = alg in ("cttv2", "agad") and p.in_chop_prob > 0
+    ns = max(int(np.ceil(1 / p.in_chop_prob)), 2) if chopped else None
+    # A moves in exact steps of DW: an lr with no short rational ratio to 1 keeps the
+    # buffer off its thresholds (float32 vs float64 reads would decide a tie there)
+    lr, k_done, col = 0.1037, 0, 0
+    period = int(np.ceil(p.transfer_every * per_step)) if p.units_in_mbatch \
+        else round(p.transfer_every)
+    rng = np.random.default_rng(2)
+    pulses_c = flips = 0
+    g = algo.dw_min("A")  # the granularity the backend reports (float32 of DW)
+    for _ in range(steps):
+        x = torch.tensor(rng.uniform(-1, 1, (per_step, 4)), dtype=torch.float32)
+        d = torch.tensor(rng.uniform(-1, 1, (per_step, 2)), dtype=torch.float32)
+        algo.update(x, d, lr)
+        start = 0
+        for v in range(per_step):
+            k_done += 1
+            if k_done % period and v < per_step - 1:
+                continue
+            xc = x[start:v + 1] * torch.tensor(chop, dtype=torch.float32)
+            xb, db = twin.encode_bits(xc, d[start:v + 1], p.fast_lr * lr)
+            _apply_bits(wa, xb, db, DW)
+            start = v + 1
+            if k_done % period:
+                continue
+            j, col = col, (col + 1) % 4
+            read = wa[:, j].astype(np.float32).astype(np.float64) - ref[:, j] + offset
+            t_lr = (p.transfer_lr or 1.0) * lr
+            gate = True
+            if alg == "ttv2":
+                thr = p.thres_scale * g
+                H[:, j] += t_lr * read
+            else:
+                thr = 1.0
+                if alg == "agad":
+                    if switched[j]:
+                        mu_p[:, j] = mu[:, j]
+                    dev = read - mu_p[:, j]
+                    reads[j] += 1
+                    gate = reads[j] > ns
+                else:
+                    dev = read
+                    reads[j] += 1
+                if gate:
+                    H[:, j] += chop[j] * dev * t_lr / (p.buffer_granularity * g)
+            if gate:
+                for i in range(2):  # one device at a time
+                    n = int(np.clip(np.trunc(H[i, j] / thr), -1, 1))
+                    if n:
+                        wc[i, j] += n * DW  # one exact pulse
+                        pulses_c += 1
+                        H[i, j] = p.momentum * H[i, j] if p.forget_buffer \
+                            else H[i, j] - (1 - p.momentum) * n * thr
+            if alg == "agad":
+                a = min(p.tail_weightening / ns, 1.0)
+                mu[:, j] = (1 - a) * mu[:, j] + a * read
+            flipped = chopped and reads[j] % ns == 0
+            if flipped:
+                chop[j] = -chop[j]
+                flips += 1
+            switched[j] = flipped
+        np.testing.assert_allclose(algo.grids["A"].read().double().numpy(), wa, atol=2e-6)
+        np.testing.assert_allclose(algo.grids["C"].read().double().numpy(), wc, atol=2e-6)
+        # H from float32 reads (relative 6e-8) times lr_t / thr <= ~100, summed over
+        # <= 72 transfers: within 1e-4 of the threshold
+        h_tol = 1e-4 * (p.thres_scale * g if alg == "ttv2" else 1.0)
+        np.testing.assert_allclose(algo.H.numpy(), H, rtol=0, atol=h_tol)
+    return algo, wc - c0, pulses_c, chop, flips
+
+
+@pytest.mark.parametrize("alg, params, per_step", [
+    ("ttv2", {}, 1),  # aihwkit's defaults (momentum 0.1, forget_buffer)
+    ("ttv2", {"transfer_every": 1, "units_in_mbatch": False, "momentum": 0.3,
+              "forget_buffer": False, "thres_scale": 2.0, "fast_lr": 0.5,
+              "transfer_lr": 4.0}, 3),
+    ("cttv2", {"in_chop_random": False, "in_chop_prob": 0.3}, 2),
+    ("cttv2", {"in_chop_random": False, "in_chop_prob": 0.5, "forget_buffer": False,
+               "momentum": 0.2, "buffer_granularity": 3.0, "transfer_lr": 2.0}, 1),
+    ("agad", {"in_chop_prob": 0.5}, 2),
+    ("agad", {"in_chop_prob": 0.25, "tail_weightening": 2.0, "forget_buffer": False}, 1),
+])
+def test_buffered_algorithms_match_numpy_reference(alg, params, per_step):
+    algo, moved, pulses, chop, flips = _reference_run(alg, params, per_step, steps=24)
+    assert pulses > 5 and np.abs(moved).max() >= DW  # C really got transfers
+    if alg != "ttv2":
+        assert torch.equal(algo.chop, torch.tensor(chop, dtype=torch.float32))
+        assert flips >= 4  # the choppers really flipped
+
+
+def test_ttv2_subtracts_the_reference_of_a():
+    """With A_ref set, every read of A is A - A_ref (transfer and weight)."""
+    a_ref = np.array([[0.01, -0.02, 0.0, 0.03], [-0.01, 0.02, 0.015, 0.0]])
+    algo, *_ = _reference_run("ttv2", {"gamma": 0.5}, 1, steps=8, a_ref=a_ref)
+    w = 0.5 * (algo.grids["A"].read() - algo.a_ref) + algo.grids["C"].read()
+    assert torch.allclose(algo.read(), w)
+    x = torch.tensor([[0.5, -1.0, 0.25, 1.0]])
+    assert torch.allclose(algo.forward(x), x @ w.T, atol=1e-6)
+    assert torch.allclose(algo.backward(torch.tensor([[1.0, -2.0]])),
+                          torch.tensor([[1.0, -2.0]]) @ w, atol=1e-6)
+
+
+def test_cttv2_weight_undoes_the_chopper():
+    layer = _ideal_layer("cttv2", {"gamma": 0.5})
+    algo = layer.algorithm
+    a = torch.tensor([[0.1, -0.2, 0.05, 0.0], [0.3, 0.0, -0.1, 0.2]])
+    algo.grids["A"].set_weights(a)
+    algo.chop = torch.tensor([1.0, -1.0, -1.0, 1.0])
+    w = 0.5 * a * algo.chop + algo.grids["C"].read()
+    assert torch.allclose(algo.read(), w)
+    x = torch.tensor([[0.5, -1.0, 0.25, 1.0]])
+    assert torch.allclose(algo.forward(x), x @ w.T, atol=1e-6)
+    d = torch.tensor([[1.0, -2.0]])
+    assert torch.allclose(algo.backward(d), d @ w, atol=1e-6)
+
+
+# ---- properties ----------------------------------------------------------------------
+@pytest.mark.parametrize("alg, prob, net", [
+    ("cttv2", 0.5, 0), ("cttv2", 0.0, 2),  # no chopper: the offset goes into C
+    ("agad", 0.5, 0)])
+def test_chopper_removes_a_constant_offset_of_a(alg, prob, net):
+    """A reads a constant offset o and nothing else (A = 0 plus o on every read). Per
+    read the buffer gains c_j o s = 0.6 pulses (s = lr_t / dw_min). cttv2 (period 2,
+    forget_buffer off, so H + C's pulses is what was transferred): reads ++ then --
+    transfer +1 then -1: after a flip cycle H = 0 and C is back. agad: its running
+    reference absorbs o (tail weight 1 here), nothing is transferred. Without a chopper
+    the 4 reads put 2 pulses into C. Exact (ideal, float64 H)."""
+    params = {"in_chop_random": False, "in_chop_prob": prob, "forget_buffer": False,
+              "transfer_lr": 0.6, "scale_transfer_lr": False}
+    layer = _ideal_layer(alg, params, in_f=1, out_f=2)  # 2 columns with the bias
+    algo = layer.algorithm
+    o = torch.tensor([[DW, -DW]])  # [k=1, out]
+    algo.read_columns = lambda cols: algo.A.forward(algo._eye[cols]) + o
+    c0 = algo.grids["C"].read().clone()
+    cycles = 2 * (2 if alg == "cttv2" else 4)  # agad: n_s warm-up reads first
+    for _ in range(cycles * 2):  # 2 columns, each read `cycles` times
+        algo.transfer(0.0)
+    moved = torch.round((algo.grids["C"].read() - c0) / DW)
+    assert moved[:, 0].tolist() == [net, -net]
+    assert torch.allclose(algo.H[:, 0], torch.zeros(2, dtype=torch.float64), atol=1e-12) \
+        or net
+    if net == 0:
+        assert not algo.H.any() and not moved.any()
+
+
+@pytest.mark.parametrize("alg", ["mp", "ttv2", "cttv2", "agad"])
+def test_pulsed_arrays_decay_once_per_step(alg):
+    """C moved through ``pulse`` (no decay of its own) decays exactly once per optimizer
+    step on a device with lifetime (aihwkit's Capacitor preset): counted per array, and
+    with lr 0 (no pulse at all) the weights move by exactly the decay rule
+    w <- clip((w - b) scale + b) (float32 as the simulator)."""
+    plan = LayerPlan(backend="sim:preset:Capacitor", algorithm=alg,
+                     algorithm_params={} if alg == "mp" else {"centre_a": False})
+    layer = AnalogLinear(3, 2, plan=plan, seed=2)
+    algo = layer.algorithm
+    c = algo.grid.arrays[0]
+    calls = []
+    real = c.decay
+    c.decay = lambda: (calls.append(1), real())[1]
+    w0 = c.read().clone()
+    st = c.state
+    scale, b = st["decay_scale"], st["reset_bias"]
+    assert (scale < 1).all()  # the preset's lifetime really decays
+    x, d = torch.randn(2, 4), torch.randn(2, 2)
+    algo.update(x, d, 0.0)
+    assert len(calls) == 1
+    want = torch.minimum(torch.maximum((w0 - b) * scale + b, st["w_min"]), st["w_max"])
+    assert torch.allclose(c.read(), want, atol=1e-7, rtol=0)
+    assert not torch.equal(c.read(), w0)
+    for _ in range(3):
+        algo.update(x, d, 0.05)
+    assert len(calls) == 4
+
+
+def test_tt_centres_a_on_its_symmetry_points():
+    """centre_a (the default on a simulated device): A's devices driven to their
+    symmetry points (centre_on_symmetry_point), the points kept as A_ref, the weight
+    gamma (A - A_ref) + C, A_ref in the checkpoint state. The hidden device's devices
+    settle within a few dw_min of their points (docs/calibration.md section 8)."""
+    plan = LayerPlan(backend="sim:drivers/emulators/hidden_device.yaml", algorithm="tt",
+                     algorithm_params={"gamma": 0.5})
+    layer = AnalogLinear(3, 2, plan=plan, seed=1)
+    algo = layer.algorithm
+    assert algo.centres_a() and algo.a_ref is not None
+    res = algo.centring[0]
+    sp = res.matrix("symmetry_point")
+    assert torch.equal(algo.a_ref, sp)
+    assert sp.abs().max() > 3 * algo.dw_min("A")  # not all at 0: centring matters
+    dw = algo.dw_min("A")
+    assert (algo.grids["A"].read() - algo.a_ref).abs().max() < 6 * dw
+    # (the weight's formula with A_ref: test_ttv2_subtracts_the_reference_of_a, exact)
+    st = algo.state_dict()
+    other = AnalogLinear(3, 2, plan=LayerPlan(
+        backend="sim:drivers/emulators/hidden_device.yaml", algorithm="tt",
+        algorithm_params={"gamma": 0.5, "centre_a": False}), seed=1).algorithm
+    assert other.a_ref is None
+    other.load_state_dict(st)
+    assert torch.equal(other.a_ref, algo.a_ref)
+    ideal = _ideal_layer("tt").algorithm  # symmetric devices: no centring by default
+    assert not ideal.centres_a() and ideal.a_ref is None
