@@ -535,3 +535,5 @@ def test_tt_centres_a_on_its_symmetry_points():
     assert torch.equal(other.a_ref, algo.a_ref)
     ideal = _ideal_layer("tt").algorithm  # symmetric devices: no centring by default
     assert not ideal.centres_a() and ideal.a_ref is None
+    const = AnalogLinear(3, 2, plan=LayerPlan(backend="sim", algorithm="tt"), seed=1)
+    assert not const.algorithm.centres_a()  # constant_step: no symmetry point to settle at
