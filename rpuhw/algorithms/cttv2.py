@@ -22,7 +22,9 @@ With ``gamma > 0`` the weight is ``gamma (A - A_ref) diag(c) + C``.
 As aihwkit's ``ChoppedTransferCompound`` (only the input chopper: ``out_chop_prob``,
 ``auto_scale``, ``auto_granularity``, ``correct_gradient_magnitudes`` and ``no_buffer``
 are not implemented; ``n_reads_per_transfer`` must be 1), with two defaults from the
-device instead of aihwkit's fixed ones: ``scale_fast_lr`` is true (A learns at
+device instead of aihwkit's fixed ones (and ``units_in_mbatch`` true, one transfer per
+mini-batch, as ``tt``; aihwkit's false transfers after every conv position):
+``scale_fast_lr`` is true (A learns at
 ``fast_lr x lr``, as ``tt``; aihwkit's false is meant for its ``auto_scale``) and
 ``transfer_lr`` None is the rule that an A entry at half A's weight range fills H by one
 pulse per transfer (``buffer_granularity dw_min_A / ((w_max_A - w_min_A)/2)``, at least
@@ -47,9 +49,10 @@ class CTTv2Params(TTParams):
     """Hyper-parameters of ``cttv2`` (aihwkit's ``ChoppedTransferCompound`` names;
     defaults as aihwkit except ``scale_fast_lr`` and ``transfer_lr``, see the module)."""
 
-    units_in_mbatch: bool = False
-    """Count ``transfer_every`` in mini-batches (aihwkit's chopped default: update
-    vectors)."""
+    units_in_mbatch: bool = True
+    """Count ``transfer_every`` in mini-batches (as ``tt``). aihwkit's chopped default,
+    false (update vectors), transfers after every output position of a conv layer: 576
+    reads and pulse calls per image for lenet's conv1."""
     centre_a: bool | None = False
     """Centre A on its symmetry points first (not needed: the chopper cancels them)."""
     in_chop_prob: float = 0.1
