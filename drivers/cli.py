@@ -117,7 +117,7 @@ faults: latency[:MS]  drop-after:N  no-terminator[:N]  error-after:N  stuck:R,C
         try:
             emu.start()
             try:
-                emu.write_bench(out)
+                _write_bench(emu, out)
             except OSError as exc:
                 raise UsageError(f"--bench-out: cannot write {str(out)!r} "
                                  f"({exc.strerror or exc})") from None
@@ -129,6 +129,22 @@ faults: latency[:MS]  drop-after:N  no-terminator[:N]  error-after:N  stuck:R,C
             emu.stop()
             for sig, handler in old.items():
                 signal.signal(sig, handler)
+
+
+def _write_bench(emu, out: Path) -> Path:
+    """The emulator's bench YAML with two example regions, ``A`` and ``C`` (top and
+    bottom half of the chip: on the 32 x 32 chip each holds conv1's 16 x 26 arrays),
+    written atomically."""
+    import yaml
+
+    from rpuhw._io import atomic_write
+    from rpuhw.drivers.bench_config import example_regions
+
+    data = emu.bench_config()
+    regions = example_regions(emu.rows, emu.cols)
+    if regions:
+        data["regions"] = regions
+    return atomic_write(out, yaml.safe_dump(data, sort_keys=False, default_flow_style=None))
 
 
 def _check_emulate_args(args: argparse.Namespace) -> Path:

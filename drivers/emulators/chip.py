@@ -142,6 +142,9 @@ class EmulatedChip:
         self.closed: frozenset[str] = frozenset()
         self.stuck: set[tuple[int, int]] = set()
         self.hot_switches = 0
+        self.selected_pulses = np.zeros((rows, cols), dtype=np.int64)
+        """Pulses applied per device at the full burst level (the selected device of a
+        V/2 or V/3 scheme; half-selected devices are not counted): where pulses went."""
 
     # ---- configuration ---------------------------------------------------------------
     def add_source(self, key: str, row: str | None = None) -> Source:
@@ -285,6 +288,7 @@ class EmulatedChip:
         if n <= 0:
             return counts
         v = self.device_voltages({key: level_v})
+        self.selected_pulses += np.where(np.abs(v) >= 0.999 * abs(level_v), int(n), 0)
         k = self.rng.binomial(int(n), self.physics.probability(v))
         counts = (np.sign(v) * k).astype(np.int64)
         for i, j in self.stuck:
