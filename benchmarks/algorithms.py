@@ -4,6 +4,7 @@
                                     [--warmup 20] [--seed 0]
                                     [--device drivers/emulators/hidden_device.yaml]
                                     [--aihwkit-python /opt/aihwkit-venv/bin/python]
+                                    [--centre-a]
 
 For every algorithm registered in :mod:`rpuhw.algorithms` (or those of
 ``--algorithms``; ``sgd`` is always run, it is the baseline of the costs): images/s
@@ -28,7 +29,12 @@ transfer's forward and update parameters are the layer's own, as rpuhw reads A t
 its periphery and writes C with the layer's update); the hyper-parameters are those
 rpuhw's defaults resolve to on each layer (device-derived values such as ``mp``'s
 granularity or ``tt``'s transfer learning rate included, converted to aihwkit's
-scaled form), keys aihwkit's compound has; rpuhw-only keys and values rpuhw leaves
+scaled form), keys aihwkit's compound has, except ``centre_a``: false unless
+``--centre-a`` is given (``tt`` and ``ttv2`` would otherwise centre A on its devices'
+symmetry points while the model is built, ~1,700 alternating pulses per device,
+docs/calibration.md section 8: minutes for LeNet, outside the timing anyway; per
+image it adds one subtraction per read of A; aihwkit's compounds have no such step).
+rpuhw-only keys and values rpuhw leaves
 unresolved (None) are listed in the JSON (``not_passed``). An algorithm without an
 aihwkit counterpart is reported as skipped. Both sides start from the same initial
 weights (torch's default init under ``--seed``) and see the same images.
@@ -65,7 +71,7 @@ import rpuhw
 from benchmarks._common import DEFAULT_AIHWKIT_PYTHON, aihwkit_unavailable
 from benchmarks._whole_run import _cpu, _git, _load
 from benchmarks.train import BL, LAYERS, LR, initial_model, summarize, train, write_inputs
-from rpuhw.algorithms import ALGORITHMS
+from rpuhw.algorithms import ALGORITHMS, algorithm_class
 from rpuhw.data import load_dataset
 from rpuhw.nn import AnalogSGD, convert
 from rpuhw.schedule import LayerPlan
@@ -85,18 +91,30 @@ AIHWKIT_COMPOUND: dict[str, str | None] = {
 """rpuhw algorithm -> aihwkit 1.2 compound (None: a plain ``SingleRPUConfig``)."""
 
 
-def plan_for(algorithm: str, device: str) -> LayerPlan:
-    """The layer plan of every analog layer: ``sim:DEVICE``, nm+bm+um, position, BL 10."""
+def overrides(algorithm: str, centre_a: bool) -> dict[str, Any]:
+    """Hyper-parameters set away from the algorithm's defaults: ``centre_a: false``
+    (A not centred on its symmetry points) unless ``centre_a``, for algorithms with
+    that key."""
+    fields = {f.name for f in dataclasses.fields(algorithm_class(algorithm).Params)}
+    return {} if centre_a or "centre_a" not in fields else {"centre_a": False}
+
+
+def plan_for(algorithm: str, device: str, centre_a: bool = True) -> LayerPlan:
+    """The layer plan of every analog layer: ``sim:DEVICE``, nm+bm+um, position, BL 10,
+    the algorithm at its defaults (with ``centre_a`` false: see :func:`overrides`)."""
     plan = LayerPlan(backend=f"sim:{device}", granularity="position",
-                     periphery=LayerPlan.management(MANAGEMENT), algorithm=algorithm)
+                     periphery=LayerPlan.management(MANAGEMENT), algorithm=algorithm,
+                     algorithm_params=overrides(algorithm, centre_a))
     if plan.periphery.bl != BL:
         raise RuntimeError(f"PeripheryConfig.bl default is {plan.periphery.bl}, expected {BL}")
     return plan
 
 
-def build(algorithm: str, device: str, seed: int) -> tuple[torch.nn.Module, AnalogSGD]:
+def build(algorithm: str, device: str, seed: int, centre_a: bool = True
+          ) -> tuple[torch.nn.Module, AnalogSGD]:
     """rpuhw's analog LeNet (initial weights of ``seed``) with ``algorithm`` on every layer."""
-    model = convert(initial_model(seed), {"default": plan_for(algorithm, device)}, seed=seed)
+    model = convert(initial_model(seed), {"default": plan_for(algorithm, device, centre_a)},
+                    seed=seed)
     return model, AnalogSGD(model.parameters(), lr=LR)
 
 
@@ -142,13 +160,16 @@ def layer_params(model: torch.nn.Module) -> tuple[dict[str, dict], list[str]]:
 
 
 def bench_rpuhw(algorithm: str, device: str, x: torch.Tensor, y: torch.Tensor,
-                warmup: int, images: int, seed: int) -> dict:
-    """rpuhw's figures of one algorithm (one torch/numba thread, as ``rpuhw train``)."""
+                warmup: int, images: int, seed: int, centre_a: bool = True) -> dict:
+    """rpuhw's figures of one algorithm (one torch/numba thread, as ``rpuhw train``);
+    ``setup_s``: building the model (A's centring included), not in the timing."""
     threads = torch.get_num_threads(), numba.get_num_threads()
     torch.set_num_threads(1)
     numba.set_num_threads(1)
     try:
-        model, opt = build(algorithm, device, seed)
+        t0 = time.perf_counter()
+        model, opt = build(algorithm, device, seed, centre_a)
+        setup_s = time.perf_counter() - t0
         params, unresolved = layer_params(model)
         train(model, opt, x, y, 0, warmup)
         t0, c0 = time.perf_counter(), time.process_time()
@@ -158,7 +179,8 @@ def bench_rpuhw(algorithm: str, device: str, x: torch.Tensor, y: torch.Tensor,
     finally:
         torch.set_num_threads(threads[0])
         numba.set_num_threads(min(threads[1], numba.config.NUMBA_NUM_THREADS))
-    return {"torch_threads": 1, "numba_threads": 1, "arrays": arrays, **out,
+    return {"torch_threads": 1, "numba_threads": 1, "arrays": arrays,
+            "overrides": overrides(algorithm, centre_a), "setup_s": setup_s, **out,
             "params": params, "unresolved": unresolved}
 
 
@@ -219,6 +241,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--aihwkit-python",
                     default=DEFAULT_AIHWKIT_PYTHON if Path(DEFAULT_AIHWKIT_PYTHON).exists()
                     else "", help="interpreter where `import aihwkit` works ('' : skip)")
+    ap.add_argument("--centre-a", action="store_true",
+                    help="keep centre_a at its default (tt, ttv2: A centred on its "
+                         "symmetry points at set-up, minutes for lenet); default: "
+                         "centre_a false")
     args = ap.parse_args(argv)
     command = " ".join(["python -m benchmarks.algorithms",
                         *(argv if argv is not None else sys.argv[1:])])
@@ -250,13 +276,15 @@ def main(argv: list[str] | None = None) -> int:
         "settings": {"network": "lenet", "dataset": data.name, "batch_size": 1, "lr": LR,
                      "bl": BL, "management": MANAGEMENT, "granularity": "position",
                      "backend": f"sim:{args.device}", "images": args.images,
-                     "warmup": args.warmup, "seed": args.seed, "threads": 1},
+                     "warmup": args.warmup, "seed": args.seed, "threads": 1,
+                     "centre_a_default": args.centre_a},
         "aihwkit": {"python": args.aihwkit_python or None, "skipped": reason},
         "loadavg_before": _load(), "algorithms": {},
     }
     table = result["algorithms"]
     for name in algorithms:
-        r = bench_rpuhw(name, args.device, x, y, args.warmup, args.images, args.seed)
+        r = bench_rpuhw(name, args.device, x, y, args.warmup, args.images, args.seed,
+                        args.centre_a)
         entry: dict = {"rpuhw": r}
         if reason is not None:
             entry["aihwkit"] = {"skipped": reason}
