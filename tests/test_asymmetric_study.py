@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "examples" / "asymmetric_devices" / "run.py"
 
 
-def tiny(out: Path, algorithms: str = "sgd,tt", devices: str = "paper,hidden_device",
+def tiny(out: Path, algorithms: str = "sgd,mp", devices: str = "paper,hidden_device",
          epochs: int = 1, *extra: str) -> list[str]:
     """The script's arguments at the tiny size (1 seed, 20 training / 20 test images)."""
     return ["--algorithms", algorithms, "--devices", devices, "--seeds", "0", "--epochs",
@@ -60,7 +60,7 @@ def test_tiny_study_table_csv_figure_and_resume(study, tmp_path, saved, monkeypa
     logs: list[str] = []
     assert study.main(tiny(out), log=logs.append) == 0
     assert logs[0].startswith("4 runs, 0 done already, 4 to train")
-    pairs = [(d, a) for d in ("paper", "hidden_device") for a in ("sgd", "tt")]
+    pairs = [(d, a) for d in ("paper", "hidden_device") for a in ("sgd", "mp")]
     runs = {p: _json(out, *p) for p in pairs}
     for (dev, alg), res in runs.items():
         assert res["epochs"] == 1 and len(res["test_error"]) == 1
@@ -85,11 +85,11 @@ def test_tiny_study_table_csv_figure_and_resume(study, tmp_path, saved, monkeypa
     assert len(tables) == 2
     for t in tables:
         lines = t.strip().splitlines()
-        assert lines[0] == "| device | `sgd` | `tt` |"
+        assert lines[0] == "| device | `sgd` | `mp` |"
         assert [ln.split("|")[1].strip() for ln in lines[2:]] == ["paper", "hidden_device"]
     err_cells = [ln.split("|")[2:4] for ln in tables[0].strip().splitlines()[2:]]
     for dev, cells in zip(("paper", "hidden_device"), err_cells, strict=True):
-        for alg, cell in zip(("sgd", "tt"), cells, strict=True):
+        for alg, cell in zip(("sgd", "mp"), cells, strict=True):
             assert float(cell.strip(" *")) == pytest.approx(
                 100 * runs[(dev, alg)]["test_error"][-1], abs=5e-3)
     # figure: one panel per device, one line per algorithm at the runs' errors (%)
@@ -103,7 +103,7 @@ def test_tiny_study_table_csv_figure_and_resume(study, tmp_path, saved, monkeypa
     for ax, dev in zip(axes, ("paper", "hidden_device"), strict=True):
         assert "%" in ax.get_ylabel() and ax.get_yscale() == "linear"
         assert ax.get_xlabel() == "epoch" and ax.get_ylim()[0] == 0
-        for line, alg in zip(ax.get_lines(), ("sgd", "tt"), strict=True):
+        for line, alg in zip(ax.get_lines(), ("sgd", "mp"), strict=True):
             assert line.get_label().startswith(alg)
             np.testing.assert_allclose(line.get_ydata(),
                                        [100 * e for e in runs[(dev, alg)]["test_error"]])
@@ -137,6 +137,10 @@ def test_tiny_study_table_csv_figure_and_resume(study, tmp_path, saved, monkeypa
     with open(out / "results.csv") as f:
         again = list(csv.DictReader(f))
     assert [r["test_error_mean_pct"] for r in again] == [r["test_error_mean_pct"] for r in rows]
+    # runs of another size in the same --out are refused, not mixed into the table
+    other = tiny(out)
+    other[other.index("--train-limit") + 1] = "30"
+    assert study.main(other, log=logs.append) == 2
 
 
 def test_diverged_run_recorded_not_retried(study, tmp_path, monkeypatch):

@@ -150,6 +150,14 @@ def finished(job: Job) -> dict[str, Any] | None:
     if not job.result.exists():
         return None
     res = json.loads(job.result.read_text())
+    cfg = res.get("config") or {}
+    given = {"backend": job.device.spec, "algorithm": job.algorithm, "seed": job.seed,
+             "train_limit": job.train_limit, "test_limit": job.test_limit}
+    differ = [f"{k} {cfg.get(k)!r} (asked {v!r})" for k, v in given.items()
+              if cfg.get(k) != v]
+    if differ:
+        raise BadInput(f"{job.result}: a run of another study is there ({', '.join(differ)}); "
+                       "use another --out or the same sizes")
     if res.get("epochs", 0) < job.epochs:
         return None
     return _first_epochs(res, job.epochs) if res["epochs"] > job.epochs else res
@@ -383,7 +391,11 @@ def main(argv: list[str] | None = None, log: Callable[[str], None] = print) -> i
     jobs = [Job(d, a, s, out / "runs" / d.name / a / f"seed{s}.json", args.epochs,
                 args.train_limit, args.test_limit)
             for d in devices for a in algorithms for s in seeds]
-    todo = [j for j in jobs if finished(j) is None]
+    try:
+        todo = [j for j in jobs if finished(j) is None]
+    except BadInput as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     log(f"{len(jobs)} runs, {len(jobs) - len(todo)} done already, {len(todo)} to train "
         f"({args.jobs} at once)")
     problems = []
