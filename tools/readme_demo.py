@@ -114,10 +114,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         print(new_block)
         return 0
-    text = rewrite(args.readme.read_text(), new_block)
-    tmp_path = args.readme.with_name(args.readme.name + ".tmp")
-    tmp_path.write_text(text)
-    os.replace(tmp_path, args.readme)
+    from rpuhw._io import atomic_write
+
+    atomic_write(args.readme, rewrite(args.readme.read_text(), new_block))
     print(f"rewrote the demo results in {args.readme} ({wall:.0f} s)")
     return 0
 
