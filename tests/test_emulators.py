@@ -597,8 +597,12 @@ def test_emulator_argument_checks_and_wiring():
 
 def _check_bench(data: dict, rows: int, cols: int) -> None:
     assert data["rows"] == rows and data["cols"] == cols
-    assert set(data) == {"rows", "cols", "instruments", "terminals", "wiring", "bias_scheme",
-                         "read", "pulse", "weights", "limits"}
+    assert set(data) - {"regions"} == {"rows", "cols", "instruments", "terminals", "wiring",
+                                       "bias_scheme", "read", "pulse", "weights", "limits"}
+    if "regions" in data:  # rpuhw emulate --bench-out: two example regions, the halves
+        half = rows // 2
+        assert data["regions"] == {"A": {"rows": [0, half], "cols": [0, cols]},
+                                   "C": {"rows": [half, rows], "cols": [0, cols]}}
     assert {i["driver"] for i in data["instruments"].values()} == {
         "keithley2600b", "keithley707b", "keysight33500b"}
     assert data["instruments"]["matrix"]["tsp_link"] == {"via": "smu", "node": 2}
