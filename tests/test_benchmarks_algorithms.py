@@ -46,6 +46,7 @@ def test_rpuhw_side_json_and_missing_aihwkit(capsys):
             r["algorithms"]["sgd"]["rpuhw"]["images_per_s"] / side["images_per_s"])
     assert r["algorithms"]["sgd"]["cost_vs_sgd"] == 1.0
     assert r["algorithms"]["sgd"]["rpuhw"]["arrays"] == 4  # one per layer
+    assert all(e["rpuhw"]["overrides"] == {} for e in r["algorithms"].values())
     mp = r["algorithms"]["mp"]["rpuhw"]
     assert mp["unresolved"] == []
     for layer in bench.LAYERS:
@@ -67,6 +68,17 @@ def test_resolved_params_scaled_transfer_lr():
     assert params["fast_lr"] == 1.0 and params["gamma"] == 0.0
     # at lr 0.01 (the benchmark's) 1 x lr is above the floor: aihwkit's plain 1.0
     assert bench.resolved_params(alg, lr=0.01)[0]["transfer_lr"] == pytest.approx(1.0)
+
+
+def test_centre_a_override_only_where_the_key_exists():
+    """tt/ttv2 are built with centre_a false (no symmetry-point search at set-up) unless
+    --centre-a; algorithms without the key get no override."""
+    assert bench.overrides("tt", centre_a=False) == {"centre_a": False}
+    assert bench.overrides("tt", centre_a=True) == {}
+    assert bench.overrides("sgd", centre_a=False) == {}
+    assert bench.overrides("mp", centre_a=False) == {}
+    assert bench.plan_for("tt", bench.DEFAULT_DEVICE, False).algorithm_params == {
+        "centre_a": False}
 
 
 @pytest.mark.parametrize("argv, words", [
@@ -96,6 +108,7 @@ def test_aihwkit_side_runs_tt(capsys):
     assert a["config"]["compound"] == "TransferCompound"
     assert a["config"]["device"] == "SoftBoundsDevice"
     assert a["config"]["conv1_params"] == r["algorithms"]["tt"]["rpuhw"]["params"]["conv1"]
-    assert a["not_passed"] == [] and a["torch_threads"] == 1
+    assert a["not_passed"] == ["centre_a"] and a["torch_threads"] == 1
+    assert r["algorithms"]["tt"]["rpuhw"]["overrides"] == {"centre_a": False}
     assert r["algorithms"]["tt"]["rpuhw_over_aihwkit"] > 0
     assert r["algorithms"]["tt"]["rpuhw_over_aihwkit_cpu"] > 0
