@@ -25,6 +25,7 @@ from rpuhw.drivers.bench import _SESSIONS
 from rpuhw.drivers.bench_config import bench_from_mapping, load_bench
 from rpuhw.drivers.cli import _write_bench
 from rpuhw.drivers.emulators import Emulator
+from rpuhw.drivers.errors import InstrumentError
 from rpuhw.errors import ConfigError
 
 CHIP = 32
@@ -96,6 +97,39 @@ def test_arrays_on_two_regions_share_one_session_and_hit_their_own_devices(chip)
         c.close()
     assert not _outputs_on(emu) and not _SESSIONS
     assert _clients(emu, "smu") == 0  # the last one closed the instruments
+
+
+def test_an_error_in_one_array_turns_the_chip_off_and_the_other_goes_on(chip):
+    emu, path = chip
+    a = open_array(f"bench:{path}#A", *CONV1)
+    c = open_array(f"bench:{path}#C", *CONV1)
+    try:
+        smu = emu.servers["smu"]
+        smu.faults.error_after = smu.messages + 1  # the SMU reports an error mid-pulse
+        with pytest.raises(InstrumentError):
+            a.pulse(torch.ones(CONV1, dtype=torch.int32))
+        assert not _outputs_on(emu) and emu.chip.hot_switches == 0
+        assert c.read().shape == CONV1  # the shared session goes on for C
+    finally:
+        a.close()
+        c.close()
+    assert not _outputs_on(emu) and not _SESSIONS
+
+
+def test_interpreter_exit_closes_the_shared_session(chip):
+    """Two arrays left open at exit: outputs off, relays open, connections closed."""
+    emu, path = chip
+    script = (f"from rpuhw import open_array\n"
+              f"import torch\n"
+              f"a = open_array('bench:{path}#A', 16, 26)\n"
+              f"c = open_array('bench:{path}#C', 16, 26)\n"
+              f"a.pulse(torch.ones(16, 26, dtype=torch.int32))\n"
+              f"keep = [a, c]\n")  # never closed: the atexit handler must do it
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert not _outputs_on(emu) and emu.chip.closed == frozenset()  # relays open
+    assert _clients(emu, "smu") == 0 and _clients(emu, "matrix") == 0
 
 
 def test_overlapping_arrays_are_refused_naming_both(chip):
