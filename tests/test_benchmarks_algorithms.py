@@ -59,9 +59,12 @@ def test_resolved_params_scaled_transfer_lr():
     scaled form (divided by lr, scale_transfer_lr on): at lr 1e-3 the device-derived
     floor dw_min_C / half range of A (0.0021 / 0.6 = 3.5e-3) wins over 1 x lr."""
     plan = bench.plan_for("tt", bench.DEFAULT_DEVICE)
-    alg = TikiTaka(3, 4, plan, seed=0, params=TTParams())
+    alg = TikiTaka(3, 4, plan, seed=0, params=TTParams(centre_a=False))  # as benchmarked
     params, unresolved = bench.resolved_params(alg, lr=1e-3)
     assert unresolved == []
+    # centre_a left at its default (None, decided per array) is reported unresolved
+    default = TikiTaka(3, 4, plan, seed=0, params=TTParams())
+    assert bench.resolved_params(default, lr=1e-3)[1] == ["centre_a"]
     floor = alg.dw_min("C") / alg.weight_range("A")
     assert params["transfer_lr"] == pytest.approx(floor / 1e-3)
     assert params["transfer_lr"] > 1.0  # the floor is active, not the plain default
@@ -107,7 +110,9 @@ def test_aihwkit_side_runs_tt(capsys):
     assert a["config"]["rpu_config"] == "UnitCellRPUConfig"
     assert a["config"]["compound"] == "TransferCompound"
     assert a["config"]["device"] == "SoftBoundsDevice"
-    assert a["config"]["conv1_params"] == r["algorithms"]["tt"]["rpuhw"]["params"]["conv1"]
+    ours = dict(r["algorithms"]["tt"]["rpuhw"]["params"]["conv1"])
+    assert ours.pop("centre_a") is False  # rpuhw-only, not passed
+    assert a["config"]["conv1_params"] == ours
     assert a["not_passed"] == ["centre_a"] and a["torch_threads"] == 1
     assert r["algorithms"]["tt"]["rpuhw"]["overrides"] == {"centre_a": False}
     assert r["algorithms"]["tt"]["rpuhw_over_aihwkit"] > 0
