@@ -17,6 +17,13 @@ d (``n_x_bins``/``n_d_bins``) is not implemented (x and d are used as computed).
 
 Devices with ``lifetime`` decay once per optimizer step (``decay()`` on C after the
 step's transfers: ``pulse`` has none), as after one ``update`` call.
+
+Speed: chi lives in a float64 numpy array (``chi`` is a torch view of it); one compiled
+pass (:mod:`rpuhw.algorithms._mp_kernels`) accumulates a block's ``d^T x`` and forms the
+transfer's counts; a transfer with no non-zero count sends nothing. On a grid of one
+tile and one device per weight whose array keeps the contract's own ``pulse`` and does
+pulses natively, the counts (int32, of the array's shape, by construction) go straight to
+its ``_pulse`` without ``pulse``'s re-validation.
 """
 
 from __future__ import annotations
@@ -25,9 +32,13 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
+from rpuhw.algorithms import _mp_kernels
+from rpuhw.algorithms._mp_kernels import mp_step
 from rpuhw.algorithms.base import Algorithm
+from rpuhw.array import CrossPointArray
 from rpuhw.config import require
 
 
@@ -60,8 +71,10 @@ class MixedPrecision(Algorithm):
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
-        self.chi = torch.zeros(self.out_features, self.in_features, dtype=torch.float64)
-        """The digital accumulator (weight units), logical layout [out, in]."""
+        self._chi = np.zeros((self.out_features, self.in_features), np.float64)
+        self.chi = torch.from_numpy(self._chi)
+        """The digital accumulator (weight units), logical layout [out, in] (a view of the
+        float64 numpy array the compiled step updates)."""
         self.blocks = 0
         """Update blocks accumulated since the start (the transfer counter)."""
         g = self.params.granularity
@@ -69,28 +82,47 @@ class MixedPrecision(Algorithm):
         """eps in use (weight units): the hyper-parameter, else C's ``dw_min``."""
         self.pulses_per_granule = max(1, round(self.granularity / self.dw_min("C")))
         """Pulses that move a weight by one eps: ``round(eps / dw_min)``, at least 1."""
+        arrays = self.grid.arrays
+        a = arrays[0]
+        self._native = (a if len(arrays) == 1 and self.grid.k == 1 and a.capabilities.pulse
+                        and type(a).pulse is CrossPointArray.pulse
+                        and tuple(a.shape) == self._chi.shape else None)
+        """C's one array when its native ``_pulse`` can take the counts directly."""
 
     def update(self, x: torch.Tensor, d: torch.Tensor, lr: float, images: int = 1) -> None:
         groups = images if self.plan.granularity == "sample" else 1
-        for xg, dg in zip(x.chunk(groups), d.chunk(groups), strict=True):
-            self.chi -= lr * (dg.T @ xg).double()
+        every = self.params.transfer_every
+        step, chi, eps, ppg = _mp_kernels._step, self._chi, self.granularity, \
+            float(self.pulses_per_granule)
+        lr = float(lr)
+        pairs = zip(x.chunk(groups), d.chunk(groups), strict=True) if groups > 1 else ((x, d),)
+        for xg, dg in pairs:
+            g = (dg.T @ xg).detach().numpy()
             self.blocks += 1
-            if self.blocks % self.params.transfer_every == 0:
-                self.transfer()
+            counts, nonzero = step(chi, g, lr, eps, ppg, self.blocks % every == 0)
+            if nonzero:
+                self._send(counts)
         self.decay("C")  # pulse has no decay: once per optimizer step, as an update
 
     def set_weights(self, w: torch.Tensor) -> None:
         """Write C and clear chi (as aihwkit's ``set_weights``)."""
         self.grid.set_weights(w)
-        self.chi.zero_()
+        self._chi.fill(0.0)
 
     def transfer(self) -> None:
         """Pulse ``trunc(chi / eps)`` into C and keep the remainder in chi."""
-        n = torch.trunc(self.chi / self.granularity)
-        if not n.any():
-            return
-        self.chi -= n * self.granularity
-        self.grid.pulse((n * self.pulses_per_granule).to(torch.int32))
+        counts, nonzero = mp_step(self._chi, np.zeros_like(self._chi), 0.0, self.granularity,
+                                  self.pulses_per_granule, True)
+        if nonzero:
+            self._send(counts)
+
+    def _send(self, counts: np.ndarray) -> None:
+        """The transfer's signed pulse counts (int32 [out, in]) to C."""
+        t = torch.from_numpy(counts)
+        if self._native is not None:
+            self._native._pulse(t)
+        else:
+            self.grid.pulse(t)
 
     def state_dict(self) -> dict[str, Any]:
         return {"chi": self.chi.clone(), "blocks": self.blocks}
