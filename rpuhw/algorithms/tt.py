@@ -7,15 +7,15 @@ with a pulsed rank-1 update, ``C[:, j] += lr_t A[:, j]`` in expectation. The lay
 weight is ``W = gamma A + C``: forward and backward are one MVM on C, plus one on A
 scaled by ``gamma`` when ``gamma != 0`` (two MVMs summed digitally).
 
-A starts at zero, or, with ``centre_a`` (the default where A is simulated with a device
-model that has a symmetry point; on hardware when asked), centred on its devices' symmetry
-points (:func:`rpuhw.symmetry.centre_on_symmetry_point`, alternating pulses until each
-device settles). The found points are kept as the digital reference ``A_ref`` (the
-reference devices of aihwkit's ``subtract_symmetry_point``, section 6 of the
-algorithms reference): every read of A is taken as ``A - A_ref``, so the layer's weight
-is ``gamma (A - A_ref) + C`` and a transfer moves C by ``lr_t (A - A_ref)[:, j]``.
-A's implicit decay (the asymmetry) then pulls toward 0 of that difference instead of
-transferring each device's symmetry point into C as a bias.
+A starts at zero, or, with ``centre_a`` (off by default: the search is slow; ``null``
+centres where A is simulated with a device model that has a symmetry point), centred on
+its devices' symmetry points (:func:`rpuhw.symmetry.centre_on_symmetry_point`,
+alternating pulses until each device settles). The found points are kept as the digital
+reference ``A_ref`` (the reference devices of aihwkit's ``subtract_symmetry_point``,
+section 6 of the algorithms reference): every read of A is taken as ``A - A_ref``, so
+the layer's weight is ``gamma (A - A_ref) + C`` and a transfer moves C by ``lr_t (A -
+A_ref)[:, j]``. A's implicit decay (the asymmetry) then pulls toward 0 of that
+difference instead of transferring each device's symmetry point into C as a bias.
 
 Devices with ``lifetime`` decay once per ``update`` call of a grid (as in ``sgd``) and
 a grid that got no ``update`` call in an optimizer step (C without a transfer, or C
@@ -69,11 +69,12 @@ class TTParams:
     ``max(1 [x lr], dw_min_C / ((w_max_A - w_min_A)/2))``."""
     scale_transfer_lr: bool = True
     """Multiply ``transfer_lr`` by the SGD learning rate."""
-    centre_a: bool | None = None
+    centre_a: bool | None = False
     """Centre A on its devices' symmetry points at ``set_weights`` and subtract them
-    (``A_ref``) from every read of A. None: true where A is simulated with a device model
-    that has a symmetry point (not ``ideal`` or ``constant_step``); on hardware only when
-    true (the search costs ~14k instrument messages per device)."""
+    (``A_ref``) from every read of A. Off by default: the search takes about 14 s per 416
+    simulated devices (over half an hour for lenet's 80,000) and ~14k instrument messages
+    per device on hardware. None: true where A is simulated with a device model that has
+    a symmetry point (not ``ideal`` or ``constant_step``)."""
 
     def validate(self) -> None:
         require(math.isfinite(self.gamma) and self.gamma >= 0, "gamma",
