@@ -50,6 +50,7 @@ from aihwkit.simulator import configs
 from torch import nn
 
 LAYERS = ("conv1", "conv2", "fc1", "fc2")
+CHOPPED = ("ChoppedTransferCompound", "DynamicTransferCompound")
 
 
 def load_side(path: str):
@@ -69,6 +70,11 @@ def rpu_config(base, compound: str | None, params: dict) -> tuple[object, list[s
     fields = {f.name for f in dataclasses.fields(cls)}
     kwargs = {k: v for k, v in params.items() if k in fields}
     not_passed = sorted(k for k in params if k not in fields)
+    if compound in CHOPPED and kwargs.get("n_reads_per_transfer", 1) != 1:
+        # aihwkit reads one column per transfer with a chopper (fatal otherwise): it runs
+        # with 1, fewer reads than rpuhw's
+        del kwargs["n_reads_per_transfer"]
+        not_passed = sorted([*not_passed, "n_reads_per_transfer"])
     dev = copy.deepcopy(base.device)
     common = dict(forward=copy.deepcopy(base.forward), backward=copy.deepcopy(base.backward),
                   update=copy.deepcopy(base.update), mapping=copy.deepcopy(base.mapping))

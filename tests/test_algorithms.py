@@ -22,6 +22,22 @@ from rpuhw.train import TrainConfig, train
 DW = 0.001  # the ideal backend's exact step (weight units)
 
 
+def _ref_fast_lr(p, m: dict, x: torch.Tensor, d: torch.Tensor, lr: float, g: float,
+                 bl: int) -> float:
+    """A's learning rate for one step, from the description of ``auto_scale``: running
+    means (``auto_momentum``, the first step sets them) of each vector's max|x|, max|d|;
+    ``fast_lr BL g / (m_x m_d)``; ``fast_lr x lr`` without it (``m`` keeps the means)."""
+    scale = (not p.auto_scale) if p.scale_fast_lr is None else p.scale_fast_lr
+    eta = p.fast_lr * lr if scale else p.fast_lr
+    if not p.auto_scale:
+        return eta
+    mx, md = float(x.abs().amax(dim=1).mean()), float(d.abs().amax(dim=1).mean())
+    a = p.auto_momentum
+    m["x"] = mx if "x" not in m else a * m["x"] + (1 - a) * mx
+    m["d"] = md if "d" not in m else a * m["d"] + (1 - a) * md
+    return eta * bl * g / (m["x"] * m["d"])
+
+
 def _ideal_layer(alg: str, params: dict | None = None, in_f: int = 3, out_f: int = 2,
                  **plan_kw) -> AnalogLinear:
     plan = LayerPlan(backend="ideal", algorithm=alg, algorithm_params=params or {},
@@ -140,11 +156,13 @@ def test_tt_matches_numpy_reference(params, per_step):
     p = algo.params
     c0 = wc.copy()
     lr, k_done, col = 0.1, 0, 0
+    means: dict = {}
     rng = np.random.default_rng(2)
-    for _ in range(5):
+    for _ in range(20):
         x = torch.tensor(rng.uniform(-1, 1, (per_step, 4)), dtype=torch.float32)
         d = torch.tensor(rng.uniform(-1, 1, (per_step, 2)), dtype=torch.float32)
         algo.update(x, d, lr)
+        lr_a = _ref_fast_lr(p, means, x, d, lr, algo.dw_min("A"), cfg.bl)
         period = int(np.ceil(p.transfer_every * per_step)) if p.units_in_mbatch \
             else round(p.transfer_every)
         start = 0
@@ -152,13 +170,12 @@ def test_tt_matches_numpy_reference(params, per_step):
             k_done += 1
             if k_done % period and v < per_step - 1:
                 continue
-            xb, db = twin["A"].encode_bits(x[start:v + 1], d[start:v + 1],
-                                           p.fast_lr * lr)
+            xb, db = twin["A"].encode_bits(x[start:v + 1], d[start:v + 1], lr_a)
             _apply_bits(wa, xb, db, DW)
             start = v + 1
             if k_done % period == 0:
-                cols = [(col + i) % 4 for i in range(p.n_reads_per_transfer)]
-                col = (col + p.n_reads_per_transfer) % 4
+                cols = [(col + i) % 4 for i in range(algo.reads_per_transfer)]
+                col = (col + algo.reads_per_transfer) % 4
                 e = torch.eye(4)[cols]
                 read = torch.tensor(wa[:, cols].T, dtype=torch.float32)
                 t_lr = (p.transfer_lr or 1.0) * lr
@@ -167,7 +184,7 @@ def test_tt_matches_numpy_reference(params, per_step):
         np.testing.assert_allclose(algo.grids["A"].read().double().numpy(), wa, atol=2e-6)
         np.testing.assert_allclose(algo.grids["C"].read().double().numpy(), wc, atol=2e-6)
     assert np.abs(wc - c0).max() > 5 * DW  # the transfers did move C
-    assert algo.vectors == 5 * per_step
+    assert algo.vectors == 20 * per_step
 
 
 def test_tt_weight_is_gamma_a_plus_c():
@@ -196,8 +213,10 @@ def test_tt_places_array_a_on_another_backend():
      "sgd, tt, ttv2)"),
     (["--algorithm", "cttv2:in_chop_prob=2"], "key 'algorithm.in_chop_prob': must be a "
      "number in [0, 1], got 2"),
-    (["--algorithm", "cttv2:n_reads_per_transfer=2"], "key 'algorithm.n_reads_per_transfer'"
-     ": must be 1 with a chopper"),
+    (["--algorithm", "cttv2:n_reads_per_transfer=27"], "key 'n_reads_per_transfer': must "
+     "be at most the layer's 26 columns with a chopper"),
+    (["--algorithm", "tt:transfers_per_sweep=0"], "key 'algorithm.transfers_per_sweep': "
+     "must be an integer >= 1"),
     (["--algorithm", "cttv2:buffer_granularity=0"], "key 'algorithm.buffer_granularity': "
      "must be a number > 0"),
     (["--algorithm", "agad:in_chop_prob=0"], "key 'algorithm.in_chop_prob': must be > 0 "
@@ -345,58 +364,62 @@ def _reference_run(alg: str, params: dict, per_step: int, steps: int,
         else round(p.transfer_every)
     rng = np.random.default_rng(2)
     pulses_c = flips = 0
+    means: dict = {}
     g = algo.dw_min("A")  # the granularity the backend reports (float32 of DW)
     for _ in range(steps):
         x = torch.tensor(rng.uniform(-1, 1, (per_step, 4)), dtype=torch.float32)
         d = torch.tensor(rng.uniform(-1, 1, (per_step, 2)), dtype=torch.float32)
         algo.update(x, d, lr)
+        lr_a = _ref_fast_lr(p, means, x, d, lr, g, layer.plan.periphery.bl)
         start = 0
         for v in range(per_step):
             k_done += 1
             if k_done % period and v < per_step - 1:
                 continue
             xc = x[start:v + 1] * torch.tensor(chop, dtype=torch.float32)
-            xb, db = twin.encode_bits(xc, d[start:v + 1], p.fast_lr * lr)
+            xb, db = twin.encode_bits(xc, d[start:v + 1], lr_a)
             _apply_bits(wa, xb, db, DW)
             start = v + 1
             if k_done % period:
                 continue
-            j, col = col, (col + 1) % 4
-            read = wa[:, j].astype(np.float32).astype(np.float64) - ref[:, j] + offset
-            t_lr = (p.transfer_lr or 1.0) * lr
-            gate = True
-            if alg == "ttv2":
-                thr = p.thres_scale * g
-                H[:, j] += t_lr * read
-            else:
-                thr = 1.0
-                if alg == "agad":
-                    if switched[j]:
-                        mu_p[:, j] = mu[:, j]
-                    dev = read - mu_p[:, j]
-                    reads[j] += 1
-                    gate = reads[j] > ns
+            k = algo.reads_per_transfer
+            cols, col = [(col + i) % 4 for i in range(k)], (col + k) % 4
+            for j in cols:  # each column read, buffered, pulsed, chopped in turn
+                read = wa[:, j].astype(np.float32).astype(np.float64) - ref[:, j] + offset
+                t_lr = (p.transfer_lr or 1.0) * lr
+                gate = True
+                if alg == "ttv2":
+                    thr = p.thres_scale * g
+                    H[:, j] += t_lr * read
                 else:
-                    dev = read
-                    reads[j] += 1
+                    thr = 1.0
+                    if alg == "agad":
+                        if switched[j]:
+                            mu_p[:, j] = mu[:, j]
+                        dev = read - mu_p[:, j]
+                        reads[j] += 1
+                        gate = reads[j] > ns
+                    else:
+                        dev = read
+                        reads[j] += 1
+                    if gate:
+                        H[:, j] += chop[j] * dev * t_lr / (p.buffer_granularity * g)
                 if gate:
-                    H[:, j] += chop[j] * dev * t_lr / (p.buffer_granularity * g)
-            if gate:
-                for i in range(2):  # one device at a time
-                    n = int(np.clip(np.trunc(H[i, j] / thr), -1, 1))
-                    if n:
-                        wc[i, j] += n * DW  # one exact pulse
-                        pulses_c += 1
-                        H[i, j] = p.momentum * H[i, j] if p.forget_buffer \
-                            else H[i, j] - (1 - p.momentum) * n * thr
-            if alg == "agad":
-                a = min(p.tail_weightening / ns, 1.0)
-                mu[:, j] = (1 - a) * mu[:, j] + a * read
-            flipped = chopped and reads[j] % ns == 0
-            if flipped:
-                chop[j] = -chop[j]
-                flips += 1
-            switched[j] = flipped
+                    for i in range(2):  # one device at a time
+                        n = int(np.clip(np.trunc(H[i, j] / thr), -1, 1))
+                        if n:
+                            wc[i, j] += n * DW  # one exact pulse
+                            pulses_c += 1
+                            H[i, j] = p.momentum * H[i, j] if p.forget_buffer \
+                                else H[i, j] - (1 - p.momentum) * n * thr
+                if alg == "agad":
+                    a = min(p.tail_weightening / ns, 1.0)
+                    mu[:, j] = (1 - a) * mu[:, j] + a * read
+                flipped = chopped and reads[j] % ns == 0
+                if flipped:
+                    chop[j] = -chop[j]
+                    flips += 1
+                switched[j] = flipped
         np.testing.assert_allclose(algo.grids["A"].read().double().numpy(), wa, atol=2e-6)
         np.testing.assert_allclose(algo.grids["C"].read().double().numpy(), wc, atol=2e-6)
         # H from float32 reads (relative 6e-8) times lr_t / thr <= ~100, summed over
@@ -416,6 +439,10 @@ def _reference_run(alg: str, params: dict, per_step: int, steps: int,
                "momentum": 0.2, "buffer_granularity": 3.0, "transfer_lr": 2.0}, 1),
     ("agad", {"in_chop_prob": 0.5}, 2),
     ("agad", {"in_chop_prob": 0.25, "tail_weightening": 2.0, "forget_buffer": False}, 1),
+    # several columns per transfer (rpuhw's extension): read together, one pulse of C
+    ("cttv2", {"in_chop_random": False, "in_chop_prob": 0.3, "n_reads_per_transfer": 3}, 2),
+    ("agad", {"in_chop_prob": 0.5, "transfers_per_sweep": 2}, 1),
+    ("ttv2", {"transfers_per_sweep": 1}, 1),
 ])
 def test_buffered_algorithms_match_numpy_reference(alg, params, per_step):
     algo, moved, pulses, chop, flips = _reference_run(alg, params, per_step, steps=24)

@@ -57,7 +57,8 @@ def test_rpuhw_side_json_and_missing_aihwkit(capsys):
 def test_resolved_params_scaled_transfer_lr():
     """tt's transfer_lr=None resolves through the object's transfer_lr(lr), in aihwkit's
     scaled form (divided by lr, scale_transfer_lr on): at lr 1e-3 the device-derived
-    floor dw_min_C / half range of A (0.0021 / 0.6 = 3.5e-3) wins over 1 x lr."""
+    floor dw_min_C / (a tenth of half A's range) (0.0021 / 0.06 = 3.5e-2) wins over
+    1 x lr; n_reads_per_transfer and scale_fast_lr resolve too."""
     plan = bench.plan_for("tt", bench.DEFAULT_DEVICE)
     alg = TikiTaka(3, 4, plan, seed=0, params=TTParams(centre_a=False))  # as benchmarked
     params, unresolved = bench.resolved_params(alg, lr=1e-3)
@@ -66,12 +67,14 @@ def test_resolved_params_scaled_transfer_lr():
     per_array = TikiTaka(3, 4, plan, seed=0, params=TTParams(centre_a=None))
     assert bench.resolved_params(per_array, lr=1e-3)[1] == ["centre_a"]
     assert bench.resolved_params(TikiTaka(3, 4, plan, seed=0), lr=1e-3)[1] == []
-    floor = alg.dw_min("C") / alg.weight_range("A")
+    floor = alg.dw_min("C") / (0.1 * alg.weight_range("A"))  # A_SHARE of half the range
     assert params["transfer_lr"] == pytest.approx(floor / 1e-3)
     assert params["transfer_lr"] > 1.0  # the floor is active, not the plain default
     assert params["fast_lr"] == 1.0 and params["gamma"] == 0.0
-    # at lr 0.01 (the benchmark's) 1 x lr is above the floor: aihwkit's plain 1.0
-    assert bench.resolved_params(alg, lr=0.01)[0]["transfer_lr"] == pytest.approx(1.0)
+    # A auto-scaled: its lr is not the SGD lr's multiple; 4 columns / 8 transfers a sweep
+    assert params["scale_fast_lr"] is False and params["n_reads_per_transfer"] == 1
+    # at lr 0.1 1 x lr is above the floor: aihwkit's plain 1.0
+    assert bench.resolved_params(alg, lr=0.1)[0]["transfer_lr"] == pytest.approx(1.0)
 
 
 def test_centre_a_override_only_where_the_key_exists():
@@ -112,9 +115,12 @@ def test_aihwkit_side_runs_tt(capsys):
     assert a["config"]["compound"] == "TransferCompound"
     assert a["config"]["device"] == "SoftBoundsDevice"
     ours = dict(r["algorithms"]["tt"]["rpuhw"]["params"]["conv1"])
-    assert ours.pop("centre_a") is False  # rpuhw-only, not passed
+    own = ["auto_momentum", "auto_scale", "centre_a", "transfers_per_sweep"]  # rpuhw's
+    assert ours.pop("centre_a") is False
+    for key in own[:2] + own[3:]:
+        ours.pop(key)
     assert a["config"]["conv1_params"] == ours
-    assert a["not_passed"] == ["centre_a"] and a["torch_threads"] == 1
+    assert a["not_passed"] == own and a["torch_threads"] == 1
     assert r["algorithms"]["tt"]["rpuhw"]["overrides"] == {"centre_a": False}
     assert r["algorithms"]["tt"]["rpuhw_over_aihwkit"] > 0
     assert r["algorithms"]["tt"]["rpuhw_over_aihwkit_cpu"] > 0

@@ -84,17 +84,19 @@ class DynamicTikiTaka(ChoppedTikiTaka):
 
     def transfer(self, lr: float) -> None:
         cols = self.next_columns()
-        j = cols[0]
-        v = self.read_columns(cols)[0].double()  # [out], raw (chopped) read
-        if self.switched[j]:
-            self.mu_p[:, j] = self.mu[:, j]
-        self.reads[j] += 1
-        if int(self.reads[j]) > self.chop_period:
-            self.buffer_step(cols, self.buffer_increment(j, v - self.mu_p[:, j], lr)[:, None],
-                             1.0)
+        idx = torch.tensor(cols)
+        v = self.read_columns(cols).double().T  # [out, k], raw (chopped) reads
+        sw = self.switched[idx]
+        self.mu_p[:, idx] = torch.where(sw, self.mu[:, idx], self.mu_p[:, idx])
+        self.reads[idx] += 1
+        ready = self.reads[idx] > self.chop_period
+        if bool(ready.any()):
+            r = idx[ready]
+            self.buffer_step(r.tolist(),
+                             self.buffer_increment(r, v[:, ready] - self.mu_p[:, r], lr), 1.0)
         a = self.tail
-        self.mu[:, j] = (1 - a) * self.mu[:, j] + a * v
-        self.switched[j] = self.flip(j)
+        self.mu[:, idx] = (1 - a) * self.mu[:, idx] + a * v
+        self.switched[idx] = self.flip(idx)
 
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "mu": self.mu.clone(), "mu_p": self.mu_p.clone(),

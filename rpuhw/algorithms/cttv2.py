@@ -21,7 +21,8 @@ With ``gamma > 0`` the weight is ``gamma (A - A_ref) diag(c) + C``.
 
 As aihwkit's ``ChoppedTransferCompound`` (only the input chopper: ``out_chop_prob``,
 ``auto_scale``, ``auto_granularity``, ``correct_gradient_magnitudes`` and ``no_buffer``
-are not implemented; ``n_reads_per_transfer`` must be 1), with two defaults from the
+are not implemented; ``n_reads_per_transfer`` may be more than 1 here, see ``tt``), with
+two defaults from the
 device instead of aihwkit's fixed ones (and ``units_in_mbatch`` true, one transfer per
 mini-batch, as ``tt``; aihwkit's false transfers after every conv position):
 ``scale_fast_lr`` is true (A learns at
@@ -39,7 +40,7 @@ from typing import Any
 
 import torch
 
-from rpuhw.algorithms.tt import TTParams
+from rpuhw.algorithms.tt import A_SHARE, TTParams
 from rpuhw.algorithms.ttv2 import BufferedTikiTaka
 from rpuhw.config import require
 
@@ -69,8 +70,6 @@ class CTTv2Params(TTParams):
 
     def validate(self) -> None:
         super().validate()
-        require(self.n_reads_per_transfer == 1, "n_reads_per_transfer",
-                f"must be 1 with a chopper (as aihwkit), got {self.n_reads_per_transfer!r}")
         require(0 <= self.in_chop_prob <= 1, "in_chop_prob",
                 f"must be a number in [0, 1], got {self.in_chop_prob!r}")
         require(math.isfinite(self.buffer_granularity) and self.buffer_granularity > 0,
@@ -96,9 +95,12 @@ class ChoppedTikiTaka(BufferedTikiTaka):
         self.gen.manual_seed((0 if self.seed is None else int(self.seed)) * 1_000_003 + 17)
         """The random choppers' generator (seeded from the layer's seed)."""
         half = self.weight_range("A")
-        self._min_transfer_lr = (None if half is None else
-                                 self.params.buffer_granularity * self.dw_min("A") / half)
+        self._min_transfer_lr = (None if half is None else self.params.buffer_granularity
+                                 * self.dw_min("A") / (A_SHARE * half))
         self._chopped = self.params.in_chop_prob > 0
+        require(self.reads_per_transfer <= self.in_features, "n_reads_per_transfer",
+                f"must be at most the layer's {self.in_features} columns with a chopper "
+                f"(each column read once per transfer), got {self.reads_per_transfer}")
 
     @property
     def chop_period(self) -> int | None:
@@ -120,30 +122,32 @@ class ChoppedTikiTaka(BufferedTikiTaka):
         return self.params.buffer_granularity * self.dw_min("A")
 
     def transfer(self, lr: float) -> None:
-        """Read column j, add its sign-corrected read to H (in pulses), pulse C where
-        |H| >= 1, then the chopper of j."""
+        """Read the next columns j, add their sign-corrected reads to H (in pulses), pulse
+        C where |H| >= 1, then the choppers of the columns read."""
         cols = self.next_columns()
-        j = cols[0]
-        v = self.read_columns(cols)[0].double()  # [out]
-        self.buffer_step(cols, self.buffer_increment(j, v, lr)[:, None], 1.0)
-        self.reads[j] += 1
-        self.flip(j)
+        idx = torch.tensor(cols)
+        v = self.read_columns(cols).double().T  # [out, k]
+        self.buffer_step(cols, self.buffer_increment(idx, v, lr), 1.0)
+        self.reads[idx] += 1
+        self.flip(idx)
 
-    def buffer_increment(self, j: int, v: torch.Tensor, lr: float) -> torch.Tensor:
-        """``c_j v |lr_t| / bg`` [out] (pulses)."""
-        return float(self.chop[j]) * v * (abs(self.transfer_lr(lr)) / self.buffer_granule())
+    def buffer_increment(self, idx: torch.Tensor, v: torch.Tensor, lr: float) -> torch.Tensor:
+        """``c_j v |lr_t| / bg`` [out, k] (pulses) for reads ``v`` [out, k] of columns
+        ``idx`` [k]."""
+        s = abs(self.transfer_lr(lr)) / self.buffer_granule()
+        return v * (self.chop[idx].double() * s)
 
-    def flip(self, j: int) -> bool:
-        """Flip column j's chopper per the rule (after its read); True when it flipped."""
+    def flip(self, idx: torch.Tensor) -> torch.Tensor:
+        """Flip the choppers of columns ``idx`` [k] per the rule (after their reads);
+        the flags [k] of those that flipped."""
         p = self.params
         if not self._chopped:
-            return False
+            return torch.zeros(len(idx), dtype=torch.bool)
         if p.in_chop_random:
-            hit = bool(torch.rand(1, generator=self.gen) < p.in_chop_prob)
+            hit = torch.rand(len(idx), generator=self.gen) < p.in_chop_prob
         else:
-            hit = int(self.reads[j]) % self.chop_period == 0
-        if hit:
-            self.chop[j] = -self.chop[j]
+            hit = self.reads[idx] % self.chop_period == 0
+        self.chop[idx] = torch.where(hit, -self.chop[idx], self.chop[idx])
         return hit
 
     def state_dict(self) -> dict[str, Any]:

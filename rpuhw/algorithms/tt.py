@@ -35,6 +35,7 @@ follow it. Not implemented: ``random_selection``, ``with_reset_prob``, row trans
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -56,17 +57,41 @@ class TTParams:
     units_in_mbatch: bool = True
     """Count ``transfer_every`` in mini-batches (the step's update vectors) instead of
     single update vectors."""
-    n_reads_per_transfer: int = 1
-    """Consecutive columns of A read and written into C per transfer."""
+    n_reads_per_transfer: int | None = None
+    """Consecutive columns of A read and written into C per transfer (one forward of
+    that many unit vectors, one write of C). None: ``ceil(in / transfers_per_sweep)``
+    for a layer with ``in`` columns, so that each column is read every
+    ``transfers_per_sweep`` transfers on any layer (aihwkit: 1, one column per
+    transfer, so that fc1 of lenet, 513 columns, reads a column every 513 images)."""
+    transfers_per_sweep: int = 8
+    """With ``n_reads_per_transfer`` None: transfers it takes to read every column of A
+    once (rpuhw's key; bounds how long A integrates a column between reads and how
+    often C can move: at most once per column read for the buffered algorithms)."""
     fast_lr: float = 1.0
-    """Learning rate of A's update (times the SGD lr when ``scale_fast_lr``)."""
-    scale_fast_lr: bool = True
-    """Multiply ``fast_lr`` by the SGD learning rate (aihwkit 1.2)."""
+    """Learning rate of A's update (times the SGD lr when ``scale_fast_lr``); with
+    ``auto_scale`` the expected pulses per update vector on A's most driven device, in
+    units of the pulse train's length BL."""
+    scale_fast_lr: bool | None = None
+    """Multiply A's learning rate by the SGD learning rate. None: true without
+    ``auto_scale`` (aihwkit 1.2's ``TransferCompound``), false with it (aihwkit's
+    ``ChoppedTransferCompound``)."""
+    auto_scale: bool = True
+    """Scale A's learning rate to its device and the layer's signals (aihwkit's
+    ``auto_scale``): ``lr_A = fast_lr BL dw_min_A / (m_x m_d)``, with ``m_x``, ``m_d``
+    running means of each update vector's ``max|x|`` and ``max|d|``, so that A's most
+    driven device gets about ``fast_lr BL`` pulses per update vector on any device and
+    layer. (aihwkit: false for ``TransferCompound``, where A learns at the SGD scale
+    and with the defaults barely moves on a device with 600 states.)"""
+    auto_momentum: float = 0.99
+    """Momentum of ``m_x``, ``m_d`` per optimizer step (aihwkit's ``auto_momentum``):
+    ``m <- auto_momentum m + (1 - auto_momentum) mean_v max|x_v|``; the first step sets
+    them."""
     transfer_lr: float | None = None
     """Learning rate of the transfer into C (times the SGD lr when
-    ``scale_transfer_lr``). None = 1, raised where needed so that an A entry at half
-    A's weight range moves C by at least one pulse (``dw_min`` of C) in expectation:
-    ``max(1 [x lr], dw_min_C / ((w_max_A - w_min_A)/2))``."""
+    ``scale_transfer_lr``). None = 1, raised where needed so that an A entry at a tenth
+    of half A's weight range moves C by one pulse (``dw_min`` of C) per read in
+    expectation: ``max(1 [x lr], dw_min_C / (A_SHARE (w_max_A - w_min_A)/2))``,
+    ``A_SHARE = 0.1``."""
     scale_transfer_lr: bool = True
     """Multiply ``transfer_lr`` by the SGD learning rate."""
     centre_a: bool | None = False
@@ -81,9 +106,15 @@ class TTParams:
                 f"must be a number >= 0, got {self.gamma!r}")
         require(self.transfer_every > 0, "transfer_every",
                 f"must be > 0, got {self.transfer_every!r}")
-        require(self.n_reads_per_transfer >= 1, "n_reads_per_transfer",
-                f"must be an integer >= 1, got {self.n_reads_per_transfer!r}")
+        k = self.n_reads_per_transfer
+        require(k is None or (isinstance(k, int) and k >= 1), "n_reads_per_transfer",
+                f"must be null or an integer >= 1, got {k!r}")
+        k = self.transfers_per_sweep
+        require(isinstance(k, int) and not isinstance(k, bool) and k >= 1,
+                "transfers_per_sweep", f"must be an integer >= 1, got {k!r}")
         require(self.fast_lr > 0, "fast_lr", f"must be > 0, got {self.fast_lr!r}")
+        require(0 <= self.auto_momentum < 1, "auto_momentum",
+                f"must be a number in [0, 1), got {self.auto_momentum!r}")
         t = self.transfer_lr
         require(t is None or t > 0, "transfer_lr", f"must be null or > 0, got {t!r}")
 
@@ -96,6 +127,11 @@ def _has_symmetry_point(array: Any) -> bool:
     from rpuhw.sim.array import SimulatedArray
 
     return isinstance(array, SimulatedArray) and array.model.name != "constant_step"
+
+
+A_SHARE = 0.1
+"""The share of half A's weight range that the default ``transfer_lr`` turns into one
+pulse of C per read (the TT family's device rule)."""
 
 
 class TikiTaka(Algorithm):
@@ -114,7 +150,12 @@ class TikiTaka(Algorithm):
         self.column = 0
         """Next column of A to transfer."""
         half = self.weight_range("A")
-        self._min_transfer_lr = None if half is None else self.dw_min("C") / half
+        self._min_transfer_lr = (None if half is None else
+                                 self.dw_min("C") / (A_SHARE * half))
+        self.m_x: float | None = None
+        """Running mean of the update vectors' ``max|x|`` (``auto_scale``)."""
+        self.m_d: float | None = None
+        """Running mean of the update vectors' ``max|d|`` (``auto_scale``)."""
         self._eye = torch.eye(self.in_features)
         self.a_ref: torch.Tensor | None = None
         """A's reference [out, in] (weight units, its symmetry points) or None (0)."""
@@ -193,16 +234,51 @@ class TikiTaka(Algorithm):
 
     # ---- update ------------------------------------------------------------------------
     def fast_lr(self, lr: float) -> float:
-        """A's learning rate at SGD learning rate ``lr``."""
+        """A's learning rate at SGD learning rate ``lr`` (with ``auto_scale``: from the
+        running ``m_x``, ``m_d``; 0 before the first update or when they are 0)."""
         p = self.params
-        return p.fast_lr * lr if p.scale_fast_lr else p.fast_lr
+        scale = (not p.auto_scale) if p.scale_fast_lr is None else p.scale_fast_lr
+        eta = p.fast_lr * lr if scale else p.fast_lr
+        if not p.auto_scale:
+            return eta
+        if not self.m_x or not self.m_d or lr == 0:  # lr 0 freezes the layer
+            return 0.0
+        return eta * self.plan.periphery.bl * self.dw_min("A") / (self.m_x * self.m_d)
+
+    def resolved_params(self, lr: float) -> dict[str, Any]:
+        """The hyper-parameters this layer runs with at SGD learning rate ``lr``, in
+        aihwkit's form (``transfer_lr`` divided by ``lr`` where ``scale_transfer_lr``):
+        the None defaults resolved (``centre_a`` None stays None: decided per array)."""
+        p = self.params
+        out = dataclasses.asdict(p)
+        out["n_reads_per_transfer"] = self.reads_per_transfer
+        out["scale_fast_lr"] = (not p.auto_scale) if p.scale_fast_lr is None \
+            else p.scale_fast_lr
+        if p.transfer_lr is None:
+            t = self.transfer_lr(lr)
+            out["transfer_lr"] = t / lr if p.scale_transfer_lr else t
+        return out
+
+    def track_signals(self, x: torch.Tensor, d: torch.Tensor) -> None:
+        """``auto_scale``: update ``m_x``, ``m_d`` with a step's update vectors
+        (x [P, in], d [P, out])."""
+        if not self.params.auto_scale:
+            return
+        mx = float(x.abs().amax(dim=1).mean())
+        md = float(d.abs().amax(dim=1).mean())
+        if self.m_x is None or self.m_d is None:
+            self.m_x, self.m_d = mx, md
+            return
+        a = self.params.auto_momentum
+        self.m_x = a * self.m_x + (1 - a) * mx
+        self.m_d = a * self.m_d + (1 - a) * md
 
     def transfer_lr(self, lr: float) -> float:
         """The transfer's learning rate at SGD learning rate ``lr`` (see ``TTParams``)."""
         p = self.params
         base = 1.0 if p.transfer_lr is None else p.transfer_lr
         eta = base * lr if p.scale_transfer_lr else base
-        if p.transfer_lr is None and self._min_transfer_lr is not None:
+        if p.transfer_lr is None and self._min_transfer_lr is not None and lr != 0:
             eta = max(eta, self._min_transfer_lr)
         return eta
 
@@ -221,6 +297,7 @@ class TikiTaka(Algorithm):
         n = x.shape[0]
         if n == 0:
             return
+        self.track_signals(x, d)
         period, lr_a = self._period(n), self.fast_lr(lr)
         transfers = 0
         if self.plan.granularity != "position":
@@ -252,9 +329,18 @@ class TikiTaka(Algorithm):
         v = self.A.forward(self._eye[cols])
         return v if self.a_ref is None else v - self.a_ref[:, cols].T
 
+    @property
+    def reads_per_transfer(self) -> int:
+        """Columns read per transfer: ``n_reads_per_transfer``, or with None
+        ``ceil(in / transfers_per_sweep)`` (at most ``in``)."""
+        p = self.params
+        if p.n_reads_per_transfer is not None:
+            return p.n_reads_per_transfer
+        return min(math.ceil(self.in_features / p.transfers_per_sweep), self.in_features)
+
     def next_columns(self) -> list[int]:
-        """The next ``n_reads_per_transfer`` columns, cyclically (moves the pointer)."""
-        k = self.params.n_reads_per_transfer
+        """The next :attr:`reads_per_transfer` columns, cyclically (moves the pointer)."""
+        k = self.reads_per_transfer
         cols = [(self.column + i) % self.in_features for i in range(k)]
         self.column = (self.column + k) % self.in_features
         return cols
@@ -268,7 +354,8 @@ class TikiTaka(Algorithm):
         self.C.update(self._eye[cols], -v, self.transfer_lr(lr), images=1)
 
     def state_dict(self) -> dict[str, Any]:
-        st: dict[str, Any] = {"vectors": self.vectors, "column": self.column}
+        st: dict[str, Any] = {"vectors": self.vectors, "column": self.column,
+                              "m_x": self.m_x, "m_d": self.m_d}
         if self.a_ref is not None:
             st["a_ref"] = self.a_ref.clone()
         return st
@@ -276,5 +363,6 @@ class TikiTaka(Algorithm):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.vectors = int(state["vectors"])
         self.column = int(state["column"])
+        self.m_x, self.m_d = state.get("m_x"), state.get("m_d")
         ref = state.get("a_ref")
         self.a_ref = None if ref is None else ref.clone()
