@@ -152,8 +152,8 @@ def check_counts(value, name: str, shape: tuple[int, int]) -> torch.Tensor:
         raise ValueError(f"{name}: expected an integer tensor, got {t.dtype}")
     lim, info = torch.iinfo(torch.int32).max, torch.iinfo(t.dtype)
     if (info.max > lim or info.min < -lim) and t.numel():
-        wide = t.to(torch.int64)
-        if ((wide > lim) | (wide < -lim)).any():
+        lo, hi = torch.aminmax(t)  # one pass (int32: only -2**31 is out of range)
+        if int(hi) > lim or int(lo) < -lim:
             raise ValueError(f"{name}: entries must lie within ±{lim}")
     return t.detach().cpu().to(torch.int32)
 

@@ -537,20 +537,18 @@ def test_pulsed_arrays_decay_once_per_step(alg):
 
 
 def test_tt_centres_a_on_its_symmetry_points():
-    """centre_a (null: on a simulated device with a symmetry point): A's devices driven to their
-    symmetry points (centre_on_symmetry_point), the points kept as A_ref, the weight
-    gamma (A - A_ref) + C, A_ref in the checkpoint state. The hidden device's devices
-    settle within a few dw_min of their points (docs/calibration.md section 8)."""
+    """centre_a (null, the default: on a simulated device with a symmetry point): A's
+    devices driven to their symmetry points (relax_to_symmetry_points), the points kept
+    as A_ref, the weight gamma (A - A_ref) + C, A_ref in the checkpoint state. The hidden
+    device's devices stay within a few dw_min of their points."""
     plan = LayerPlan(backend="sim:drivers/emulators/hidden_device.yaml", algorithm="tt",
-                     algorithm_params={"gamma": 0.5, "centre_a": None})
+                     algorithm_params={"gamma": 0.5})
     layer = AnalogLinear(3, 2, plan=plan, seed=1)
-    default = AnalogLinear(3, 2, plan=LayerPlan(
-        backend="sim:drivers/emulators/hidden_device.yaml", algorithm="tt"), seed=1)
-    assert not default.algorithm.centres_a()  # off by default (slow search)
     algo = layer.algorithm
+    assert algo.params.centre_a is None
     assert algo.centres_a() and algo.a_ref is not None
     res = algo.centring[0]
-    sp = res.matrix("symmetry_point")
+    sp = res.symmetry_point
     assert torch.equal(algo.a_ref, sp)
     assert sp.abs().max() > 3 * algo.dw_min("A")  # not all at 0: centring matters
     dw = algo.dw_min("A")

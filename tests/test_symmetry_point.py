@@ -28,7 +28,11 @@ from rpuhw.cli import main
 from rpuhw.device_spec import spec_from_mapping
 from rpuhw.errors import ConfigError
 from rpuhw.sim.array import SimulatedArray
-from rpuhw.symmetry import centre_on_symmetry_point, load_symmetry_points
+from rpuhw.symmetry import (
+    centre_on_symmetry_point,
+    load_symmetry_points,
+    relax_to_symmetry_points,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 HIDDEN = yaml.safe_load((ROOT / "drivers/emulators/hidden_device.yaml").read_text())
@@ -118,6 +122,30 @@ def test_noisy_soft_bounds_match_within_the_sampling_error():
     # and the devices' own symmetry points are resolved: the spread between devices is
     # several times the error
     assert np.std(truth) > 3 * np.sqrt(np.mean(err**2))
+
+
+def test_relax_whole_array_matches_within_the_sampling_error():
+    # relax_to_symmetry_points (the algorithms' fast whole-array form): 3 K cycles from 0,
+    # the mean of the last K. The same bound as above: the rms of err / sampling error
+    # over 36 devices is below 1.37 with probability 0.999 (allowed 1.6). The lag: after
+    # 2 K cycles from 0 a device is off by |w*| e^(-2 K r), and the window's mean by
+    # |w*| e^(-2 K r) (1 - e^(-K r)) / (K r): with |w*| ~ 0.03, K r >= 1.7, about 5e-4,
+    # 0.15 of the sampling error (3.6e-3).
+    arr = SimulatedArray(6, 6, _spec(), seed=1)
+    arr.set_weights(torch.zeros(6, 6))
+    truth = _analytic(arr.state)
+    res = relax_to_symmetry_points(arr)
+    assert res.cycles == 3 * res.window and res.reads == 2 * res.cycles + 1
+    assert res.pulses == 2 * res.cycles * 36
+    se_true = _sampling_error(arr.state, truth, res.window)
+    err = res.symmetry_point.double().numpy() - truth
+    assert np.sqrt(np.mean((err / se_true) ** 2)) < 1.6, err / se_true
+    assert np.std(truth) > 3 * np.sqrt(np.mean(err**2))
+    # too few cycles to relax: the mean of the reads is still near the start (0), far off
+    short = SimulatedArray(6, 6, _spec(dw_min_std=0.0, io={"read_noise": 0.0}), seed=1)
+    short.set_weights(torch.zeros(6, 6))
+    quick = relax_to_symmetry_points(short, window=2, cycles=2)
+    assert np.abs(quick.symmetry_point.double().numpy() - truth).max() > 0.01
 
 
 # ---- 2. the protocol through the CLI on the emulated bench ----------------------------------

@@ -7,10 +7,10 @@ with a pulsed rank-1 update, ``C[:, j] += lr_t A[:, j]`` in expectation. The lay
 weight is ``W = gamma A + C``: forward and backward are one MVM on C, plus one on A
 scaled by ``gamma`` when ``gamma != 0`` (two MVMs summed digitally).
 
-A starts at zero, or, with ``centre_a`` (off by default: the search is slow; ``null``
-centres where A is simulated with a device model that has a symmetry point), centred on
-its devices' symmetry points (:func:`rpuhw.symmetry.centre_on_symmetry_point`,
-alternating pulses until each device settles). The found points are kept as the digital
+A starts at zero, then, with ``centre_a`` (``null``, the default: where A is simulated
+with a device model that has a symmetry point), is centred on its devices' symmetry
+points (:func:`rpuhw.symmetry.relax_to_symmetry_points`, alternating up and down pulses
+to the whole array, a fixed number of cycles). The found points are kept as the digital
 reference ``A_ref`` (the reference devices of aihwkit's ``subtract_symmetry_point``,
 section 6 of the algorithms reference): every read of A is taken as ``A - A_ref``, so
 the layer's weight is ``gamma (A - A_ref) + C`` and a transfer moves C by ``lr_t (A -
@@ -94,12 +94,14 @@ class TTParams:
     ``A_SHARE = 0.1``."""
     scale_transfer_lr: bool = True
     """Multiply ``transfer_lr`` by the SGD learning rate."""
-    centre_a: bool | None = False
+    centre_a: bool | None = None
     """Centre A on its devices' symmetry points at ``set_weights`` and subtract them
-    (``A_ref``) from every read of A. Off by default: the search takes about 14 s per 416
-    simulated devices (over half an hour for lenet's 80,000) and ~14k instrument messages
-    per device on hardware. None: true where A is simulated with a device model that has
-    a symmetry point (not ``ideal`` or ``constant_step``)."""
+    (``A_ref``) from every read of A (:func:`rpuhw.symmetry.relax_to_symmetry_points`:
+    ``3 K`` cycles of an up and a down pulse to every device, whole-array reads, ``K`` =
+    the number of states / 2). None (default): true where A is simulated with a device
+    model that has a symmetry point (not ``ideal`` or ``constant_step``); on hardware
+    only when asked (``true``: ~1,700 pulses per device, and a read of the whole array
+    after each pulse cycle)."""
 
     def validate(self) -> None:
         require(math.isfinite(self.gamma) and self.gamma >= 0, "gamma",
@@ -160,7 +162,8 @@ class TikiTaka(Algorithm):
         self.a_ref: torch.Tensor | None = None
         """A's reference [out, in] (weight units, its symmetry points) or None (0)."""
         self.centring: list[Any] = []
-        """The ``SymmetryPointResult`` of each of A's tiles from the last centring."""
+        """The :class:`~rpuhw.symmetry.RelaxResult` of each of A's tiles from the last
+        centring."""
 
     # ---- weight ------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -213,22 +216,21 @@ class TikiTaka(Algorithm):
     def initialise_fast_array(self) -> None:
         """Program A to zero (each backend's ``set_weights``); with :meth:`centres_a`,
         then drive every device of A to its symmetry point
-        (:func:`~rpuhw.symmetry.centre_on_symmetry_point`, per tile) and keep the found
-        points as ``A_ref`` (the mean of the K copies of a weight; a device that did not
-        settle: where it ended). Cost: see docs/algorithms.md."""
+        (:func:`~rpuhw.symmetry.relax_to_symmetry_points`, per tile) and keep the found
+        points as ``A_ref`` (the mean of the K copies of a weight). Cost: see
+        docs/algorithms.md."""
         self.A.set_weights(torch.zeros(self.out_features, self.in_features))
         self.a_ref, self.centring = None, []
         if not self.centres_a():
             return
-        from rpuhw.symmetry import centre_on_symmetry_point
+        from rpuhw.symmetry import relax_to_symmetry_points
 
         grid = self.A
         phys = torch.zeros(grid.k * self.out_features, self.in_features)
         for (r0, r1), row in zip(grid.row_splits, grid.tiles, strict=True):
             for (c0, c1), per in zip(grid.col_splits, row, strict=True):
-                res = centre_on_symmetry_point(per.array)
-                sp, reached = res.matrix("symmetry_point"), res.matrix("reached")
-                phys[r0:r1, c0:c1] = torch.where(torch.isfinite(sp), sp, reached)
+                res = relax_to_symmetry_points(per.array)
+                phys[r0:r1, c0:c1] = res.symmetry_point
                 self.centring.append(res)
         self.a_ref = phys.view(grid.k, self.out_features, self.in_features).mean(0)
 
