@@ -214,3 +214,18 @@ def test_fork_waits_for_pending_updates():
         os._exit(0 if job.done() else 1)
     _, status = os.waitpid(pid, 0)
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+
+
+def test_in_place_block_runs_updates_in_the_calling_thread():
+    """background.in_place(): enabled() is False inside (nested too), as before after."""
+    background.set_enabled(True)
+    try:
+        assert background.enabled()
+        with background.in_place():
+            assert not background.enabled()
+            with background.in_place():
+                assert not background.enabled()
+            assert not background.enabled()
+        assert background.enabled()
+    finally:
+        background.set_enabled(None)

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -129,6 +130,15 @@ def _has_symmetry_point(array: Any) -> bool:
     from rpuhw.sim.array import SimulatedArray
 
     return isinstance(array, SimulatedArray) and array.model.name != "constant_step"
+
+
+def _in_place(flag: bool) -> AbstractContextManager:
+    """:func:`rpuhw.sim.background.in_place` when ``flag`` (else nothing)."""
+    if not flag:
+        return nullcontext()
+    from rpuhw.sim.background import in_place
+
+    return in_place()
 
 
 A_SHARE = 0.1
@@ -303,8 +313,9 @@ class TikiTaka(Algorithm):
         period, lr_a = self._period(n), self.fast_lr(lr)
         transfers = 0
         if self.plan.granularity != "position":
-            self.A.update(self.fast_input(x), d, lr_a, images=images)
             due = (self.vectors + n) // period - self.vectors // period
+            with _in_place(due > 0):  # a transfer reads A at once: no hand-over
+                self.A.update(self.fast_input(x), d, lr_a, images=images)
             self.vectors += n
             for _ in range(due):
                 self.transfer(lr)
@@ -313,7 +324,8 @@ class TikiTaka(Algorithm):
             start = 0
             while start < n:
                 end = min(n, start + period - self.vectors % period)
-                self.A.update(self.fast_input(x[start:end]), d[start:end], lr_a)
+                with _in_place((self.vectors + end - start) % period == 0):
+                    self.A.update(self.fast_input(x[start:end]), d[start:end], lr_a)
                 self.vectors += end - start
                 start = end
                 if self.vectors % period == 0:

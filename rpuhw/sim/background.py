@@ -26,14 +26,15 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 
 import torch
 
 from rpuhw._jit import HAVE_NUMBA
 
-__all__ = ["MIN_SLOTS", "enabled", "set_enabled", "submit"]
+__all__ = ["MIN_SLOTS", "enabled", "in_place", "set_enabled", "submit"]
 
 ENV = "RPUHW_BACKGROUND_UPDATES"
 """Environment variable: ``0`` (or ``off``, ``false``) disables background updates."""
@@ -49,6 +50,7 @@ _layer_ok: bool | None = None  # numba's threading layer is thread-safe (once kn
 _lock = threading.Lock()
 _executor: ThreadPoolExecutor | None = None
 _executor_pid = -1
+_in_place = 0  # depth of in_place() blocks
 
 
 def _default() -> bool:
@@ -64,6 +66,8 @@ def enabled() -> bool:
     """Whether simulated arrays hand their compiled updates to the background thread
     now: as set by :func:`set_enabled`, else automatically (see the module doc)."""
     global _auto
+    if _in_place:
+        return False
     if _enabled is not None:
         return _enabled
     if _auto is None:
@@ -83,6 +87,19 @@ def _threadsafe_layer() -> bool:
         except ValueError:  # no parallel kernel has run yet: chosen at the first one
             return True
     return _layer_ok
+
+
+@contextmanager
+def in_place() -> Iterator[None]:
+    """Updates inside this block run in the calling thread: for a caller that reads the
+    array right after its update (Tiki-Taka's transfer reads A after A's update), where
+    handing the update over would only add two thread switches to the wait."""
+    global _in_place
+    _in_place += 1
+    try:
+        yield
+    finally:
+        _in_place -= 1
 
 
 def set_enabled(flag: bool | None) -> None:
