@@ -5,6 +5,11 @@ symmetry-point centring), selection, bad input, resume."""
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -565,3 +570,43 @@ def test_tt_centres_a_on_its_symmetry_points():
     assert not ideal.centres_a() and ideal.a_ref is None
     const = AnalogLinear(3, 2, plan=LayerPlan(backend="sim", algorithm="tt"), seed=1)
     assert not const.algorithm.centres_a()  # constant_step: no symmetry point to settle at
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("alg", ["sgd", "mp", "tt:gamma=0.1", "ttv2", "cttv2", "agad"])
+def test_killed_run_resumes_to_the_same_numbers(alg, tmp_path):
+    """SIGKILL a CLI run after its second checkpoint (mid-epoch, nothing can clean up),
+    resume it with --resume: test errors and losses equal an uninterrupted in-process
+    run's, for every algorithm (its A, C, H, chi, choppers, counters, references and
+    generators all come back from the checkpoint)."""
+    name, _, opts = alg.partition(":")
+    params = dict(kv.split("=") for kv in opts.split(",")) if opts else {}
+    params = {k: float(v) for k, v in params.items()}
+    ref = train(TrainConfig(backend="sim", train_limit=120, test_limit=60, epochs=2,
+                            seed=3, progress=False, checkpoint_every=10,
+                            algorithm={"name": name, **params} if params else name),
+                log=lambda *_: None)
+    ckdir = tmp_path / "ck"
+    args = [sys.executable, "-m", "rpuhw.cli", "train", "--backend", "sim",
+            "--algorithm", alg, "--train-limit", "120", "--test-limit", "60",
+            "--epochs", "2", "--seed", "3", "--checkpoint-every", "10", "--no-progress",
+            "--checkpoint", str(ckdir), "--out", str(tmp_path / "r.json")]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    ck, seen, last = ckdir / train_mod.CHECKPOINT, 0, None
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None and seen < 2:
+        if ck.exists() and ck.stat().st_mtime_ns != last:
+            last, seen = ck.stat().st_mtime_ns, seen + 1
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.communicate()
+    st = torch.load(ck, weights_only=False)
+    assert (st["epoch"], st["done"]) != (2, 0)  # really interrupted
+    resumed = subprocess.run([*args, "--resume"], capture_output=True, text=True,
+                             timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed from" in resumed.stdout
+    got = json.loads((tmp_path / "r.json").read_text())
+    assert got["test_error"] == ref["test_error"]
+    assert got["train_loss"] == pytest.approx(ref["train_loss"], rel=1e-12, abs=0)
