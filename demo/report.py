@@ -21,8 +21,8 @@ def device_row(spec) -> dict[str, Any]:
 
 def run_table(runs: dict[str, dict[str, Any]]) -> str:
     """One markdown row per training run: where its layers live, test errors, speed."""
-    rows = ["| run | where the layers live | test error per epoch (%) | final (%) | images/s "
-            "| wall (s) | instrument messages |", "|---|---|---|---|---|---|---|"]
+    rows = ["| run | where the layers live | algorithm | test error per epoch (%) | final (%) "
+            "| images/s | wall (s) | instrument messages |", "|---|---|---|---|---|---|---|---|"]
     for name, r in runs.items():
         by_spec: dict[str, list[str]] = {}
         for layer, spec in r["backends"].items():
@@ -31,7 +31,9 @@ def run_table(runs: dict[str, dict[str, Any]]) -> str:
         where = "; ".join(f"{', '.join(layers)}: {spec}" for spec, layers in by_spec.items())
         errs = " / ".join(f"{100 * e:.1f}" for e in r["test_error"])
         msgs = sum(r.get("instrument_messages", {}).values()) or "-"
-        rows.append(f"| {name} | {where} | {errs} | **{100 * r['test_error'][-1]:.1f}** | "
+        algs = sorted(set(r.get("algorithms", {}).values())) or ["-"]
+        rows.append(f"| {name} | {where} | {', '.join(algs)} | {errs} | "
+                    f"**{100 * r['test_error'][-1]:.1f}** | "
                     f"{r['images_per_s']:.0f} | {r['wall_s']:.0f} | {msgs} |")
     return "\n".join(rows)
 

@@ -22,10 +22,10 @@ DEMO_STDOUT = "\n".join([
     "2 ln L over 3 steps of 4 devices)",
     "validate: PASS: 16 devices, 2 half-cycles, 1000 pulses replayed on 32 simulated "
     "replicas each (seed 0)",
-    "| run | where the layers live | test error per epoch (%) | final (%) | images/s | "
-    "wall (s) | instrument messages |",
-    "|---|---|---|---|---|---|---|",
-    "| floating point | conv1, conv2, fc1, fc2: float | 1.0 / 2.0 | **2.0** | 3 | 4 | - |",
+    "| run | where the layers live | algorithm | test error per epoch (%) | final (%) | "
+    "images/s | wall (s) | instrument messages |",
+    "|---|---|---|---|---|---|---|---|",
+    "| floating point | conv1, conv2, fc1, fc2: float | sgd | 1.0 / 2.0 | **2.0** | 3 | 4 | - |",
     "report: out/report.md",
 ])
 
