@@ -170,6 +170,21 @@ def test_tt_matches_numpy_reference(params, per_step):
         lr_a = _ref_fast_lr(p, means, x, d, lr, algo.dw_min("A"), cfg.bl)
         period = int(np.ceil(p.transfer_every * per_step)) if p.units_in_mbatch \
             else round(p.transfer_every)
+        # pipelined: the step's one transfer falls at its end, so it reads A first
+        pipelined = per_step <= period and (k_done + per_step) % period == 0
+
+        def transfer():
+            nonlocal col
+            cols = [(col + i) % 4 for i in range(algo.reads_per_transfer)]
+            col = (col + algo.reads_per_transfer) % 4
+            e = torch.eye(4)[cols]
+            read = torch.tensor(wa[:, cols].T, dtype=torch.float32)
+            t_lr = (p.transfer_lr or 1.0) * lr
+            xb, db = twin["C"].encode_bits(e, -read, t_lr)
+            _apply_bits(wc, xb, db, DW)
+
+        if pipelined:
+            transfer()
         start = 0
         for v in range(per_step):
             k_done += 1
@@ -178,14 +193,8 @@ def test_tt_matches_numpy_reference(params, per_step):
             xb, db = twin["A"].encode_bits(x[start:v + 1], d[start:v + 1], lr_a)
             _apply_bits(wa, xb, db, DW)
             start = v + 1
-            if k_done % period == 0:
-                cols = [(col + i) % 4 for i in range(algo.reads_per_transfer)]
-                col = (col + algo.reads_per_transfer) % 4
-                e = torch.eye(4)[cols]
-                read = torch.tensor(wa[:, cols].T, dtype=torch.float32)
-                t_lr = (p.transfer_lr or 1.0) * lr
-                xb, db = twin["C"].encode_bits(e, -read, t_lr)
-                _apply_bits(wc, xb, db, DW)
+            if k_done % period == 0 and not pipelined:
+                transfer()
         np.testing.assert_allclose(algo.grids["A"].read().double().numpy(), wa, atol=2e-6)
         np.testing.assert_allclose(algo.grids["C"].read().double().numpy(), wc, atol=2e-6)
     assert np.abs(wc - c0).max() > 5 * DW  # the transfers did move C
@@ -376,17 +385,12 @@ def _reference_run(alg: str, params: dict, per_step: int, steps: int,
         d = torch.tensor(rng.uniform(-1, 1, (per_step, 2)), dtype=torch.float32)
         algo.update(x, d, lr)
         lr_a = _ref_fast_lr(p, means, x, d, lr, g, layer.plan.periphery.bl)
-        start = 0
-        for v in range(per_step):
-            k_done += 1
-            if k_done % period and v < per_step - 1:
-                continue
-            xc = x[start:v + 1] * torch.tensor(chop, dtype=torch.float32)
-            xb, db = twin.encode_bits(xc, d[start:v + 1], lr_a)
-            _apply_bits(wa, xb, db, DW)
-            start = v + 1
-            if k_done % period:
-                continue
+        # pipelined: the step's one transfer falls at its end, so it reads A (and flips
+        # the choppers) before A's update of the step
+        pipelined = per_step <= period and (k_done + per_step) % period == 0
+
+        def transfer():
+            nonlocal col, pulses_c, flips
             k = algo.reads_per_transfer
             cols, col = [(col + i) % 4 for i in range(k)], (col + k) % 4
             for j in cols:  # each column read, buffered, pulsed, chopped in turn
@@ -425,6 +429,20 @@ def _reference_run(alg: str, params: dict, per_step: int, steps: int,
                     chop[j] = -chop[j]
                     flips += 1
                 switched[j] = flipped
+
+        if pipelined:
+            transfer()
+        start = 0
+        for v in range(per_step):
+            k_done += 1
+            if k_done % period and v < per_step - 1:
+                continue
+            xc = x[start:v + 1] * torch.tensor(chop, dtype=torch.float32)
+            xb, db = twin.encode_bits(xc, d[start:v + 1], lr_a)
+            _apply_bits(wa, xb, db, DW)
+            start = v + 1
+            if k_done % period == 0 and not pipelined:
+                transfer()
         np.testing.assert_allclose(algo.grids["A"].read().double().numpy(), wa, atol=2e-6)
         np.testing.assert_allclose(algo.grids["C"].read().double().numpy(), wc, atol=2e-6)
         # H from float32 reads (relative 6e-8) times lr_t / thr <= ~100, summed over

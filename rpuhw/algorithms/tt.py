@@ -29,7 +29,12 @@ happens when ``k % period == 0``, with ``period = ceil(transfer_every * P)`` vec
 transfer per mini-batch) or ``round(transfer_every)`` vectors otherwise. With
 ``position`` granularity the step's updates are split at those points; with ``sample``
 or ``batch`` granularity A's update is one aggregated block and the step's transfers
-follow it. Not implemented: ``random_selection``, ``with_reset_prob``, row transfers
+follow it. One exception, the common case: when a step's only transfer falls at its end
+(``transfer_every`` a whole number of mini-batches), the transfer is **pipelined**: it
+runs first, reading A as the previous steps left it, and A's update follows (on the
+simulator's background thread, beside the next image's forward pass). A transfer thus
+sees A one step late, which Tiki-Taka's slow transfers do not notice, and A's update
+no longer waits for the transfer or the transfer for it. Not implemented: ``random_selection``, ``with_reset_prob``, row transfers
 (``transfer_columns=False``), more than two devices.
 """
 
@@ -312,7 +317,16 @@ class TikiTaka(Algorithm):
         self.track_signals(x, d)
         period, lr_a = self._period(n), self.fast_lr(lr)
         transfers = 0
-        if self.plan.granularity != "position":
+        if n <= period and (self.vectors + n) % period == 0:
+            # the step's one transfer falls at its end: pipelined, it reads A as the
+            # previous steps left it, then A's update goes to the background thread and
+            # runs beside the next image's forward pass (one step late; see the module)
+            self.transfer(lr)
+            kw = {} if self.plan.granularity == "position" else {"images": images}
+            self.A.update(self.fast_input(x), d, lr_a, **kw)
+            self.vectors += n
+            transfers = 1
+        elif self.plan.granularity != "position":
             due = (self.vectors + n) // period - self.vectors // period
             with _in_place(due > 0):  # a transfer reads A at once: no hand-over
                 self.A.update(self.fast_input(x), d, lr_a, images=images)
