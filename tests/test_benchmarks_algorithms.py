@@ -63,10 +63,10 @@ def test_resolved_params_scaled_transfer_lr():
     alg = TikiTaka(3, 4, plan, seed=0, params=TTParams(centre_a=False))  # as benchmarked
     params, unresolved = bench.resolved_params(alg, lr=1e-3)
     assert unresolved == []
-    # centre_a null (decided per array) is reported unresolved; the default (off) is not
+    # centre_a null (the default: decided per array) is reported unresolved
     per_array = TikiTaka(3, 4, plan, seed=0, params=TTParams(centre_a=None))
     assert bench.resolved_params(per_array, lr=1e-3)[1] == ["centre_a"]
-    assert bench.resolved_params(TikiTaka(3, 4, plan, seed=0), lr=1e-3)[1] == []
+    assert bench.resolved_params(TikiTaka(3, 4, plan, seed=0), lr=1e-3)[1] == ["centre_a"]
     floor = alg.dw_min("C") / (0.1 * alg.weight_range("A"))  # A_SHARE of half the range
     assert params["transfer_lr"] == pytest.approx(floor / 1e-3)
     assert params["transfer_lr"] > 1.0  # the floor is active, not the plain default
