@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 
+from rpuhw.algorithms import _tt_kernels
 from rpuhw.algorithms.cttv2 import ChoppedTikiTaka, CTTv2Params
 from rpuhw.config import require
 
@@ -86,6 +87,10 @@ class DynamicTikiTaka(ChoppedTikiTaka):
         cols = self.next_columns()
         idx = torch.tensor(cols)
         v = self.read_columns(cols).double().T  # [out, k], raw (chopped) reads
+        if _tt_kernels.HAVE_NUMBA:
+            self.compiled_transfer(idx, v, lr)
+            self.switched[idx] = self.flip(idx)
+            return
         sw = self.switched[idx]
         self.mu_p[:, idx] = torch.where(sw, self.mu[:, idx], self.mu_p[:, idx])
         self.reads[idx] += 1

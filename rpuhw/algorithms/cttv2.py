@@ -38,8 +38,10 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
+from rpuhw.algorithms import _tt_kernels
 from rpuhw.algorithms.tt import A_SHARE, TTParams
 from rpuhw.algorithms.ttv2 import BufferedTikiTaka
 from rpuhw.config import require
@@ -127,9 +129,30 @@ class ChoppedTikiTaka(BufferedTikiTaka):
         cols = self.next_columns()
         idx = torch.tensor(cols)
         v = self.read_columns(cols).double().T  # [out, k]
-        self.buffer_step(cols, self.buffer_increment(idx, v, lr), 1.0)
-        self.reads[idx] += 1
+        if _tt_kernels.HAVE_NUMBA:
+            self.compiled_transfer(idx, v, lr)
+        else:
+            self.buffer_step(cols, self.buffer_increment(idx, v, lr), 1.0)
+            self.reads[idx] += 1
         self.flip(idx)
+
+    def compiled_transfer(self, idx: torch.Tensor, v: torch.Tensor, lr: float) -> None:
+        """Buffer, threshold and pulses of columns ``idx`` read as ``v`` [out, k] in one
+        compiled pass (:mod:`rpuhw.algorithms._tt_kernels`; ``agad`` with its
+        reference), then one ``pulse`` of C where a count is non-zero."""
+        p = self.params
+        agad = hasattr(self, "mu")
+        counts = torch.zeros(self.out_features, self.in_features, dtype=torch.int32)
+        empty = np.zeros((0, 0))
+        hits = _tt_kernels.chopped_transfer(
+            np.ascontiguousarray(v.numpy()), idx.numpy(), self.chop.numpy(),
+            abs(self.transfer_lr(lr)) / self.buffer_granule(), self.H.numpy(), p.momentum,
+            p.forget_buffer, counts.numpy(), agad,
+            self.mu.numpy() if agad else empty, self.mu_p.numpy() if agad else empty,
+            self.switched.numpy() if agad else np.zeros(0, np.bool_), self.reads.numpy(),
+            self.chop_period or 0, self.tail if agad else 0.0)
+        if hits:
+            self.C.pulse(counts)
 
     def buffer_increment(self, idx: torch.Tensor, v: torch.Tensor, lr: float) -> torch.Tensor:
         """``c_j v |lr_t| / bg`` [out, k] (pulses) for reads ``v`` [out, k] of columns
