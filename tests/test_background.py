@@ -231,31 +231,29 @@ def test_in_place_block_runs_updates_in_the_calling_thread():
         background.set_enabled(None)
 
 
-def test_pulses_match_in_place(switch):
-    """``pulse`` on the background thread (mp, the TT family's C, centring), mixed with
-    updates, reads and decays: the same weights bit for bit as in place, and the caller
-    may reuse its counts tensor at once (the array keeps its own copy)."""
+
+
+def test_pulse_and_decay_wait_for_a_pending_update(switch):
+    """``pulse`` and ``decay`` run in place; with an update still on the background
+    thread they wait for it first (else both would move the same weights at once): the
+    same weights bit for bit as with everything in place."""
     from rpuhw.device_spec import load_device
 
     spec = load_device("drivers/emulators/hidden_device.yaml")
+    cfg = PeripheryConfig(update_management=True, lr=0.05)
 
     def run(flag: bool) -> tuple[list[torch.Tensor], list[bool]]:
         switch(flag)
-        arr = SimulatedArray(12, 9, spec, seed=4)
+        per = Periphery(SimulatedArray(12, 9, spec, seed=4), cfg, seed=5)
         g = torch.Generator().manual_seed(1)
-        counts = torch.zeros(12, 9, dtype=torch.int32)
         outs, handed = [], []
-        for k in range(6):
-            counts.copy_(torch.randint(-3, 4, (12, 9), generator=g, dtype=torch.int32))
-            arr.pulse(counts)
-            handed.append(arr._pending is not None)
-            counts.zero_()  # reused at once: must not change the pulse just handed over
-            if k % 2:
-                arr.update(torch.randint(-1, 2, (1, 4, 9), generator=g, dtype=torch.int8),
-                           torch.randint(-1, 2, (1, 4, 12), generator=g, dtype=torch.int8))
-            arr.decay()
-            outs.append(arr.read())
-        return outs + [arr.weights.clone()], handed
+        for x, d in _calls():
+            per.update(x, d)
+            handed.append(per.array._pending is not None)
+            per.array.pulse(torch.randint(-3, 4, (12, 9), generator=g, dtype=torch.int32))
+            per.array.decay()
+            outs.append(per.array.read())
+        return outs + [per.array.weights.clone()], handed
 
     bg, handed = run(True)
     ref, in_place = run(False)

@@ -333,20 +333,11 @@ class SimulatedArray(CrossPointArray):
     def _pulse(self, counts):
         if self.engine == "numba":
             kernel = kernels.pulse_kernel_for(self.model.nb_pulse)
-            c, w = counts.numpy(), self._moved().numpy()
-            prm, const, seed = self._prm, self._const, self._call_seed()
-            noisy, wn_args = self.model.noisy, self._wn_args()
-            if background.enabled() and c.size >= background.MIN_SLOTS:
-                c = c.copy()  # the caller may reuse its counts once this returns
-
-                def job() -> None:
-                    kernel(c, w, prm, const, seed, noisy, *wn_args)
-
-                self._pending = background.submit(job)  # after any earlier job: in order
-                return
             if self._pending is not None:
-                self._wait()
-            kernel(c, w, prm, const, seed, noisy, *wn_args)
+                self._wait()  # after a pending update (pulses run in place: sparse
+                # counts, as mp's and the transfers', cost less than the hand-over)
+            kernel(counts.numpy(), self._moved().numpy(), self._prm, self._const,
+                   self._call_seed(), self.model.noisy, *self._wn_args())
             return
         moved = apply_counts(self.model, self.state, self._moved(), counts.abs().float()[None],
                              (counts > 0)[None], self.gen)
