@@ -5,15 +5,13 @@ symmetry-point centring), selection, bad input, resume."""
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
 import torch
+from kill_run import kill_after_checkpoints
 
 import rpuhw.train as train_mod
 from rpuhw.cli import main
@@ -610,15 +608,8 @@ def test_killed_run_resumes_to_the_same_numbers(alg, tmp_path):
             "--epochs", "2", "--seed", "3", "--checkpoint-every", "10", "--no-progress",
             "--checkpoint", str(ckdir), "--out", str(tmp_path / "r.json")]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    ck, seen, last = ckdir / train_mod.CHECKPOINT, 0, None
-    deadline = time.time() + 240
-    while time.time() < deadline and proc.poll() is None and seen < 2:
-        if ck.exists() and ck.stat().st_mtime_ns != last:
-            last, seen = ck.stat().st_mtime_ns, seen + 1
-        time.sleep(0.02)
-    assert proc.poll() is None, "the run ended before it could be killed"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.communicate()
+    ck = ckdir / train_mod.CHECKPOINT
+    kill_after_checkpoints(proc, ck, 2)
     st = torch.load(ck, weights_only=False)
     assert (st["epoch"], st["done"]) != (2, 0)  # really interrupted
     resumed = subprocess.run([*args, "--resume"], capture_output=True, text=True,

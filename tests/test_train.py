@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
+from kill_run import kill_after_checkpoints
 
 from rpuhw.errors import ConfigError
 from rpuhw.train import CHECKPOINT, TrainConfig, train
@@ -51,19 +49,7 @@ def test_killed_run_resumes_to_the_same_result(tmp_path):
             "--checkpoint", str(ckdir), "--out", str(tmp_path / "r.json")]
     proc = cli(*args)
     ck = ckdir / CHECKPOINT
-    deadline = time.time() + 240
-    seen = 0
-    last = None
-    while time.time() < deadline and proc.poll() is None:
-        if ck.exists() and ck.stat().st_mtime_ns != last:
-            last = ck.stat().st_mtime_ns
-            seen += 1
-            if seen >= 2:
-                break
-        time.sleep(0.05)
-    assert proc.poll() is None, "the run ended before it could be killed"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_after_checkpoints(proc, ck, 2)
     st = torch.load(ck, weights_only=False)
     assert (st["epoch"], st["done"]) != (2, 0)  # really interrupted
     resumed = cli(*args, "--resume")
