@@ -51,9 +51,12 @@ def _announce() -> None:
     global _announced
     _announced = True
     if _stream is not None:
-        print(message(), file=_stream, flush=True)
-    else:
-        log.info(message())
+        try:
+            print(message(), file=_stream, flush=True)
+            return
+        except (ValueError, OSError):  # the stream was closed (a CLI call in a process
+            pass  # that lives on, as under pytest): log instead of failing the compile
+    log.info(message())
 
 
 def install() -> None:

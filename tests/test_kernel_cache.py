@@ -255,3 +255,24 @@ def test_concurrent_saves_keep_every_entry_with_its_own_data(tmp_path):
             data = index.load(("key", w, k))
             assert data is not None and (data["worker"], data["k"]) == (w, k)
     assert len(list(tmp_path.glob("*.nbc"))) == workers * n  # nothing left unreferenced
+
+
+def test_a_closed_announcement_stream_does_not_fail_the_compile(caplog):
+    """A CLI call in a process that lives on (pytest's capture, a notebook) leaves its
+    closed stderr as the announcement stream: a later first compile logs the line
+    instead of raising from numba's compile event (it once failed a training run)."""
+    import io
+    import logging
+
+    from rpuhw import _compile_notice
+
+    stream = io.StringIO()
+    old = (_compile_notice._stream, _compile_notice._estimate_s)
+    _compile_notice.announce_to(stream)
+    stream.close()
+    try:
+        with caplog.at_level(logging.INFO, logger=_compile_notice.log.name):
+            _compile_notice._announce()
+    finally:
+        _compile_notice.announce_to(*old)
+    assert _compile_notice.message() in caplog.text
