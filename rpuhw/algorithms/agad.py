@@ -60,6 +60,7 @@ class DynamicTikiTaka(ChoppedTikiTaka):
 
     name = "agad"
     Params = AGADParams
+    dynamic_reference = True
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)

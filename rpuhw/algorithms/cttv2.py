@@ -20,23 +20,21 @@ as a bias, so A needs neither centring nor a reference (``centre_a`` defaults to
 With ``gamma > 0`` the weight is ``gamma (A - A_ref) diag(c) + C``.
 
 As aihwkit's ``ChoppedTransferCompound`` (only the input chopper: ``out_chop_prob``,
-``auto_scale``, ``auto_granularity``, ``correct_gradient_magnitudes`` and ``no_buffer``
-are not implemented; ``n_reads_per_transfer`` may be more than 1 here, see ``tt``), with
-two defaults from the
-device instead of aihwkit's fixed ones (and ``units_in_mbatch`` true, one transfer per
-mini-batch, as ``tt``; aihwkit's false transfers after every conv position):
-``scale_fast_lr`` is true (A learns at
-``fast_lr x lr``, as ``tt``; aihwkit's false is meant for its ``auto_scale``) and
-``transfer_lr`` None is the rule that an A entry at half A's weight range fills H by one
-pulse per transfer (``buffer_granularity dw_min_A / ((w_max_A - w_min_A)/2)``, at least
-``1 x lr``).
+``auto_granularity``, ``correct_gradient_magnitudes`` and ``no_buffer`` are not
+implemented; ``auto_scale`` is, per step, see ``tt``), with defaults from the device
+instead of aihwkit's fixed ones (``tt``'s: A auto-scaled, ``ceil(in / 8)`` columns read
+per transfer, each with its own chopper, where aihwkit allows one; ``units_in_mbatch``
+true, one transfer per mini-batch, where aihwkit's false transfers after every conv
+position) and ``transfer_lr`` None the rule that an A entry at ``A_SHARE`` (30 %) of
+half A's weight range fills H by one pulse per read (``buffer_granularity dw_min_A /
+(A_SHARE (w_max_A - w_min_A)/2)``, at least ``1 x lr``).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -119,6 +117,14 @@ class ChoppedTikiTaka(BufferedTikiTaka):
         self.chop.fill_(1.0)
         self.reads.zero_()
 
+    dynamic_reference: ClassVar[bool] = False
+    """Whether the read is taken against a reference estimated from A's reads
+    (``agad``)."""
+
+    def buffer_scale(self, lr: float) -> float:
+        """``|lr_t| / bg``: pulses added to H per weight unit read."""
+        return abs(self.transfer_lr(lr)) / self.buffer_granule()
+
     def buffer_granule(self) -> float:
         """``bg``: read of A (weight units) worth one pulse of C."""
         return self.params.buffer_granularity * self.dw_min("A")
@@ -141,12 +147,12 @@ class ChoppedTikiTaka(BufferedTikiTaka):
         compiled pass (:mod:`rpuhw.algorithms._tt_kernels`; ``agad`` with its
         reference), then one ``pulse`` of C where a count is non-zero."""
         p = self.params
-        agad = hasattr(self, "mu")
+        agad = self.dynamic_reference
         counts = torch.zeros(self.out_features, self.in_features, dtype=torch.int32)
         empty = np.zeros((0, 0))
         hits = _tt_kernels.chopped_transfer(
             np.ascontiguousarray(v.numpy()), idx.numpy(), self.chop.numpy(),
-            abs(self.transfer_lr(lr)) / self.buffer_granule(), self.H.numpy(), p.momentum,
+            self.buffer_scale(lr), self.H.numpy(), p.momentum,
             p.forget_buffer, counts.numpy(), agad,
             self.mu.numpy() if agad else empty, self.mu_p.numpy() if agad else empty,
             self.switched.numpy() if agad else np.zeros(0, np.bool_), self.reads.numpy(),
@@ -157,8 +163,7 @@ class ChoppedTikiTaka(BufferedTikiTaka):
     def buffer_increment(self, idx: torch.Tensor, v: torch.Tensor, lr: float) -> torch.Tensor:
         """``c_j v |lr_t| / bg`` [out, k] (pulses) for reads ``v`` [out, k] of columns
         ``idx`` [k]."""
-        s = abs(self.transfer_lr(lr)) / self.buffer_granule()
-        return v * (self.chop[idx].double() * s)
+        return v * (self.chop[idx].double() * self.buffer_scale(lr))
 
     def flip(self, idx: torch.Tensor) -> torch.Tensor:
         """Flip the choppers of columns ``idx`` [k] per the rule (after their reads);

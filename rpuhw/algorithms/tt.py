@@ -104,11 +104,12 @@ class TTParams:
     centre_a: bool | None = None
     """Centre A on its devices' symmetry points at ``set_weights`` and subtract them
     (``A_ref``) from every read of A (:func:`rpuhw.symmetry.relax_to_symmetry_points`:
-    ``3 K`` cycles of an up and a down pulse to every device, whole-array reads, ``K`` =
-    the number of states / 2). None (default): true where A is simulated with a device
-    model that has a symmetry point (not ``ideal`` or ``constant_step``); on hardware
-    only when asked (``true``: ~1,700 pulses per device, and a read of the whole array
-    after each pulse cycle)."""
+    ``3 K`` cycles of an up and a down pulse to every device, whole-array reads in the
+    last ``K``, ``K`` = the number of states / 2). None (default): true where A is
+    simulated with a device model that has a symmetry point (not ``ideal`` or
+    ``constant_step``); on hardware
+    only when asked (``true``: ~1,700 pulses per device and ~570 reads of the whole
+    array on the hidden device)."""
 
     def validate(self) -> None:
         require(math.isfinite(self.gamma) and self.gamma >= 0, "gamma",
@@ -258,13 +259,19 @@ class TikiTaka(Algorithm):
         """A's learning rate at SGD learning rate ``lr`` (with ``auto_scale``: from the
         running ``m_x``, ``m_d``; 0 before the first update or when they are 0)."""
         p = self.params
-        scale = (not p.auto_scale) if p.scale_fast_lr is None else p.scale_fast_lr
-        eta = p.fast_lr * lr if scale else p.fast_lr
+        eta = p.fast_lr * lr if self.scales_fast_lr else p.fast_lr
         if not p.auto_scale:
             return eta
         if not self.m_x or not self.m_d or lr == 0:  # lr 0 freezes the layer
             return 0.0
         return eta * self.plan.periphery.bl * self.dw_min("A") / (self.m_x * self.m_d)
+
+    @property
+    def scales_fast_lr(self) -> bool:
+        """``scale_fast_lr`` resolved: None is true without ``auto_scale``, false with
+        it."""
+        p = self.params
+        return (not p.auto_scale) if p.scale_fast_lr is None else p.scale_fast_lr
 
     def resolved_params(self, lr: float) -> dict[str, Any]:
         """The hyper-parameters this layer runs with at SGD learning rate ``lr``, in
@@ -273,8 +280,7 @@ class TikiTaka(Algorithm):
         p = self.params
         out = dataclasses.asdict(p)
         out["n_reads_per_transfer"] = self.reads_per_transfer
-        out["scale_fast_lr"] = (not p.auto_scale) if p.scale_fast_lr is None \
-            else p.scale_fast_lr
+        out["scale_fast_lr"] = self.scales_fast_lr
         if p.transfer_lr is None:
             t = self.transfer_lr(lr)
             out["transfer_lr"] = t / lr if p.scale_transfer_lr else t
