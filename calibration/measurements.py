@@ -4,7 +4,9 @@ CSV columns (header line, any order when loading; ``device, pulse, polarity,
 conductance`` required, the rest optional):
 
 ========== ======================================================================
-device     device id (int; row-major index ``row * cols + col`` when written by rpuhw)
+device     device id: any text (``chipA-d0``) or an integer (rpuhw writes the row-major
+           index ``row * cols + col``); loaded as codes 0..n-1 in order of first
+           appearance, :attr:`Measurements.device_ids` maps them back
 row, col   array position of the device (int; -1 when unknown)
 cycle      cycle number, 0-based (0 when absent)
 pulse      pulses applied in this half-cycle before the read: 0 = the read before
@@ -15,12 +17,15 @@ polarity   +1 potentiation (up), -1 depression (down), 0 a read-noise row
 conductance measured conductance (S)
 time_s     seconds since the start of the measurement
 read_voltage read voltage (V)
+read       read index 0..K-1 after the same pulse when each pulse is read K times
+           (0 when absent; a file without the column whose ``(device, cycle,
+           polarity, pulse)`` rows repeat gets the index from the order of repetition)
 ========== ======================================================================
 
 Steps: the change of conductance at pulse k of (device, cycle, polarity) is
-``g[k] - g[k-1]``; when the ``pulse = 0`` read is missing, the first step of a
-half-cycle uses the last read of the previous half-cycle of the same device,
-if any, else it is dropped.
+``g[k] - g[k-1]``, with ``g[k]`` the mean of the K reads after pulse k; when the
+``pulse = 0`` read is missing, the first step of a half-cycle uses the last read of
+the previous half-cycle of the same device, if any, else it is dropped.
 """
 
 from __future__ import annotations
@@ -44,8 +49,12 @@ from rpuhw._io import atomic_write, remove_stale_temps
 from rpuhw.errors import ConfigError
 
 COLUMNS = ("device", "row", "col", "cycle", "pulse", "polarity", "conductance", "time_s",
-           "read_voltage")
+           "read_voltage", "read")
 """Columns rpuhw writes, in this order."""
+
+OLD_COLUMNS = COLUMNS[:-1]
+"""The header of files written before the ``read`` column: still loaded and resumed (a
+resumed old file gets rows without ``read``)."""
 
 REQUIRED = ("device", "pulse", "polarity", "conductance")
 """Columns a user's file must have."""
@@ -56,7 +65,7 @@ class Measurements:
     """Rows of a measurement, as parallel numpy arrays (one entry per read)."""
 
     device: np.ndarray
-    """int64 device ids."""
+    """int64 device codes 0..n-1 (:attr:`device_ids` holds each code's id in the file)."""
     pulse: np.ndarray
     """int64 pulse index within the half-cycle (repeat index for read-noise rows)."""
     polarity: np.ndarray
@@ -77,13 +86,53 @@ class Measurements:
     """Sidecar JSON content (settings, instrument snapshot, version, date)."""
     source: str = "<measurements>"
     """Where the rows came from (for messages)."""
+    read: np.ndarray | None = None
+    """int64 read index 0..K-1 after the same pulse (None: one read per pulse)."""
+    device_ids: list[str] = field(default_factory=list)
+    """The file's id of each device code (``device_ids[code]``), in order of first
+    appearance; integer ids as their decimal text. Empty when constructed without: filled
+    with ``str(code)``."""
+
+    def __post_init__(self) -> None:
+        if not self.device_ids and len(self.device):
+            self.device_ids = [str(c) for c in range(int(np.max(self.device)) + 1)]
 
     def __len__(self) -> int:
         return len(self.device)
 
+    def device_name(self, code: int) -> str:
+        """The file's id of device ``code`` (``"chipA-d0"``, ``"17"``) for messages and
+        per-device output."""
+        code = int(code)
+        return self.device_ids[code] if 0 <= code < len(self.device_ids) else str(code)
+
+    def ids(self) -> np.ndarray:
+        """int64 per-row device ids as written in the file (rpuhw's ``row * cols + col``);
+        a ConfigError naming the file when an id is not an integer."""
+        try:
+            table = np.array([int(t) for t in self.device_ids], dtype=np.int64)
+        except ValueError:
+            bad = next(t for t in self.device_ids if not _is_int(t))
+            raise ConfigError(f"device id {bad!r} is not an integer (expected the row-major "
+                              "index an rpuhw measurement writes)", source=self.source) \
+                from None
+        return table[self.device] if len(self.device) else np.zeros(0, dtype=np.int64)
+
+    def reads(self) -> np.ndarray:
+        """Read index of each row (zeros when :attr:`read` is None)."""
+        return self.read if self.read is not None else np.zeros(len(self), dtype=np.int64)
+
     def cycles(self) -> np.ndarray:
         """Cycle numbers (zeros when the file had none)."""
         return self.cycle if self.cycle is not None else np.zeros(len(self), dtype=np.int64)
+
+
+def _is_int(text: str) -> bool:
+    try:
+        int(text)
+    except ValueError:
+        return False
+    return True
 
 
 # ---- writing ---------------------------------------------------------------------------
@@ -142,7 +191,9 @@ class MeasurementWriter:
         meta: sidecar content (``settings``, ``instrument``, ...); ``rpuhw_version`` and
             ``date`` (ISO 8601) are added when absent.
         resume: append to an existing file instead of creating it. The header must be
-            rpuhw's; a last line cut short by a kill is removed; the rows already there
+            rpuhw's (:data:`COLUMNS`, or :data:`OLD_COLUMNS` of files written before the
+            ``read`` column: their new rows are written without it); a last line cut short
+            by a kill is removed; the rows already there
             are available as :attr:`existing`. The sidecar keeps its ``date`` and gets
             an entry ``{"at": ISO time, "row": rows before the resume, "jumps": {}}``
             appended to ``resumed`` (read back by :func:`resume_points`;
@@ -166,6 +217,8 @@ class MeasurementWriter:
         """Rows appended by this writer."""
         self._last_sync = time.monotonic()
         self._sidecar_due = False  # a resume's sidecar waits for its first row
+        self.columns: tuple[str, ...] = COLUMNS
+        """The file's columns (:data:`OLD_COLUMNS` when resuming an old file)."""
         if resume:
             self._prepare_resume()
             old = self.existing.meta if self.existing is not None else {}
@@ -187,7 +240,9 @@ class MeasurementWriter:
         with open(self.path, "rb+") as fh:
             data = fh.read()
             header = data.split(b"\n", 1)[0].decode(errors="replace").strip()
-            if header != ",".join(COLUMNS):
+            if header == ",".join(OLD_COLUMNS):
+                self.columns = OLD_COLUMNS
+            elif header != ",".join(COLUMNS):
                 raise ConfigError(f"line 1: not an rpuhw measurement header (expected "
                                   f"{','.join(COLUMNS)!r}, got {header!r}); cannot resume it",
                                   source=str(self.path))
@@ -204,20 +259,30 @@ class MeasurementWriter:
         self.close()
 
     def write(self, rows: Iterable[Sequence[Any] | dict[str, Any]]) -> int:
-        """Append rows (sequences in :data:`COLUMNS` order, or dicts keyed by column).
+        """Append rows (sequences in :data:`COLUMNS` or :data:`OLD_COLUMNS` order, the
+        latter read 0; or dicts keyed by column).
 
         Missing dict keys and None/NaN values are written as empty fields. Returns the
-        number of rows written.
+        number of rows written. A file resumed with the old header takes only rows of
+        read 0 (written without the column).
         """
         if self._closed:
             raise ValueError(f"{self.path}: writer is closed")
         lines = []
+        old = self.columns is OLD_COLUMNS
         for row in rows:
             if isinstance(row, dict):
                 row = [row.get(c) for c in COLUMNS]
+            if len(row) == len(OLD_COLUMNS):
+                row = [*row, 0]
             if len(row) != len(COLUMNS):
                 raise ValueError(f"row: expected {len(COLUMNS)} values ({', '.join(COLUMNS)}), "
                                  f"got {len(row)}")
+            if old:
+                if row[-1] not in (None, 0):
+                    raise ValueError(f"{self.path}: a file with the old header (no 'read' "
+                                     f"column) cannot take read {row[-1]!r}")
+                row = row[:-1]
             lines.append(",".join(map(_fmt, row)))
         if not lines:
             return 0
@@ -278,7 +343,7 @@ _POLARITY = {
     "-1": -1, "-1.0": -1, "down": -1, "dep": -1, "depression": -1, "reset": -1,
     "0": 0, "0.0": 0, "+0": 0, "-0": 0, "read": 0,
 }
-_INT_COLUMNS = ("device", "row", "col", "cycle", "pulse")
+_INT_COLUMNS = ("row", "col", "cycle", "pulse", "read")
 _FLOAT_COLUMNS = ("conductance", "time_s", "read_voltage")
 
 
@@ -307,6 +372,62 @@ def _parse_ints(values: list[str], lines: list[int], ci: int, name: str, source:
         if not math.isfinite(v) or v != int(v):
             raise _where(source, lines[k], ci, name, f"expected an integer, got {text!r}")
         out[k] = int(v)
+    return out
+
+
+def _parse_devices(values: list[str], lines: list[int], ci: int, source: str
+                   ) -> tuple[np.ndarray, list[str]]:
+    """Device codes 0..n-1 in order of first appearance, and the id of each code.
+
+    Integer ids (``7``, ``7.0``) must be >= 0 and are kept as their decimal text; any
+    other non-empty text is an id as it stands (stripped)."""
+    try:
+        ints = np.asarray(values, dtype=np.int64)
+    except ValueError:
+        ints = None
+    if ints is not None:
+        if (ints < 0).any():
+            k = int(np.argmax(ints < 0))
+            raise _where(source, lines[k], ci, "device", f"must be >= 0, got {values[k]!r}")
+        names = ints
+    else:
+        texts = []
+        for k, text in enumerate(values):
+            t = text.strip()
+            if not t:
+                raise _where(source, lines[k], ci, "device", "empty device id")
+            try:
+                v = float(t)
+            except ValueError:
+                v = None
+            if v is not None and math.isfinite(v) and v == int(v):
+                if v < 0:
+                    raise _where(source, lines[k], ci, "device", f"must be >= 0, got {text!r}")
+                t = str(int(v))
+            texts.append(t)
+        names = np.asarray(texts, dtype=str)
+    if not len(names):
+        return np.zeros(0, dtype=np.int64), []
+    uniq, first, inverse = np.unique(names, return_index=True, return_inverse=True)
+    order = np.argsort(first, kind="stable")
+    code = np.empty(len(uniq), dtype=np.int64)
+    code[order] = np.arange(len(uniq))
+    return code[inverse.reshape(-1)], [str(uniq[o]) for o in order]
+
+
+def _infer_reads(device: np.ndarray, cycle: np.ndarray | None, polarity: np.ndarray,
+                 pulse: np.ndarray) -> np.ndarray:
+    """Read index of each row: its repetition number among the earlier rows of the same
+    ``(device, cycle, polarity, pulse)`` (0 for the first), in file order."""
+    n = len(device)
+    cyc = cycle if cycle is not None else np.zeros(n, dtype=np.int64)
+    order = np.lexsort((np.arange(n), pulse, polarity, cyc, device))
+    d, c, p, k = device[order], cyc[order], polarity[order], pulse[order]
+    new = np.r_[True, (d[1:] != d[:-1]) | (c[1:] != c[:-1]) | (p[1:] != p[:-1])
+                | (k[1:] != k[:-1])] if n else np.zeros(0, dtype=bool)
+    start = np.maximum.accumulate(np.where(new, np.arange(n), 0)) if n else new
+    out = np.empty(n, dtype=np.int64)
+    out[order] = np.arange(n) - start
     return out
 
 
@@ -481,7 +602,9 @@ def load_measurements(path: str | Path, *, partial: bool = False) -> Measurement
     data: dict[str, np.ndarray] = {}
     for ci, name in enumerate(header):
         values = columns[ci]
-        if name in _INT_COLUMNS:
+        if name == "device":
+            data[name], device_ids = _parse_devices(values, lines, ci, source)
+        elif name in _INT_COLUMNS:
             data[name] = _parse_ints(values, lines, ci, name, source,
                                      optional=name not in REQUIRED)
         elif name in _FLOAT_COLUMNS:
@@ -496,8 +619,8 @@ def load_measurements(path: str | Path, *, partial: bool = False) -> Measurement
         ci = header.index("conductance")
         raise _where(source, lines[k], ci, "conductance",
                      f"must be >= 0 siemens, got {columns[ci][k]!r}")
-    for name in ("device", "pulse"):
-        if (data[name] < 0).any():
+    for name in ("pulse", "read"):
+        if name in data and (data[name] < 0).any():
             k = int(np.argmax(data[name] < 0))
             ci = header.index(name)
             raise _where(source, lines[k], ci, name, f"must be >= 0, got {columns[ci][k]!r}")
@@ -506,11 +629,15 @@ def load_measurements(path: str | Path, *, partial: bool = False) -> Measurement
         only = "up (+1)" if (pol > 0).any() else "down (-1)"
         raise ConfigError(f"needs both up and down pulses, but every pulse row is {only}",
                           source=source)
+    read = data.get("read")
+    if read is None:
+        read = _infer_reads(data["device"], data.get("cycle"), pol, data["pulse"])
     return Measurements(
         device=data["device"], pulse=data["pulse"], polarity=pol, conductance=g,
         cycle=data.get("cycle"), row=data.get("row"), col=data.get("col"),
         time_s=data.get("time_s"), read_voltage=data.get("read_voltage"), meta=meta,
-        source=source)
+        source=source, read=read if len(read) and read.max() > 0 else None,
+        device_ids=device_ids)
 
 
 class ResumePoint(NamedTuple):
@@ -581,22 +708,33 @@ def steps(m: Measurements) -> dict[tuple[int, int, int], StepTrace]:
     down. The step of pulse ``k`` goes from the read at ``pulse = k - 1`` to the read at
     ``pulse = k``; when ``k = 1`` has no ``pulse = 0`` read, the last read of the
     previous half-cycle of the same device stands in (if there is one), else the step
-    is dropped; a step whose earlier read is missing is dropped too. Duplicate
-    ``(device, cycle, polarity, pulse)`` rows: the first in the file is used.
+    is dropped; a step whose earlier read is missing is dropped too. With K reads per
+    pulse (:attr:`Measurements.read`) the conductance at a pulse is the mean of its reads
+    (read noise / sqrt(K)). Duplicate ``(device, cycle, polarity, pulse, read)`` rows: the
+    first in the file is used.
     """
     sel = np.flatnonzero(m.polarity != 0)
     dev = m.device[sel]
     cyc = m.cycles()[sel]
     pol = m.polarity[sel].astype(np.int64)
     pul = m.pulse[sel]
+    rd = m.reads()[sel]
     g = m.conductance[sel]
     half = 2 * cyc + (pol < 0)  # order of half-cycles: cycle, then up before down
-    order = np.lexsort((np.arange(len(sel)), pul, half, dev))
-    dev, half, pul, g, pol = dev[order], half[order], pul[order], g[order], pol[order]
+    order = np.lexsort((np.arange(len(sel)), rd, pul, half, dev))
+    dev, half, pul, g, pol, rd = (dev[order], half[order], pul[order], g[order], pol[order],
+                                  rd[order])
     keep = np.ones(len(dev), dtype=bool)
     if len(dev) > 1:
-        keep[1:] = ~((dev[1:] == dev[:-1]) & (half[1:] == half[:-1]) & (pul[1:] == pul[:-1]))
+        keep[1:] = ~((dev[1:] == dev[:-1]) & (half[1:] == half[:-1]) & (pul[1:] == pul[:-1])
+                     & (rd[1:] == rd[:-1]))
     dev, half, pul, g, pol = dev[keep], half[keep], pul[keep], g[keep], pol[keep]
+    if m.read is not None and len(dev):  # the mean of the K reads of each pulse
+        first = np.flatnonzero(np.r_[True, (dev[1:] != dev[:-1]) | (half[1:] != half[:-1])
+                                     | (pul[1:] != pul[:-1])])
+        counts = np.diff(np.r_[first, len(dev)])
+        g = np.add.reduceat(g, first) / counts
+        dev, half, pul, pol = dev[first], half[first], pul[first], pol[first]
     out: dict[tuple[int, int, int], StepTrace] = {}
     if not len(dev):
         return out

@@ -228,15 +228,27 @@ class Step:
     """Pulse index (or repeat index) of the rows."""
     pulses: int
     """Signed pulse count applied before the read (0: read only)."""
+    read: int = 0
+    """Read index after the same pulse (0..K-1 with K reads per pulse)."""
 
 
-def pulse_response_plan(pulses: int, cycles: int) -> list[Step]:
-    """Steps of the pulse-response protocol (see the module docstring)."""
-    plan = []
+def noise_first_plan(noise_reads: int) -> list[Step]:
+    """The read-noise block run before a pulse response: ``noise_reads`` reads at the start
+    state, rows ``(cycle 0, polarity 0, pulse = repeat)`` as in :func:`read_noise`."""
+    return [Step(0, 0, r, 0) for r in range(noise_reads)]
+
+
+def pulse_response_plan(pulses: int, cycles: int, reads: int = 1,
+                        noise_reads: int = 0) -> list[Step]:
+    """Steps of the pulse-response protocol (see the module docstring): ``reads`` (K)
+    reads after each pulse (rows ``read`` 0..K-1), after :func:`noise_first_plan` of
+    ``noise_reads``."""
+    plan = noise_first_plan(noise_reads)
     for c in range(cycles):
         for pol in (1, -1):
-            plan.append(Step(c, pol, 0, 0))
-            plan.extend(Step(c, pol, k, pol) for k in range(1, pulses + 1))
+            for k in range(pulses + 1):
+                plan.extend(Step(c, pol, k, pol if k and not r else 0, r)
+                            for r in range(reads))
     return plan
 
 
@@ -261,30 +273,35 @@ def _positive(value: Any, name: str, zero: bool = False) -> int:
 
 
 def _done_rows(existing: Measurements | None, devices: list[Device], cols: int
-               ) -> dict[tuple[int, int, int], set[int]]:
-    """(cycle, polarity, pulse) -> device ids already measured; refuses foreign devices."""
-    done: dict[tuple[int, int, int], set[int]] = {}
+               ) -> dict[tuple[int, int, int, int], set[int]]:
+    """(cycle, polarity, pulse, read) -> device ids (``row * cols + col``) already
+    measured; refuses foreign devices."""
+    done: dict[tuple[int, int, int, int], set[int]] = {}
     if existing is None or not len(existing):
         return done
     ids = {i * cols + j for i, j in devices}
-    foreign = set(np.unique(existing.device).tolist()) - ids
+    file_ids = existing.ids()
+    foreign = set(np.unique(file_ids).tolist()) - ids
     if foreign:
         raise ConfigError(f"the file has rows of device(s) {sorted(foreign)[:5]} that are not "
                           "among the chosen devices; resume with the original --devices",
                           source=existing.source)
     cyc = existing.cycles()
-    for d, c, p, k in zip(existing.device.tolist(), cyc.tolist(),
-                          existing.polarity.tolist(), existing.pulse.tolist(), strict=True):
-        done.setdefault((c, p, k), set()).add(d)
+    for d, c, p, k, r in zip(file_ids.tolist(), cyc.tolist(), existing.polarity.tolist(),
+                             existing.pulse.tolist(), existing.reads().tolist(), strict=True):
+        done.setdefault((c, p, k, r), set()).add(d)
     return done
 
 
 def _segments(m: Measurements) -> tuple[np.ndarray, np.ndarray]:
     """Row indices of ``m`` sorted by (device, cycle, polarity, pulse) and, for each
     sorted position, whether the next row is the next read of the same half-cycle
-    (read-noise level) of the same device."""
+    (read-noise level) of the same device. Only the first read after each pulse
+    (``read == 0``) takes part (the others are not in ``order``)."""
     cyc = m.cycles()
-    order = np.lexsort((m.pulse, m.polarity, cyc, m.device))
+    first = np.flatnonzero(m.reads() == 0)
+    order = first[np.lexsort((m.pulse[first], m.polarity[first], cyc[first],
+                              m.device[first]))]
     d, c, p, k = m.device[order], cyc[order], m.polarity[order], m.pulse[order]
     nxt = (d[1:] == d[:-1]) & (c[1:] == c[:-1]) & (p[1:] == p[:-1]) & (k[1:] == k[:-1] + 1)
     return order, nxt
@@ -312,13 +329,14 @@ def check_resume_state(array: CrossPointArray, devices: list[Device], plan: list
     ids = [i * cols + j for i, j in devices]
     if not len(existing):
         return {}
+    file_ids = existing.ids()
     last_row: dict[int, int] = {}
-    for n, d in enumerate(existing.device.tolist()):  # the file is in time order
+    for n, d in enumerate(file_ids.tolist()):  # the file is in time order
         last_row[d] = n
     done = _done_rows(existing, devices, cols)
     first_missing: dict[int, Step] = {}
     for s in plan:
-        have = done.get((s.cycle, s.polarity, s.pulse), ())
+        have = done.get((s.cycle, s.polarity, s.pulse, s.read), ())
         for d in ids:
             if d not in first_missing and d not in have:
                 first_missing[d] = s
@@ -337,7 +355,7 @@ def check_resume_state(array: CrossPointArray, devices: list[Device], plan: list
     dd = (gs[2:] - 2 * gs[1:-1] + gs[:-2])[second]
     pulsed = nxt & (existing.polarity[order][:-1] != 0)
     step = np.abs(np.diff(gs))[pulsed]
-    step_dev = existing.device[order][:-1][pulsed]
+    step_dev = file_ids[order][:-1][pulsed]
     nominal = abs(float(array.info().dw_min) * float(to_g(1.0) - to_g(0.0)))
     allowance = []
     for n in check:
@@ -408,7 +426,7 @@ def run_plan(array: CrossPointArray, devices: list[Device], plan: list[Step],
         finite = writer.existing.time_s[np.isfinite(writer.existing.time_s)]
         t_offset = float(finite.max()) if len(finite) else 0.0
     todo = [(k, s) for k, s in enumerate(plan)
-            if len(done.get((s.cycle, s.polarity, s.pulse), ())) < len(devices)]
+            if len(done.get((s.cycle, s.polarity, s.pulse, s.read), ())) < len(devices)]
     from rpuhw.progress import progress_bar  # a bar on a terminal, lines in a log
 
     bar = progress_bar(len(plan), initial=len(plan) - len(todo), desc=desc, unit="step",
@@ -417,7 +435,7 @@ def run_plan(array: CrossPointArray, devices: list[Device], plan: list[Step],
     written = 0
     try:
         for k, s in todo:
-            have = done.get((s.cycle, s.polarity, s.pulse), set())
+            have = done.get((s.cycle, s.polarity, s.pulse, s.read), set())
             sel = [n for n, d in enumerate(ids) if d not in have]
             if len(sel) == len(devices) and s.pulses:
                 counts = torch.zeros(array.rows, array.cols, dtype=torch.int32)
@@ -428,7 +446,7 @@ def run_plan(array: CrossPointArray, devices: list[Device], plan: list[Step],
             g = to_g(read_chosen(array, chosen))
             t = t_offset + time.monotonic() - t0
             rows = [(ids[n], devices[n][0], devices[n][1], s.cycle, s.pulse, s.polarity,
-                     float(g[q]), round(t, 6), v_read) for q, n in enumerate(sel)]
+                     float(g[q]), round(t, 6), v_read, s.read) for q, n in enumerate(sel)]
             written += writer.write(rows)
             if bar is not None:
                 bar.update(1)
@@ -569,7 +587,7 @@ def symmetry_point(array: CrossPointArray, devices: list[Device], writer: Measur
             writer.record_jumps(jumps)
         w_old = to_g.inverse(existing.conductance)
         reads: dict[int, list[tuple[int, int, int, float]]] = {d: [] for d in ids}
-        for d, c, p, k, w in zip(existing.device.tolist(), existing.cycles().tolist(),
+        for d, c, p, k, w in zip(existing.ids().tolist(), existing.cycles().tolist(),
                                  existing.polarity.tolist(), existing.pulse.tolist(),
                                  w_old.tolist(), strict=True):
             reads[d].append((c, p, k, w))
@@ -634,24 +652,27 @@ def symmetry_points_of(m: Measurements, window: int | None = None,
         float(cmap["g_min"]), float(cmap["g_max"]), float(cmap["w_min"]), float(cmap["w_max"]))
     slope = float(to_g(1.0) - to_g(0.0))
     w_all = to_g.inverse(m.conductance)
-    restarts: dict[int, int] = {}  # device -> first row after an accepted jump
+    restarts: dict[str, int] = {}  # device id -> first row after an accepted jump
     for point in resume_points(m.meta, m.source):
         for d in (point.jumps or {}):
-            restarts[int(d)] = max(restarts.get(int(d), 0), int(point.row or 0))
+            restarts[str(d)] = max(restarts.get(str(d), 0), int(point.row or 0))
     cyc = m.cycles()
     out = []
     rows_col = m.row if m.row is not None else np.full(len(m), -1)
     cols_col = m.col if m.col is not None else np.full(len(m), -1)
-    for d in sorted(set(m.device.tolist())):
+    names = [m.device_name(c) for c in range(len(m.device_ids))]
+    numeric = all(t.isdigit() for t in names)
+    for d in sorted(set(m.device.tolist()), key=lambda c: int(names[c]) if numeric else c):
+        name = int(names[d]) if numeric else names[d]
         sel = np.flatnonzero((m.device == d) & (m.pulse >= 1)
-                             & (np.arange(len(m)) >= restarts.get(d, 0)))
+                             & (np.arange(len(m)) >= restarts.get(str(name), 0)))
         sums: dict[int, list[float]] = {}
         for q in sel.tolist():
             sums.setdefault(int(cyc[q]), []).append(float(w_all[q]))
         means = [float(np.mean(v)) for c, v in sorted(sums.items()) if len(v) == 2 * n]
         sp, se = settled_estimate(means, window)
         first = int(np.flatnonzero(m.device == d)[0])
-        out.append({"device": int(d), "row": int(rows_col[first]), "col": int(cols_col[first]),
+        out.append({"device": name, "row": int(rows_col[first]), "col": int(cols_col[first]),
                     "symmetry_point": sp, "stderr": se,
                     "symmetry_point_conductance": float(to_g(sp)),
                     "stderr_conductance": abs(slope) * se,

@@ -50,9 +50,10 @@ def test_round_trip_exact_and_sidecar(tmp_path):
     m = load_measurements(path)
     assert len(m) == len(rows)
     ref = np.array(rows, dtype=object)
-    for ci, name in enumerate(COLUMNS):
+    for ci, name in enumerate(COLUMNS[:-1]):  # 9-value rows: read 0, loaded as None
         got = getattr(m, name)
         np.testing.assert_array_equal(got, ref[:, ci].astype(got.dtype), err_msg=name)
+    assert m.read is None and m.device_ids == ["0", "1", "2"]
     assert m.meta["complete"] is True and m.source == str(path)
 
 
@@ -66,7 +67,7 @@ def test_dict_rows_and_empty_optional_fields(tmp_path):
     m = load_measurements(path)
     assert m.polarity.tolist() == [1, -1]
     assert m.row.tolist() == [-1, -1] and np.isnan(m.time_s).all()
-    with pytest.raises(ValueError, match="expected 9 values"):
+    with pytest.raises(ValueError, match="expected 10 values"):
         MeasurementWriter(tmp_path / "x.csv", {}).write([(1, 2, 3)])
 
 
@@ -77,7 +78,9 @@ def test_user_file_other_column_order_and_words(tmp_path):
                     "1.0e-6,reset,2,7,d\n1.0e-6,read,0,7,e\n")
     m = load_measurements(path)
     assert m.polarity.tolist() == [1, 1, -1, -1, 0]
-    assert m.device.tolist() == [7] * 5 and m.pulse.tolist() == [0, 1, 1, 2, 0]
+    assert m.device.tolist() == [0] * 5 and m.pulse.tolist() == [0, 1, 1, 2, 0]
+    assert m.device_ids == ["7"] and m.device_name(0) == "7" and m.ids().tolist() == [7] * 5
+    assert m.read is None  # (device, cycle, polarity, pulse) never repeats
     np.testing.assert_array_equal(m.conductance, [1e-6, 1.1e-6, 1.05e-6, 1e-6, 1e-6])
     assert m.cycle is None and m.cycles().tolist() == [0] * 5
     assert m.row is None and m.time_s is None and m.meta == {}
@@ -101,7 +104,11 @@ BAD = [  # (file text, line, column number, column name, words in the message)
      "finite"),
     ("conductance,polarity,pulse,device\n1e-6,1,0,0\n1e-6,sideways,1,0\n", 3, 2, "polarity",
      "sideways"),
-    ("device,pulse,polarity,conductance\n0,0,1,1e-6\nx1,1,-1,1e-6\n", 3, 1, "device",
+    ("device,pulse,polarity,conductance\n0,0,1,1e-6\n ,1,-1,1e-6\n", 3, 1, "device",
+     "empty device id"),
+    ("device,pulse,polarity,conductance\n0,0,1,1e-6\n-2,1,-1,1e-6\n", 3, 1, "device",
+     "must be >= 0"),
+    ("device,pulse,polarity,conductance,read\n0,0,1,1e-6,0\n0,1,-1,1e-6,x\n", 3, 5, "read",
      "integer"),
     ("device,pulse,polarity,conductance\n0,0,1,1e-6\n0,1.5,-1,1e-6\n", 3, 2, "pulse",
      "integer"),
@@ -275,3 +282,100 @@ def test_steps_duplicates_use_first_row():
     m = _m([(0, 0, 1, 0, 1.0), (0, 0, 1, 1, 2.0), (0, 0, 1, 1, 7.0)], cycle=False)
     st = steps(m)
     assert st[(0, 0, 1)].after.tolist() == [2.0]
+
+
+# ---- device ids of any text, K reads per pulse, old headers ----------------------------
+
+
+def test_string_device_ids_round_trip(tmp_path):
+    path = tmp_path / "lab.csv"
+    path.write_text("device,cycle,pulse,polarity,conductance\n"
+                    "chipA-d1,0,0,up,1.0e-6\nchipA-d0,0,0,up,2.0e-6\nchipA-d1,0,1,up,1.1e-6\n"
+                    "chipA-d0,0,1,up,2.1e-6\nchipA-d1,0,0,down,1.1e-6\n"
+                    "chipA-d0,0,0,down,2.1e-6\n7,0,0,down,3.0e-6\n7.0,0,1,down,2.9e-6\n")
+    m = load_measurements(path)
+    assert m.device_ids == ["chipA-d1", "chipA-d0", "7"]  # first appearance; 7.0 is 7
+    assert m.device.tolist() == [0, 1, 0, 1, 0, 1, 2, 2] and m.device.dtype == np.int64
+    assert [m.device_name(c) for c in range(3)] == ["chipA-d1", "chipA-d0", "7"]
+    with pytest.raises(ConfigError, match="lab.csv: device id 'chipA-d1' is not an integer"):
+        m.ids()
+    st = steps(m)  # keyed by code
+    assert st[(1, 0, 1)].after.tolist() == [2.1e-6]
+    # an rpuhw file keeps its integer ids through the codes
+    out = tmp_path / "m.csv"
+    with MeasurementWriter(out, META) as w:
+        w.write([(d, 0, d, 0, k, p, 1e-6 + k * 1e-8, 0.0, 0.2, 0)
+                 for p in (1, -1) for k in range(2) for d in (5, 2, 9)])
+        w.finish()
+    m = load_measurements(out)
+    assert m.device_ids == ["5", "2", "9"] and m.device.tolist()[:3] == [0, 1, 2]
+    assert m.ids().tolist()[:3] == [5, 2, 9]
+
+
+def _k_reads_rows(k_reads, n_dev=2, pulses=3):
+    """(device, cycle, polarity, pulse, read, g): K reads after each pulse, read r of
+    pulse k at level k + r / 100 (so the K-read mean is level k + (K - 1) / 200)."""
+    rows = []
+    for pol in (1, -1):
+        for k in range(pulses + 1):
+            for r in range(k_reads):
+                for d in range(n_dev):
+                    level = (k if pol > 0 else pulses - k) + r / 100
+                    rows.append((d, 0, pol, k, r, 1e-6 + d * 1e-6 + level * 1e-7))
+    return rows
+
+
+@pytest.mark.parametrize("with_column", [True, False])
+def test_k_reads_per_pulse_load_and_average(tmp_path, with_column):
+    rows = _k_reads_rows(4)
+    path = tmp_path / "k.csv"
+    head = "device,cycle,polarity,pulse" + (",read" if with_column else "") + ",conductance\n"
+    body = "".join(f"{d},{c},{p},{k}" + (f",{r}" if with_column else "") + f",{g!r}\n"
+                   for d, c, p, k, r, g in rows)
+    path.write_text(head + body)
+    m = load_measurements(path)
+    # without the column the read index is the repetition order of the same key
+    assert m.read is not None and m.read.tolist() == [r[4] for r in rows]
+    st = steps(m)
+    for d in (0, 1):
+        # every step is between K-read means one level apart: exactly 1e-7 (the +r/100
+        # offsets cancel in the mean), not the 1e-7 - 3e-9 of read 3 -> read 0
+        np.testing.assert_allclose(st[(d, 0, 1)].after - st[(d, 0, 1)].before, 1e-7,
+                                   rtol=1e-9)
+        np.testing.assert_allclose(st[(d, 0, -1)].after - st[(d, 0, -1)].before, -1e-7,
+                                   rtol=1e-9)
+        assert st[(d, 0, 1)].before[0] == pytest.approx(1e-6 + d * 1e-6 + 0.015e-7,
+                                                        rel=1e-12)
+
+
+def test_read_column_written_and_loaded(tmp_path):
+    path = tmp_path / "m.csv"
+    with MeasurementWriter(path, META) as w:
+        w.write([(0, 0, 0, 0, k, p, 1e-6 + r * 1e-9, 0.0, 0.2, r)
+                 for p in (1, -1) for k in range(2) for r in range(3)])
+        w.finish()
+    m = load_measurements(path)
+    assert m.read.tolist() == [0, 1, 2] * 4 and m.read.dtype == np.int64
+
+
+def test_old_header_loads_and_resumes(tmp_path):
+    """A file written before the ``read`` column (old header) loads and resumes; the
+    resumed rows have no read column either."""
+    from rpuhw.calibration.measurements import OLD_COLUMNS
+
+    path = tmp_path / "old.csv"
+    rows = _rows(n_dev=2, pulses=3)
+    path.write_text(",".join(OLD_COLUMNS) + "\n" + "".join(
+        ",".join(map(repr, r)) + "\n" for r in rows[:5]))
+    sidecar_path(path).write_text(json.dumps({**META, "complete": False}))
+    w = MeasurementWriter(path, META, resume=True)
+    assert w.columns == OLD_COLUMNS and len(w.existing) == 5
+    with pytest.raises(ValueError, match="old header"):
+        w.write([(*rows[5], 1)])
+    w.write([(*r, 0) for r in rows[5:7]] + rows[7:])
+    w.finish()
+    lines = path.read_text().splitlines()
+    assert lines[0] == ",".join(OLD_COLUMNS) and {ln.count(",") for ln in lines} == {8}
+    m = load_measurements(path)
+    np.testing.assert_array_equal(m.conductance, [r[6] for r in rows])
+    assert m.read is None
