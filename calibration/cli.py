@@ -320,45 +320,80 @@ exit status: 0 written; 1 the fit is not trustworthy (nothing written, see the r
 @COMMANDS.register
 class Validate(Command):
     name = "validate"
-    help = "compare a fitted device YAML with the measurements"
-    description = ("Replay the measured protocol on a device YAML's simulator and compare the "
-                   "statistics.")
-    epilog = """example:
-  rpuhw validate --device device.yaml --measurements meas.csv --report validate.json
+    help = "posterior-predictive checks of a device YAML against the measurements"
+    description = ("Replay the measured protocol on replicas of the device YAML's simulator "
+                   "and compare four statistics the fit did not target (step size against "
+                   "state, the devices' saturation levels, the autocorrelation of step "
+                   "residuals, up/down asymmetry per cycle) with the replicas' spread.")
+    epilog = """examples:
+  rpuhw validate device.yaml meas.csv
+  rpuhw validate device.yaml meas.csv --report validate.json --plot validate.png
+  rpuhw validate --device device.yaml --measurements meas.csv --replicas 199 --alpha 0.01
 
-exit status: 0 pass, 1 fail, 2 bad input.
+Each check prints one line: the component that differs most, measured against simulated
+(mean +- standard deviation over the replicas), and its posterior-predictive p-value; it
+fails at p <= alpha / 4 when the difference is also larger than its effect floor
+(docs/calibration.md, "Validation").
+
+exit status: 0 every check passes; 1 a check fails (named); 2 bad input.
 """
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         p = parser
-        p.add_argument("--device", required=True, help="device YAML (e.g. from rpuhw fit)")
-        p.add_argument("--measurements", required=True, help="measurement CSV")
-        p.add_argument("--report", help="write the figures as JSON here")
+        p.add_argument("device_pos", nargs="?", metavar="DEVICE.yaml",
+                       help="device YAML (e.g. from rpuhw fit)")
+        p.add_argument("measurements_pos", nargs="?", metavar="MEAS.csv",
+                       help="measurement CSV")
+        p.add_argument("--device", help="device YAML (instead of the first argument)")
+        p.add_argument("--measurements", help="measurement CSV (instead of the second "
+                                              "argument)")
+        p.add_argument("--report", help="write the checks as JSON here")
+        p.add_argument("--plot", help="PNG: measured against simulated for each check")
         p.add_argument("--seed", type=int, default=0, help="seed of the simulator (default 0)")
-        p.add_argument("--threshold", type=float, default=0.1,
-                       help="limit of the mean trace error, relative to the range (default 0.1)")
-        p.add_argument("--alpha", type=float, default=1e-3,
-                       help="family-wise significance of the step tests (default 0.001)")
+        p.add_argument("--replicas", type=int, default=None,
+                       help="simulated data sets (default 79; at least 4 / alpha - 1)")
+        p.add_argument("--alpha", type=float, default=0.05,
+                       help="family-wise false-rejection rate of the four checks (default "
+                            "0.05)")
 
     def run(self, args: argparse.Namespace) -> int:
         from rpuhw.calibration.measurements import write_json_atomic
-        from rpuhw.calibration.validate import validate
+        from rpuhw.calibration.validate import ValidateConfig, validate
 
-        if not args.threshold > 0:
-            raise UsageError(f"--threshold: expected a positive number, got {args.threshold}")
+        device = _one_of(args.device_pos, args.device, "--device")
+        meas = _one_of(args.measurements_pos, args.measurements, "--measurements")
         if not 0 < args.alpha < 1:
             raise UsageError(f"--alpha: expected a number in (0, 1), got {args.alpha}")
-        if args.report and not Path(args.report).resolve().parent.is_dir():
-            raise UsageError(f"--report: folder {str(Path(args.report).parent)!r} does not "
-                             "exist")
-        result = validate(args.device, args.measurements, seed=args.seed,
-                          trace_threshold=args.threshold, alpha=args.alpha)
+        replicas = ValidateConfig.replicas if args.replicas is None else args.replicas
+        need = ValidateConfig.required_replicas(args.alpha)
+        if replicas < need:
+            raise UsageError(f"--replicas: at least {need} are needed for --alpha "
+                             f"{args.alpha:g} (the p-value of each check must reach alpha / "
+                             f"4), got {replicas}")
+        for flag, path in (("--report", args.report), ("--plot", args.plot)):
+            if path and (Path(path).is_dir() or not Path(path).resolve().parent.is_dir()):
+                raise UsageError(f"{flag}: {path} is a folder, or its folder does not exist")
+        result = validate(device, meas, seed=args.seed, replicas=replicas, alpha=args.alpha)
         print(result.summary())
         if args.report:
-            write_json_atomic(args.report, {"device": str(args.device),
-                                            "measurements": str(args.measurements),
+            write_json_atomic(args.report, {"device": str(device), "measurements": str(meas),
                                             **result.to_dict()})
+        if args.plot:
+            from rpuhw.calibration.plots import plot_validation
+
+            plot_validation(result, args.plot)
+        if not result.passed:
+            print(f"{self.prog}: FAIL: {', '.join(result.failed)}", file=sys.stderr)
         return 0 if result.passed else 1
+
+
+def _one_of(positional: str | None, flag: str | None, name: str) -> str:
+    """The positional argument or its flag (exactly one)."""
+    if positional and flag:
+        raise UsageError(f"{name}: given twice (as an argument and as {name})")
+    if not (positional or flag):
+        raise UsageError(f"{name}: missing (the {name[2:]} file, as an argument or {name})")
+    return str(positional or flag)
 
 
 @COMMANDS.register

@@ -18,6 +18,7 @@ from rpuhw.plots import new_figure, save_figure
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
+    from rpuhw.calibration.validate import ValidationResult
     from rpuhw.device_spec import DeviceSpec
 
 _NA = "-"
@@ -307,3 +308,63 @@ def plot_fit(res: FitResult, path: str | Path, n_traces: int = 4,
     """
     fig = fit_figure(res, n_traces=n_traces, truth=truth, meta=meta)
     save_figure(fig, path, dpi=90)
+
+
+_AXES = {"step_vs_state": ("conductance before the pulse (bin centre)", "mean step"),
+         "saturation_levels": ("quantile across devices", "end level of a half-cycle"),
+         "residual_autocorrelation": ("polarity", "lag-1 autocorrelation r1"),
+         "up_down_asymmetry": ("cycle", "travel asymmetry A (dimensionless)")}
+"""Check name -> (x label, y label) of its validation panel."""
+
+
+def validation_figure(result: ValidationResult) -> Figure:
+    """The figure :func:`plot_validation` writes (see there)."""
+    from rpuhw.calibration.validate import _SCALE
+
+    fig = new_figure(13.0, 9.5)
+    verdict = "PASS" if result.passed else "FAIL: " + ", ".join(result.failed)
+    fig.suptitle(f"Posterior-predictive checks: {verdict}\n{result.devices} devices, "
+                 f"{result.half_cycles} half-cycles; measured (red) against {result.replicas} "
+                 f"simulated replicas (mean, 95 % of replicas)", fontsize=11)
+    axes = fig.subplots(2, 2).ravel()
+    for ax, chk in zip(axes, result.checks, strict=False):
+        xl, yl = _AXES.get(chk.name, ("component", "value"))
+        ax.set_title(f"{chk.name}: {'PASS' if chk.passed else 'FAIL'}"
+                     + (f" (p = {chk.pvalue:.3g})" if chk.tested else " (not tested)"),
+                     fontsize=10, color="k" if chk.passed else "C3")
+        if not chk.tested:
+            ax.axis("off")
+            continue
+        k = _SCALE.get(chk.unit, 1.0)
+        x = np.asarray(chk.x, dtype=float)
+        x_scale = 1e6 if chk.name == "step_vs_state" and chk.unit in _SCALE else 1.0
+        if chk.name == "residual_autocorrelation":
+            x = np.arange(len(x), dtype=float)
+            ax.set_xticks(x, chk.group)
+        elif chk.name in ("up_down_asymmetry", "saturation_levels"):
+            ax.set_xticks(sorted(set(x.tolist())))
+        groups = list(dict.fromkeys(chk.group))
+        for n, grp in enumerate(groups):
+            sel = np.array([g == grp for g in chk.group])
+            dx = (n - (len(groups) - 1) / 2) * 0.08 * (np.ptp(x * x_scale) or 1.0) \
+                if chk.name != "residual_autocorrelation" else 0.0
+            xs = x[sel] * x_scale + dx
+            mu = np.asarray(chk.simulated_mean)[sel] * k
+            lo, hi = (np.asarray(chk.simulated_lo)[sel] * k, np.asarray(chk.simulated_hi)[sel] * k)
+            ax.errorbar(xs, mu, yerr=[mu - lo, hi - mu], fmt="o", color=f"C{n}", capsize=3,
+                        mfc="white", label=f"simulated, {grp}")
+            ax.plot(xs, np.asarray(chk.measured_values)[sel] * k, "x", color="C3", ms=8,
+                    mew=2, label="measured" if n == 0 else None)
+        unit = {"1": "", "weight": " (weight units)"}.get(chk.unit, f" ({chk.unit})")
+        xunit = " (µS)" if x_scale != 1.0 else (" (weight units)" if chk.name ==
+                                                   "step_vs_state" else "")
+        ax.set(xlabel=xl + xunit, ylabel=yl + unit)
+        ax.legend(fontsize=8, frameon=False)
+    return fig
+
+
+def plot_validation(result: ValidationResult, path: str | Path) -> None:
+    """Write one PNG of :func:`~rpuhw.calibration.validate.validate`'s checks: per check,
+    the measured components (red crosses) against the replicas' mean and 95 % range
+    (circles with bars), the verdict and p-value in each panel's title."""
+    save_figure(validation_figure(result), path, dpi=90)

@@ -1,46 +1,56 @@
-"""Validate a device YAML against measurements by replaying the measured protocol.
+"""Validate a device YAML against measurements: posterior-predictive checks.
 
-The replay: a :class:`~rpuhw.sim.array.SimulatedArray` of the device YAML with
-``R`` replicas of each measured device (``R = ceil(256 / D)`` for ``D`` devices, so the
-simulated statistics have little sampling error of their own), each replica starting
-from its device's first measured conductance (mapped to weight by the YAML's
-``conductance:`` block and clipped to the replica's drawn bounds), receives the same
-half-cycles (cycle, polarity, number of pulses) as the measurement, with a read after
-every pulse. Simulated weights are mapped back to siemens.
+**The replay** (:func:`replay`): a :class:`~rpuhw.sim.array.SimulatedArray` of the device
+YAML holds ``R`` replicas (default 79) of each of the ``D`` measured devices, one batched
+array of ``R x D`` devices, seeded. Each replica starts from its device's first measured
+read (mapped to weight by the YAML's ``conductance:`` block, clipped to the replica's drawn
+bounds) and receives the measured protocol: the same half-cycles, in order, each device
+as many pulses in each half-cycle as it got on the bench (``--pulses auto`` stops devices
+at different points), ``K`` reads after every pulse and at the start of each half-cycle
+(``K`` = reads per pulse of the measurement). Replica ``r`` of all ``D`` devices is one
+simulated data set of the measurement's size and shape; the ``R`` of them are draws of
+what the model says the measurement could have been.
 
-Two statistics decide, both on the pulse rows (polarity +-1):
+**The statistics** (none of them is what the fit minimises; the ``K`` reads of a pulse are
+averaged first, on both sides):
 
-1. **Mean trace error**: for each read ``(cycle, polarity, pulse)`` the mean measured
-   conductance over devices against the mean simulated conductance of the replicas of
-   the same devices,
+a. ``step_vs_state``: mean step ``g_after - g_before`` per conductance bin (``bins`` equal
+   bins over the measured 0.5-99.5 percentile range, by ``g_before``) and polarity; the
+   bins with at least ``min_samples`` measured steps.
+b. ``saturation_levels``: each device's end level of each half-cycle (mean of its last
+   ``plateau`` reads), averaged over the cycles, per polarity: the distribution across
+   devices. Discrepancy: the two-sample Kolmogorov-Smirnov distance between a data set's
+   levels and the pooled levels of the replicas (the larger of up and down).
+c. ``residual_autocorrelation``: lag-1 autocorrelation of the step residuals
+   ``e = step - mean step of the same device, polarity and bin``,
+   ``r1 = sum e_k e_(k+1) / sum e_k^2`` over successive pulses of a half-cycle, per
+   polarity. Read noise makes it negative (-0.5 for read noise alone), cycle-to-cycle
+   step noise pulls it to 0, a drift or an unmodelled state dependence makes it positive.
+d. ``up_down_asymmetry``: per cycle, ``A = sum_d (dg_up + dg_down) / sum_d (dg_up -
+   dg_down)`` over devices, with ``dg`` the travel of a half-cycle (end level minus first
+   read): 0 when up and down travel equally far.
 
-   .. math:: e = \\frac{1}{T}\\sum_t \\frac{|\\bar g^{meas}_t - \\bar g^{sim}_t|}
-                 {g_{hi} - g_{lo}}
+**The rule** (a posterior-predictive p-value per check): each check has components
+(bins, quantiles, polarities, cycles) ``T_j``. For the measurement, ``z_j = (T_j - mu_j) /
+sd_j`` with the replicas' mean and standard deviation; its discrepancy is ``max_j |z_j|``
+(for check b the KS distance). Each replica's discrepancy is computed the same way against
+the other ``R - 1`` replicas (leave one out), so under the null hypothesis (the measurement
+is a draw from the model) the measured discrepancy is one more exchangeable draw among the
+``R + 1`` and ``p = (1 + #{r: disc_r >= disc_meas}) / (R + 1)`` is a valid p-value: the
+check rejects a correct model with probability at most ``alpha_check``. The check
+**fails** when ``p <= alpha_check`` **and** one of the significant components (``|z_j|``
+above the replicas' critical discrepancy) differs by at least the check's effect floor:
+10 % of the typical step (a), 5 % of the conductance range in a quantile of the levels
+(b), 0.05 in ``r1`` (c), 0.05 in ``A`` (d). The floor keeps large data sets from failing on
+differences too small to matter. ``alpha_check = alpha / 4`` (Bonferroni; ``alpha`` = 0.05
+by default, so a correct model fails some check with probability at most 5 %, each check at
+most 1.25 %); ``R`` must satisfy ``(R + 1) alpha_check >= 1`` (79 replicas by default).
+The fitted spec was fitted to these data, which makes the measurement look more typical
+than a fresh draw: the test is conservative, its false-rejection rate at most the stated.
 
-   with ``[g_lo, g_hi]`` the 0.5 and 99.5 percentiles of the measured conductance.
-   Passes when ``e < trace_threshold`` (0.1).
-2. **Step sizes at matched conductance**: the steps ``g_after - g_before`` of both
-   (:func:`~rpuhw.calibration.measurements.steps`) are binned by ``g_before`` into
-   ``bins`` equal bins over ``[g_lo, g_hi]`` (steps outside go to the edge bins); per bin
-   and polarity with at least ``min_samples`` steps on each side, a two-sample
-   Kolmogorov-Smirnov test compares the distributions. A bin **rejects** when its
-   p-value is below ``alpha / n_tests`` (Bonferroni: the family-wise false-rejection
-   rate stays below ``alpha`` = 0.001 for a correct model) **and** the KS distance ``D``
-   (the largest gap between the two step-size CDFs) is at least ``min_effect`` (0.1).
-   Steps of one device are not independent samples of the population (each device has
-   its own drawn step size), so the p-value uses Kish's effective sample sizes
-   ``n_eff = n / (1 + (m - 1) ICC)`` (``m`` steps per device in the bin) with the
-   intraclass correlation ``ICC`` of the simulated steps by device, the value the null
-   hypothesis (the data come from this model) predicts; the p-value is the asymptotic
-   Kolmogorov distribution at ``D sqrt(n_a n_b / (n_a + n_b))`` of those sizes. With
-   few devices and large device-to-device spreads the test is then (rightly) weak.
-   The effect-size floor keeps large data sets (where any tiny mismatch becomes
-   "significant") from failing on differences too small to matter; the p-value keeps
-   small data sets from failing on sampling noise. Passes when no bin rejects.
-
-Limitations: device-to-device parameters are random draws, so with few measured devices
-the comparison is of populations, not of the devices themselves; steps clipped at the
-bounds depend on each device's drawn bounds.
+Limitations: device-to-device parameters are random draws, so with few devices the
+comparison is of populations, not of the devices themselves; an adaptive protocol's pulse
+counts are replayed as measured (not re-decided on the simulated reads).
 """
 
 from __future__ import annotations
@@ -56,103 +66,259 @@ import torch
 from rpuhw.device_spec import DeviceSpec, load_device
 from rpuhw.errors import ConfigError
 
-from .measurements import Measurements, conductance_unit, load_measurements, steps
+from .measurements import Measurements, conductance_unit, load_measurements
+
+CHECKS = ("step_vs_state", "saturation_levels", "residual_autocorrelation",
+          "up_down_asymmetry")
+"""The checks, in the order they are run and reported."""
 
 
 @dataclass
-class StepTest:
-    """The two-sample test of one conductance bin and polarity."""
+class ValidateConfig:
+    """Settings of :func:`validate` (module docstring for the rule)."""
 
-    polarity: int
-    """+1 up steps, -1 down steps."""
-    bin: int
-    """Bin index (0 = lowest conductance)."""
-    g_lo: float
-    """Lower edge of the bin (S)."""
-    g_hi: float
-    """Upper edge of the bin (S)."""
-    n_measured: int
-    """Measured steps in the bin."""
-    n_simulated: int
-    """Simulated steps in the bin."""
-    mean_measured: float
-    """Mean measured step (S)."""
-    mean_simulated: float
-    """Mean simulated step (S)."""
-    statistic: float
-    """KS distance D (largest gap between the two empirical CDFs)."""
+    replicas: int = 79
+    """Simulated data sets ``R``; ``(R + 1) alpha / 4 >= 1`` is required."""
+    alpha: float = 0.05
+    """Family-wise false-rejection rate over the four checks (each gets ``alpha / 4``)."""
+    bins: int = 5
+    """Conductance bins of the step-vs-state check (equal width over the measured range)."""
+    min_samples: int = 20
+    """Fewest measured steps in a bin for it to be a component of the check."""
+    plateau: int = 10
+    """Last reads of a half-cycle averaged into its end level (at most a quarter of it)."""
+    step_effect: float = 0.10
+    """Effect floor of step_vs_state: fraction of the mean |simulated step| over bins."""
+    level_effect: float = 0.05
+    """Effect floor of saturation_levels: fraction of the measured conductance range."""
+    acf_effect: float = 0.05
+    """Effect floor of residual_autocorrelation (absolute, in r1)."""
+    asym_effect: float = 0.05
+    """Effect floor of up_down_asymmetry (absolute, in A)."""
+    quantiles: tuple[float, ...] = (0.1, 0.5, 0.9)
+    """Quantiles of the end levels reported (and used for the effect) by check b."""
+
+    @staticmethod
+    def required_replicas(alpha: float) -> int:
+        """Fewest replicas ``R`` with ``(R + 1) alpha / 4 >= 1`` (a p-value can reach
+        the per-check level)."""
+        return math.ceil(len(CHECKS) / alpha - 1e-9) - 1
+
+
+@dataclass
+class Check:
+    """One posterior-predictive check (module docstring)."""
+
+    name: str
+    """One of :data:`CHECKS`."""
+    description: str
+    """What the statistic is, in words."""
+    unit: str
+    """Display unit of the component values: ``uS`` or ``nS`` (values stored in S),
+    ``weight`` (weight units) or ``1`` (dimensionless)."""
+    tested: bool
+    """False when the data have no component for this check (then it passes)."""
+    passed: bool
+    """Not (p <= alpha_check and a significant component's effect >= effect_floor)."""
     pvalue: float
-    """KS p-value at the effective sample sizes (asymptotic Kolmogorov distribution)."""
-    rejected: bool
-    """p < alpha / n_tests and D >= min_effect."""
-    icc: float
-    """Intraclass correlation of the simulated steps by device (0: independent steps)."""
-    n_eff_measured: float
-    """Effective number of independent measured steps, ``n / (1 + (m - 1) ICC)``."""
-    n_eff_simulated: float
-    """Effective number of independent simulated steps."""
+    """Posterior-predictive p-value of the discrepancy (1 when not tested)."""
+    alpha: float
+    """Per-check rejection level ``alpha / 4``."""
+    discrepancy: float
+    """Measured discrepancy (max |z|, or the KS distance for saturation_levels)."""
+    critical: float
+    """The replicas' critical discrepancy: a larger measured one gives ``p <= alpha``."""
+    worst: str
+    """Label of the component with the largest |z|."""
+    measured: float
+    """Measured value of that component."""
+    simulated: float
+    """Replicas' mean of that component."""
+    simulated_sd: float
+    """Replicas' standard deviation of that component."""
+    z: float
+    """``(measured - simulated) / simulated_sd`` of that component."""
+    effect: float
+    """Largest effect among the significant components (0 when none), in the floor's units."""
+    effect_floor: float
+    """Smallest effect that fails (see :class:`ValidateConfig`)."""
+    effect_unit: str
+    """What ``effect`` is relative to."""
+    labels: list[str] = field(default_factory=list)
+    """Component labels."""
+    x: list[float] = field(default_factory=list)
+    """Component positions for plots (bin centre, quantile, cycle)."""
+    group: list[str] = field(default_factory=list)
+    """Component group for plots (``up``, ``down``, or ``all``)."""
+    measured_values: list[float] = field(default_factory=list)
+    simulated_mean: list[float] = field(default_factory=list)
+    simulated_sd_values: list[float] = field(default_factory=list)
+    simulated_lo: list[float] = field(default_factory=list)
+    """2.5 percentile of the replicas per component."""
+    simulated_hi: list[float] = field(default_factory=list)
+    """97.5 percentile of the replicas per component."""
+    replica_discrepancies: list[float] = field(default_factory=list)
+    """Each replica's leave-one-out discrepancy (the p-value's reference)."""
+
+    def line(self) -> str:
+        """``PASS step_vs_state: ...`` (one line)."""
+        if not self.tested:
+            return f"PASS {self.name}: not tested ({self.description})"
+        verdict = "PASS" if self.passed else "FAIL"
+        u = self.unit
+        return (f"{verdict} {self.name} ({self.description}): worst {self.worst}: measured "
+                f"{_v(self.measured, u)}, "
+                f"simulated {_v(self.simulated, u)} +- {_v(self.simulated_sd, u, sign=False)}"
+                f" (z {self.z:+.1f}); discrepancy {self.discrepancy:.3g}, p = {self.pvalue:.3g}"
+                f" (fails at p <= {self.alpha:.3g} with effect >= {self.effect_floor:g} "
+                f"{self.effect_unit}; effect {self.effect:.3g})")
+
+
+_SCALE = {"uS": 1e6, "nS": 1e9}
+"""Display units of values stored in siemens."""
+
+
+def _v(value: float, unit: str, sign: bool = True) -> str:
+    """A value with its unit: ``uS``/``nS`` (value in S), ``weight`` or ``1``."""
+    f = "+.3g" if sign else ".3g"
+    if unit in _SCALE:
+        return f"{value * _SCALE[unit]:{f}} {unit}"
+    if unit == "1":
+        return f"{value:{f}}"
+    return f"{value:{f}} ({unit} units)"
 
 
 @dataclass
 class ValidationResult:
-    """Outcome of :func:`validate` (see the module docstring for the criteria)."""
+    """Outcome of :func:`validate`."""
 
     passed: bool
-    """Both criteria hold."""
-    trace_error: float
-    """Mean |mean measured - mean simulated| trace error, relative to the range."""
-    trace_error_max: float
-    """Largest relative trace error of a single read."""
-    trace_threshold: float
-    """Pass limit of ``trace_error``."""
-    g_lo: float
-    """0.5 percentile of the measured conductance (S)."""
-    g_hi: float
-    """99.5 percentile of the measured conductance (S)."""
+    """Every check passed."""
+    checks: list[Check]
+    """The four checks (:data:`CHECKS`)."""
     alpha: float
-    """Family-wise significance level of the step tests."""
-    alpha_per_test: float
-    """``alpha / n_tests`` (Bonferroni)."""
-    min_effect: float
-    """Smallest KS distance that counts as a meaningful difference."""
+    """Family-wise false-rejection rate."""
     devices: int
     """Measured devices."""
     replicas: int
-    """Simulated replicas per measured device."""
+    """Simulated data sets (each of all ``devices``)."""
     half_cycles: int
     """Half-cycles replayed."""
     pulses: int
-    """Pulses replayed in total."""
+    """Pulses replayed per replica data set (summed over devices)."""
+    reads_per_pulse: int
+    """Reads after each pulse (averaged before the statistics)."""
     seed: int
     """Seed of the simulated array."""
-    step_tests: list[StepTest] = field(default_factory=list)
-    """One entry per tested bin and polarity."""
+    g_lo: float
+    """0.5 percentile of the measured conductance."""
+    g_hi: float
+    """99.5 percentile of the measured conductance."""
+    unit: str
+    """Conductance unit of the measurement (``S`` or ``weight``)."""
+    trace_error: float
+    """Information only: mean |mean measured - mean simulated| read by read, relative to
+    ``g_hi - g_lo``."""
     reasons: list[str] = field(default_factory=list)
-    """Why it failed (empty when it passed)."""
+    """One line per failing check (empty when it passed)."""
+
+    @property
+    def failed(self) -> list[str]:
+        """Names of the failing checks."""
+        return [c.name for c in self.checks if not c.passed]
+
+    def check(self, name: str) -> Check:
+        """The check called ``name``."""
+        for c in self.checks:
+            if c.name == name:
+                return c
+        raise KeyError(name)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        d["failed"] = self.failed
+        return d
 
     def summary(self) -> str:
-        """A few lines with the verdict and the figures."""
-        lines = [f"{'PASS' if self.passed else 'FAIL'}: {self.devices} devices, "
-                 f"{self.half_cycles} half-cycles, {self.pulses} pulses replayed on "
-                 f"{self.replicas} simulated replicas each (seed {self.seed})",
-                 f"  mean trace error {self.trace_error:.4f} of the conductance range "
-                 f"[{self.g_lo:.4g}, {self.g_hi:.4g}] (limit {self.trace_threshold}; "
-                 f"largest {self.trace_error_max:.4f})"]
-        n_rej = sum(t.rejected for t in self.step_tests)
-        lines.append(f"  step sizes: {len(self.step_tests)} KS tests at matched conductance, "
-                     f"{n_rej} reject (p < {self.alpha_per_test:.2g} and D >= "
-                     f"{self.min_effect})")
-        if self.step_tests:
-            worst = max(self.step_tests, key=lambda t: (t.rejected, t.statistic))
-            lines.append(f"  largest D: {'up' if worst.polarity > 0 else 'down'} steps at "
-                         f"[{worst.g_lo:.4g}, {worst.g_hi:.4g}]: D = {worst.statistic:.3f}, "
-                         f"p = {worst.pvalue:.3g}, mean step {worst.mean_measured:.4g} "
-                         f"measured vs {worst.mean_simulated:.4g} simulated")
+        """The verdict, one line per check, the reasons."""
+        n_ok = sum(c.passed for c in self.checks)
+        lines = [f"{'PASS' if self.passed else 'FAIL'}: {n_ok} of {len(self.checks)} "
+                 f"posterior-predictive checks pass ({self.devices} devices, "
+                 f"{self.half_cycles} half-cycles, {self.reads_per_pulse} read(s) per pulse; "
+                 f"{self.replicas} simulated replicas, seed {self.seed}; family-wise "
+                 f"alpha {self.alpha:g})"]
+        lines += ["  " + c.line() for c in self.checks]
+        u = "uS" if self.unit == "S" else "weight"
+        lines.append(f"  (information) mean trace error {self.trace_error:.4f} of the "
+                     f"conductance range [{_v(self.g_lo, u, False)}, {_v(self.g_hi, u, False)}]")
         lines += [f"  reason: {r}" for r in self.reasons]
         return "\n".join(lines)
+
+
+# ---- traces ------------------------------------------------------------------------------
+
+
+@dataclass
+class Traces:
+    """The pulse rows as dense per-half-cycle arrays (mean of the reads of each pulse)."""
+
+    halves: np.ndarray
+    """Half-cycle ids ``2 cycle + (polarity < 0)``, ascending (time order)."""
+    g: list[np.ndarray]
+    """Per half-cycle ``[pulses + 1, N]`` conductance, NaN where not read."""
+    last: np.ndarray
+    """``[H, N]`` last read pulse of each device per half-cycle (-1: none)."""
+    reads: int
+    """Reads per pulse (the median over pulses)."""
+    ids: np.ndarray
+    """Device ids (``Measurements.device``) of the ``N`` columns."""
+
+    @property
+    def polarity(self) -> np.ndarray:
+        return np.where(self.halves % 2 == 1, -1, 1)
+
+    @property
+    def cycle(self) -> np.ndarray:
+        return self.halves // 2
+
+
+def measured_traces(m: Measurements) -> Traces:
+    """Dense traces of the pulse rows of ``m``; the reads of a pulse (``read`` column, or
+    repeated rows) are averaged; a half-cycle without a ``pulse = 0`` read starts from the
+    last read of the device's previous half-cycle, when that is the one before."""
+    sel = m.polarity != 0
+    dev, cyc = m.device[sel], m.cycles()[sel]
+    pol, pul = m.polarity[sel].astype(np.int64), m.pulse[sel].astype(np.int64)
+    g = m.conductance[sel].astype(np.float64)
+    ids, d_idx = np.unique(dev, return_inverse=True)
+    half = 2 * cyc + (pol < 0)
+    halves, h_idx = np.unique(half, return_inverse=True)
+    n_dev, n_h = len(ids), len(halves)
+    out, last = [], np.full((n_h, n_dev), -1, dtype=np.int64)
+    reads = []
+    for j in range(n_h):
+        s = h_idx == j
+        p, d = pul[s], d_idx[s]
+        total = np.zeros((int(p.max()) + 1, n_dev))
+        count = np.zeros_like(total)
+        np.add.at(total, (p, d), g[s])
+        np.add.at(count, (p, d), 1.0)
+        with np.errstate(invalid="ignore"):
+            arr = total / count
+        reads.append(count[count > 0])
+        valid = count > 0
+        any_v = valid.any(axis=0)
+        last[j] = np.where(any_v, valid.shape[0] - 1 - np.argmax(valid[::-1], axis=0), -1)
+        if j > 0 and halves[j - 1] == halves[j] - 1:
+            stitch = np.isnan(arr[0]) & (last[j - 1] >= 0) & any_v
+            cols = np.flatnonzero(stitch)
+            arr[0, cols] = out[j - 1][last[j - 1, cols], cols]
+        out.append(arr)
+    k = int(np.median(np.concatenate(reads))) if reads else 1
+    return Traces(halves, out, last, max(k, 1), ids)
+
+
+# ---- the replay ------------------------------------------------------------------------
 
 
 def _maps(spec: DeviceSpec, m: Measurements):
@@ -166,188 +332,373 @@ def _maps(spec: DeviceSpec, m: Measurements):
                       key="conductance")
 
 
-def replay(spec: DeviceSpec, m: Measurements, seed: int = 0, replicas: int | None = None
-           ) -> tuple[Measurements, np.ndarray, int]:
-    """Simulate the measured pulse protocol; returns (simulated rows, device ids, replicas).
+def replay(spec: DeviceSpec, m: Measurements, seed: int = 0, replicas: int = 79,
+           traces: Traces | None = None) -> list[np.ndarray]:
+    """Simulate the measured protocol on ``replicas`` copies of the measured devices.
 
-    Simulated device id ``r * D + k`` is replica ``r`` of measured device ``ids[k]``.
+    Returns per half-cycle of ``traces`` (default ``measured_traces(m)``) an array
+    ``[pulses + 1, replicas, D]`` of simulated conductance (mean of the ``K`` reads of each
+    pulse), NaN where the measurement has no read. One batched simulated array of
+    ``replicas x D`` devices; deterministic for a given ``seed``.
     """
     from rpuhw.sim.array import SimulatedArray
 
+    tr = traces or measured_traces(m)
     g_to_w, w_to_g = _maps(spec, m)
-    sel = m.polarity != 0
-    dev, cyc = m.device[sel], m.cycles()[sel]
-    pol, pul, g = m.polarity[sel].astype(np.int64), m.pulse[sel], m.conductance[sel]
-    ids, d_idx = np.unique(dev, return_inverse=True)
-    n_dev = len(ids)
-    reps = replicas or max(1, math.ceil(256 / n_dev))
-    half = 2 * cyc + (pol < 0)
-    # initial conductance: each device's first read in time order (half, pulse)
-    order = np.lexsort((pul, half, d_idx))
-    first = order[np.r_[True, d_idx[order][1:] != d_idx[order][:-1]]]
-    g0 = np.empty(n_dev)
-    g0[d_idx[first]] = g[first]
-    # the torch engine: one small pulse call per read is far cheaper than a numba launch
-    sim = SimulatedArray(1, n_dev * reps, device=spec, seed=seed, engine="torch")
-    w0 = torch.tensor(np.tile(g_to_w(g0), reps), dtype=torch.float32)[None]
-    sim.set_weights(w0)
-    halves = np.unique(half)
-    out: dict[str, list[np.ndarray]] = {k: [] for k in ("device", "cycle", "pulse",
-                                                        "polarity", "g")}
-    sim_ids = np.arange(n_dev * reps)
+    n_dev, reps = len(tr.ids), int(replicas)
+    n = n_dev * reps
+    # first read of each device in time order
+    g0 = np.full(n_dev, np.nan)
+    for arr in tr.g:
+        v = np.where(np.isnan(arr), np.inf, 0.0)
+        first = np.argmin(v, axis=0)
+        val = arr[first, np.arange(n_dev)]
+        g0 = np.where(np.isnan(g0), val, g0)
+    # numba's kernels are faster for large batches; the torch engine has no launch cost
+    sim = SimulatedArray(1, n, device=spec, seed=seed, engine="auto" if n >= 1024 else "torch")
+    sim.set_weights(torch.tensor(np.tile(g_to_w(g0), reps), dtype=torch.float32)[None])
 
-    def record(h: int, k: int) -> None:
-        w = sim.read()[0].double().numpy()
-        out["device"].append(sim_ids)
-        out["cycle"].append(np.full(len(sim_ids), h // 2))
-        out["pulse"].append(np.full(len(sim_ids), k))
-        out["polarity"].append(np.full(len(sim_ids), -1 if h % 2 else 1))
-        out["g"].append(w_to_g(w))
+    def read() -> np.ndarray:
+        w = sim.read()[0].double()
+        for _ in range(tr.reads - 1):
+            w += sim.read()[0].double()
+        return (w / tr.reads).numpy()
 
-    total = 0
-    for h in halves.tolist():
-        n = int(pul[half == h].max())
+    out = []
+    for j, h in enumerate(tr.halves.tolist()):
+        arr = tr.g[j]
+        n_p = arr.shape[0] - 1
         sign = -1 if h % 2 else 1
-        record(h, 0)
-        counts = torch.full((1, n_dev * reps), sign, dtype=torch.int32)
-        for k in range(1, n + 1):
+        res = np.empty((n_p + 1, n), dtype=np.float32)
+        res[0] = read()
+        stop = np.tile(tr.last[j], reps)  # pulses each device gets in this half-cycle
+        for k in range(1, n_p + 1):
+            counts = torch.from_numpy(np.where(stop >= k, sign, 0).astype(np.int32))[None]
             sim.pulse(counts)
-            record(h, k)
-        total += n
-    sim_m = Measurements(device=np.concatenate(out["device"]).astype(np.int64),
-                         pulse=np.concatenate(out["pulse"]).astype(np.int64),
-                         polarity=np.concatenate(out["polarity"]).astype(np.int8),
-                         conductance=np.concatenate(out["g"]).astype(np.float64),
-                         cycle=np.concatenate(out["cycle"]).astype(np.int64),
-                         source="<replay>")
-    sim_m.meta = {"pulses_total": total, "half_cycles": len(halves)}
-    return sim_m, ids, reps
-
-
-def _step_samples(st: dict) -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """polarity -> (g_before, step, device id) over all traces."""
-    out = {}
-    for p in (1, -1):
-        tr = [(k[0], v) for k, v in st.items() if k[2] == p]
-        if tr:
-            before = np.concatenate([v.before for _, v in tr])
-            step = np.concatenate([v.after for _, v in tr]) - before
-            dev = np.concatenate([np.full(len(v.before), d) for d, v in tr])
-            out[p] = (before, step, dev)
-        else:
-            out[p] = (np.zeros(0), np.zeros(0), np.zeros(0, dtype=np.int64))
+            res[k] = read()
+        g = w_to_g(res.astype(np.float64)).reshape(n_p + 1, reps, n_dev)
+        g[np.broadcast_to(np.isnan(arr)[:, None, :], g.shape)] = np.nan  # as measured
+        out.append(g)
     return out
 
 
-def intraclass_correlation(x: np.ndarray, groups: np.ndarray) -> float:
-    """One-way random-effects ICC of ``x`` grouped by ``groups`` (ANOVA estimator).
-
-    ``ICC = (MSB - MSW) / (MSB + (n0 - 1) MSW)`` with ``n0 = (N - sum n_i^2 / N) / (k - 1)``,
-    clipped to [0, 1]; 0 when undefined (one group, or no variance).
-    """
-    uniq, inv, n_i = np.unique(groups, return_inverse=True, return_counts=True)
-    k, n = len(uniq), len(x)
-    if k < 2 or n <= k:
-        return 0.0
-    means = np.bincount(inv, x) / n_i
-    grand = x.mean()
-    msb = float((n_i * (means - grand) ** 2).sum() / (k - 1))
-    msw = float(((x - means[inv]) ** 2).sum() / (n - k))
-    n0 = (n - (n_i ** 2).sum() / n) / (k - 1)
-    den = msb + (n0 - 1) * msw
-    if not den > 0:
-        return 0.0
-    return float(np.clip((msb - msw) / den, 0.0, 1.0))
+# ---- the statistics --------------------------------------------------------------------
 
 
-def _n_eff(n: int, clusters: int, icc: float) -> float:
-    """Kish effective sample size of ``n`` steps from ``clusters`` devices."""
-    m = n / max(clusters, 1)
-    return n / (1.0 + (m - 1.0) * icc)
+def _levels(arr: np.ndarray, plateau: int) -> tuple[np.ndarray, np.ndarray]:
+    """(first read, mean of the last ``L`` reads) along axis 0 of ``arr [n, ...]`` per
+    column, ``L = max(1, min(plateau, reads // 4))``; NaN where a column has no read."""
+    valid = ~np.isnan(arr)
+    n_valid = valid.sum(axis=0)
+    first = np.take_along_axis(arr, np.argmax(valid, axis=0)[None], axis=0)[0]
+    from_end = np.cumsum(valid[::-1], axis=0)[::-1]  # rank of each read from the end
+    take = valid & (from_end <= np.maximum(1, np.minimum(plateau, n_valid // 4)))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        end = np.where(take, arr, 0.0).sum(axis=0) / take.sum(axis=0)
+    return np.where(n_valid > 0, first, np.nan), np.where(n_valid > 0, end, np.nan)
+
+
+def _steps_of(arr: np.ndarray, edges: np.ndarray, pi: int
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(step, bin key in ``[0, 2B)``, valid) of one half-cycle ``arr [n + 1, S, D]``."""
+    bins = len(edges) - 1
+    before = arr[:-1]
+    step = arr[1:] - before
+    ok = ~np.isnan(step)
+    b = np.clip(np.searchsorted(edges, np.nan_to_num(before), side="right") - 1, 0,
+                bins - 1) + pi * bins
+    return step, b, ok
+
+
+def _statistics(g: list[np.ndarray], tr: Traces, edges: np.ndarray, cfg: ValidateConfig
+                ) -> dict[str, np.ndarray]:
+    """The four statistics of ``S`` data sets: ``g`` per half ``[pulses + 1, S, D]``.
+
+    Returns ``counts [S, 2B]`` and ``steps [S, 2B]`` (mean step per polarity (up first)
+    and bin), ``levels [S, 2, D]`` (end level per polarity and device, mean over cycles),
+    ``acf [S, 2]``, ``asym [S, C]`` (the ``cycles`` of ``tr`` with both halves)."""
+    nb = 2 * (len(edges) - 1)
+    s_n, n_dev = g[0].shape[1], g[0].shape[2]
+    cell = (np.arange(s_n)[:, None] * n_dev + np.arange(n_dev)[None, :]) * nb  # [S, D]
+    size = s_n * n_dev * nb
+    cell_sum, cell_cnt = np.zeros(size), np.zeros(size)
+    for j, arr in enumerate(g):
+        step, b, ok = _steps_of(arr, edges, 0 if tr.polarity[j] > 0 else 1)
+        key = (cell[None] + b)[ok]
+        cell_sum += np.bincount(key, step[ok], minlength=size)
+        cell_cnt += np.bincount(key, minlength=size)
+    cell_sum, cell_cnt = cell_sum.reshape(s_n, n_dev, nb), cell_cnt.reshape(s_n, n_dev, nb)
+    step_cnt = cell_cnt.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        steps = cell_sum.sum(axis=1) / step_cnt
+        cell_mean = (cell_sum / cell_cnt).ravel()
+    # c: lag-1 autocorrelation of the residuals from each device's (polarity, bin) mean
+    num, den = np.zeros((s_n, 2)), np.zeros((s_n, 2))
+    for j, arr in enumerate(g):
+        pi = 0 if tr.polarity[j] > 0 else 1
+        step, b, ok = _steps_of(arr, edges, pi)
+        if not len(step):
+            continue
+        e = np.where(ok, step - cell_mean[cell[None] + b], 0.0)
+        num[:, pi] += (e[:-1] * e[1:]).sum(axis=(0, 2))
+        den[:, pi] += (e ** 2).sum(axis=(0, 2))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        acf = np.where(den > 0, num / den, np.nan)
+    # b, d: end levels and travel per half-cycle
+    lev_sum, lev_cnt = np.zeros((s_n, 2, n_dev)), np.zeros((s_n, 2, n_dev))
+    travel: dict[int, dict[int, np.ndarray]] = {}
+    for j, arr in enumerate(g):
+        pi = 0 if tr.polarity[j] > 0 else 1
+        first, end = _levels(arr, cfg.plateau)
+        ok = ~np.isnan(end)
+        lev_sum[:, pi] += np.where(ok, end, 0.0)
+        lev_cnt[:, pi] += ok
+        travel.setdefault(int(tr.cycle[j]), {})[pi] = end - first
+    with np.errstate(invalid="ignore", divide="ignore"):
+        levels = lev_sum / lev_cnt
+    cycles = sorted(c for c, t in travel.items() if len(t) == 2)
+    asym = np.full((s_n, len(cycles)), np.nan)
+    for i, c in enumerate(cycles):
+        up, down = travel[c][0], travel[c][1]
+        ok = ~np.isnan(up) & ~np.isnan(down)
+        tot = np.where(ok, up - down, 0.0).sum(axis=1)
+        net = np.where(ok, up + down, 0.0).sum(axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            asym[:, i] = np.where(tot > 0, net / tot, np.nan)
+    return {"steps": steps, "counts": step_cnt, "levels": levels, "acf": acf,
+            "asym": asym, "cycles": np.asarray(cycles, dtype=np.int64)}
+
+
+# ---- the rule ----------------------------------------------------------------------------
+
+
+def _loo_z(meas: np.ndarray, reps: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """z of the measurement against all replicas ``[k]``, and each replica's z against the
+    other replicas ``[R, k]``; plus the replicas' mean and sd ``[k]`` (NaN-aware)."""
+    mu = np.nanmean(reps, axis=0)
+    sd = np.nanstd(reps, axis=0, ddof=1)
+    z_m = (meas - mu) / sd
+    r = reps.shape[0]
+    z_r = np.empty_like(reps)
+    for i in range(r):
+        rest = np.delete(reps, i, axis=0)
+        z_r[i] = (reps[i] - np.nanmean(rest, axis=0)) / np.nanstd(rest, axis=0, ddof=1)
+    return z_m, z_r, np.stack([mu, sd])
+
+
+def _pvalue(d_meas: float, d_reps: np.ndarray, alpha: float) -> tuple[float, float]:
+    """(p, critical): ``p = (1 + #{d_r >= d_meas}) / (R + 1)``; ``critical`` the smallest
+    replica discrepancy a measured one must exceed for ``p <= alpha``."""
+    d = np.sort(np.where(np.isnan(d_reps), -np.inf, d_reps))[::-1]
+    p = (1 + int((d >= d_meas).sum())) / (len(d) + 1)
+    m0 = int(math.floor(alpha * (len(d) + 1))) - 1  # replicas allowed at or above
+    critical = float(d[m0]) if 0 <= m0 < len(d) else float("inf")
+    return p, critical
+
+
+def _component_check(name: str, description: str, unit: str, labels: list[str],
+                     x: list[float], group: list[str], meas: np.ndarray, reps: np.ndarray,
+                     alpha: float, floor: float, effect_scale: float, effect_unit: str
+                     ) -> Check:
+    """The max-|z| check of components ``meas [k]`` against ``reps [R, k]``."""
+    z_m, z_r, (mu, sd) = _loo_z(meas, reps)
+    use = np.isfinite(z_m) & (sd > 0)
+    if not use.any():
+        return _untested(name, description, unit, alpha, floor, effect_unit)
+    d_m = float(np.max(np.abs(z_m[use])))
+    with np.errstate(invalid="ignore"):
+        d_r = np.nanmax(np.where(use[None], np.abs(z_r), np.nan), axis=1)
+    p, crit = _pvalue(d_m, d_r, alpha)
+    sig = use & (np.abs(z_m) > crit)
+    effects = np.abs(meas - mu) / effect_scale
+    effect = float(effects[sig].max()) if sig.any() else 0.0
+    w = int(np.argmax(np.where(use, np.abs(z_m), -1.0)))
+    lo, hi = np.nanpercentile(reps, [2.5, 97.5], axis=0)
+    return Check(name, description, unit, True,
+                 passed=not (p <= alpha and effect >= floor), pvalue=p, alpha=alpha,
+                 discrepancy=d_m, critical=crit, worst=labels[w], measured=float(meas[w]),
+                 simulated=float(mu[w]), simulated_sd=float(sd[w]), z=float(z_m[w]),
+                 effect=effect, effect_floor=floor, effect_unit=effect_unit,
+                 labels=labels, x=[float(v) for v in x], group=group,
+                 measured_values=_fl(meas), simulated_mean=_fl(mu),
+                 simulated_sd_values=_fl(sd), simulated_lo=_fl(lo), simulated_hi=_fl(hi),
+                 replica_discrepancies=_fl(d_r))
+
+
+def _fl(a: np.ndarray) -> list[float]:
+    return [float(v) for v in np.asarray(a, dtype=np.float64).ravel()]
+
+
+def _untested(name: str, description: str, unit: str, alpha: float, floor: float,
+              effect_unit: str) -> Check:
+    nan = float("nan")
+    return Check(name, description, unit, False, True, 1.0, alpha, nan, nan, "-", nan, nan,
+                 nan, nan, 0.0, floor, effect_unit)
+
+
+def _ks(a: np.ndarray, b: np.ndarray) -> float:
+    """Two-sample KS distance of the finite values of ``a`` and ``b`` (NaN if one is empty)."""
+    a, b = np.sort(a[np.isfinite(a)]), np.sort(b[np.isfinite(b)])
+    if not len(a) or not len(b):
+        return float("nan")
+    x = np.concatenate([a, b])
+    return float(np.max(np.abs(np.searchsorted(a, x, side="right") / len(a)
+                               - np.searchsorted(b, x, side="right") / len(b))))
+
+
+def _levels_check(meas: np.ndarray, reps: np.ndarray, cfg: ValidateConfig, alpha: float,
+                  span: float, unit: str) -> Check:
+    """Check b: ``meas [2, D]``, ``reps [R, 2, D]`` end levels per polarity and device."""
+    name, desc = "saturation_levels", ("devices' end levels, KS tests against the "
+                                       "replicas")
+    r = reps.shape[0]
+    pooled = [reps[:, pi].ravel() for pi in range(2)]
+    d_m = np.array([_ks(meas[pi], pooled[pi]) for pi in range(2)])
+    if not np.isfinite(d_m).any():
+        return _untested(name, desc, unit, alpha, cfg.level_effect, "of the range")
+    d_r = np.empty(r)
+    for i in range(r):
+        rest = np.delete(reps, i, axis=0)
+        d_r[i] = np.nanmax([_ks(reps[i, pi], rest[:, pi].ravel()) for pi in range(2)])
+    dm = float(np.nanmax(d_m))
+    p, crit = _pvalue(dm, d_r, alpha)
+    qs = cfg.quantiles
+    labels = [f"{'up' if pi == 0 else 'down'} end level, q{round(100 * q)}"
+              for pi in range(2) for q in qs]
+    with np.errstate(invalid="ignore"):
+        qm = np.array([np.nanquantile(meas[pi], q) if np.isfinite(meas[pi]).any() else np.nan
+                       for pi in range(2) for q in qs])
+        qr = np.array([[np.nanquantile(reps[i, pi], q) if np.isfinite(reps[i, pi]).any()
+                        else np.nan for pi in range(2) for q in qs] for i in range(r)])
+    mu, sd = np.nanmean(qr, axis=0), np.nanstd(qr, axis=0, ddof=1)
+    z = (qm - mu) / sd
+    eff = np.abs(qm - mu) / span
+    # significant polarities: their KS distance above the critical one
+    sig = np.repeat(d_m > crit, len(qs))
+    effect = float(np.nanmax(eff[sig])) if sig.any() else 0.0
+    w = int(np.nanargmax(np.where(np.isfinite(z), np.abs(z), -1.0)))
+    lo, hi = np.nanpercentile(qr, [2.5, 97.5], axis=0)
+    return Check(name, desc, unit, True, passed=not (p <= alpha and effect >= cfg.level_effect),
+                 pvalue=p, alpha=alpha, discrepancy=dm, critical=crit, worst=labels[w],
+                 measured=float(qm[w]), simulated=float(mu[w]), simulated_sd=float(sd[w]),
+                 z=float(z[w]), effect=effect, effect_floor=cfg.level_effect,
+                 effect_unit="of the range", labels=labels,
+                 x=[q for _ in range(2) for q in qs],
+                 group=[g for g in ("up", "down") for _ in qs], measured_values=_fl(qm),
+                 simulated_mean=_fl(mu), simulated_sd_values=_fl(sd), simulated_lo=_fl(lo),
+                 simulated_hi=_fl(hi), replica_discrepancies=_fl(d_r))
+
+
+# ---- validate ------------------------------------------------------------------------------
+
+
+def _spec_of(device: Any) -> DeviceSpec:
+    if isinstance(device, DeviceSpec):
+        return device
+    if hasattr(device, "to_device_spec"):  # a FitResult
+        return device.to_device_spec()
+    return load_device(device)
 
 
 def validate(device_yaml: str | Path | DeviceSpec, measurements: str | Path | Measurements,
-             seed: int = 0, trace_threshold: float = 0.1, alpha: float = 1e-3,
-             min_effect: float = 0.1, bins: int = 5, min_samples: int = 20,
-             replicas: int | None = None) -> ValidationResult:
-    """Replay the measured protocol on the device YAML and compare (module docstring)."""
-    from scipy.stats import ks_2samp, kstwobign
-
-    spec = device_yaml if isinstance(device_yaml, DeviceSpec) else load_device(device_yaml)
+             seed: int = 0, replicas: int | None = None, alpha: float | None = None,
+             config: ValidateConfig | None = None) -> ValidationResult:
+    """Posterior-predictive checks of ``device_yaml`` (a YAML path, a DeviceSpec or a
+    FitResult) against ``measurements`` (module docstring for the statistics and the rule).
+    ``replicas`` and ``alpha`` override ``config``'s."""
+    cfg = config or ValidateConfig()
+    if replicas is not None or alpha is not None:
+        cfg = ValidateConfig(**{**asdict(cfg), **({"replicas": replicas} if replicas else {}),
+                                **({"alpha": alpha} if alpha is not None else {})})
+    if not 0 < cfg.alpha < 1:
+        raise ConfigError(f"alpha: expected a number in (0, 1), got {cfg.alpha}", key="alpha")
+    a_check = cfg.alpha / len(CHECKS)
+    need = ValidateConfig.required_replicas(cfg.alpha)
+    if cfg.replicas < need:
+        raise ConfigError(f"replicas: at least {need} are needed for alpha {cfg.alpha:g} over "
+                          f"{len(CHECKS)} checks ((R + 1) x alpha / {len(CHECKS)} >= 1), got "
+                          f"{cfg.replicas}", key="replicas")
+    spec = _spec_of(device_yaml)
     m = measurements if isinstance(measurements, Measurements) else \
         load_measurements(measurements)
     sel = m.polarity != 0
     if not sel.any():
         raise ConfigError("no pulse rows (polarity +1/-1) to validate against: a read-noise "
                           "measurement cannot validate a pulse response", source=m.source)
-    sim_m, ids, reps = replay(spec, m, seed=seed, replicas=replicas)
-    n_dev = len(ids)
     g_meas = m.conductance[sel]
     g_lo, g_hi = (float(v) for v in np.percentile(g_meas, [0.5, 99.5]))
     if not g_hi > g_lo:
         raise ConfigError("the measured conductance does not change (no range to compare "
                           "against)", source=m.source)
+    unit = "weight" if conductance_unit(m.meta) == "weight" else "S"
+    u_step, u_level = ("weight", "weight") if unit == "weight" else ("nS", "uS")
+    tr = measured_traces(m)
+    sim = replay(spec, m, seed=seed, replicas=cfg.replicas, traces=tr)
+    edges = np.linspace(g_lo, g_hi, cfg.bins + 1)
+    st_m = _statistics([a[:, None, :] for a in tr.g], tr, edges, cfg)
+    st_r = _statistics(sim, tr, edges, cfg)
     span = g_hi - g_lo
+    checks = []
 
-    # 1. mean traces, read by read
-    dev, cyc = m.device[sel], m.cycles()[sel]
-    pol, pul = m.polarity[sel].astype(np.int64), m.pulse[sel]
-    d_idx = np.searchsorted(ids, dev)
-    n_pulse = int(max(pul.max(), sim_m.pulse.max())) + 1
-    key = ((2 * cyc + (pol < 0)) * n_pulse + pul)
-    s_key = (2 * sim_m.cycles() + (sim_m.polarity < 0)) * n_pulse + sim_m.pulse
-    s_dev = sim_m.device % n_dev
-    # simulated mean over replicas of each (device, read)
-    uk, s_inv = np.unique(s_key, return_inverse=True)
-    s_sum = np.zeros((len(uk), n_dev))
-    np.add.at(s_sum, (s_inv.reshape(-1), s_dev), sim_m.conductance)
-    s_mean = s_sum / reps
-    pos = np.searchsorted(uk, key)
-    sim_at_rows = s_mean[pos, d_idx]
-    rk, r_inv = np.unique(key, return_inverse=True)
-    r_inv = r_inv.reshape(-1)
-    cnt = np.bincount(r_inv)
-    diff = (np.bincount(r_inv, g_meas) - np.bincount(r_inv, sim_at_rows)) / cnt
-    rel = np.abs(diff) / span
-    trace_error, trace_max = float(rel.mean()), float(rel.max())
+    # a: step vs state
+    bins = cfg.bins
+    keep = np.flatnonzero((st_m["counts"][0] >= cfg.min_samples)
+                          & (np.median(st_r["counts"], axis=0) >= cfg.min_samples))
+    centres = 0.5 * (edges[:-1] + edges[1:])
+    labels = [f"{'up' if k < bins else 'down'} bin {k % bins} "
+              f"[{_v(edges[k % bins], u_level, False)}, "
+              f"{_v(edges[k % bins + 1], u_level, False)}]"
+              for k in keep]
+    typical = float(np.nanmean(np.abs(np.nanmean(st_r["steps"][:, keep], axis=0)))) \
+        if len(keep) else 1.0
+    desc = "mean step per conductance bin"
+    if len(keep):
+        checks.append(_component_check(
+            "step_vs_state", desc, u_step, labels, [float(centres[k % bins]) for k in keep],
+            ["up" if k < bins else "down" for k in keep], st_m["steps"][0, keep],
+            st_r["steps"][:, keep], a_check, cfg.step_effect, typical or 1.0,
+            "of the mean step"))
+    else:
+        checks.append(_untested("step_vs_state", desc + f" (no bin has {cfg.min_samples} "
+                                "steps)", u_step, a_check, cfg.step_effect, "of the mean step"))
+    # b: saturation levels
+    checks.append(_levels_check(st_m["levels"][0], st_r["levels"], cfg, a_check, span,
+                                u_level))
+    # c: residual autocorrelation
+    desc = "lag-1 autocorrelation of step residuals"
+    checks.append(_component_check(
+        "residual_autocorrelation", desc, "1", ["up r1", "down r1"], [1.0, -1.0],
+        ["up", "down"], st_m["acf"][0], st_r["acf"], a_check, cfg.acf_effect, 1.0,
+        "(absolute)"))
+    # d: asymmetry per cycle
+    desc = "up/down travel asymmetry per cycle"
+    cyc = st_m["cycles"]
+    if len(cyc):
+        checks.append(_component_check(
+            "up_down_asymmetry", desc, "1", [f"cycle {c} A" for c in cyc],
+            [float(c) for c in cyc], ["all"] * len(cyc), st_m["asym"][0], st_r["asym"],
+            a_check, cfg.asym_effect, 1.0, "(absolute)"))
+    else:
+        checks.append(_untested("up_down_asymmetry", desc + " (no cycle with both halves)",
+                                "1", a_check, cfg.asym_effect, "(absolute)"))
 
-    # 2. steps at matched conductance
-    meas_s, sim_s = _step_samples(steps(m)), _step_samples(steps(sim_m))
-    edges = np.linspace(g_lo, g_hi, bins + 1)
-    pending = []
-    for p in (1, -1):
-        (bm, sm, dm), (bs, ss, ds) = meas_s[p], sim_s[p]
-        im = np.clip(np.searchsorted(edges, bm, side="right") - 1, 0, bins - 1)
-        is_ = np.clip(np.searchsorted(edges, bs, side="right") - 1, 0, bins - 1)
-        for b in range(bins):
-            a, c = sm[im == b], ss[is_ == b]
-            if len(a) >= min_samples and len(c) >= min_samples:
-                pending.append((p, b, a, c, dm[im == b], ds[is_ == b]))
-    n_tests = max(1, len(pending))
-    alpha_per = alpha / n_tests
-    tests = []
-    for p, b, a, c, da, dc in pending:
-        d = float(ks_2samp(a, c).statistic)
-        icc = intraclass_correlation(c, dc)  # under the null: the model's own ICC
-        na = _n_eff(len(a), len(np.unique(da)), icc)
-        nc = _n_eff(len(c), len(np.unique(dc)), icc)
-        pv = float(kstwobign.sf(d * math.sqrt(na * nc / (na + nc))))
-        tests.append(StepTest(p, b, float(edges[b]), float(edges[b + 1]), len(a), len(c),
-                              float(a.mean()), float(c.mean()), d, pv,
-                              bool(pv < alpha_per and d >= min_effect), icc, na, nc))
-    reasons = []
-    if not trace_error < trace_threshold:
-        reasons.append(f"mean trace error {trace_error:.4f} >= {trace_threshold} of the range")
-    rejected = [t for t in tests if t.rejected]
-    if rejected:
-        where = ", ".join(f"{'up' if t.polarity > 0 else 'down'} bin {t.bin} (D={t.statistic:.2f})"
-                          for t in rejected[:4])
-        reasons.append(f"step sizes differ in {len(rejected)} of {len(tests)} bins: {where}")
-    if not tests:
-        reasons.append(f"too few steps for any test (need {min_samples} per bin)")
+    # information: mean trace error read by read
+    num = den = 0.0
+    for a_m, a_s in zip(tr.g, sim, strict=True):
+        mm = np.nanmean(a_m, axis=1)
+        ms = np.nanmean(a_s, axis=(1, 2))
+        ok = np.isfinite(mm) & np.isfinite(ms)
+        num += float(np.abs(mm - ms)[ok].sum())
+        den += float(ok.sum())
+    trace_error = num / max(den, 1.0) / span
+
+    reasons = [f"{c.name}: {c.worst} measured {_v(c.measured, c.unit)} against simulated "
+               f"{_v(c.simulated, c.unit)} +- {_v(c.simulated_sd, c.unit, False)} "
+               f"(p = {c.pvalue:.3g} <= {c.alpha:.3g}, effect {c.effect:.3g} >= "
+               f"{c.effect_floor:g} {c.effect_unit})" for c in checks if not c.passed]
+    pulses = int(sum(int(np.clip(tr.last[j], 0, None).sum()) for j in range(len(tr.halves))))
     return ValidationResult(
-        passed=not reasons, trace_error=trace_error, trace_error_max=trace_max,
-        trace_threshold=trace_threshold, g_lo=g_lo, g_hi=g_hi, alpha=alpha,
-        alpha_per_test=alpha_per, min_effect=min_effect, devices=n_dev, replicas=reps,
-        half_cycles=int(sim_m.meta["half_cycles"]), pulses=int(sim_m.meta["pulses_total"]),
-        seed=seed, step_tests=tests, reasons=reasons)
+        passed=not reasons, checks=checks, alpha=cfg.alpha, devices=len(tr.ids),
+        replicas=cfg.replicas, half_cycles=len(tr.halves), pulses=pulses,
+        reads_per_pulse=tr.reads, seed=seed, g_lo=g_lo, g_hi=g_hi, unit=unit,
+        trace_error=trace_error, reasons=reasons)
