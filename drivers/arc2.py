@@ -236,6 +236,8 @@ class ArcTwoArray(CrossPointArray):
         rows, cols: block size (default: all wired lines); larger than wired -> ConfigError.
         instrument: an open ``pyarc2.Instrument`` (or a test fake) to use instead of
             connecting; it is released by :meth:`close` like a connected one.
+        offset: (row, col) of the block's corner on the wired chip: a tile of a layer
+            split into tiles sits at its position in the layer (disjoint blocks).
 
     Native: ``read`` and ``pulse``; forward, backward and update are emulated by
     the base class. Use as a context manager, or call :meth:`close`.
@@ -244,20 +246,23 @@ class ArcTwoArray(CrossPointArray):
     capabilities = Capabilities(read=True, pulse=True)
 
     def __init__(self, config: Arc2Config | str | Path, rows: int | None = None,
-                 cols: int | None = None, *, instrument: Any = None):
+                 cols: int | None = None, *, instrument: Any = None,
+                 offset: tuple[int, int] = (0, 0)):
         self._inst = None
         cfg = config if isinstance(config, Arc2Config) else load_arc2(config)
         rows = cfg.rows if rows is None else rows
         cols = cfg.cols if cols is None else cols
         super().__init__(rows, cols)
-        for name, n, wired in (("rows", rows, cfg.rows), ("cols", cols, cfg.cols)):
-            if n > wired:
-                raise ConfigError(f"{n} {name} requested but only {wired} are wired",
+        dr, dc = (int(v) for v in offset)
+        for name, n, d, wired in (("rows", rows, dr, cfg.rows), ("cols", cols, dc, cfg.cols)):
+            if d + n > wired:
+                at = f" from line {d}" if d else ""
+                raise ConfigError(f"{n} {name}{at} requested but only {wired} are wired",
                                   source=cfg.source, key=name)
         self.config = cfg
-        self.row_channels = cfg.row_channels()[:rows]
+        self.row_channels = cfg.row_channels()[dr:dr + rows]
         """Bit-line channel of each array row."""
-        self.col_channels = cfg.col_channels()[:cols]
+        self.col_channels = cfg.col_channels()[dc:dc + cols]
         """Word-line channel of each array column."""
         self._bit_idx = np.array([_BIT_INDEX[c] for c in self.row_channels])
         self._word_idx = np.array([_WORD_INDEX[c] for c in self.col_channels])
@@ -392,11 +397,13 @@ def _staircase(need: np.ndarray) -> list[tuple[list[int], int]]:
 
 
 # ---- open_array factory -----------------------------------------------------------------
-def open_arc2(argument: str, rows: int, cols: int, seed: int | None = None) -> ArcTwoArray:
-    """``open_array("arc2:FILE.yaml", rows, cols)``: the top-left block of the wired chip.
+def open_arc2(argument: str, rows: int, cols: int, seed: int | None = None,
+              offset: tuple[int, int] = (0, 0)) -> ArcTwoArray:
+    """``open_array("arc2:FILE.yaml", rows, cols)``: the top-left block of the wired chip
+    (a tile of a layer: the block at its ``offset`` in the layer).
 
     ``seed`` is ignored (hardware is not reproducible from a seed).
     """
     if not argument:
         raise ConfigError("'arc2' needs a YAML file: arc2:PATH.yaml", key="spec")
-    return ArcTwoArray(load_arc2(argument), rows, cols)
+    return ArcTwoArray(load_arc2(argument), rows, cols, offset=offset)

@@ -315,7 +315,8 @@ class BenchArray(CrossPointArray):
 
     def __init__(self, config: BenchConfig | str | Path, rows: int | None = None,
                  cols: int | None = None, *, region: str | None = None,
-                 transports: dict[str, Any] | None = None):
+                 transports: dict[str, Any] | None = None,
+                 offset: tuple[int, int] = (0, 0)):
         """Connect the instruments (or join the session already open on this chip) and
         put the bench in its safe state.
 
@@ -327,6 +328,9 @@ class BenchArray(CrossPointArray):
                 wired crossbar.
             transports: instrument name -> ready transport, instead of opening the
                 resources (tests, or an already-open session).
+            offset: (row, col) of the block's corner from the region's (or the wired
+                crossbar's) corner: a tile of a layer split into tiles sits at its
+                position in the layer, so the tiles take disjoint blocks.
         """
         cfg = config if isinstance(config, BenchConfig) else load_bench(config)
         area = cfg.region(region) if region is not None else \
@@ -337,14 +341,18 @@ class BenchArray(CrossPointArray):
         super().__init__(rows, cols)
         where = f"region {region} ({area.describe()})" if region is not None else \
             "devices wired on this bench"
-        if rows > n_rows or cols > n_cols:
-            raise ConfigError(f"a {rows} x {cols} array does not fit the {n_rows} x "
-                              f"{n_cols} {where}", source=cfg.source,
+        dr, dc = (int(v) for v in offset)
+        if dr + rows > n_rows or dc + cols > n_cols:
+            what = (f"a {rows} x {cols} array" if (dr, dc) == (0, 0) else
+                    f"a {rows} x {cols} tile at rows {dr}-{dr + rows - 1}, cols "
+                    f"{dc}-{dc + cols - 1} of its layer")
+            raise ConfigError(f"{what} does not fit the {n_rows} x {n_cols} {where}",
+                              source=cfg.source,
                               key=("regions." + region) if region is not None else
-                              ("rows" if rows > n_rows else "cols"))
+                              ("rows" if dr + rows > n_rows else "cols"))
         self.config = cfg
         self.region = region
-        self._r0, self._c0 = area.rows[0], area.cols[0]
+        self._r0, self._c0 = area.rows[0] + dr, area.cols[0] + dc
         block = (self._r0, self._r0 + rows, self._c0, self._c0 + cols)
         self.label = f"bench:{cfg.source}" + (f"#{region}" if region is not None else "")
         transports = transports or {}
@@ -734,9 +742,11 @@ class BenchArray(CrossPointArray):
         return f"BenchArray({self.config.source!r}, rows={self.rows}, cols={self.cols}{region})"
 
 
-def open_bench(argument: str, rows: int, cols: int, seed: int | None = None) -> BenchArray:
+def open_bench(argument: str, rows: int, cols: int, seed: int | None = None,
+               offset: tuple[int, int] = (0, 0)) -> BenchArray:
     """``open_array("bench:FILE.yaml", rows, cols)``, or ``"bench:FILE.yaml#REGION"`` for
-    a region of the bench YAML's ``regions:`` (hardware takes no seed)."""
+    a region of the bench YAML's ``regions:`` (hardware takes no seed); ``offset``: a
+    tile's (row, col) in its layer, the block's offset from the region's corner."""
     path, hash_, region = argument.rpartition("#") if "#" in argument else (argument, "", "")
     if not path:
         raise ConfigError(f"expected bench:FILE.yaml or bench:FILE.yaml#REGION, got "
@@ -744,4 +754,4 @@ def open_bench(argument: str, rows: int, cols: int, seed: int | None = None) -> 
     if hash_ and not region:
         raise ConfigError(f"'bench:{argument}': name a region after '#' "
                           "(bench:FILE.yaml#REGION)", key="spec")
-    return BenchArray(load_bench(path), rows, cols, region=region or None)
+    return BenchArray(load_bench(path), rows, cols, region=region or None, offset=offset)

@@ -20,7 +20,10 @@ from rpuhw.errors import ConfigError
 from rpuhw.registry import Registry
 
 Factory = Callable[[str, int, int, "int | None"], CrossPointArray]
-"""``factory(argument, rows, cols, seed) -> array``; argument is the text after ``prefix:``."""
+"""``factory(argument, rows, cols, seed) -> array``; argument is the text after ``prefix:``.
+A factory that places arrays on physical devices (hardware) also takes the keyword
+``offset=(row, col)``: the array's position inside the layer it is a tile of (see
+:func:`open_array`)."""
 
 BACKENDS: Registry[Factory] = Registry("array backend", key="spec",
                                        entry_points="rpuhw.backends")
@@ -42,10 +45,15 @@ def known_specs() -> list[str]:
     return [BACKENDS.usage(name, default=f"{name}:...") for name in BACKENDS.names()]
 
 
-def open_array(spec: str, rows: int, cols: int, seed: int | None = None) -> CrossPointArray:
+def open_array(spec: str, rows: int, cols: int, seed: int | None = None,
+               offset: tuple[int, int] = (0, 0)) -> CrossPointArray:
     """Open the array described by ``spec`` with ``rows x cols`` devices.
 
     Changing this one string moves a script between simulator and hardware.
+    ``offset``: where this array sits in a layer's (physical) weight matrix when the
+    layer is split into tiles (row, column of its top-left device). Hardware backends
+    place it there, at that offset from the spec's origin (a bench region's corner), so
+    the tiles of one layer take disjoint blocks of one chip; simulators ignore it.
     """
     if not isinstance(spec, str) or not spec:
         raise ConfigError(f"expected a spec string such as 'sim', got {spec!r}", key="spec")
@@ -53,7 +61,20 @@ def open_array(spec: str, rows: int, cols: int, seed: int | None = None) -> Cros
     if prefix not in BACKENDS:
         raise ConfigError(f"unknown array spec {spec!r} (known: {'; '.join(known_specs())})",
                           key="spec")
-    return BACKENDS.get(prefix)(arg, rows, cols, seed)
+    factory = BACKENDS.get(prefix)
+    if tuple(offset) != (0, 0) and _places(factory):
+        return factory(arg, rows, cols, seed, offset=tuple(offset))
+    return factory(arg, rows, cols, seed)
+
+
+def _places(factory: Factory) -> bool:
+    """Whether ``factory`` takes the ``offset`` keyword (places arrays on devices)."""
+    import inspect
+
+    try:
+        return "offset" in inspect.signature(factory).parameters
+    except (TypeError, ValueError):  # a builtin without a signature
+        return False
 
 
 def _open_ideal(arg: str, rows: int, cols: int, seed: int | None) -> CrossPointArray:

@@ -128,7 +128,8 @@ class TileGrid:
             row = []
             for c0, c1 in self.col_splits:
                 tile_seed = None if seed is None else seed * 7919 + n
-                array = open_array(plan.backend, r1 - r0, c1 - c0, seed=tile_seed)
+                array = open_array(plan.backend, r1 - r0, c1 - c0, seed=tile_seed,
+                                   offset=(r0, c0))
                 # the periphery's generator must not share the array's seed (their
                 # streams would be correlated)
                 per_seed = None if tile_seed is None else (tile_seed * 2654435761 + 97) % 2**62

@@ -374,6 +374,18 @@ def test_larger_block_than_wired_is_refused():
     assert fake.method_calls == []
 
 
+def test_a_tile_takes_the_block_at_its_offset():
+    """A tile of a layer (``offset``) uses the wired lines from its offset on, so the
+    tiles of one layer take disjoint blocks; past the wired lines it is refused."""
+    cfg = arc2_from_mapping(config_dict(4, 5), source="bench/arc2.yaml")
+    fake = create_autospec(pyarc2.Instrument, instance=True)
+    arr = ArcTwoArray(cfg, 2, 3, instrument=fake, offset=(2, 1))
+    assert arr.row_channels == cfg.row_channels()[2:4]
+    assert arr.col_channels == cfg.col_channels()[1:4]
+    with pytest.raises(ConfigError, match="2 cols from line 4 requested but only 5"):
+        ArcTwoArray(cfg, 2, 2, instrument=fake, offset=(0, 4))
+
+
 # ---- safety -------------------------------------------------------------------------------
 @pytest.mark.parametrize("key,value", [
     ("pulse.potentiation.amplitude", 2.5),

@@ -235,3 +235,46 @@ def test_train_with_a_and_c_on_one_region_exits_2_naming_both(chip, tmp_path):
     assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert lines[0].count(f"bench:{path}#A") == 2 and "overlaps" in lines[0]
     assert not out.exists() and not _outputs_on(emu)
+
+
+def test_a_tiled_layer_takes_disjoint_blocks_of_its_region(chip):
+    """A 16 x 26 layer split into 2 x 2 tiles (max_rows 8, max_cols 13) on region C:
+    each tile sits at its place in the layer, offset from C's corner (chip row 16), so
+    the four tiles are the four quarters of conv1's block, one session, no overlap; a
+    pulse through the grid lands on the chip device of its layer position."""
+    from rpuhw.schedule import LayerPlan, TileGrid
+
+    emu, path = chip
+    plan = LayerPlan(backend=f"bench:{path}#C", max_rows=8, max_cols=13)
+    grid = TileGrid(*CONV1, plan)
+    arrays = [per.array for row in grid.tiles for per in row]
+    try:
+        assert [a.block() for a in arrays] == [(16, 24, 0, 13), (16, 24, 13, 26),
+                                               (24, 32, 0, 13), (24, 32, 13, 26)]
+        assert len(_SESSIONS) == 1 and all(a._session is arrays[0]._session for a in arrays)
+        before = emu.chip.selected_pulses.copy()
+        counts = torch.zeros(CONV1, dtype=torch.int32)
+        counts[9, 14] = 2   # tile (1, 1), its device (1, 1)
+        counts[0, 0] = -1   # tile (0, 0), its device (0, 0)
+        grid.pulse(counts)
+        want = np.zeros((CHIP, CHIP), dtype=np.int64)
+        want[16 + 9, 14] = 2
+        want[16, 0] = 1
+        np.testing.assert_array_equal(emu.chip.selected_pulses - before, want)
+        truth = emu.chip.weights()  # the grid reads the chip's block in layer order
+        np.testing.assert_allclose(grid.read().numpy(), truth[16:32, :26], atol=0.1)
+    finally:
+        for a in arrays:
+            a.close()
+    assert not _SESSIONS and not _outputs_on(emu)
+
+
+def test_a_tile_outside_its_region_is_refused_naming_it(chip):
+    from rpuhw.schedule import LayerPlan, TileGrid
+
+    _, path = chip
+    plan = LayerPlan(backend=f"bench:{path}#C", max_rows=10)  # tiles of 10 and 10 rows
+    with pytest.raises(ConfigError, match=r"a 10 x 26 tile at rows 10-19, cols 0-25 of its "
+                                          r"layer does not fit the 16 x 32 region C"):
+        TileGrid(20, 26, plan)
+    assert not _SESSIONS
