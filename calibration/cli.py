@@ -17,8 +17,12 @@ RESUME_KEYS = {"array": "--array", "rows": "--rows", "cols": "--cols",
                "pulses_between_levels": "--pulses", "cycles": "--cycles",
                "repeats": "--repeats", "seed": "--seed", "devices": "--devices",
                "pulses_per_half": "--pulses", "window": "--window",
-               "settle_tol": "--settle-tol", "max_pulses": "--max-pulses"}
+               "settle_tol": "--settle-tol", "max_pulses": "--max-pulses",
+               "reads_per_step": "--reads-per-step", "read_noise_reads": "--read-noise-first"}
 """Sidecar settings a resumed ``rpuhw characterize`` must repeat, and the flag of each."""
+
+RESUME_DEFAULTS = {"reads_per_step": 1, "read_noise_reads": 0}
+"""Values of RESUME_KEYS that sidecars written before the key had (so they resume)."""
 
 
 @COMMANDS.register
@@ -34,6 +38,8 @@ class Characterize(Command):
                    "of an array into a measurement CSV with a sidecar JSON.")
     epilog = """examples:
   rpuhw characterize --array sim --rows 4 --cols 4 --devices 4 --pulses 200 -o meas.csv
+  rpuhw characterize --array bench:bench.yaml --rows 8 --cols 8 --devices 4 \
+                     --pulses auto --max-pulses 3000 --reads-per-step 2 -o meas.csv
   rpuhw characterize --array bench:bench.yaml --rows 8 --cols 8 --devices all \\
                      --pulses 400 --cycles 5 -o meas.csv
   rpuhw characterize ... -o meas.csv --resume        # continue an interrupted run
@@ -46,9 +52,15 @@ class Characterize(Command):
 
 pulse-response: --pulses is per direction per cycle: per cycle, a read then --pulses up
 pulses (read after each), a read then --pulses down pulses (read after each); the sidecar
-says pulses_per_direction. read-noise: --cycles levels --pulses up pulses
-apart (centred on the start), --repeats reads at each. symmetry-point: --pulses (default
-1) up pulses then as many down pulses, a read after each, repeated on every device until
+says pulses_per_direction. --pulses auto: each half-cycle goes on until the device
+saturates (the drift of a line through its last 64 per-pulse means is within the read
+noise) or --max-pulses (default 5000); devices that saturated wait for the others; the
+sidecar's "stops" says where each stopped. --reads-per-step K: K reads after each pulse
+(column read). On a bench: array a block of 50 reads at the start state comes first
+(polarity 0 rows: the measured read noise); --no-read-noise-first skips it.
+read-noise: --cycles levels --pulses up pulses apart (centred on the start), --repeats
+reads at each. symmetry-point: --pulses (default 1) up pulses then as many down pulses, a
+read after each, repeated on every device until
 the means of its last two --window cycles differ by less than --settle-tol x dw_min, or
 --max-pulses (docs/calibration.md, "Symmetry points").
 """
@@ -61,10 +73,18 @@ the means of its last two --window cycles differ by less than --settle-tol x dw_
         p.add_argument("--cols", required=True, type=int, help="array columns")
         p.add_argument("--devices", default="all", metavar="all|N|r:c,...",
                        help="devices to measure (default all)")
-        p.add_argument("--pulses", type=int, default=None,
+        p.add_argument("--pulses", default=None, metavar="N|auto",
                        help="pulse-response: pulses per direction per cycle (N up, then N "
-                            "down); read-noise: up pulses between levels (default 100); "
+                            "down; default 100), or 'auto': until each device saturates; "
+                            "read-noise: up pulses between levels (default 100); "
                             "symmetry-point: pulses per half-cycle (default 1)")
+        p.add_argument("--reads-per-step", type=int, default=None, metavar="K",
+                       help="pulse-response: reads after each pulse, each a row (default 1)")
+        p.add_argument("--read-noise-first", action=argparse.BooleanOptionalAction,
+                       default=None,
+                       help="pulse-response: first 50 reads of each device at its start "
+                            "state (polarity 0 rows), so the read noise is measured (default: "
+                            "on for bench: arrays, off otherwise; a resume repeats the run's)")
         p.add_argument("--cycles", type=int, default=1,
                        help="up/down cycles, or read-noise levels (default 1)")
         p.add_argument("--protocol", choices=("pulse-response", "read-noise", "symmetry-point"),
@@ -79,7 +99,8 @@ the means of its last two --window cycles differ by less than --settle-tol x dw_
                             "by less than F x dw_min (default 0.5)")
         p.add_argument("--max-pulses", type=int, default=None, metavar="N",
                        help="symmetry-point: most pulses per device (default 20 x window x "
-                            "pulses)")
+                            "pulses); pulse-response with --pulses auto: most pulses per "
+                            "half-cycle (default 5000)")
         p.add_argument("--seed", type=int, default=None, help="seed of a simulated array")
         p.add_argument("-o", "--output", required=True, metavar="CSV", help="measurement CSV")
         p.add_argument("--resume", action="store_true",
@@ -98,6 +119,7 @@ the means of its last two --window cycles differ by less than --settle-tol x dw_
             parse_devices,
             protocol_meta,
             pulse_response,
+            pulse_response_auto,
             read_noise,
             symmetry_point,
         )
@@ -105,6 +127,8 @@ the means of its last two --window cycles differ by less than --settle-tol x dw_
         _check_characterize_args(args)
         devices = parse_devices(args.devices, args.rows, args.cols)
         out = Path(args.output)
+        if args.resume:
+            _resume_defaults(out, args)
         settings = _settings(args, devices)
         if args.resume:
             old = _check_resume(out, settings)
@@ -119,10 +143,16 @@ the means of its last two --window cycles differ by less than --settle-tol x dw_
             t0 = time.monotonic()
             try:
                 result = None
-                if args.protocol == "pulse-response":
+                if args.protocol == "pulse-response" and args.pulses == "auto":
+                    pulse_response_auto(array, devices, writer, args.max_pulses, args.cycles,
+                                        args.reads_per_step, settings["read_noise_reads"],
+                                        progress=not args.no_progress,
+                                        accept_jump=args.accept_jump)
+                elif args.protocol == "pulse-response":
                     pulse_response(array, devices, args.pulses, args.cycles, writer,
                                    progress=not args.no_progress,
-                                   accept_jump=args.accept_jump)
+                                   accept_jump=args.accept_jump, reads=args.reads_per_step,
+                                   noise_reads=settings["read_noise_reads"])
                 elif args.protocol == "symmetry-point":
                     result = symmetry_point(array, devices, writer, pulses=args.pulses,
                                             window=args.window, tolerance=args.settle_tol,
@@ -148,6 +178,8 @@ the means of its last two --window cycles differ by less than --settle-tol x dw_
             if result is not None:
                 print(f"this run: {result.summary()}; analyse with: rpuhw symmetry-point "
                       f"{out} -o SP.yaml")
+            if args.protocol == "pulse-response":
+                _print_bounds(out)
             return 0
         finally:
             array.close()
@@ -155,9 +187,30 @@ the means of its last two --window cycles differ by less than --settle-tol x dw_
 
 def _check_characterize_args(args: argparse.Namespace) -> None:
     sym = args.protocol == "symmetry-point"
+    pr = args.protocol == "pulse-response"
     if args.pulses is None:
         args.pulses = 1 if sym else 100
-    for name in ("rows", "cols", "pulses", "cycles", "repeats", "window", "max_pulses"):
+    elif str(args.pulses).strip().lower() == "auto" and pr:
+        args.pulses = "auto"
+    else:
+        text = str(args.pulses).strip()
+        if not text.isdigit() or int(text) < 1:
+            allowed = "a positive integer or 'auto'" if pr else "a positive integer"
+            raise ConfigError(f"expected {allowed}, got {args.pulses!r}", key="--pulses")
+        args.pulses = int(text)
+    auto = args.pulses == "auto"
+    for name in ("reads_per_step", "read_noise_first"):
+        if getattr(args, name) is not None and not pr:
+            flag = name.replace("_", "-")
+            raise ConfigError("applies to --protocol pulse-response only", key=f"--{flag}")
+    if args.reads_per_step is None:
+        args.reads_per_step = 1
+    if auto and args.max_pulses is None:
+        from rpuhw.calibration.protocols import DEFAULT_MAX_PULSES
+
+        args.max_pulses = DEFAULT_MAX_PULSES
+    for name in ("rows", "cols", "cycles", "repeats", "window", "max_pulses",
+                 "reads_per_step"):
         value = getattr(args, name)
         if value is not None and value < 1:
             raise ConfigError(f"expected a positive integer, got {value}",
@@ -166,7 +219,7 @@ def _check_characterize_args(args: argparse.Namespace) -> None:
         raise ConfigError(f"expected a positive number (units of dw_min), got "
                           f"{args.settle_tol}", key="--settle-tol")
     for name in ("window", "settle_tol", "max_pulses"):
-        if getattr(args, name) is not None and not sym:
+        if getattr(args, name) is not None and not sym and not (auto and name == "max_pulses"):
             raise ConfigError("applies to --protocol symmetry-point only",
                               key=f"--{name.replace('_', '-')}")
     if sym and args.max_pulses is not None and args.max_pulses < 2 * args.pulses:
@@ -205,7 +258,67 @@ def _settings(args: argparse.Namespace, devices: list[tuple[int, int]]) -> dict[
     if args.protocol == "symmetry-point":
         del s["cycles"]
         s.update(window=args.window, settle_tol=args.settle_tol, max_pulses=args.max_pulses)
+    if args.protocol == "pulse-response":
+        noise_first = args.read_noise_first
+        if noise_first is None:
+            noise_first = str(args.array).startswith("bench:")
+        from rpuhw.calibration.protocols import DEFAULT_NOISE_READS
+
+        s.update(reads_per_step=args.reads_per_step,
+                 read_noise_reads=DEFAULT_NOISE_READS if noise_first else 0)
+        if args.pulses == "auto":
+            from rpuhw.calibration.saturation import SaturationRule
+
+            s.update(max_pulses=args.max_pulses, saturation=SaturationRule().to_dict())
     return s
+
+
+def _resume_defaults(out: Path, args: argparse.Namespace) -> None:
+    """On --resume, --read-noise-first left out repeats the run's choice (an older
+    sidecar: off)."""
+    from rpuhw.calibration.measurements import _read_sidecar
+
+    if args.protocol != "pulse-response" or args.read_noise_first is not None:
+        return
+    settings = _read_sidecar(out).get("settings") or {}
+    args.read_noise_first = bool(isinstance(settings, dict)
+                                 and settings.get("read_noise_reads"))
+
+
+def _print_bounds(out: Path) -> None:
+    """Per device whether both bounds were reached (the saturation rule on the file's
+    last window of each half-cycle) and the pulses each half-cycle took; a compact
+    summary for more than 16 devices."""
+    import numpy as np
+
+    from rpuhw.calibration.measurements import load_measurements
+    from rpuhw.calibration.saturation import half_cycle_ends
+
+    m = load_measurements(out)
+    ends = half_cycle_ends(m)
+    per: dict[int, dict[int, list[dict[str, Any]]]] = {}
+    for e in ends:
+        per.setdefault(e["device"], {1: [], -1: []})[e["polarity"]].append(e)
+
+    def cell(items: list[dict[str, Any]]) -> str:
+        return ", ".join(f"{e['pulses']} {'yes' if e['saturated'] else 'NO'}" for e in items)
+
+    both = [d for d, h in per.items() if all(e["saturated"] for v in h.values() for e in v)]
+    print(f"bounds reached (saturated: drift over the last window within the read noise): "
+          f"both in every cycle for {len(both)} of {len(per)} devices")
+    if len(per) <= 16:
+        print(f"  {'device':>10} {'up: pulses reached':>22}   down: pulses reached")
+        for d, h in per.items():
+            print(f"  {m.device_name(d):>10} {cell(h[1]):>22}   {cell(h[-1])}")
+        return
+    for pol, word in ((1, "upper"), (-1, "lower")):
+        miss = [d for d, h in per.items() if not all(e["saturated"] for e in h[pol])]
+        pulses = [e["pulses"] for h in per.values() for e in h[pol]]
+        names = ", ".join(m.device_name(d) for d in miss[:10]) + (" ..." if len(miss) > 10
+                                                                  else "")
+        print(f"  {word} bound: reached by {len(per) - len(miss)} of {len(per)} devices; "
+              f"pulses {min(pulses)}-{max(pulses)} (median {int(np.median(pulses))})"
+              + (f"; not reached: {names}" if miss else ""))
 
 
 def _check_resume(out: Path, settings: dict[str, Any]) -> dict[str, Any]:
@@ -221,7 +334,8 @@ def _check_resume(out: Path, settings: dict[str, Any]) -> dict[str, Any]:
     for key, flag in RESUME_KEYS.items():
         if key not in settings and key not in old:
             continue
-        if old.get(key) != settings.get(key):
+        default = RESUME_DEFAULTS.get(key)
+        if old.get(key, default) != settings.get(key, default):
             shown = settings.get(key) if key != "devices" else f"{len(settings[key])} devices"
             was = old.get(key) if key != "devices" else f"{len(old.get(key) or [])} devices"
             if key == "devices" and shown == was:

@@ -58,6 +58,7 @@ from rpuhw.device_spec import ConductanceMap
 from rpuhw.errors import ConfigError
 
 from .measurements import COLUMNS, Measurements, MeasurementWriter
+from .saturation import SaturationRule
 
 Device = tuple[int, int]
 """Array position ``(row, col)``."""
@@ -478,20 +479,222 @@ def protocol_meta(array: CrossPointArray, devices: list[Device], settings: dict[
 
 def pulse_response(array: CrossPointArray, devices: list[Device], pulses: int, cycles: int,
                    writer: MeasurementWriter, conductance: ConductanceMap | None = None,
-                   progress: bool = True, accept_jump: bool = False) -> int:
-    """``pulses`` per direction per cycle: n up pulses then n down pulses, a read after
-    each, on ``devices`` (sidecar key ``pulses_per_direction``).
+                   progress: bool = True, accept_jump: bool = False, reads: int = 1,
+                   noise_reads: int = 0) -> int:
+    """``pulses`` per direction per cycle: n up pulses then n down pulses, ``reads`` (K)
+    reads after each, on ``devices`` (sidecar key ``pulses_per_direction``), after
+    ``noise_reads`` reads at the start state (:func:`noise_first_plan`).
 
     Rows as in the module docstring; returns the number of rows written (resumes from
     ``writer.existing``, see :func:`check_resume_state` for ``accept_jump``).
     """
     pulses = _positive(pulses, "pulses")
     cycles = _positive(cycles, "cycles")
-    return run_plan(array, devices, pulse_response_plan(pulses, cycles), writer, conductance,
-                    progress, desc="pulse response",
+    reads = _positive(reads, "--reads-per-step")
+    noise_reads = _positive(noise_reads, "--read-noise-reads", zero=True)
+    return run_plan(array, devices, pulse_response_plan(pulses, cycles, reads, noise_reads),
+                    writer, conductance, progress, desc="pulse response",
                     settings={"protocol": "pulse-response", "pulses_per_direction": pulses,
-                              "cycles": cycles},
+                              "cycles": cycles, "reads_per_step": reads,
+                              "read_noise_reads": noise_reads},
                     accept_jump=accept_jump)
+
+
+DEFAULT_MAX_PULSES = 5000
+"""Default pulse budget per half-cycle of ``--pulses auto`` (``--max-pulses``)."""
+
+DEFAULT_NOISE_READS = 50
+"""Reads of the read-noise block run first (``--read-noise-first``): the standard error
+of the measured read noise is ``1 / sqrt(2 (50 - 1)) = 10 %`` of it."""
+
+
+def _check_site(array: CrossPointArray, devices: list[Device]) -> None:
+    check_array(array)
+    if not devices:
+        raise ConfigError("no devices chosen", key="--devices")
+    for i, j in devices:
+        if not (0 <= i < array.rows and 0 <= j < array.cols):
+            raise ConfigError(f"device {i}:{j} is outside the {array.rows} x {array.cols} "
+                              "array", key="--devices")
+
+
+def pulse_response_auto(array: CrossPointArray, devices: list[Device],
+                        writer: MeasurementWriter, max_pulses: int = DEFAULT_MAX_PULSES,
+                        cycles: int = 1, reads: int = 1, noise_reads: int = 0,
+                        rule: SaturationRule | None = None,
+                        conductance: ConductanceMap | None = None, progress: bool = True,
+                        accept_jump: bool = False) -> int:
+    """Pulse each half-cycle until every device saturates (``--pulses auto``).
+
+    Per cycle ``c``, polarity ``p`` = +1 then -1, the chosen devices in lockstep: ``reads``
+    (K) reads -> rows ``(c, p, pulse 0, read 0..K-1)``; then, while any device is still
+    active, one ``p`` pulse to every active device and K reads of each -> rows ``(c, p,
+    k, read)``. A device stops when :func:`~rpuhw.calibration.saturation.saturation_test`
+    says its last ``rule.window`` pulses saturated, or after ``max_pulses`` pulses of the
+    half-cycle (not saturated); the others go on. Before the first cycle, with
+    ``noise_reads`` > 0, that many reads of every device at its start state -> rows
+    ``(cycle 0, polarity 0, pulse = repeat)``; their standard deviation is the measured
+    read noise of the rule.
+
+    Where each device stopped goes into the sidecar after each half-cycle: ``stops``, a
+    list of ``{"device", "row", "col", "cycle", "polarity", "pulses", "saturated"}``.
+    Resume (``writer.existing``): after :func:`check_resume_state` (allowance one pulse),
+    the rows already there are replayed through the same rule (the rule and its constants
+    come from the sidecar), a pulse whose reads were cut short is read again without
+    pulsing, and the run goes on. Returns the rows written.
+    """
+    from rpuhw.progress import progress_bar
+
+    from .saturation import SaturationRule, saturation_test
+
+    _check_site(array, devices)
+    max_pulses = _positive(max_pulses, "--max-pulses")
+    cycles = _positive(cycles, "--cycles")
+    reads = _positive(reads, "--reads-per-step")
+    noise_reads = _positive(noise_reads, "--read-noise-reads", zero=True)
+    existing = writer.existing
+    side = existing.meta if existing is not None and existing.meta else writer.meta
+    old_settings = side.get("settings") if isinstance(side.get("settings"), dict) else None
+    if rule is None:
+        rule = SaturationRule.from_dict((old_settings or {}).get("saturation"))
+    to_g = conductance_of(array, conductance)
+    v_read = read_voltage_of(array)
+    cols = array.cols
+    ids = [i * cols + j for i, j in devices]
+    pos = {d: n for n, d in enumerate(ids)}
+    have: dict[tuple[int, int, int], dict[int, dict[int, float]]] = {}
+    noise: list[list[float]] = [[] for _ in ids]
+    t_offset = 0.0
+    if existing is not None and len(existing):  # before any pulse or write
+        _done_rows(existing, devices, cols)  # refuses foreign devices
+        jumps = check_resume_state(array, devices, [Step(-1, 1, 0, 1)], existing, to_g,
+                                   accept_jump)
+        if jumps:
+            writer.record_jumps(jumps)
+        for d, c, p, k, r, g in zip(existing.ids().tolist(), existing.cycles().tolist(),
+                                    existing.polarity.tolist(), existing.pulse.tolist(),
+                                    existing.reads().tolist(), existing.conductance.tolist(),
+                                    strict=True):
+            if p == 0:
+                if c == 0:
+                    noise[pos[d]].append(g)
+                continue
+            have.setdefault((pos[d], c, p), {}).setdefault(k, {}).setdefault(r, g)
+        if existing.time_s is not None:
+            finite = existing.time_s[np.isfinite(existing.time_s)]
+            t_offset = float(finite.max()) if len(finite) else 0.0
+    settings = {"protocol": "pulse-response", "pulses_per_direction": "auto",
+                "max_pulses": max_pulses, "cycles": cycles, "reads_per_step": reads,
+                "read_noise_reads": noise_reads, "saturation": rule.to_dict()}
+    if not isinstance(writer.meta.get("settings"), dict):
+        writer.update_meta(**protocol_meta(array, devices, settings, conductance))
+    elif writer.meta["settings"].get("saturation") != rule.to_dict():
+        writer.update_meta(settings={**writer.meta["settings"], "saturation": rule.to_dict()})
+    t0 = time.monotonic()
+    written = 0
+
+    def read_write(sel: list[int], c: int, p: int, ks: list[int], r: int) -> np.ndarray:
+        nonlocal written
+        g = to_g(read_chosen(array, [devices[n] for n in sel]))
+        t = round(t_offset + time.monotonic() - t0, 6)
+        written += writer.write([(ids[n], devices[n][0], devices[n][1], c, k, p,
+                                  float(g[q]), t, v_read, r)
+                                 for q, (n, k) in enumerate(zip(sel, ks, strict=True))])
+        return g
+
+    for r in range(noise_reads):  # the read-noise block, at the start state
+        sel = [n for n in range(len(ids)) if len(noise[n]) <= r]
+        if sel:
+            g = read_write(sel, 0, 0, [r] * len(sel), 0)
+            for q, n in enumerate(sel):
+                noise[n].append(float(g[q]))
+    sigma_read = np.array([np.std(v[:noise_reads], ddof=1) if noise_reads >= 3
+                           and len(v) >= 3 else np.nan for v in noise])
+    stops: list[dict[str, Any]] = list(side.get("stops") or []) if existing else []
+    done_halves = {(e["cycle"], e["polarity"]) for e in stops if isinstance(e, dict)}
+    bar = progress_bar(2 * cycles * max_pulses, desc="pulse response (auto)", unit="pulse",
+                       leave=True, enabled=progress)
+    try:
+        for c in range(cycles):
+            for p in (1, -1):
+                half = _run_half(c, p, len(ids), max_pulses, reads, rule, have, sigma_read,
+                                 read_write, array, devices, saturation_test, bar)
+                if (c, p) in done_halves:
+                    continue
+                stops.extend({"device": ids[n], "row": devices[n][0], "col": devices[n][1],
+                              "cycle": c, "polarity": p, "pulses": int(half[0][n]),
+                              "saturated": bool(half[1][n])} for n in range(len(ids)))
+                writer.update_meta(stops=stops)
+    finally:
+        if bar is not None:
+            bar.close()
+    return written
+
+
+def _run_half(c: int, p: int, n_dev: int, max_pulses: int, reads: int, rule: Any,
+              have: dict[tuple[int, int, int], dict[int, dict[int, float]]],
+              sigma_read: np.ndarray, read_write: Callable[..., np.ndarray],
+              array: CrossPointArray, devices: list[Device], test: Callable[..., Any],
+              bar: Any) -> tuple[np.ndarray, np.ndarray]:
+    """One half-cycle of :func:`pulse_response_auto`: returns (pulses, saturated) per
+    device."""
+    trace = np.full((n_dev, max_pulses + 1, reads), np.nan)
+    n_k = np.zeros(n_dev, dtype=np.int64)  # last pulse index with reads
+    for n in range(n_dev):  # replay the rows of a resumed run
+        for k, rr in have.get((n, c, p), {}).items():
+            if k <= max_pulses:
+                for r, g in rr.items():
+                    if r < reads:
+                        trace[n, k, r] = g
+                n_k[n] = max(n_k[n], k)
+    window = rule.window
+    saturated = np.zeros(n_dev, dtype=bool)
+
+    def evaluate(sel: np.ndarray) -> None:
+        ok = sel[(n_k[sel] >= window)]
+        ok = ok[np.isfinite(trace[ok, n_k[ok]]).all(axis=1)] if len(ok) else ok
+        if not len(ok):
+            return
+        idx = n_k[ok][:, None] - window + 1 + np.arange(window)
+        res = test(trace[ok[:, None], idx], p, sigma_read[ok], rule)
+        saturated[ok] = res.saturated
+
+    def complete(sel: list[int]) -> None:
+        """Read what is missing at each device's current pulse (no pulse)."""
+        for r in range(reads):
+            miss = [n for n in sel if not np.isfinite(trace[n, n_k[n], r])]
+            if miss:
+                g = read_write(miss, c, p, [int(n_k[n]) for n in miss], r)
+                trace[miss, n_k[miss], r] = g
+
+    everyone = np.arange(n_dev)
+    complete(list(everyone))  # pulse 0, or the reads a kill cut short
+    # devices that were pulsed at the last step but not read yet (a kill between reads)
+    kmax = int(n_k.max())
+    earlier = everyone[n_k == kmax - 1]
+    if len(earlier) and kmax >= 1:
+        evaluate(earlier)
+        pending = [int(n) for n in earlier if not saturated[n] and n_k[n] < max_pulses]
+        n_k[pending] = kmax
+        complete(pending)
+    evaluate(everyone)
+    if bar is not None:
+        bar.update(int(n_k.max()))
+    active = everyone[~saturated & (n_k < max_pulses)]
+    while len(active):
+        counts = torch.zeros(array.rows, array.cols, dtype=torch.int32)
+        for n in active.tolist():
+            counts[devices[n][0], devices[n][1]] = p
+        array.pulse(counts)
+        n_k[active] += 1
+        complete(active.tolist())
+        evaluate(active)
+        if bar is not None:
+            bar.update(1)
+        active = active[~saturated[active] & (n_k[active] < max_pulses)]
+    if bar is not None:
+        bar.update(max(0, max_pulses - int(n_k.max())))
+    return n_k.copy(), saturated.copy()
 
 
 def read_noise(array: CrossPointArray, devices: list[Device], repeats: int, states: int,
