@@ -203,6 +203,9 @@ def test_grid_from_registries(study):
     ("--devices", "paper,nope", "unknown device nope (allowed: paper, hidden_device, "),
     ("--seeds", "0,x", "expected comma-separated integers"),
     ("--epochs", "0", "must be >= 1"),
+    ("--device", "fitted", "expected NAME=SPEC"),
+    ("--device", "paper=sim", "must be a new name"),
+    ("--device", "fitted=sim:nowhere/device.yaml", "nowhere/device.yaml: no such file"),
 ])
 def test_bad_input_one_line_exit_2(study, tmp_path, capsys, flag, value, names):
     out = tmp_path / "o"
@@ -221,3 +224,16 @@ def test_bad_input_from_the_command_line(tmp_path):
     assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
     assert proc.stderr.startswith("error: --algorithms: unknown algorithm nope")
     assert not out.exists()
+
+
+def test_an_added_device_runs_alone_under_its_own_name(study, tmp_path):
+    """``--device NAME=SPEC`` without ``--devices``: only that device, its runs under
+    runs/NAME/, its spec in the run's config."""
+    out = tmp_path / "o"
+    spec = f"sim:{study.HIDDEN_DEVICE}"
+    assert study.main(["--algorithms", "mp", "--seeds", "0", "--epochs", "1",
+                       "--train-limit", "8", "--test-limit", "8", "--device",
+                       f"fitted={spec}", "--out", str(out)], log=lambda m: None) == 0
+    assert [p.name for p in (out / "runs").iterdir()] == ["fitted"]
+    res = json.loads((out / "runs" / "fitted" / "mp" / "seed0.json").read_text())
+    assert res["config"]["backend"] == spec

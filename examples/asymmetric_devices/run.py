@@ -26,6 +26,12 @@ and a run that diverged is recorded (``seedS.failed.json``) and shown as such.
 cores: compare speeds from ``--jobs 1`` runs only). ``--docs`` also writes the table and
 the figure into docs/algorithms.md, between :data:`BEGIN` and :data:`END`.
 
+``--device NAME=SPEC`` adds a device of one's own (repeatable; with no ``--devices``
+only the added ones run), e.g. a calibrated simulator beside the chip it was fitted to::
+
+    python examples/asymmetric_devices/run.py --algorithms mp --seeds 0,1,2 \
+        --devices hidden_device --device fitted=sim:out/device.yaml --out calib/
+
 Bad input (an unknown algorithm or device, a bad seed list) is one line on stderr and
 exit status 2, before anything is written.
 """
@@ -119,6 +125,22 @@ def _choose(given: str | None, allowed: Sequence[str], what: str, flag: str) -> 
         raise BadInput(f"{flag}: unknown {what} {', '.join(unknown) or repr(given)} "
                        f"(allowed: {', '.join(allowed)})")
     return list(dict.fromkeys(chosen))
+
+
+def parse_device(text: str, known: dict[str, Device]) -> Device:
+    """``NAME=SPEC`` of ``--device``: a new short name (letters, digits, ``_``, ``-``)
+    and an array spec (``sim:PATH.yaml``, whose file must exist)."""
+    name, eq, spec = text.partition("=")
+    if not eq or not name or not spec:
+        raise BadInput(f"--device: expected NAME=SPEC (e.g. fitted=sim:device.yaml), "
+                       f"got {text!r}")
+    if not name.replace("_", "").replace("-", "").isalnum() or name in known:
+        raise BadInput(f"--device: {name!r} must be a new name of letters, digits, _ "
+                       f"and - (taken: {', '.join(known)})")
+    path = spec.partition(":")[2]
+    if spec.startswith("sim:") and path.endswith((".yaml", ".yml")) and not Path(path).exists():
+        raise BadInput(f"--device: {name}: {path}: no such file")
+    return Device(name, spec, f"{name} ({spec})")
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -358,6 +380,9 @@ def main(argv: list[str] | None = None, log: Callable[[str], None] = print) -> i
     ap.add_argument("--algorithms", help="comma-separated (default: every registered one)")
     ap.add_argument("--devices", help="comma-separated short names (default: all; "
                     "paper, hidden_device, the loadable preset names)")
+    ap.add_argument("--device", action="append", default=[], metavar="NAME=SPEC",
+                    help="an extra device (repeatable), e.g. fitted=sim:out/device.yaml: "
+                    "a calibrated simulator beside the chip it was fitted to")
     ap.add_argument("--seeds", default="0,1,2", help="comma-separated (default 0,1,2)")
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--train-limit", type=int, help="first N training images (quick runs)")
@@ -376,8 +401,10 @@ def main(argv: list[str] | None = None, log: Callable[[str], None] = print) -> i
                 raise BadInput(f"{flag}: must be >= 1, got {v}")
         algorithms = _choose(args.algorithms, algorithm_names(), "algorithm", "--algorithms")
         known = {d.name: d for d in all_devices()}
-        devices = [known[n] for n in _choose(args.devices, list(known), "device",
-                                             "--devices")]
+        extra = [parse_device(text, known) for text in args.device]
+        devices = [] if extra and args.devices is None else \
+            [known[n] for n in _choose(args.devices, list(known), "device", "--devices")]
+        devices += extra
         seeds = parse_seeds(args.seeds)
         if args.docs and BEGIN not in args.docs_file.read_text():
             raise BadInput(f"{args.docs_file}: no {BEGIN!r} marker to write the study at")
