@@ -83,6 +83,9 @@ BUILT_IN = {
     "emulate": "rpuhw.drivers.cli:Emulate",
     "plot": "rpuhw.cli.core:Plot",
     "export-model": "rpuhw.interop.cli:ExportModel",
+    "sweep": "rpuhw.sweep.cli:Sweep",
+    "sweep-report": "rpuhw.sweep.cli:SweepReport",
+    "tune": "rpuhw.sweep.cli:Tune",
 }
 """The commands shipped with rpuhw, where each is defined, in the order ``rpuhw --help``
 lists them (commands of other packages follow, sorted)."""
