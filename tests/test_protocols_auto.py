@@ -253,6 +253,51 @@ def test_resume_of_an_auto_run_gives_the_uninterrupted_rows(tmp_path):
         assert 1 <= at_bound <= W, (p, at_bound)
 
 
+def test_fixed_pulses_with_k_reads_and_the_noise_block_resume(tmp_path):
+    """``--pulses N --reads-per-step 2`` after the read-noise block: cut between two reads
+    of one pulse, resumed on the same (deterministic) array, the rows are those of an
+    uninterrupted run; the block's rows are read-noise rows (polarity 0, cycle 0)."""
+    from rpuhw.calibration.protocols import pulse_response
+
+    dev = tmp_path / "exact.yaml"
+    dev.write_text(EXACT)
+    devices = [(0, 1), (1, 0)]
+
+    def run(path, writer_cls, resume=False):
+        arr = open_array(f"sim:{dev}", 2, 2, seed=0)
+        w = writer_cls(path, {})
+        with pytest.raises(_Cut) if writer_cls is _CutWriter else _no_raise():
+            pulse_response(arr, devices, 30, 2, w, progress=False, reads=2, noise_reads=5)
+        w.close()
+        return arr
+
+    ref = tmp_path / "ref.csv"
+    run(ref, MeasurementWriter)
+    path = tmp_path / "cut.csv"
+    _CutWriter.cut = 5 + 2 * 31 + 2 * 7 + 1  # block, up half, down pulses 0-6, read 0 of 7
+    arr = run(path, _CutWriter)
+    _CutWriter.cut = 10**9
+    kept = load_measurements(path, partial=True)
+    assert kept.reads()[-1] == 0 and kept.polarity[-1] == -1 and kept.pulse[-1] == 7
+    w = MeasurementWriter(path, {}, resume=True)
+    pulse_response(arr, devices, 30, 2, w, progress=False, reads=2, noise_reads=5)
+    w.close()
+    a, b = load_measurements(ref), load_measurements(path)
+    assert _keys(a) == _keys(b)
+    np.testing.assert_array_equal(a.conductance, b.conductance)
+    block = a.polarity == 0
+    assert block.sum() == 2 * 5 and set(a.cycles()[block].tolist()) == {0}
+    assert a.read.max() == 1 and a.meta["settings"]["reads_per_step"] == 2
+
+
+class _no_raise:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
 def test_cli_resume_of_an_auto_run(tmp_path, capsys):
     dev = tmp_path / "exact.yaml"
     dev.write_text(EXACT)
