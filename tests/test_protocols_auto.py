@@ -375,3 +375,18 @@ def test_bad_input_exits_2_and_writes_nothing(tmp_path, capsys, extra, words):
     err = capsys.readouterr().err.strip()
     assert code == 2 and words in err and len(err.splitlines()) == 1, err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_many_devices_get_a_compact_summary(tmp_path, capsys):
+    out = tmp_path / "m.csv"
+    assert main(["characterize", "--array", "sim", "--rows", "5", "--cols", "5",
+                 "--pulses", "auto", "--max-pulses", "80", "--seed", "1", "--no-progress",
+                 "-o", str(out)]) == 0
+    text = capsys.readouterr().out.splitlines()
+    # sim's devices need hundreds of steps of ~0.001 to their bounds near +-0.6: none
+    # saturates within 80 pulses
+    assert text[1].endswith("both in every cycle for 0 of 25 devices")
+    assert text[2] == "  upper bound: reached by 0 of 25 devices; pulses 80-80 (median 80); " \
+        "not reached: 0, 1, 2, 3, 4, 5, 6, 7, 8, 9 ..."
+    assert text[3].startswith("  lower bound: reached by 0 of 25 devices")
+    assert len(text) == 4
