@@ -52,34 +52,150 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
+def interval(res: FitResult, key: str) -> tuple[float, float] | None:
+    """95 % interval of ``key`` (a ``params`` key, ``g_min``, ``g_max``, ``read_noise``):
+    ``res.intervals`` when the fit has them, else estimate +- 1.96 standard errors; None
+    when neither is known."""
+    iv = (getattr(res, "intervals", None) or {}).get(key)
+    if iv is not None and len(iv) == 2 and all(v is not None for v in iv):
+        return float(iv[0]), float(iv[1])
+    se = res.uncertainties.get(key)
+    value = {"g_min": res.g_min, "g_max": res.g_max, "read_noise": res.read_noise}.get(
+        key, res.params.get(key))
+    if se is None or not isinstance(value, (int, float)) or not math.isfinite(se):
+        return None
+    return float(value) - 1.96 * float(se), float(value) + 1.96 * float(se)
+
+
+def interval_method(res: FitResult) -> str:
+    """How :func:`interval` got its intervals, in a few words."""
+    if getattr(res, "intervals", None):
+        return getattr(res, "interval_method", "") or "the fit's 95 % intervals"
+    return "estimate +- 1.96 standard errors"
+
+
+def _rows(res: FitResult) -> list[tuple[str, str, Any]]:
+    """(name shown, key, value) of every fitted quantity, bounds first."""
+    rows = [("g_min [S]", "g_min", res.g_min), ("g_max [S]", "g_max", res.g_max)]
+    rows += [(k, k, v) for k, v in res.params.items()]
+    rows.append(("read_noise", "read_noise", res.read_noise))
+    return rows
+
+
 def parameter_table(res: FitResult) -> str:
-    """Text table: every fitted key with its value and standard error."""
+    """Text table: every fitted key with its value, standard error and 95 % interval."""
     lines = [f"model {res.model} ({'ok' if res.ok else 'NOT OK: ' + res.reason})",
              f"  {res.explanation}",
-             f"  {'parameter':18s} {'value':>12s} {'std. error':>12s}"]
-    rows = [("g_min [S]", res.g_min, res.uncertainties.get("g_min")),
-            ("g_max [S]", res.g_max, res.uncertainties.get("g_max"))]
-    rows += [(k, v, res.uncertainties.get(k)) for k, v in res.params.items()]
-    rows.append(("read_noise", res.read_noise, res.uncertainties.get("read_noise")))
-    for name, value, se in rows:
+             f"  {'parameter':18s} {'value':>12s} {'std. error':>12s}  95 % interval "
+             f"({interval_method(res)})"]
+    for name, key, value in _rows(res):
+        se = res.uncertainties.get(key)
         se_txt = "" if se is None else _fmt(se)
-        lines.append(f"  {name:18s} {_fmt(value):>12s} {se_txt:>12s}")
-    lines.append(f"  devices {len(res.per_device['device'])}, steps "
-                 f"{res.scores[res.model].n}")
+        iv = interval(res, key) if isinstance(value, (int, float)) else None
+        iv_txt = "" if iv is None else f"[{iv[0]:.4g}, {iv[1]:.4g}]"
+        lines.append(f"  {name:18s} {_fmt(value):>12s} {se_txt:>12s}  {iv_txt}")
+    score = res.scores.get(res.model)
+    lines.append(f"  devices {len(res.per_device['device'])}"
+                 + (f", steps {score.n}" if score is not None else ""))
     if res.data is not None and res.data.traces:
         lines.append(f"  protocol: {protocol_text(res)}")
     if len(res.scores) > 1:
-        lines.append(f"  {'candidate':14s} {res.criterion.upper():>14s} {'runs':>6s} "
+        crit = res.criterion
+        lines.append(f"  {'candidate':14s} {crit.upper():>14s} {'runs':>6s} "
                      f"{'curve err':>9s}  ok")
-        for s in sorted(res.scores.values(), key=lambda s: getattr(s, res.criterion)):
-            lines.append(f"  {s.model:14s} {getattr(s, res.criterion):14.1f} "
-                         f"{s.runs_ratio:6.2f} {100 * s.curve_error:8.1f}%  {s.ok}")
+
+        def key(s):
+            v = getattr(s, crit, float("nan"))
+            return v if isinstance(v, (int, float)) and math.isfinite(v) else float("inf")
+
+        for s in sorted(res.scores.values(), key=key):
+            v = getattr(s, crit, float("nan"))
+            lines.append(f"  {s.model:14s} {v:14.1f} {s.runs_ratio:6.2f} "
+                         f"{100 * s.curve_error:8.1f}%  {s.ok}")
     lines += [f"  note: {n}" for n in res.notes]
     lines += [textwrap.fill(f"not identified by the data: {c.parameter}: {c.cause}", 100,
                             initial_indent="  ", subsequent_indent="    ",
                             break_on_hyphens=False)
               for c in checks(res).values() if not c.identified]
     return "\n".join(lines)
+
+
+def _md(v: Any) -> str:
+    """A table cell: numbers to 4 significant digits, ``|`` escaped."""
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v).replace("|", "\\|")
+
+
+def markdown_report(res: FitResult, validation: Any = None, truth: Any = None) -> str:
+    """The fit (and its validation) as Markdown: the model and why; a table of every
+    fitted key with its 95 % interval (with ``truth``, a device spec of the same model: the
+    true value and whether the interval covers it); what the data do not determine; the
+    held-out scores when the fit has them; and ``validation``'s checks (a
+    :class:`~rpuhw.calibration.validate.ValidationResult`), one row each."""
+    out = [f"### Fit: `{res.model}` ({'ok' if res.ok else 'NOT OK: ' + res.reason})", "",
+           res.explanation, ""]
+    true_params: dict[str, Any] = {}
+    if truth is not None and getattr(truth.model, "name", None) == res.model:
+        true_params = dict(dataclasses.asdict(truth.model.params))
+        true_params["read_noise"] = truth.io.read_noise
+        if truth.conductance is not None:
+            true_params.update(g_min=truth.conductance.g_min, g_max=truth.conductance.g_max)
+    head = ["parameter", "fitted", "95 % interval"]
+    if true_params:
+        head += ["true", "covered"]
+    out += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for _name, key, value in _rows(res):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        iv = interval(res, key)
+        row = [f"`{key}`", _md(float(value)), _NA_MD if iv is None else
+               f"[{iv[0]:.4g}, {iv[1]:.4g}]"]
+        if true_params:
+            t = true_params.get(key)
+            row += [_NA_MD if t is None else _md(float(t)),
+                    _NA_MD if t is None or iv is None else
+                    ("yes" if iv[0] <= t <= iv[1] else "**no**")]
+        out.append("| " + " | ".join(row) + " |")
+    out += ["", f"Intervals: {interval_method(res)}.", ""]
+    missing = [f"- not identified by the data: {c.parameter}: {c.cause}"
+               for c in checks(res).values() if not c.identified]
+    missing += [f"- {n}" for n in (getattr(res, "not_identifiable", None) or [])]
+    if missing:
+        out += missing + [""]
+    held = getattr(res, "held_out", None) or {}
+    if held:
+        out += ["| model | held-out log-likelihood (nats) |", "|---|---|"]
+        out += [f"| `{k}` | {v:.1f} |" for k, v in sorted(held.items(), key=lambda kv: -kv[1])]
+        margin = getattr(res, "margin", float("nan"))
+        if isinstance(margin, float) and math.isfinite(margin):
+            se = getattr(res, "margin_se", float("nan"))
+            thin = " (thin: within the noise)" if getattr(res, "thin_margin", False) else ""
+            out += ["", f"Margin over the runner-up: {margin:.1f} +- {se:.1f} nats{thin}."]
+        out.append("")
+    if validation is not None:
+        from rpuhw.calibration.validate import format_value
+
+        out += [f"### Validation: {'PASS' if validation.passed else 'FAIL'}", "",
+                f"{validation.devices} devices, {validation.replicas} simulated replicas of "
+                f"the measured protocol; each check fails at p <= "
+                f"{validation.alpha / max(len(validation.checks), 1):.3g} with an effect above "
+                "its floor.", "",
+                "| check | result | worst component | measured | simulated (mean +- sd) | p |",
+                "|---|---|---|---|---|---|"]
+        for c in validation.checks:
+            if not c.tested:
+                out.append(f"| {c.name} | not tested | - | - | - | - |")
+                continue
+            out.append(f"| {c.name} | {'pass' if c.passed else '**FAIL**'} | "
+                       f"{_md(c.worst)} | {format_value(c.measured, c.unit)} | "
+                       f"{format_value(c.simulated, c.unit)} +- "
+                       f"{format_value(c.simulated_sd, c.unit, sign=False)} | {c.pvalue:.3g} |")
+        out.append("")
+    return "\n".join(out)
+
+
+_NA_MD = "-"
 
 
 def protocol_text(res: FitResult) -> str:
@@ -116,6 +232,14 @@ def report(res: FitResult) -> dict[str, Any]:
         "identifiability": {k: c.to_dict() for k, c in checks(res).items()},
         "g_min": res.g_min, "g_max": res.g_max, "read_noise": res.read_noise,
         "params": res.params, "uncertainties": res.uncertainties,
+        "intervals": {key: list(iv) for _n, key, v in _rows(res)
+                      if isinstance(v, (int, float)) and not isinstance(v, bool)
+                      and (iv := interval(res, key))},
+        "interval_method": interval_method(res),
+        "not_identifiable": list(getattr(res, "not_identifiable", None) or []),
+        "held_out": dict(getattr(res, "held_out", None) or {}),
+        "margin": getattr(res, "margin", None), "margin_se": getattr(res, "margin_se", None),
+        "thin_margin": bool(getattr(res, "thin_margin", False)),
         "scores": {k: s.to_dict() for k, s in res.scores.items()},
         "notes": res.notes,
         "per_device": res.per_device,

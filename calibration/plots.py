@@ -88,37 +88,17 @@ _ROWS = {"g_min": ("g_min (mean lower bound)", "µS"),
 """Key -> (name in the figure, unit)."""
 
 
-def _interval(res: FitResult, key: str) -> tuple[float, float] | None:
-    """95 % interval of fit key ``key`` (``params`` keys, g_min, g_max, read_noise): the
-    fit's ``intervals`` when it has them, else estimate +- 1.96 standard errors."""
-    iv = (getattr(res, "intervals", None) or {}).get(key)
-    if iv is not None and len(iv) == 2 and all(v is not None for v in iv):
-        return float(iv[0]), float(iv[1])
-    se = (getattr(res, "uncertainties", None) or {}).get(key)
-    value = {"g_min": res.g_min, "g_max": res.g_max, "read_noise": res.read_noise}.get(
-        key, res.params.get(key))
-    if se is None or not isinstance(value, (int, float)) or not np.isfinite(se):
-        return None
-    return float(value) - 1.96 * float(se), float(value) + 1.96 * float(se)
-
-
-def _interval_method(res: FitResult) -> str:
-    """How the intervals were computed, in a few words."""
-    method = getattr(res, "interval_method", "")
-    if getattr(res, "intervals", None):
-        return method or "the fit's 95 % intervals"
-    return "estimate +- 1.96 standard errors"
-
-
 def _physical_intervals(res: FitResult, spec: DeviceSpec) -> dict[str, tuple[float, float]]:
     """95 % intervals in the units of :data:`_ROWS`, where a fit key maps onto a row."""
+    from rpuhw.calibration.fit_report import interval
+
     s = _scale(spec)
     out = {}
     for row, key, k in (("g_min", "g_min", 1e6), ("g_max", "g_max", 1e6),
                         ("dw_min_dtod", "dw_min_dtod", 1.0),
                         ("dw_min_std", "dw_min_std", 1.0),
                         ("read noise", "read_noise", s * 1e9)):
-        iv = _interval(res, key)
+        iv = interval(res, key)
         if iv is not None:
             out[row] = (iv[0] * k, iv[1] * k)
     return out
@@ -131,9 +111,16 @@ def _conditions(res: FitResult, meta: dict[str, Any] | None) -> str:
     settings = (meta or {}).get("settings", {}) if isinstance(meta, dict) else {}
     pulses = settings.get("pulses_per_direction", settings.get("pulses"))
     cycles = settings.get("cycles")
-    if pulses and cycles:
+    if pulses == "auto" and cycles:
+        budget = settings.get("max_pulses")
+        text += (f", {cycles} cycle{'s' if cycles != 1 else ''} pulsed to saturation"
+                 + (f" (at most {budget} pulses per half-cycle)" if budget else ""))
+    elif pulses and cycles:
         text += (f", {cycles} cycle{'s' if cycles != 1 else ''} x {pulses} up + {pulses} "
                  f"down pulses")
+    reads = settings.get("reads_per_step")
+    if isinstance(reads, int) and reads > 1:
+        text += f", {reads} reads per pulse"
     if settings.get("read_voltage") is not None:
         text += f", read at {float(settings['read_voltage']):g} V"
     return text
@@ -319,7 +306,10 @@ def fit_figure(res: FitResult, n_traces: int = 4, truth: DeviceSpec | None = Non
     widths = [0.75, 1.55, 1.0][-n_cols:]
     axes = bottom.subplots(1, n_cols, width_ratios=widths)
     shares = [w / sum(widths) * width * 0.92 for w in widths]
-    method = _interval_method(res)
+    from rpuhw.calibration.fit_report import interval as _interval
+    from rpuhw.calibration.fit_report import interval_method
+
+    method = interval_method(res)
     if physical:
         fitted = _physical(spec)
         ivs = _physical_intervals(res, spec)
@@ -533,7 +523,8 @@ def validation_figure(result: ValidationResult) -> Figure:
                         mfc="white", label=f"simulated, {grp}")
             ax.plot(xs, np.asarray(chk.measured_values)[sel] * k, "x", color="C3", ms=8,
                     mew=2, label="measured" if n == 0 else None)
-        unit = {"1": "", "weight": " (weight units)"}.get(chk.unit, f" ({chk.unit})")
+        unit = {"1": "", "weight": " (weight units)"}.get(
+            chk.unit, f" ({chk.unit.replace('u', 'µ')})")
         xunit = " (µS)" if x_scale != 1.0 else (" (weight units)" if chk.name ==
                                                    "step_vs_state" else "")
         ax.set(xlabel=xl + xunit, ylabel=yl + unit)

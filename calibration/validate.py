@@ -166,9 +166,10 @@ class Check:
             return f"PASS {self.name}: not tested ({self.description})"
         verdict = "PASS" if self.passed else "FAIL"
         u = self.unit
+        sd = format_value(self.simulated_sd, u, sign=False)
         return (f"{verdict} {self.name} ({self.description}): worst {self.worst}: measured "
-                f"{_v(self.measured, u)}, "
-                f"simulated {_v(self.simulated, u)} +- {_v(self.simulated_sd, u, sign=False)}"
+                f"{format_value(self.measured, u)}, "
+                f"simulated {format_value(self.simulated, u)} +- {sd}"
                 f" (z {self.z:+.1f}); discrepancy {self.discrepancy:.3g}, p = {self.pvalue:.3g}"
                 f" (fails at p <= {self.alpha:.3g} with effect >= {self.effect_floor:g} "
                 f"{self.effect_unit}; effect {self.effect:.3g})")
@@ -178,7 +179,7 @@ _SCALE = {"uS": 1e6, "nS": 1e9}
 """Display units of values stored in siemens."""
 
 
-def _v(value: float, unit: str, sign: bool = True) -> str:
+def format_value(value: float, unit: str, sign: bool = True) -> str:
     """A value with its unit: ``uS``/``nS`` (value in S), ``weight`` or ``1``."""
     f = "+.3g" if sign else ".3g"
     if unit in _SCALE:
@@ -250,7 +251,8 @@ class ValidationResult:
         lines += ["  " + c.line() for c in self.checks]
         u = "uS" if self.unit == "S" else "weight"
         lines.append(f"  (information) mean trace error {self.trace_error:.4f} of the "
-                     f"conductance range [{_v(self.g_lo, u, False)}, {_v(self.g_hi, u, False)}]")
+                     f"conductance range [{format_value(self.g_lo, u, False)}, "
+                     f"{format_value(self.g_hi, u, False)}]")
         lines += [f"  reason: {r}" for r in self.reasons]
         return "\n".join(lines)
 
@@ -646,8 +648,8 @@ def validate(device_yaml: str | Path | DeviceSpec, measurements: str | Path | Me
                           & (np.median(st_r["counts"], axis=0) >= cfg.min_samples))
     centres = 0.5 * (edges[:-1] + edges[1:])
     labels = [f"{'up' if k < bins else 'down'} bin {k % bins} "
-              f"[{_v(edges[k % bins], u_level, False)}, "
-              f"{_v(edges[k % bins + 1], u_level, False)}]"
+              f"[{format_value(edges[k % bins], u_level, False)}, "
+              f"{format_value(edges[k % bins + 1], u_level, False)}]"
               for k in keep]
     typical = float(np.nanmean(np.abs(np.nanmean(st_r["steps"][:, keep], axis=0)))) \
         if len(keep) else 1.0
@@ -692,8 +694,9 @@ def validate(device_yaml: str | Path | DeviceSpec, measurements: str | Path | Me
         den += float(ok.sum())
     trace_error = num / max(den, 1.0) / span
 
-    reasons = [f"{c.name}: {c.worst} measured {_v(c.measured, c.unit)} against simulated "
-               f"{_v(c.simulated, c.unit)} +- {_v(c.simulated_sd, c.unit, False)} "
+    reasons = [f"{c.name}: {c.worst} measured {format_value(c.measured, c.unit)} against "
+               f"simulated {format_value(c.simulated, c.unit)} +- "
+               f"{format_value(c.simulated_sd, c.unit, False)} "
                f"(p = {c.pvalue:.3g} <= {c.alpha:.3g}, effect {c.effect:.3g} >= "
                f"{c.effect_floor:g} {c.effect_unit})" for c in checks if not c.passed]
     pulses = int(sum(int(np.clip(tr.last[j], 0, None).sum()) for j in range(len(tr.halves))))

@@ -182,3 +182,26 @@ def test_false_rejection_rate(tmp_path):
     assert (p <= 1 / 80).sum() <= 4, p
     assert p.mean() > 0.40, p
     assert len(failed) <= 2 and set(failed) <= set(CHECKS), failed
+
+
+def test_fit_report_shows_intervals_and_checks(soft_data):
+    """The Markdown report: every fitted key with its 95 % interval (and the truth), and
+    one row per validation check; the JSON report's intervals cover params + bounds."""
+    from rpuhw.calibration.fit import fit
+    from rpuhw.calibration.fit_report import interval, markdown_report, report
+
+    res = fit(soft_data, "soft_bounds")
+    val = validate(res, soft_data, seed=0)  # a FitResult is validated as its device spec
+    md = markdown_report(res, val, truth=SOFT)
+    keys = [k for k, v in res.params.items() if isinstance(v, float)]
+    for k in [*keys, "g_min", "g_max", "read_noise"]:
+        iv = interval(res, k)
+        row = next(ln for ln in md.splitlines() if ln.startswith(f"| `{k}` |"))
+        assert (iv is None and "| - |" in row) or f"[{iv[0]:.4g}, {iv[1]:.4g}]" in row, row
+        assert row.rstrip().endswith(("| yes |", "| **no** |", "| - |")), row
+    assert f"### Validation: {'PASS' if val.passed else 'FAIL'}" in md
+    for c in val.checks:
+        assert any(ln.startswith(f"| {c.name} |") for ln in md.splitlines()), c.name
+    js = report(res)
+    assert {"g_min", "g_max", "read_noise"} <= set(js["intervals"]), js["intervals"]
+    assert all(lo <= hi for lo, hi in js["intervals"].values())
