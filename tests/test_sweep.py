@@ -93,6 +93,8 @@ def test_algorithm_axes_merge_into_the_algorithm():
     ({"base": {**BASE, "out": "x.json"}, "grid": {"seed": [0]}}, "set by the sweep itself"),
     ({"base": BASE, "random": {"N": 2, "space": {"lr": {"low": 0, "high": 1, "log": True}}}},
      "log: true needs low > 0"),
+    ({"base": BASE, "grid": {"device.w_min,device.w_max": [[-0.3, 0.3], [-1.0]]}},
+     "linked axes: each value must be a list of 2"),
     ({"base": BASE, "grid": {"seed": [0]}, "search": {"trials": 2, "space": {
         "lr": {"low": 0.001, "high": 0.1}}}}, "a search runs alone"),
 ])
@@ -191,3 +193,20 @@ def test_the_cli_loads_no_ray_optuna_or_pyarrow():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_the_device_requirements_example_expands(tmp_path, capsys):
+    import importlib.util
+
+    path = ROOT / "examples" / "device_requirements" / "run.py"
+    spec = importlib.util.spec_from_file_location("device_requirements_run", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.main(["--out", str(tmp_path / "dr"), "--dry-run"]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1] == "108 trials"
+    assert mod.main(["--out", str(tmp_path / "tiny"), "--tiny", "--dry-run"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[-1] == "16 trials"
+    assert lines[-2].split() == ["t0015", "algorithm=mp", "device.w_max=2.0",
+                                 "device.w_min=-2.0", "seed=0"]
+    assert not (tmp_path / "tiny").exists()

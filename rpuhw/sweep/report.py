@@ -5,7 +5,8 @@ per group: its axis values, the number of seeds that finished ``ok`` (n), the fa
 ones, the final test error as mean ± sample standard deviation over the seeds (ddof 1,
 in %), and images/s. For each numeric axis (other than ``seed``) with two or more values,
 ``DIR/plot_AXIS.png`` shows the test error against that axis, one line per value of the
-other axes (categorical or numeric), the band mean ± std over the seeds.
+other axes (categorical or numeric), the band mean ± std over the seeds. Linked axes
+(varied together) show under the first of their group.
 """
 
 from __future__ import annotations
@@ -140,12 +141,12 @@ def write_report(folder: str | Path) -> Path:
         raise ConfigError(f"not a sweep folder (no {SWEEP_JSON}); give the --out DIR of "
                           "rpuhw sweep", source=str(folder))
     records = sorted(sdir.load().values(), key=lambda r: r["id"])
-    axes = sdir.axes
+    axes = [a for a in sdir.axes if a not in sdir.followers]  # linked: the first stands in
     n_err = sum(r["status"] != "ok" for r in records)
     parts = [f"# Sweep report: {sdir.path}", "",
              f"{len(records)} trials finished ({len(records) - n_err} ok, {n_err} failed). "
              "Test error after the last epoch, mean ± sample std over the seeds (n: seeds "
-             "that finished ok).", "", table(records, axes), ""]
+             "that finished ok).", "", table(records, sdir.axes), ""]
     for axis in axes:
         if axis == SEED:
             continue

@@ -43,6 +43,8 @@ class SweepDir:
         self.path = Path(path)
         self.axes = list(axes or [])
         self.records: dict[str, dict[str, Any]] = {}
+        self.followers: list[str] = []
+        """Linked axes that follow another one (see :func:`~rpuhw.sweep.spec.linked`)."""
 
     # -- opening -------------------------------------------------------------------------
     def check(self, spec: SweepSpec, resume: bool) -> None:
@@ -77,6 +79,7 @@ class SweepDir:
         if not meta.exists():
             atomic_write(meta, json.dumps({"digest": spec.digest(), "spec": spec.raw,
                                            "axes": self.axes, "source": spec.source,
+                                           "followers": spec.followers(),
                                            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
                                           indent=1, default=str))
         self.load()
@@ -84,8 +87,10 @@ class SweepDir:
     def load(self) -> dict[str, dict[str, Any]]:
         """Read the finished trials' records (and the axes) from the folder."""
         meta = self.path / SWEEP_JSON
-        if meta.exists() and not self.axes:
-            self.axes = json.loads(meta.read_text()).get("axes", [])
+        if meta.exists():
+            saved = json.loads(meta.read_text())
+            self.axes = self.axes or saved.get("axes", [])
+            self.followers = saved.get("followers", [])
         self.records = {}
         for f in sorted((self.path / TRIALS).glob(f"*/{TRIAL_JSON}")):
             remove_stale_temps(f)

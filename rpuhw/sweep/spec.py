@@ -19,6 +19,9 @@
       metric: test_error
       space: {algorithm.fast_lr: {low: 0.1, high: 10, log: true}}
 
+Linked axes vary together: ``"device.w_min,device.w_max": [[-0.3, 0.3], [-0.6, 0.6]]``
+(a key of comma-separated axes, each value a list with one entry per axis).
+
 An axis is a key of the training config (``lr``, ``seed``, ``algorithm``, ...),
 ``device.KEY`` (a key of the backend's device YAML, :mod:`rpuhw.sweep.device`) or
 ``algorithm.KEY`` (a hyper-parameter of the trial's algorithm). Every problem is one
@@ -97,10 +100,15 @@ class SweepSpec:
         """Every varied key, in file order (grids, then random, then search)."""
         out: dict[str, None] = {}
         for g in self.grids:
-            out.update(dict.fromkeys(g))
+            for key in g:
+                out.update(dict.fromkeys(linked(key)))
         out.update(dict.fromkeys(d.key for d in self.random_space))
         out.update(dict.fromkeys(d.key for d in self.search_space))
         return list(out)
+
+    def followers(self) -> list[str]:
+        """Linked axes after the first of their group (they follow it: not plotted)."""
+        return [k for g in self.grids for key in g for k in linked(key)[1:]]
 
     def digest(self) -> str:
         """sha256 of the file's mapping in canonical JSON (what ``--resume`` checks)."""
@@ -201,14 +209,26 @@ def _grid(g: Any, source: str, where: str) -> dict[str, list[Any]]:
         raise _err(source, where, "empty grid: give at least one axis with values")
     out = {}
     for key, values in g.items():
-        check_axis(key, source, where)
+        names = linked(key)
+        for name in names:
+            check_axis(name, source, where)
         if not isinstance(values, list):
             values = [values]
         if not values:
             raise _err(source, f"{where}.{key}", "empty list of values: the grid would have "
                        "no trials")
+        if len(names) > 1:
+            for v in values:
+                if not isinstance(v, list) or len(v) != len(names):
+                    raise _err(source, f"{where}.{key}", f"linked axes: each value must be a "
+                               f"list of {len(names)} (one per axis), got {v!r}")
         out[key] = values
     return out
+
+
+def linked(key: str) -> list[str]:
+    """The axes of a grid key: ``"a,b"`` (linked axes, varied together) -> ``["a", "b"]``."""
+    return [k.strip() for k in key.split(",")] if isinstance(key, str) else [key]
 
 
 def _int(value: Any, source: str, key: str, low: int) -> int:

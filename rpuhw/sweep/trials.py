@@ -15,7 +15,7 @@ from typing import Any
 
 from rpuhw.errors import ConfigError
 from rpuhw.sweep import device as device_axes
-from rpuhw.sweep.spec import Dimension, SweepSpec
+from rpuhw.sweep.spec import Dimension, SweepSpec, linked
 
 
 @dataclass
@@ -64,7 +64,11 @@ def points(spec: SweepSpec) -> list[tuple[int | None, dict[str, Any]]]:
     for b, g in enumerate(spec.grids):
         keys = list(g)
         for combo in itertools.product(*(g[k] for k in keys)):
-            grid_points.append((b, dict(zip(keys, combo, strict=True))))
+            point: dict[str, Any] = {}
+            for key, value in zip(keys, combo, strict=True):
+                names = linked(key)
+                point.update(zip(names, value if len(names) > 1 else [value], strict=True))
+            grid_points.append((b, point))
     if not grid_points:
         grid_points = [(None, {})]
     if not spec.random_n:
