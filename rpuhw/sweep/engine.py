@@ -203,6 +203,7 @@ def run_trials(trials: list[Trial], sdir: SweepDir, opts: RayOptions,
     running: dict[Any, Trial] = {}
     busy: set[str] = set()
     counts = {"ok": 0, "error": 0}
+    changed = True
     while pending or running:
         while pending and len(running) < limit:
             k = next((k for k, t in enumerate(pending) if not busy & set(t.instruments)), None)
@@ -213,9 +214,10 @@ def run_trials(trials: list[Trial], sdir: SweepDir, opts: RayOptions,
                 trial_payload(t), str(sdir.trial_dir(t.id).resolve()), cpus, cwd)
             running[ref] = t
             busy |= set(t.instruments)
-        if progress:
+        if progress:  # after the refill: the counts of this moment
             progress.running = len(running)
-            progress.show(force=False)
+            progress.show(force=changed)
+        changed = False
         ready, _ = ray.wait(list(running), num_returns=1, timeout=5.0)
         for ref in ready:
             t = running.pop(ref)
@@ -226,9 +228,11 @@ def run_trials(trials: list[Trial], sdir: SweepDir, opts: RayOptions,
                 rec = error_record(t, f"worker failed (retried once): {exc}")
             sdir.add(rec)
             counts[rec["status"]] = counts.get(rec["status"], 0) + 1
+            changed = True
             if progress:
                 progress.done += 1
                 progress.failed += rec["status"] != "ok"
-                progress.running = len(running)
-                progress.show()
+    if progress:
+        progress.running = 0
+        progress.show()
     return counts

@@ -55,7 +55,6 @@ def run_sweep(path: str, out: str | None, opts: RayOptions, resume: bool = False
             print(f"{prog}: {len(trials) - len(todo)} of {len(trials)} trials done before, "
                   f"running {len(todo)}", file=sys.stderr)
         progress = Progress(len(trials), done=len(trials) - len(todo), failed=failed)
-        progress.show()
         run_trials(todo, sdir, opts, progress)
         progress.close()
     finally:

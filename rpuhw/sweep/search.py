@@ -20,6 +20,7 @@ import dataclasses
 import json
 import os
 import sys
+from pathlib import Path
 from typing import Any, TextIO
 
 from rpuhw.sweep.engine import Progress, RayOptions, error_record
@@ -71,13 +72,14 @@ class _Recorder:
 
         class _Callback(tune.Callback):
             def on_trial_start(self, iteration, trials, trial, **info):
-                rec.progress.running += 1
+                rec.progress.running = sum(t.status == "RUNNING" for t in trials)
                 rec.progress.show(force=False)
 
             def on_trial_result(self, iteration, trials, trial, result, **info):
                 if "record_json" not in result or trial.trial_id in rec.seen:
                     return
                 rec.seen.add(trial.trial_id)
+                rec.progress.running = sum(t.status == "RUNNING" for t in trials) - 1
                 rec.add(json.loads(result["record_json"]))
 
             def on_trial_error(self, iteration, trials, trial, **info):
@@ -88,16 +90,27 @@ class _Recorder:
                 from rpuhw.sweep.trials import build
 
                 t = build(rec.spec, trial.trial_id, params, prefix="s")
-                rec.add(error_record(t, f"worker failed (retried once): {trial.error_file}"))
+                rec.progress.running = sum(t.status == "RUNNING" for t in trials)
+                rec.add(error_record(t, f"worker failed (retried once): "
+                                        f"{_last_line(trial.error_file)}"))
 
         return _Callback()
 
     def add(self, record: dict[str, Any]) -> None:
         self.sdir.add(record)
         self.progress.done += 1
-        self.progress.running = max(0, self.progress.running - 1)
+        self.progress.running = max(0, self.progress.running)
         self.progress.failed += record["status"] != "ok"
         self.progress.show()
+
+
+def _last_line(path: str | None) -> str:
+    """The last line of Tune's error file of a trial (the exception), else the path."""
+    try:
+        lines = [ln for ln in Path(path).read_text().splitlines() if ln.strip()]
+        return lines[-1] if lines else str(path)
+    except (OSError, TypeError):
+        return str(path)
 
 
 def run_search(spec: SweepSpec, out: str | None, opts: RayOptions, resume: bool = False,
@@ -169,7 +182,7 @@ def _tune(spec: SweepSpec, sdir: SweepDir, opts: RayOptions, instruments: list[s
 
     from rpuhw.sweep.engine import resource_name
     from rpuhw.sweep.trial import run_trial
-    from rpuhw.sweep.trials import build
+    from rpuhw.sweep.trials import Trial, build
 
     optuna.logging.set_verbosity(logging.WARNING)
     s = spec.search
@@ -190,7 +203,9 @@ def _tune(spec: SweepSpec, sdir: SweepDir, opts: RayOptions, instruments: list[s
         points, rewards = [{names[k]: v for k, v in first.items()}], None
     elif not points:
         points, rewards = None, None
-    searcher = OptunaSearch(metric="objective", mode=s["mode"], seed=s["seed"],
+    # resumed: the finished trials are told to Optuna, and its random start continues
+    # from another seed (the same seed would propose the finished points again)
+    searcher = OptunaSearch(metric="objective", mode=s["mode"], seed=s["seed"] + len(done),
                             points_to_evaluate=points, evaluated_rewards=rewards)
     cpus = opts.cpus_per_trial
     limit = opts.max_concurrent or max(1, int(ray.cluster_resources().get("CPU", 1) // cpus))
@@ -200,11 +215,16 @@ def _tune(spec: SweepSpec, sdir: SweepDir, opts: RayOptions, instruments: list[s
     metric = s["metric"]
 
     def trainable(config: dict[str, Any]) -> None:
+        os.chdir(cwd)  # Tune starts trials in their own folder: the sweep file's paths
         params = {k: config[v] for k, v in names.items()}
-        trial = build(spec, tune.get_context().get_trial_id(), params, prefix="s")
-        payload = {"id": trial.id, "params": trial.params, "config": trial.config,
-                   "device": trial.device}
-        rec = run_trial(payload, os.path.join(folder, "trials", trial.id), cpus, cwd)
+        tid = tune.get_context().get_trial_id()
+        try:
+            trial = build(spec, tid, params, prefix="s")
+            payload = {"id": trial.id, "params": trial.params, "config": trial.config,
+                       "device": trial.device}
+            rec = run_trial(payload, os.path.join(folder, "trials", trial.id), cpus, cwd)
+        except Exception as exc:  # recorded like a failing training
+            rec = error_record(Trial(f"s{tid}", params, {}), str(exc))
         value = rec.get(metric) if rec["status"] == "ok" else None
         tune.report({"objective": bad if value is None else value,
                      "record_json": json.dumps(rec, default=str)})
