@@ -174,6 +174,17 @@ def _acf(per_trace: list[np.ndarray], lags: int) -> tuple[np.ndarray, int]:
     return (num / den if den > 0 else np.full(lags, np.nan)), n
 
 
+def _reads_per_pulse(res: FitResult, meta: dict[str, Any] | None) -> int:
+    """K, the reads averaged into each trace point: the fit's data when it says, else the
+    sidecar's ``reads_per_step``, else 1."""
+    settings = (meta or {}).get("settings", {}) if isinstance(meta, dict) else {}
+    for k in (getattr(res.data, "reads", None), getattr(res, "reads_per_step", None),
+              settings.get("reads_per_step")):
+        if isinstance(k, (int, np.integer)) and not isinstance(k, bool) and k >= 1:
+            return int(k)
+    return 1
+
+
 def fit_figure(res: FitResult, n_traces: int = 4, truth: DeviceSpec | None = None,
                meta: dict[str, Any] | None = None) -> Figure:
     """The figure :func:`plot_fit` writes (see there)."""
@@ -261,7 +272,9 @@ def fit_figure(res: FitResult, n_traces: int = 4, truth: DeviceSpec | None = Non
     # 4, 5: residual diagnostics; 6: dw_min per device
     resid, pred, per_trace = _residuals(res)
     s_w = _scale(spec) if physical else 1.0 / (data.s0 or 1.0)
-    sigma_r = float(res.read_noise) * (s_w if physical else 1.0)
+    # a trace point is the mean of the K reads of a pulse: read noise sigma_r / sqrt(K)
+    reads = _reads_per_pulse(res, meta)
+    sigma_r = float(res.read_noise) * (s_w if physical else 1.0) / np.sqrt(reads)
     sigma_c = float(res.params.get("dw_min_std", 0.0) or 0.0)
     ax = middle.add_subplot(1, 3, 1)
     k9 = 1e9 if physical else 1.0
@@ -276,7 +289,8 @@ def fit_figure(res: FitResult, n_traces: int = 4, truth: DeviceSpec | None = Non
         sd = np.sqrt((sigma_c * sub * k9) ** 2 + 2 * (sigma_r * k9) ** 2)[:, None]
         pdf = (np.exp(-0.5 * (x[None] / sd) ** 2) / (sd * np.sqrt(2 * np.pi))).mean(axis=0)
         ax.plot(x, pdf * len(resid) * 2 * lim / n_bins, "k-", lw=1.5,
-                label="model: step noise + 2 reads' noise")
+                label=f"model: step noise + read noise ({reads} read"
+                      f"{'s' if reads > 1 else ''} per pulse)")
     ax.set(title="Step residuals", xlabel=f"residual of one step ({unit})",
            ylabel="steps per bin (count)")
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=1, fontsize=8,
