@@ -12,6 +12,17 @@ One ``array.pulse(counts)`` per pulse for all chosen devices, then one read of t
 chosen devices (``array.read_devices(indices)`` when the array has it, else
 ``array.read()`` and pick).
 
+With ``reads`` (K, ``--reads-per-step``) each read above is K reads, rows ``read`` 0..K-1;
+with ``noise_reads`` (``--read-noise-first``) the run starts with that many reads of the
+chosen devices at their start state, rows ``(cycle 0, polarity 0, pulse = repeat)`` as the
+read-noise protocol writes them.
+
+Pulse response until saturation (``pulse_response_auto``, ``--pulses auto``): the same
+rows, but each half-cycle goes on per device until
+:func:`~rpuhw.calibration.saturation.saturation_test` says it saturated, or ``max_pulses``;
+devices that stopped are no longer pulsed or read; where each stopped goes into the
+sidecar's ``stops``.
+
 Read noise (``read_noise``): ``states`` levels, level 0 reached from the start by
 ``start_pulses`` signed pulses (default ``-(pulses * (states - 1)) // 2``: the levels
 are centred on the starting state), each further level by ``pulses`` up pulses; at each
@@ -58,7 +69,7 @@ from rpuhw.device_spec import ConductanceMap
 from rpuhw.errors import ConfigError
 
 from .measurements import COLUMNS, Measurements, MeasurementWriter
-from .saturation import SaturationRule
+from .saturation import SaturationRule, saturation_test
 
 Device = tuple[int, int]
 """Array position ``(row, col)``."""
@@ -390,6 +401,17 @@ def check_resume_state(array: CrossPointArray, devices: list[Device], plan: list
     return jumps
 
 
+def _check_site(array: CrossPointArray, devices: list[Device]) -> None:
+    """:func:`check_array`, then refuse an empty or out-of-range device list."""
+    check_array(array)
+    if not devices:
+        raise ConfigError("no devices chosen", key="--devices")
+    for i, j in devices:
+        if not (0 <= i < array.rows and 0 <= j < array.cols):
+            raise ConfigError(f"device {i}:{j} is outside the {array.rows} x {array.cols} "
+                              "array", key="--devices")
+
+
 def run_plan(array: CrossPointArray, devices: list[Device], plan: list[Step],
              writer: MeasurementWriter, conductance: ConductanceMap | None = None,
              progress: bool = True, desc: str = "measuring",
@@ -403,13 +425,7 @@ def run_plan(array: CrossPointArray, devices: list[Device], plan: list[Step],
     ``settings`` is stored first. ``on_step(k)`` is called after plan step ``k``.
     Returns the number of rows written.
     """
-    check_array(array)
-    if not devices:
-        raise ConfigError("no devices chosen", key="--devices")
-    for i, j in devices:
-        if not (0 <= i < array.rows and 0 <= j < array.cols):
-            raise ConfigError(f"device {i}:{j} is outside the {array.rows} x {array.cols} "
-                              "array", key="--devices")
+    _check_site(array, devices)
     to_g = conductance_of(array, conductance)
     v_read = read_voltage_of(array)
     cols = array.cols
@@ -508,16 +524,6 @@ DEFAULT_NOISE_READS = 50
 of the measured read noise is ``1 / sqrt(2 (50 - 1)) = 10 %`` of it."""
 
 
-def _check_site(array: CrossPointArray, devices: list[Device]) -> None:
-    check_array(array)
-    if not devices:
-        raise ConfigError("no devices chosen", key="--devices")
-    for i, j in devices:
-        if not (0 <= i < array.rows and 0 <= j < array.cols):
-            raise ConfigError(f"device {i}:{j} is outside the {array.rows} x {array.cols} "
-                              "array", key="--devices")
-
-
 def pulse_response_auto(array: CrossPointArray, devices: list[Device],
                         writer: MeasurementWriter, max_pulses: int = DEFAULT_MAX_PULSES,
                         cycles: int = 1, reads: int = 1, noise_reads: int = 0,
@@ -544,8 +550,6 @@ def pulse_response_auto(array: CrossPointArray, devices: list[Device],
     pulsing, and the run goes on. Returns the rows written.
     """
     from rpuhw.progress import progress_bar
-
-    from .saturation import SaturationRule, saturation_test
 
     _check_site(array, devices)
     max_pulses = _positive(max_pulses, "--max-pulses")
