@@ -199,7 +199,7 @@ def fit_figure(res: FitResult, n_traces: int = 4, truth: DeviceSpec | None = Non
     physical = spec.conductance is not None
     width = 17.0
     # the text under the panels: the model choice, notes, what the data do not determine
-    chars = int(width * 72 / (9 * 0.52))  # characters per line at 9 pt
+    chars = int((width - 0.4) * 72 / (9 * 0.6))  # characters per line at 9 pt
     notes = [f"Model choice: {res.explanation}"]
     notes += [f"note: {n}" for n in res.notes]
     notes += [str(n) for n in (getattr(res, "not_identifiable", None) or [])]
@@ -361,7 +361,8 @@ def fit_figure(res: FitResult, n_traces: int = 4, truth: DeviceSpec | None = Non
 
     ax = foot.add_subplot(1, 1, 1)
     ax.axis("off")
-    ax.text(0.0, 1.0, text, fontsize=9, va="top", ha="left", transform=ax.transAxes)
+    ax.text(0.0, 1.0, text, fontsize=9, va="top", ha="left", transform=ax.transAxes,
+            gid="notes")
     _shrink_tables(fig)
     return fig
 
@@ -392,6 +393,12 @@ def _shrink_tables(fig: Figure) -> None:
         w = title.get_window_extent(renderer).width
         if w > box.width:
             title.set_fontsize(title.get_fontsize() * box.width / w * 0.97)
+    fig_w = fig.bbox.width
+    for t in fig.findobj(lambda a: getattr(a, "get_gid", lambda: None)() == "notes"):
+        box = t.get_window_extent(renderer)
+        room = fig_w - box.x0 - 2
+        if box.width > room > 0:
+            t.set_fontsize(t.get_fontsize() * room / box.width * 0.97)
     del layout
 
 
