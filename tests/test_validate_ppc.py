@@ -205,3 +205,20 @@ def test_fit_report_shows_intervals_and_checks(soft_data):
     js = report(res)
     assert {"g_min", "g_max", "read_noise"} <= set(js["intervals"]), js["intervals"]
     assert all(lo <= hi for lo, hi in js["intervals"].values())
+
+
+def test_string_device_ids(soft_data, tmp_path):
+    """A lab's CSV with device ids such as ``chipA-d0`` validates like the integer one."""
+    src = soft_data.source
+    lines = open(src).read().splitlines()
+    col = lines[0].split(",").index("device")
+    out = [lines[0]]
+    for ln in lines[1:]:
+        f = ln.split(",")
+        f[col] = f"chipA-d{f[col]}"
+        out.append(",".join(f))
+    path = tmp_path / "ids.csv"
+    path.write_text("\n".join(out) + "\n")
+    a, b = validate(SOFT, soft_data, seed=0), validate(SOFT, path, seed=0)
+    assert b.passed and b.devices == 12, b.summary()
+    assert [c.pvalue for c in a.checks] == [c.pvalue for c in b.checks]
