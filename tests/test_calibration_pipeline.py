@@ -55,11 +55,13 @@ def test_emulate_characterize_fit_validate(tmp_path):
                  "--devices", "8", "--pulses", "80", "--cycles", "1", "--no-progress",
                  "-o", str(meas))
         assert r.returncode == 0, r.stderr
-        assert "wrote 1296 rows (8 devices" in r.stdout  # 8 devices x 2 halves x 81 reads
+        # 8 devices x (50 read-noise reads first, the bench default, + 2 halves x 81 reads)
+        assert "wrote 1696 rows (8 devices" in r.stdout
         side = json.loads(sidecar_path(meas).read_text())
         assert side["complete"] is True and side["settings"]["conductance_unit"] == "S"
         m = load_measurements(meas)
-        assert len(m) == 1296 and len(np.unique(m.device)) == 8
+        assert len(m) == 1696 and len(np.unique(m.ids())) == 8
+        assert (m.polarity == 0).sum() == 8 * 50
 
         r = _cli("fit", str(meas), "-o", str(dev_yaml), "--plot", str(plot),
                  "--report", str(report))

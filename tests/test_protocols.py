@@ -52,7 +52,7 @@ conductance:
 
 
 def _keys(m):
-    return list(zip(m.device.tolist(), m.cycles().tolist(), m.polarity.tolist(),
+    return list(zip(m.ids().tolist(), m.cycles().tolist(), m.polarity.tolist(),
                     m.pulse.tolist(), strict=True))
 
 
@@ -139,8 +139,8 @@ def test_ideal_steps_are_exactly_dw(tmp_path):
     assert m.meta["settings"]["conductance_unit"] == "weight"
     assert m.meta["settings"]["protocol"] == "pulse-response" and m.meta["complete"]
     _no_dupes_no_gaps(m, devices, 3, 5, 2)
-    assert m.row.tolist() == [d // 3 for d in m.device] and m.col.tolist() == \
-        [d % 3 for d in m.device]
+    assert m.row.tolist() == [d // 3 for d in m.ids()] and m.col.tolist() == \
+        [d % 3 for d in m.ids()]
     assert (np.diff(m.time_s) >= 0).all()
     from rpuhw.calibration.measurements import steps
 
@@ -194,7 +194,7 @@ def test_sim_yaml_conductance_in_siemens(tmp_path):
     assert m.meta["settings"]["conductance_unit"] == "S"
     assert m.meta["settings"]["conductance_map"] == {"g_min": 1e-6, "g_max": 1e-5,
                                                      "w_min": -1.0, "w_max": 1.0}
-    last = {int(d): g for d, g in zip(m.device, m.conductance, strict=True)}
+    last = {int(d): g for d, g in zip(m.ids(), m.conductance, strict=True)}
     for (i, j), d in (((0, 1), 1), ((1, 0), 2)):  # no read noise: last row = final state
         assert last[d] == pytest.approx(float(arr.spec.w_to_g(arr.weights[i, j].double())),
                                         rel=1e-6)
@@ -247,7 +247,7 @@ def test_read_noise_on_sim_measures_the_read_noise(tmp_path):
         w.finish()
     m = load_measurements(path)
     w_read = arr.spec.g_to_w(m.conductance)
-    groups = m.device * 10 + m.cycles()
+    groups = m.ids() * 10 + m.cycles()
     resid = np.concatenate([w_read[groups == g] - w_read[groups == g].mean()
                             for g in np.unique(groups)])
     sigma = np.sqrt((resid ** 2).sum() / (len(resid) - len(np.unique(groups))))

@@ -106,7 +106,7 @@ STOP_AFTER = 200
 def _characterize_args(bench: Path, out: Path) -> list[str]:
     return ["characterize", "--array", f"bench:{bench}", "--rows", str(ROWS), "--cols",
             str(COLS), "--devices", str(DEVICES), "--pulses", str(PULSES), "--no-progress",
-            "-o", str(out)]
+            "--no-read-noise-first", "-o", str(out)]
 
 
 def _interrupted_run(bench: Path, out: Path) -> int:
@@ -163,11 +163,11 @@ def test_characterize_resume_after_a_bench_restart_refuses_with_the_jump(tmp_pat
     assert len(m) == 2 * DEVICES * (PULSES + 1) and m.meta["complete"]
     (entry,) = m.meta["resumed"]
     assert set(entry) == {"at", "row", "jumps"} and entry["row"] == rows
-    ids = sorted(set(m.device.tolist()))
+    ids = sorted(set(m.ids().tolist()))
     assert sorted(int(k) for k in entry["jumps"]) == ids  # every device moved
     for d in ids:
         i, j = divmod(d, COLS)
-        last = kept.conductance[np.flatnonzero(kept.device == d)[-1]]
+        last = kept.conductance[np.flatnonzero(kept.ids() == d)[-1]]
         # the recorded jump is the mean of two reads of the new chip minus the last row:
         # its error is the read noise of the mean of two reads, noise / sqrt(2); 6 of them
         assert entry["jumps"][str(d)] == pytest.approx(truth[i, j] - last,

@@ -173,10 +173,10 @@ def test_characterize_symmetry_point_on_the_emulated_bench(tmp_path, capsys):
     # the defaults from the bench's weights map: (0.6 + 0.6) / 0.0021 / 2 = 286 cycles
     assert side["settings"]["window_cycles"] == 286
     assert side["settings"]["max_pulses_per_device"] == 20 * 286
-    keys = list(zip(m.device.tolist(), m.cycles().tolist(), m.polarity.tolist(),
+    keys = list(zip(m.ids().tolist(), m.cycles().tolist(), m.polarity.tolist(),
                     m.pulse.tolist(), strict=True))
     assert len(keys) == len(set(keys))  # every step of every device once
-    for d in set(m.device.tolist()):
+    for d in set(m.ids().tolist()):
         mine = [k[1:] for k in keys if k[0] == d]
         assert mine[0] == (0, 1, 0)  # the initial read, then up, down alternating
         assert all(p == (1 if n % 2 else -1) for n, (_, p, _) in enumerate(mine) if n)
@@ -244,7 +244,7 @@ def test_an_interrupted_search_resumes_to_every_step_once(tmp_path):
     w.finish()
     m = load_measurements(path)
     assert m.meta["complete"] and m.meta["resumed"][0]["jumps"] == {}
-    keys = list(zip(m.device.tolist(), m.cycles().tolist(), m.polarity.tolist(),
+    keys = list(zip(m.ids().tolist(), m.cycles().tolist(), m.polarity.tolist(),
                     m.pulse.tolist(), strict=True))
     assert len(keys) == len(set(keys))
     assert res.settled.all()
