@@ -81,7 +81,7 @@ def test_grid_sweep_writes_results_and_a_report(tmp_path, capsys):
     before = {p: p.stat().st_mtime_ns for p in out.glob("trials/*/trial.json")}
     assert main(["sweep", spec, "--out", str(out), "--resume"]) == 0
     _, err = capsys.readouterr()
-    assert "8 of 8 trials done before, running 0" in err
+    assert "all 8 trials done before; nothing to run" in err
     assert {p: p.stat().st_mtime_ns for p in out.glob("trials/*/trial.json")} == before
 
     assert main(["sweep-report", str(out)]) == 0

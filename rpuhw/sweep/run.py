@@ -45,6 +45,11 @@ def run_sweep(path: str, out: str | None, opts: RayOptions, resume: bool = False
         check_address(opts.address)
     from rpuhw.sweep.engine import run_trials, start_ray
 
+    if resume and not [t for t in trials if t.id not in sdir.load()]:
+        sdir.write_tables()
+        print(f"{prog}: all {len(trials)} trials done before; nothing to run",
+              file=sys.stderr)
+        return _summary(sdir, stdout)
     instruments = sorted({i for t in trials for i in t.instruments})
     started = start_ray(opts, instruments)
     try:
@@ -63,6 +68,10 @@ def run_sweep(path: str, out: str | None, opts: RayOptions, resume: bool = False
 
             ray.shutdown()
     sdir.write_tables()
+    return _summary(sdir, stdout)
+
+
+def _summary(sdir: SweepDir, stdout: TextIO) -> int:
     n_err = sum(r["status"] != "ok" for r in sdir.records.values())
     print(f"{len(sdir.records)} trials ({len(sdir.records) - n_err} ok, {n_err} failed); "
           f"results in {sdir.path / 'results.csv'}", file=stdout)

@@ -1,5 +1,6 @@
 """Run one trial: the same code path as ``rpuhw train --config`` (:func:`rpuhw.train.train`),
-in the calling process (a Ray worker), with torch and numba on ``cpus`` threads.
+in the calling process (a Ray worker), with torch and numba on ``cpus`` threads (and with
+one CPU, no background update thread: :mod:`rpuhw.sim.background`).
 
 The trial's folder holds its device YAML (``device.KEY`` axes), its training results
 (``train.json``, written after every epoch) and its checkpoint (``ckpt/``, every epoch):
@@ -57,9 +58,14 @@ def run_trial(trial: dict[str, Any], folder: str, cpus: int = 1,
 
 def _train(trial: dict[str, Any], folder: Path, cpus: int) -> dict[str, Any]:
     from rpuhw.config import from_mapping
+    from rpuhw.sim import background
     from rpuhw.sweep import device
     from rpuhw.train import CHECKPOINT, TrainConfig, train
 
+    # one CPU: strictly one core (no background update thread beside torch's, which
+    # would take a core from the trial next to it); more: the simulator's automatic
+    # choice (on while torch's threads leave a CPU of the machine free)
+    background.set_enabled(False if cpus == 1 else None)
     folder.mkdir(parents=True, exist_ok=True)
     config = dict(trial["config"])
     if trial.get("device") is not None:
