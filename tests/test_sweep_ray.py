@@ -102,12 +102,14 @@ def test_a_failing_trial_is_recorded_and_the_sweep_goes_on(tmp_path, capsys):
     out = tmp_path / "out"
     spec = write(tmp_path, {"base": {**BASE, "epochs": 1},
                             "grid": {"device.dw_min": [-1.0, 0.002], "seed": [0]}})
-    assert main(["sweep", spec, "--out", str(out)]) == 0
+    assert main(["sweep", spec, "--out", str(out), "--max-concurrent", "1"]) == 0
     table = rows(out)
     assert [r["status"] for r in table] == ["error", "ok"]
     assert "key 'dw_min': must be > 0, got -1.0" in table[0]["error"]
     assert table[0]["test_error"] == "" and float(table[1]["test_error"]) >= 0
-    assert "1 failed" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "1 failed" in err
+    assert "1 running" in err and "2 running" not in err  # --max-concurrent 1
     main(["sweep-report", str(out)])
     assert "## Failed trials" in (out / "report.md").read_text()
 
