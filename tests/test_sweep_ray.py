@@ -22,14 +22,17 @@ ROOT = Path(__file__).resolve().parents[1]
 HIDDEN = f"sim:{ROOT / 'drivers' / 'emulators' / 'hidden_device.yaml'}"
 BASE = {"backend": HIDDEN, "epochs": 2, "train_limit": 12, "test_limit": 20}
 RPUHW = [sys.executable, "-m", "rpuhw.cli"]
+CHIP = "bench:lab/chip.yaml"
 
 
 @pytest.fixture(scope="module", autouse=True)
 def local_ray():
     ray = pytest.importorskip("ray")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    from rpuhw.sweep.engine import resource_name
+
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-             logging_level="WARNING")
+             logging_level="WARNING", resources={resource_name(CHIP): 1})
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the test's trial_fn
     yield ray
     ray.shutdown()
@@ -219,3 +222,36 @@ def test_sigkill_of_the_driver_then_resume_runs_every_trial_once(tmp_path, capsy
     assert {r["status"] for r in table} == {"ok"}
     assert {t: (out / "trials" / t / "trial.json").stat().st_mtime_ns for t in before} \
         == stamps  # not rerun
+
+
+def _timed_stub(trial, folder, cpus=1, cwd=None):
+    """A trial that only records when it ran (no instrument is opened)."""
+    t0 = time.time()
+    time.sleep(0.8)
+    return {"id": trial["id"], "params": trial["params"], "status": "ok", "error": "",
+            "test_error": None, "test_error_epochs": [], "train_loss": None,
+            "images_per_s": None, "wall_s": time.time() - t0, "host": "", "results": None,
+            "span": [t0, time.time()]}
+
+
+def test_trials_on_one_instrument_never_overlap(tmp_path):
+    from rpuhw.sweep.engine import RayOptions, run_trials
+    from rpuhw.sweep.results import SweepDir
+    from rpuhw.sweep.spec import parse_spec
+    from rpuhw.sweep.trials import build
+
+    spec = parse_spec({"base": {"backend": f"{CHIP}#region1", "epochs": 1},
+                       "grid": {"seed": [0, 1, 2]}})
+    trials = [build(spec, i, {"seed": i}) for i in range(3)]
+    trials.append(build(spec, 3, {"seed": 0, "backend": "sim"}))
+    assert [t.instruments for t in trials] == [[CHIP]] * 3 + [[]]
+    sdir = SweepDir(tmp_path / "out", ["seed", "backend"])
+    sdir.start(spec)
+    assert run_trials(trials, sdir, RayOptions(), trial_fn=_timed_stub) == {"ok": 4,
+                                                                            "error": 0}
+    spans = {tid: rec["span"] for tid, rec in sdir.load().items()}
+    chip = sorted(spans[f"t{i:04d}"] for i in range(3))
+    for (_, end), (start, _) in zip(chip, chip[1:], strict=False):
+        assert start >= end  # one after another on the chip
+    sim = spans["t0003"]
+    assert any(s < sim[1] and sim[0] < e for s, e in chip)  # the simulator ran beside them
