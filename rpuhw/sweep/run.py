@@ -11,6 +11,7 @@ from __future__ import annotations
 import sys
 from typing import TextIO
 
+from rpuhw.errors import add_hint
 from rpuhw.sweep.engine import Progress, RayOptions
 from rpuhw.sweep.results import SweepDir
 from rpuhw.sweep.spec import load_spec
@@ -60,7 +61,13 @@ def run_sweep(path: str, out: str | None, opts: RayOptions, resume: bool = False
             print(f"{prog}: {len(trials) - len(todo)} of {len(trials)} trials done before, "
                   f"running {len(todo)}", file=sys.stderr)
         progress = Progress(len(trials), done=len(trials) - len(todo), failed=failed)
-        run_trials(todo, sdir, opts, progress)
+        try:
+            run_trials(todo, sdir, opts, progress)
+        except KeyboardInterrupt as exc:
+            progress.close()
+            add_hint(exc, f"the {len(sdir.records)} finished trials are kept: continue with "
+                     f"rpuhw sweep {path} --out {out} --resume")
+            raise
         progress.close()
     finally:
         if started:
