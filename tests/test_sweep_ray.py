@@ -173,6 +173,15 @@ def test_tune_writes_a_best_config_that_train_takes(tmp_path, capsys):
     cfg = load_config(str(out / "best.yaml"), {})
     assert cfg.algorithm["name"] == "mp" and cfg.train_limit == 12
 
+    args = ["tune", "--backend", HIDDEN, "--algorithm", "mp", "--epochs", "1",
+            "--train-limit", "12", "--test-limit", "20", "--out", str(out), "--resume"]
+    before = (out / "results.csv").read_text()
+    assert main([*args, "--trials", "2"]) == 0  # all done: nothing runs
+    assert (out / "results.csv").read_text() == before
+    capsys.readouterr()
+    assert main([*args, "--trials", "3"]) == 2  # another search
+    assert "differ in: search.trials" in capsys.readouterr().err
+
 
 def _sweep(args: list[str]) -> subprocess.Popen:
     # its own session: the local Ray's helper processes that outlive a SIGKILLed driver

@@ -149,15 +149,16 @@ def run_search(spec: SweepSpec, out: str | None, opts: RayOptions, resume: bool 
     from rpuhw.sweep.engine import start_ray
 
     instruments = build(spec, 0, probe, prefix="s").instruments
-    started = start_ray(opts, instruments)
-    try:
-        sdir.start(spec)
-        _tune(spec, sdir, opts, instruments, first)
-    finally:
-        if started:
-            import ray
+    if not (resume and len(sdir.load()) >= s["trials"]):  # else: nothing left to run
+        started = start_ray(opts, instruments)
+        try:
+            sdir.start(spec)
+            _tune(spec, sdir, opts, instruments, first)
+        finally:
+            if started:
+                import ray
 
-            ray.shutdown()
+                ray.shutdown()
     sdir.write_tables()
     best = write_best(spec, sdir)
     n_err = sum(r["status"] != "ok" for r in sdir.records.values())
