@@ -173,6 +173,7 @@ def _duration(s: float) -> str:
 
 
 def trial_payload(trial: Trial) -> dict[str, Any]:
+    """What a worker needs of a trial (:func:`~rpuhw.sweep.trial.run_trial`'s input)."""
     return {"id": trial.id, "params": trial.params, "config": trial.config,
             "device": trial.device}
 
