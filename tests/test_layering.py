@@ -169,3 +169,19 @@ def test_importing_the_contract_loads_no_backend():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=120, check=True)
     assert out.stdout.strip() == "", f"import rpuhw.array loaded {out.stdout.strip()}"
+
+
+def test_every_package_folder_is_listed_in_pyproject():
+    """A wheel holds only pyproject's ``packages``: every folder with an ``__init__.py``
+    under a mapped source folder must be listed (``rpuhw.algorithms`` once was not, so
+    only editable installs had the training algorithms)."""
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())
+                 ["tool"]["setuptools"]["packages"])
+    found = set()
+    for folder, name in FOLDERS.items():
+        for init in (ROOT / folder).rglob("__init__.py"):
+            rel = init.parent.relative_to(ROOT / folder)
+            found.add(".".join([name, *rel.parts]))
+    assert found - listed == set(), f"not in pyproject's packages: {sorted(found - listed)}"
