@@ -277,7 +277,7 @@ def discontinuity_lines(res: FitResult, command: str, prog: str = "rpuhw fit") -
         dev, big = d.largest
         lines.append(f"{prog}: the traces are discontinuous at {where}: "
                      f"{int(d.jumped.sum())} of {len(d.devices)} devices jump, median {size}; "
-                     f"largest {_conductance(big, d.unit)} (device {dev})")
+                     f"largest {_conductance(big, d.unit)} (device {d.name(dev)})")
     if len(sig) > 3:
         lines.append(f"{prog}: ... and {len(sig) - 3} more discontinuities (see --report)")
     if res.segments > 1:

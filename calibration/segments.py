@@ -94,6 +94,12 @@ class Discontinuity:
     """``"S"`` or ``"weight"``."""
     sidecar_jumps: dict[int, float] = field(default_factory=dict)
     """Jumps the resumed run measured itself (sidecar ``resumed[].jumps``), if any."""
+    names: list[str] | None = None
+    """The file's device ids by code (``Measurements.device_ids``); None: the codes."""
+
+    def name(self, code: int) -> str:
+        """The device id the file uses for code ``code``."""
+        return self.names[code] if self.names is not None else str(code)
 
     @property
     def jumped(self) -> np.ndarray:
@@ -128,12 +134,12 @@ class Discontinuity:
             "devices": len(self.devices), "devices_jumped": int(self.jumped.sum()),
             "within_half_cycle": bool(self.pulsed.any()),
             "unit": self.unit, "median_jump": self.median_jump,
-            "largest_jump": big, "largest_jump_device": dev,
+            "largest_jump": big, "largest_jump_device": self.name(dev) if dev >= 0 else None,
             "read_noise": rn,
             "median_jump_in_read_noise": (self.median_jump / rn if rn else None),
             "threshold_z": self.threshold,
-            "jumps": {str(int(d)): float(j) for d, j in zip(self.devices, self.jump,
-                                                             strict=True)},
+            "jumps": {self.name(int(d)): float(j) for d, j in zip(self.devices, self.jump,
+                                                                   strict=True)},
             "sidecar_jumps": {str(k): v for k, v in self.sidecar_jumps.items()},
         }
 
@@ -388,7 +394,8 @@ def find_discontinuities(m: Measurements, alpha: float = ALPHA) -> list[Disconti
         result.append(Discontinuity(
             row=int(b["row"]), at=b["at"] or None, found_by=b["by"], devices=dev, jump=jump,
             z=zz, pulsed=pulsed, threshold=t if b["by"] == "data" else t_known,
-            read_noise=read_noise, unit=unit, sidecar_jumps=dict(b["jumps"])))
+            read_noise=read_noise, unit=unit, sidecar_jumps=dict(b["jumps"]),
+            names=getattr(m, "device_ids", None)))
     return result
 
 
