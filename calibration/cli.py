@@ -436,7 +436,7 @@ exit status: 0 written; 1 the fit is not trustworthy (nothing written, see the r
             if args.plot:
                 from rpuhw.calibration.plots import plot_fit
 
-                plot_fit(res, args.plot)
+                plot_fit(res, args.plot, meta=m.meta)
             if args.report:
                 write_report(res, args.report)
             save_device(spec, args.output)
