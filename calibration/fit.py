@@ -1203,7 +1203,7 @@ def _intervals(f: _Fitted, pop: dict[str, Any], data: StepData, st: ss.StepTable
     wb = ss.windows(sim, cfg.window)
     boot = ss.estimate(f.model, f.frame, sim, wb, f.p[src], np.tile(f.glob, (reps, 1)),
                        group=rep, noise0=(np.full(reps, sc), np.full(reps, sr)),
-                       max_iter=BOOT_ITER, rounds=1)
+                       max_iter=BOOT_ITER, rounds=1, search_bounds=False)
     values: dict[str, list] = {k: [] for k in point}
     failed = 0
     for r in range(reps):

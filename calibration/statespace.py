@@ -65,6 +65,9 @@ less than this many nats per data set: far below the held-out differences that d
 model (tens to thousands of nats) and below a tenth of a standard error of any
 parameter."""
 DTYPE = torch.float64
+BOUND_GRID = (-3.0, -2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 30.0)
+"""Candidate hard bounds of :meth:`Problem.search_bounds`: the device's extreme mean read
+plus these multiples of max(step, read noise) (positive: beyond the reads)."""
 
 
 @contextlib.contextmanager
@@ -475,17 +478,31 @@ class _Solver:
         return [torch.zeros_like(t) if gr is None else gr
                 for t, gr in zip(x, grads, strict=True)]
 
-    def _preconditioner(self, th: list[torch.Tensor]) -> list[torch.Tensor]:
-        """Scales of every tensor of ``th``: per device the whitening ``B`` [D, k, k] of
-        the Hessian's device block (devices are independent given the shared parameters,
-        so one gradient per parameter column, every device (and model) perturbed
-        together, gives all blocks), for the noise parameters the inverse square root of
-        the Hessian's diagonal, and 1 for the shared parameters (few: L-BFGS scales them)."""
+    def _device_groups(self) -> list[torch.Tensor]:
+        """Per model: the group (data set) of every device [D]."""
+        raise NotImplementedError
+
+    def _preconditioner(self, th: list[torch.Tensor]) -> list[tuple[torch.Tensor, ...]]:
+        """Whitening of the Hessian of ``-log L`` at ``th``, per model ``(B, K, R)``.
+
+        Devices are independent given their group's shared parameters (``glob`` and the
+        noise, ``y``), so the Hessian is an arrow: device blocks ``H_i`` [k, k], the
+        device-shared coupling ``C_i`` [k, s] and the shared block ``H_y`` [s, s] per
+        group. Perturbing one device column in every device at once gives all the blocks
+        ``H_i`` (one gradient per column), perturbing one shared column gives every
+        ``C_i`` and ``H_y`` (finite differences of the autograd gradient). With
+        ``B_i = H_i^{-1/2}``, ``K_i = H_i^{-1} C_i`` and the Schur complement
+        ``S = H_y - sum_i C_i^T H_i^{-1} C_i``, ``R = S^{-1/2}``, the change of
+        variables ``dy = R z_y``, ``dx_i = B_i z_{x,i} - K_i dy`` turns the quadratic
+        model into ``|z|^2 / 2``: one unit step in ``z`` is the Newton step (absolute
+        eigenvalues, floored at 1e-6 of the largest, keep it a descent direction)."""
         th = [t.detach() for t in th]
         n_models = len(th) // 3
+        groups = self._device_groups()
         base = self._grad(th)
         h = 1e-4
         ks = [th[3 * i].shape[1] for i in range(n_models)]
+        ys = [th[3 * i + 1].shape[1] + th[3 * i + 2].shape[1] for i in range(n_models)]
         cols: list[list[torch.Tensor]] = [[] for _ in range(n_models)]
         for j in range(max(ks)):
             moved = list(th)
@@ -498,28 +515,28 @@ class _Solver:
             for i in range(n_models):
                 if j < ks[i]:
                     cols[i].append((g2[3 * i] - base[3 * i]) / h)
-        diag = {w: [torch.ones_like(th[3 * i + w]) for i in range(n_models)] for w in (1, 2)}
-        for w in (1, 2):  # shared and noise parameters: the Hessian's diagonal
-            for j in range(max(th[3 * i + w].shape[1] for i in range(n_models))):
-                moved = list(th)
-                for i in range(n_models):
-                    if j < th[3 * i + w].shape[1]:
-                        n2 = th[3 * i + w].clone()
-                        n2[:, j] += h
-                        moved[3 * i + w] = n2
-                g2 = self._grad(moved)
-                for i in range(n_models):
-                    if j < th[3 * i + w].shape[1]:
-                        diag[w][i][:, j] = (g2[3 * i + w][:, j] - base[3 * i + w][:, j]) / h
+        cross: list[list[torch.Tensor]] = [[] for _ in range(n_models)]
+        shared: list[list[torch.Tensor]] = [[] for _ in range(n_models)]
+        for j in range(max(ys)):
+            moved = list(th)
+            for i in range(n_models):
+                if j < ys[i]:
+                    ng = th[3 * i + 1].shape[1]
+                    w, jj = (1, j) if j < ng else (2, j - ng)
+                    n2 = th[3 * i + w].clone()
+                    n2[:, jj] += h
+                    moved[3 * i + w] = n2
+            g2 = self._grad(moved)
+            for i in range(n_models):
+                if j < ys[i]:
+                    cross[i].append((g2[3 * i] - base[3 * i]) / h)
+                    shared[i].append(torch.cat([g2[3 * i + 1] - base[3 * i + 1],
+                                                g2[3 * i + 2] - base[3 * i + 2]], dim=1) / h)
 
-        def inv_sqrt(d: torch.Tensor) -> torch.Tensor:
-            top = float(d.abs().max()) if d.numel() else 1.0
-            return 1.0 / torch.sqrt(d.abs().clamp_min(max(1e-6 * top, 1e-300)))
-
-        out = []
-        for i in range(n_models):
-            hess = torch.stack(cols[i], dim=2)
+        def inv_sqrt(hess: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             hess = torch.nan_to_num(0.5 * (hess + hess.transpose(1, 2)), 0.0, 0.0, 0.0)
+            if hess.shape[1] == 0:
+                return hess.clone(), hess.clone()
             try:
                 lam, vec = torch.linalg.eigh(hess)
             except RuntimeError:  # an ill-conditioned block: scale by the diagonal only
@@ -527,8 +544,21 @@ class _Solver:
                 vec = torch.eye(hess.shape[1], dtype=DTYPE).expand_as(hess).clone()
             top = lam.abs().amax(dim=1, keepdim=True).clamp_min(1e-300)
             lam = lam.abs().clamp_min(1e-6 * top)
-            out += [vec / torch.sqrt(lam)[:, None, :], inv_sqrt(diag[1][i]),
-                    inv_sqrt(diag[2][i])]
+            b = vec / torch.sqrt(lam)[:, None, :]
+            return b, b @ b.transpose(1, 2)
+
+        out = []
+        for i in range(n_models):
+            b, hinv = inv_sqrt(torch.stack(cols[i], dim=2))
+            n_groups = th[3 * i + 1].shape[0]
+            c = torch.nan_to_num(torch.stack(cross[i], dim=2), 0.0, 0.0, 0.0)  # [D, k, s]
+            hy = torch.stack(shared[i], dim=2)  # [G, s, s]
+            k_mat = hinv @ c
+            reduce = torch.einsum("dki,dkj->dij", c, k_mat)
+            schur = hy - torch.zeros_like(hy).index_add_(0, groups[i], reduce)
+            r, _ = inv_sqrt(schur)
+            assert r.shape[0] == n_groups
+            out.append((b, k_mat, r))
         return out
 
     def solve_free(self, th: list[torch.Tensor], max_iter: int = 50, rounds: int = 4
@@ -542,15 +572,21 @@ class _Solver:
         t_start = time.perf_counter()
         defer()
         converged = False
+        groups = self._device_groups()
         for _ in range(rounds):
             scale = self._preconditioner(th)
             z = [torch.zeros_like(t, requires_grad=True) for t in th]
 
             def params(z=z, th=th, scale=scale):
                 out = []
-                for i, (t, zz, sc) in enumerate(zip(th, z, scale, strict=True)):
-                    out.append(t + (torch.einsum("dij,dj->di", sc, zz) if i % 3 == 0
-                                    else sc * zz))
+                for i, (b, k_mat, r) in enumerate(scale):
+                    dev, glob, noise = th[3 * i:3 * i + 3]
+                    dy = torch.einsum("gij,gj->gi", r, torch.cat([z[3 * i + 1], z[3 * i + 2]],
+                                                                  dim=1))
+                    dx = (torch.einsum("dij,dj->di", b, z[3 * i])
+                          - torch.einsum("dij,dj->di", k_mat, dy[groups[i]]))
+                    ng = glob.shape[1]
+                    out += [dev + dx, glob + dy[:, :ng], noise + dy[:, ng:]]
                 return out
 
             opt = torch.optim.LBFGS(z, lr=1.0, max_iter=max_iter, history_size=20,
@@ -570,7 +606,12 @@ class _Solver:
             opt.step(closure)
             its = int(opt.state[opt._params[0]].get("n_iter", 0))
             n_iter += its
+            old = th
             th = [t.detach() for t in params()]
+            if DEBUG:
+                for a, b_ in zip(old, th, strict=True):
+                    d = (b_ - a).abs()
+                    print("  moved", [round(float(x), 5) for x in d.amax(0)])
             with torch.no_grad():
                 now = float(-self.total(th) / self.n_obs)
             if DEBUG:
@@ -612,6 +653,9 @@ class Problem(_Solver):
         moving = steps[steps > 0]
         self.sr_floor = SIGMA_R_FLOOR * (float(np.median(moving)) if len(moving) else 1e-3)
         """Least read noise (u): noise-free data would make the likelihood unbounded."""
+
+    def _device_groups(self) -> list[torch.Tensor]:
+        return [self.group]
 
     def use_one_step(self, pairs: Pairs | None) -> None:
         """Switch the objective to the one-step least squares of ``pairs`` (None: back to
@@ -676,6 +720,62 @@ class Problem(_Solver):
             return -self._one_step(th)
         return self.chain_ll(th).sum() + self.noise_ll(th)
 
+    def device_ll(self, th: list[torch.Tensor]) -> torch.Tensor:
+        """Log-likelihood of each device's chains [D]."""
+        n_dev = int(th[0].shape[0])
+        with torch.no_grad():
+            ll = torch.nan_to_num(self.chain_ll(th), nan=-1e300, neginf=-1e300)
+        return torch.zeros(n_dev, dtype=DTYPE).index_add_(0, self.w.dev, ll)
+
+    def search_bounds(self, th: list[torch.Tensor], st: StepTable,
+                      offsets: tuple[float, ...] = BOUND_GRID) -> np.ndarray:
+        """Grid search of every device's hard bounds (in place on ``th``; returns which
+        bounds moved, [D, 2]).
+
+        The likelihood of a hard bound is flat beyond the reads (an unreached bound) and
+        its clip makes it multimodal near them, so gradient steps keep a bound on the
+        side of the reads where it started. Devices are independent given the shared
+        parameters, so one evaluation of the filter per candidate gives every device's
+        likelihood: each bound is tried at the device's extreme mean read plus
+        ``offsets`` times ``max(its step towards it, read noise)`` (positive: beyond the
+        reads) and at its current value, and each device keeps its best, the lower bound
+        first, then the upper."""
+        n_dev = int(th[0].shape[0])
+        dev = torch.as_tensor(st.dev)
+        y = torch.as_tensor(st.ybar, dtype=DTYPE)
+        lo_edge = torch.full((n_dev,), math.inf, dtype=DTYPE).scatter_reduce(
+            0, dev, y, "amin")
+        hi_edge = torch.full((n_dev,), -math.inf, dtype=DTYPE).scatter_reduce(
+            0, dev, y, "amax")
+        moved = np.zeros((n_dev, 2), dtype=bool)
+        for side in (0, 1):
+            with torch.no_grad():
+                p, _, _, sr = self.values(th)
+            lo, hi = p[:, 0].clone(), p[:, 1].clone()
+            unit = torch.maximum(p[:, 3 if side == 0 else 2], sr[self.group])
+            best = self.device_ll(th)
+            current = (lo if side == 0 else hi).clone()
+            choice = current.clone()
+            for c in offsets:
+                cand = lo_edge - c * unit if side == 0 else hi_edge + c * unit
+                new_lo, new_hi = (cand, hi) if side == 0 else (lo, cand)
+                ok = new_hi > new_lo
+                trial = th[0].clone()
+                trial[:, 0] = torch.where(ok, new_lo, lo)
+                trial[:, 1] = torch.where(ok, torch.log((new_hi - new_lo).clamp_min(1e-12)),
+                                          th[0][:, 1])
+                ll = self.device_ll([trial, th[1], th[2]])
+                better = ok & (ll > best + 1e-6)
+                best = torch.where(better, ll, best)
+                choice = torch.where(better, cand, choice)
+            new_lo, new_hi = (choice, hi) if side == 0 else (lo, choice)
+            dev_free = th[0].detach().clone()
+            dev_free[:, 0] = new_lo
+            dev_free[:, 1] = torch.log((new_hi - new_lo).clamp_min(1e-12))
+            th[0] = dev_free
+            moved[:, side] = (choice != current).numpy()
+        return moved
+
     def noise_se(self, est: Estimate) -> tuple[np.ndarray, np.ndarray]:
         """Standard errors of ``sigma_c`` and ``sigma_r`` per group from the observed
         information of the two (the Hessian of ``-log L`` in ``log sigma``, by finite
@@ -721,6 +821,9 @@ class Joint(_Solver):
         self.problems = problems
         self.n_obs = problems[0].n_obs
         self.n_groups = sum(p.n_groups for p in problems)
+
+    def _device_groups(self) -> list[torch.Tensor]:
+        return [prob.group for prob in self.problems]
 
     def chain_ll(self, th: list[torch.Tensor], w: Windows | None = None) -> torch.Tensor:
         """Log-likelihood per model and chain of ``w`` [M, C]."""
@@ -787,10 +890,13 @@ def noise_moments(prob: Problem, th: list[torch.Tensor], pr: Pairs, st: StepTabl
 def estimate(fm: FitModel, frame: Frame, st: StepTable, w: Windows, p0: np.ndarray,
              glob0: np.ndarray, group: np.ndarray | None = None,
              noise0: tuple[np.ndarray, np.ndarray] | None = None, max_iter: int = 50,
-             rounds: int = 6) -> Estimate:
+             rounds: int = 6, search_bounds: bool = True) -> Estimate:
     """Maximum-likelihood fit of ``fm`` to the chains ``w`` of ``st``: from ``p0, glob0``
     (one-step least squares first, then moment estimates of the noise, unless ``noise0``
-    is given), then the filter's likelihood."""
+    is given), then the filter's likelihood. For models with hard bounds (not
+    :data:`ONE_STEP_START`) and ``search_bounds``, every device's bounds are then searched
+    on a grid (:meth:`Problem.search_bounds`) and, where one moved, the likelihood is
+    maximised again from there."""
     group = np.zeros(st.n_dev, dtype=np.int64) if group is None else group
     prob = Problem(fm, frame, w, group, st.noise_ss, st.noise_dof)
     n_groups = prob.n_groups
@@ -806,5 +912,22 @@ def estimate(fm: FitModel, frame: Frame, st: StepTable, w: Windows, p0: np.ndarr
         th = prob.free(p0, glob0, np.full(n_groups, 0.3), np.full(n_groups, 1e-3))
         sc, sr = noise_moments(prob, th, pr, st)
         noise0 = (np.full(n_groups, sc), np.full(n_groups, sr))
-    return prob.solve(p0, glob0, noise0[0], noise0[1], max_iter=max_iter, rounds=rounds)
+    if fm.name in ONE_STEP_START or not search_bounds:
+        return prob.solve(p0, glob0, noise0[0], noise0[1], max_iter=max_iter, rounds=rounds)
+    # hard bounds: a short maximisation, the bound search, the full maximisation, and
+    # once more where the search moves a bound at the optimum
+    est = prob.solve(p0, glob0, noise0[0], noise0[1], max_iter=max_iter, rounds=1)
+    count = est.evaluations
+    for _ in range(2):
+        th = prob.free(est.p, est.glob, est.sigma_c, est.sigma_r)
+        moved = prob.search_bounds(th, st)
+        if DEBUG:
+            print(f"bound search moved {int(moved.sum())} bound(s)")
+        if not moved.any() and est.converged and count > est.evaluations:
+            break
+        p1, g1, sc1, sr1 = (x.detach().numpy().copy() for x in prob.values(th))
+        est = prob.solve(p1, g1, sc1, sr1, max_iter=max_iter, rounds=rounds)
+        count += est.evaluations
+    est.evaluations = count
+    return est
 
