@@ -76,6 +76,10 @@ from rpuhw.calibration.statespace import Estimate
 from rpuhw.devices.base import one_sided_from_moments
 from rpuhw.errors import ConfigError
 
+COV_FROM_LIKELIHOOD = True
+"""Per-device standard errors from the likelihood's observed information (the one-step
+sandwich ignores the negative correlation of consecutive steps through their shared read
+and overstates them several-fold, which shrinks the spreads' correction)."""
 BASE = ("lo", "hi", "s_up", "s_dn")
 """Per-device parameters every model has, in this order."""
 
@@ -807,14 +811,20 @@ def _censored_normal(x: np.ndarray, reached: np.ndarray, lower: bool) -> tuple[f
 
 
 def _population(f: _Fitted, data: StepData, cfg: FitConfig, read_var: float,
-                read_se: float, c2c: float, c2c_se: float) -> dict[str, Any]:
+                read_se: float, c2c: float, c2c_se: float,
+                cov: np.ndarray | None = None) -> dict[str, Any]:
+    """Population parameters from the per-device fits (module doc, step 4); ``cov``: the
+    per-device covariance of ``f.p`` (default: the one-step sandwich,
+    :func:`_device_cov`; ``_fit`` passes the likelihood's,
+    :meth:`~rpuhw.calibration.statespace.Problem.device_cov`)."""
     lo, hi = f.p[:, 0], f.p[:, 1]
+    if cov is None:
+        cov = _device_cov(f, data)
     notes = []
     if f.model.name in SHAPE_BOUNDS:
         reached_lo = reached_hi = np.ones(data.n_dev, dtype=bool)
-        cov0 = _device_cov(f, data)
-        u_min = _random_effects(lo, np.sqrt(cov0[:, 0, 0]))[0]
-        u_max = _random_effects(hi, np.sqrt(cov0[:, 1, 1]))[0]
+        u_min = _random_effects(lo, np.sqrt(cov[:, 0, 0]))[0]
+        u_max = _random_effects(hi, np.sqrt(cov[:, 1, 1]))[0]
         sd_lo = sd_hi = None
     else:
         reached_lo, reached_hi = _reached(f, data)
@@ -834,7 +844,6 @@ def _population(f: _Fitted, data: StepData, cfg: FitConfig, read_var: float,
                              "spread are only the extent of the measured range")
     u_mid, du = 0.5 * (u_min + u_max), u_max - u_min
     dev = _per_device(f, u_mid, du)
-    cov = _device_cov(f, data)
     se = _device_se(f, cov, u_mid, du)
     n = data.n_dev
     sq = math.sqrt(n)
@@ -1094,8 +1103,9 @@ def _fit(m: Measurements, model: str, cfg: FitConfig) -> FitResult:
     prob = ss.Problem(fm, frame, w, np.zeros(st.n_dev, dtype=np.int64), st.noise_ss,
                       st.noise_dof)
     c2c_se, sr_se = (float(x[0]) for x in prob.noise_se(est))
+    cov = prob.device_cov(est) if COV_FROM_LIKELIHOOD else None
     pop = _population(f, data, cfg, read_var, 2.0 * float(est.sigma_r[0]) * sr_se, c2c,
-                      c2c_se)
+                      c2c_se, cov)
     intervals, unc, method, boot_notes = _intervals(f, pop, data, st, cfg)
     pop["unc"].update(unc)
     notes = list(pop["notes"]) + boot_notes

@@ -52,6 +52,8 @@ ONE_STEP_START = ("soft_bounds", "pow_step")
 whose step vanishes at the bounds. A hard bound's clip biases one-step least squares when
 the read noise is comparable to the step (reads beyond the bound), so those start from the
 step moments."""
+ONE_STEP_ROUNDS = 4
+"""Rounds (re-whitened L-BFGS) of the one-step least-squares start (cheap: no filter)."""
 SIGMA_C_FLOOR = 1e-3
 """Least cycle-to-cycle noise (relative to the step) the fit considers."""
 SIGMA_R_FLOOR = 1e-3
@@ -720,6 +722,30 @@ class Problem(_Solver):
             return -self._one_step(th)
         return self.chain_ll(th).sum() + self.noise_ll(th)
 
+    def solve_noise(self, th: list[torch.Tensor], max_iter: int = 30
+                    ) -> tuple[np.ndarray, np.ndarray]:
+        """Maximise the likelihood over the noise parameters only (``sigma_c``,
+        ``sigma_r`` per group; the mean step parameters held at ``th``): L-BFGS on their
+        logs. Returns (sigma_c, sigma_r) per group."""
+        dev, g = th[0].detach(), th[1].detach()
+        z = th[2].detach().clone().requires_grad_(True)
+        opt = torch.optim.LBFGS([z], lr=1.0, max_iter=max_iter, history_size=10,
+                                tolerance_grad=1e-9, tolerance_change=1e-12,
+                                line_search_fn="strong_wolfe")
+
+        def closure():
+            opt.zero_grad()
+            loss = -self.total([dev, g, z]) / self.n_obs
+            if not torch.isfinite(loss):
+                loss = torch.tensor(1e10, dtype=DTYPE, requires_grad=True)
+            loss.backward()
+            return loss
+
+        opt.step(closure)
+        with torch.no_grad():
+            _, _, sc, sr = self.values([dev, g, z.detach()])
+        return sc.numpy().copy(), sr.numpy().copy()
+
     def device_ll(self, th: list[torch.Tensor]) -> torch.Tensor:
         """Log-likelihood of each device's chains [D]."""
         n_dev = int(th[0].shape[0])
@@ -775,6 +801,31 @@ class Problem(_Solver):
             th[0] = dev_free
             moved[:, side] = (choice != current).numpy()
         return moved
+
+    def device_cov(self, est: Estimate) -> np.ndarray:
+        """Covariance [D, k, k] of every device's parameters (FitModel layout, u units)
+        from the observed information of its own block (the inverse Hessian of
+        ``-log L`` in the free parameters, shared and noise parameters held at the
+        estimate; finite differences of the autograd gradient), mapped to ``p`` by the
+        Jacobian of :meth:`values` (the delta method)."""
+        th = [t.detach() for t in self.free(est.p, est.glob, est.sigma_c, est.sigma_r)]
+        base = self._grad(th)[0]
+        h = 1e-4
+        k = th[0].shape[1]
+        cols, jac = [], []
+        with torch.no_grad():
+            p0 = self.values(th)[0]
+        for j in range(k):
+            d2 = th[0].clone()
+            d2[:, j] += h
+            cols.append((self._grad([d2, th[1], th[2]])[0] - base) / h)
+            with torch.no_grad():
+                jac.append((self.values([d2, th[1], th[2]])[0] - p0) / h)
+        hess = torch.stack(cols, dim=2) * self.n_obs
+        hess = 0.5 * (hess + hess.transpose(1, 2))
+        cov_free = np.linalg.pinv(hess.numpy(), rcond=1e-10, hermitian=True)
+        jm = torch.stack(jac, dim=2).numpy()  # [D, k (p), k (free)]
+        return jm @ cov_free @ jm.transpose(0, 2, 1)
 
     def noise_se(self, est: Estimate) -> tuple[np.ndarray, np.ndarray]:
         """Standard errors of ``sigma_c`` and ``sigma_r`` per group from the observed
@@ -906,12 +957,17 @@ def estimate(fm: FitModel, frame: Frame, st: StepTable, w: Windows, p0: np.ndarr
         if fm.name in ONE_STEP_START:
             prob.use_one_step(pr)
             first = prob.solve(p0, glob0, np.full(n_groups, 0.3), np.full(n_groups, 1e-3),
-                               max_iter=max_iter, rounds=1)
+                               max_iter=max_iter, rounds=ONE_STEP_ROUNDS)
             prob.use_one_step(None)
             p0, glob0 = first.p, first.glob
         th = prob.free(p0, glob0, np.full(n_groups, 0.3), np.full(n_groups, 1e-3))
         sc, sr = noise_moments(prob, th, pr, st)
-        noise0 = (np.full(n_groups, sc), np.full(n_groups, sr))
+        # the moments are a start, inflated by the misfit of the starting mean step: the
+        # noise alone first (two parameters per group, the mean step held), so that the
+        # joint maximisation does not start from a flattened likelihood
+        th = prob.free(p0, glob0, np.full(n_groups, sc), np.full(n_groups, sr))
+        sc_n, sr_n = prob.solve_noise(th)
+        noise0 = (sc_n, sr_n)
     if fm.name in ONE_STEP_START or not search_bounds:
         return prob.solve(p0, glob0, noise0[0], noise0[1], max_iter=max_iter, rounds=rounds)
     # hard bounds: a short maximisation, the bound search, the full maximisation, and
