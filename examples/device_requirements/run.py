@@ -63,6 +63,23 @@ def write_docs(out: Path, command: str, wall_s: float, ncpu: str) -> None:
     DOCS.write_text(head + block + rest.split(END, 1)[1])
 
 
+def sweep_wall_s(out: Path) -> float | None:
+    """Seconds from the sweep's start (``sweep.json``'s ``created``) to its last trial's
+    result (the newest ``trial.json``): the study's wall time, also when this call only
+    resumed a finished sweep (time between an interruption and its resume included)."""
+    import json
+    from datetime import datetime
+
+    meta, results = out / "sweep.json", list(out.glob("trials/*/trial.json"))
+    if not meta.exists() or not results:
+        return None
+    created = json.loads(meta.read_text()).get("created")
+    if not created:
+        return None
+    start = datetime.strptime(created, "%Y-%m-%dT%H:%M:%S%z").timestamp()
+    return max(f.stat().st_mtime for f in results) - start
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -94,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
 
         command = "python examples/device_requirements/run.py " + " ".join(
             a for a in (argv if argv is not None else sys.argv[1:]) if a != "--docs")
-        write_docs(out, command, wall, f"{os.cpu_count()} CPUs")
+        write_docs(out, command, sweep_wall_s(out) or wall, f"{os.cpu_count()} CPUs")
         print(f"wrote {DOCS}")
     return status
 
