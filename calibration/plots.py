@@ -429,13 +429,15 @@ def _ratio_panel(ax, fitted: dict[str, float], true: dict[str, float],
 
     keys = [k for k in fitted if true.get(k)]
     y = np.arange(len(keys))[::-1]
-    ratio = np.abs(np.array([fitted[k] / true[k] for k in keys]))
-    lo = np.array([ivs[k][0] / abs(true[k]) if k in ivs else r for k, r in zip(keys, ratio,
-                                                                                strict=True)])
-    hi = np.array([ivs[k][1] / abs(true[k]) if k in ivs else r for k, r in zip(keys, ratio,
-                                                                                strict=True)])
-    lo = np.clip(np.minimum(lo, ratio), 1e-3, None)
-    hi = np.maximum(hi, ratio)
+    signed = np.array([fitted[k] / true[k] for k in keys])
+    # the interval over the true value (a negative true value flips its ends); on the log
+    # axis everything at or below 1e-3 (an estimate near 0, an interval reaching past 0)
+    # is drawn at 1e-3
+    ends = np.array([sorted((ivs[k][0] / true[k], ivs[k][1] / true[k])) if k in ivs
+                     else (r, r) for k, r in zip(keys, signed, strict=True)]).reshape(-1, 2)
+    ratio = np.clip(np.abs(signed), 1e-3, None)
+    lo = np.clip(np.minimum(ends[:, 0], ratio), 1e-3, None)
+    hi = np.maximum(ends[:, 1], ratio)
     ax.axvline(1.0, color="0.3", lw=1)
     ax.axvspan(0.9, 1.0 / 0.9, color="C2", alpha=0.12, lw=0, label="within 10 %")
     ax.errorbar(ratio, y, xerr=[ratio - lo, hi - ratio], fmt="o", color="C3", capsize=3,

@@ -316,3 +316,24 @@ def test_weight_bounds_from_specs(tmp_path):
                          "fc3": "ideal"})
     assert got == {"conv1": (-0.6, 0.6), "fc1": (-0.7, 0.8)}
 
+
+
+def test_ratio_panel_takes_estimates_near_zero_and_negative_parameters():
+    """fit.png's fitted/true panel: an estimate below the log axis' floor (1e-3), a
+    negative parameter (its interval over a negative truth flips ends) and an interval
+    reaching past 0 are drawn (matplotlib refused the negative error bars the demo's
+    fit once produced); every bar's ends bracket its point."""
+    import matplotlib.pyplot as plt
+
+    from rpuhw.calibration.plots import _ROWS, _ratio_panel
+
+    a, b, c = list(_ROWS)[:3]
+    fig, ax = plt.subplots()
+    try:
+        _ratio_panel(ax, {a: 1e-5, b: -0.9, c: 0.011}, {a: 0.05, b: -1.0, c: 0.01},
+                     {a: (-0.04, 0.02), b: (-1.1, -0.7), c: (0.009, 0.013)})
+        bars = ax.containers[0]
+        x = bars.lines[0].get_xdata()
+        np.testing.assert_allclose(x, [1e-3, 0.9, 1.1])  # |fitted / true|, floored at 1e-3
+    finally:
+        plt.close(fig)
