@@ -77,7 +77,7 @@ def test_quick_flags_are_appended_before_nothing_else():
                       "      --pulses 500 -o meas.csv     # a comment"])
     assert step.shell(quick=False) == ("rpuhw characterize --array sim --rows 4 --cols 4 "
                                        "--pulses 500 -o meas.csv")
-    assert step.shell(quick=True).endswith("-o meas.csv --devices 8 --pulses 300")
+    assert step.shell(quick=True).endswith("-o meas.csv --devices 8 --max-pulses 300")
     bg = tour.Step(["$ rpuhw emulate --bench-out b.yaml &   # serve"])
     assert bg.background and bg.shell(quick=True) == "rpuhw emulate --bench-out b.yaml"
     assert tour.Step(["$ echo '#not a comment' # a comment"]).text == "echo '#not a comment'"

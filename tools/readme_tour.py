@@ -43,7 +43,7 @@ MACHINE_PREFIX = "Outputs from a run on "
 """The line after the tour's code block that this script rewrites starts so."""
 
 QUICK_FLAGS: dict[str, list[str]] = {
-    "characterize": ["--devices", "8", "--pulses", "300"],
+    "characterize": ["--devices", "8", "--max-pulses", "300"],
     "train": ["--train-limit", "20", "--test-limit", "20"],
 }
 """``--quick``: flags appended to ``rpuhw SUBCOMMAND`` (argparse: the last value wins).
@@ -235,7 +235,8 @@ def _first(n: int) -> Callable[[list[str]], list[str]]:
 
 TRIM: dict[str, Callable[[list[str]], list[str]]] = {
     "fit": _trim_fit,
-    "validate": _first(2),  # the verdict and the trace error; the KS details vary by data
+    "validate": _first(5),  # the verdict and one line per check (values vary by data)
+    "characterize": _first(1),  # the rows written; the per-device bounds table varies
 }
 """How the README trims the output of ``rpuhw SUBCOMMAND`` (others: every line)."""
 
