@@ -20,84 +20,30 @@ from rpuhw.errors import ConfigError
 Log = Callable[[str], None]
 
 
-DEMO_READS_PER_STEP = 1
-"""Reads after each pulse in the demo's characterisation. One: the read-noise block that
-comes first measures the read noise, and a second read per pulse doubles the bench's
-messages (measured on the emulated chip, 8 devices, budget 1,200: 55 s with 2 reads per
-pulse)."""
-
-DEMO_BUDGET = {"quick": 1, "default": 1, "full": 1}
-"""The demo's pulse budget per half-cycle, in units of its size's ``pulses``: 1 while
-main's fit is the least-squares one. With 4 (both bounds reached by most devices) that
-fit chose ``exp_step`` with dw_min 0.114 and up_down -0.87 for the hidden soft-bounds
-device, and the calibrated-simulator run of the demo ended at 89.8 % test error (84.8 %
-with conv1 on the chip) against 28.8 % with the shorter traces; the likelihood fit of
-issue 19 (branch ``issue19-statespace-fit``) is meant to use the saturated traces. Measured on
-the emulated chip (16 devices, default size, seed 0, 1 read per pulse): 646-2,000 pulses
-per half-cycle, the upper bound reached by 16 of 16 devices and the lower by 14 (the
-other two stop at the budget, near 13 and 27 uS of their ~20 uS bounds), 146k
-instrument messages, 72 s (the 500 up / 500 down of before: 54k messages, 20 s, down
-traces ending at 32-54 uS). ``--quick`` keeps its 300 pulses as the budget (neither bound
-is reached, as the log line says; twice that took 36k messages, 22 s, and still reached
-neither)."""
-
-
-def characterize(bench: Path, size: DemoSize, out: Path, log: Log = print,
-                 reads_per_step: int = DEMO_READS_PER_STEP,
-                 max_pulses: int | None = None) -> dict[str, Any]:
-    """Pulse response of ``size.devices`` devices through the bench -> DIR/meas.csv.
-
-    ``--pulses auto``: each half-cycle pulses until the device saturates (its bound is
-    reached, calibration/saturation.py) or ``max_pulses`` pulses (default
-    :data:`DEMO_BUDGET` x ``size.pulses``), ``reads_per_step`` reads after each pulse, the
-    read-noise block first (50 reads per device at the start state), ``size.cycles``
-    cycles. Returns ``csv``, ``messages``, ``wall_s``, ``stops`` (the sidecar's) and
-    ``protocol`` (one line saying what was measured and which bounds were reached).
-    """
+def characterize(bench: Path, size: DemoSize, out: Path, log: Log = print) -> dict[str, Any]:
+    """Pulse response of ``size.devices`` devices through the bench -> DIR/meas.csv."""
     from rpuhw.calibration.measurements import MeasurementWriter
-    from rpuhw.calibration.protocols import (
-        DEFAULT_NOISE_READS,
-        parse_devices,
-        protocol_meta,
-        pulse_response_auto,
-    )
-    from rpuhw.calibration.saturation import SaturationRule
+    from rpuhw.calibration.protocols import parse_devices, protocol_meta, pulse_response
 
     csv = out / "meas.csv"
     for p in (csv, csv.with_suffix(".json")):
         p.unlink(missing_ok=True)
-    if max_pulses is None:
-        factor = next((f for name, f in DEMO_BUDGET.items() if SIZES.get(name) == size), 4)
-        max_pulses = factor * size.pulses
     t0 = time.perf_counter()
     with open_array(f"bench:{bench}", CHIP, CHIP) as arr:
         devices = parse_devices(str(size.devices), CHIP, CHIP)
         meta = protocol_meta(arr, devices, {
-            "protocol": "pulse-response", "pulses_per_direction": "auto",
-            "max_pulses": max_pulses, "cycles": size.cycles,
-            "reads_per_step": reads_per_step, "read_noise_reads": DEFAULT_NOISE_READS,
-            "saturation": SaturationRule().to_dict(),
+            "protocol": "pulse-response", "pulses_per_direction": size.pulses,
+            "cycles": size.cycles,
             "devices": str(size.devices), "array": f"bench:{bench}", "rows": CHIP,
             "cols": CHIP, "seed": None})
         with MeasurementWriter(csv, meta) as writer:
-            pulse_response_auto(arr, devices, writer, max_pulses=max_pulses,
-                                cycles=size.cycles, reads=reads_per_step,
-                                noise_reads=DEFAULT_NOISE_READS, progress=True)
+            pulse_response(arr, devices, size.pulses, size.cycles, writer, progress=True)
             writer.finish()
-            stops = writer.meta["stops"]
         msgs = arr.stats()["messages"]
     wall = time.perf_counter() - t0
-    reached = {p: sum(e["saturated"] for e in stops if e["polarity"] == p) for p in (1, -1)}
-    pulses = [e["pulses"] for e in stops]
-    n_half = len(stops) // 2
-    protocol = (f"{len(devices)} devices x {size.cycles} cycle(s), --pulses auto (budget "
-                f"{max_pulses} per half-cycle, {reads_per_step} read(s) per pulse, "
-                f"{DEFAULT_NOISE_READS} read-noise reads first): {min(pulses)}-{max(pulses)} "
-                f"pulses per half-cycle; upper bound reached in {reached[1]} of {n_half}, "
-                f"lower bound in {reached[-1]} of {n_half} half-cycles")
-    log(f"characterised {protocol}: {msgs} instrument messages, {wall:.1f} s -> {csv}")
-    return {"csv": csv, "messages": msgs, "wall_s": wall, "stops": stops,
-            "protocol": protocol}
+    log(f"characterised {len(devices)} devices x {size.cycles} cycle(s) x {size.pulses} "
+        f"pulses per direction: {msgs} instrument messages, {wall:.1f} s -> {csv}")
+    return {"csv": csv, "messages": msgs, "wall_s": wall}
 
 
 def fit_and_validate(csv: Path, out: Path, log: Log = print) -> dict[str, Any]:

@@ -81,7 +81,6 @@ def write_report(out: Path, size_name: str, size: DemoSize, table: str,
 
     val = fitted["validation"]
     char = characterization
-    protocol = char.get("protocol") or f"{size.devices} devices x {size.cycles} cycle(s)"
     device = device_table(compare_with_truth(fitted["fit"], hidden_spec))
     text = f"""# rpuhw demo ({size_name})
 
@@ -100,8 +99,9 @@ size {size.batch_size}, lr {size.lr}, update granularity batch; the same for all
 
 ## Calibration: the emulated chip's hidden device vs the fitted model
 
-Characterised {protocol}
-through the bench ({char['messages']} instrument messages, {char['wall_s']:.0f} s); fitted
+Characterised {size.devices} devices x {size.cycles} cycle(s) x {size.pulses} pulses per
+direction (per cycle {size.pulses} up, then {size.pulses} down; a read after each) through
+the bench ({char['messages']} instrument messages, {char['wall_s']:.0f} s); fitted
 model chosen by `auto`: {fitted['fit'].explanation}
 
 {device}
