@@ -38,12 +38,7 @@ def run_sweep(path: str, out: str | None, opts: RayOptions, resume: bool = False
         print(f"{len(trials)} trials", file=stdout)
         return 0
     assert out is not None
-    sdir = SweepDir(out, spec.axes())
-    sdir.check(spec, resume)
-    if opts.address:
-        from rpuhw.sweep.engine import check_address
-
-        check_address(opts.address)
+    sdir = open_sweep_dir(spec, out, resume, opts.address)
     from rpuhw.sweep.engine import run_trials, start_ray
 
     if resume and not [t for t in trials if t.id not in sdir.load()]:
@@ -83,3 +78,15 @@ def _summary(sdir: SweepDir, stdout: TextIO) -> int:
     print(f"{len(sdir.records)} trials ({len(sdir.records) - n_err} ok, {n_err} failed); "
           f"results in {sdir.path / 'results.csv'}", file=stdout)
     return 0
+
+
+def open_sweep_dir(spec, out, resume: bool, address: str | None) -> SweepDir:
+    """The sweep's folder, checked against ``spec`` (``--resume``), and ``--address``
+    checked reachable: everything a sweep or search refuses before starting Ray."""
+    sdir = SweepDir(out, spec.axes())
+    sdir.check(spec, resume)
+    if address:
+        from rpuhw.sweep.engine import check_address
+
+        check_address(address)
+    return sdir

@@ -140,12 +140,9 @@ def run_search(spec: SweepSpec, out: str | None, opts: RayOptions, resume: bool 
                   file=stdout)
         return 0
     assert out is not None
-    sdir = SweepDir(out, spec.axes())
-    sdir.check(spec, resume)
-    if opts.address:
-        from rpuhw.sweep.engine import check_address
+    from rpuhw.sweep.run import open_sweep_dir
 
-        check_address(opts.address)
+    sdir = open_sweep_dir(spec, out, resume, opts.address)
     from rpuhw.sweep.engine import start_ray
 
     instruments = build(spec, 0, probe, prefix="s").instruments
