@@ -42,6 +42,32 @@ def _step_compiled(chi, g, lr, eps, ppg, transfer):  # pragma: no cover - compil
     return counts, nonzero
 
 
+@njit
+def _sparse_compiled(chi, g, d, x, outer, lr, eps, ppg, transfer, rows, cols,
+                     counts):  # pragma: no cover - compiled
+    n_rows, n_cols = chi.shape
+    near = eps * (1.0 - 1e-9)  # as in _step_compiled
+    m = 0
+    for i in range(n_rows):
+        di = d[i] if outer else np.float32(0.0)
+        for j in range(n_cols):
+            if outer:  # the float32 product, as the matmul of one pair rounds it
+                gij = np.float64(np.float32(di * x[j]))
+            else:
+                gij = np.float64(g[i, j])
+            c = chi[i, j] - lr * gij
+            if transfer and abs(c) >= near:
+                n = math.trunc(c / eps)
+                if n != 0.0:
+                    c = c - n * eps
+                    rows[m] = i
+                    cols[m] = j
+                    counts[m] = np.int32(n * ppg)
+                    m += 1
+            chi[i, j] = c
+    return m
+
+
 def _step_numpy(chi: np.ndarray, g: np.ndarray, lr: float, eps: float, ppg: float,
                 transfer: bool) -> tuple[np.ndarray, int]:
     chi -= lr * g.astype(np.float64)
@@ -60,6 +86,36 @@ def mp_step(chi: np.ndarray, g: np.ndarray, lr: float, eps: float, ppg: int,
     return _step(chi, g, float(lr), float(eps), float(ppg), bool(transfer))
 
 
+def _sparse_numpy(chi: np.ndarray, g: np.ndarray, d: np.ndarray, x: np.ndarray,
+                  outer: bool, lr: float, eps: float, ppg: float, transfer: bool,
+                  rows: np.ndarray, cols: np.ndarray, counts: np.ndarray) -> int:
+    if outer:
+        g = np.multiply.outer(d, x)  # float32 products, as the matmul of one pair
+    dense, nonzero = _step_numpy(chi, g, lr, eps, ppg, transfer)
+    if nonzero:
+        r, c = np.nonzero(dense)
+        rows[:nonzero], cols[:nonzero], counts[:nonzero] = r, c, dense[r, c]
+    return nonzero
+
+
+def mp_step_sparse(chi: np.ndarray, g: np.ndarray | None, lr: float, eps: float, ppg: int,
+                   transfer: bool, rows: np.ndarray, cols: np.ndarray, counts: np.ndarray,
+                   d: np.ndarray | None = None, x: np.ndarray | None = None) -> int:
+    """:func:`mp_step` with the counts as a list: the non-zero ``n * ppg`` go to
+    ``counts[:m]`` with their indices in ``rows[:m]``, ``cols[:m]`` (int32 buffers of
+    chi's size), in row-major order; returns m. ``g`` None: g is the one pair's outer
+    product ``d x^T`` (float32 ``d [out]``, ``x [in]``, rounded to float32 per entry,
+    exactly what ``d[:, None] @ x[None]`` gives), formed on the fly."""
+    outer = g is None
+    empty = np.empty(0, np.float32)
+    g = np.empty((0, 0), np.float32) if outer else g
+    return _sparse(chi, g, empty if d is None else d, empty if x is None else x, outer,
+                   float(lr), float(eps), float(ppg), bool(transfer), rows, cols, counts)
+
+
 _step = _step_compiled if HAVE_NUMBA else _step_numpy
 """The implementation :func:`mp_step` calls (callers in a hot loop may call it directly,
 with float ``lr``, ``eps``, ``ppg`` and bool ``transfer``)."""
+_sparse = _sparse_compiled if HAVE_NUMBA else _sparse_numpy
+"""The implementation :func:`mp_step_sparse` calls (arguments as there, with empty
+float32 arrays for the unused ``g`` or ``d``, ``x``, and ``outer``)."""

@@ -36,10 +36,13 @@ import numpy as np
 import torch
 
 from rpuhw.algorithms import _mp_kernels
-from rpuhw.algorithms._mp_kernels import mp_step
+from rpuhw.algorithms._mp_kernels import mp_step_sparse
 from rpuhw.algorithms.base import Algorithm
 from rpuhw.array import CrossPointArray
 from rpuhw.config import require
+
+_NO_G = np.empty((0, 0), np.float32)
+_NO_V = np.empty(0, np.float32)
 
 
 @dataclass
@@ -88,20 +91,30 @@ class MixedPrecision(Algorithm):
                         and type(a).pulse is CrossPointArray.pulse
                         and tuple(a.shape) == self._chi.shape else None)
         """C's one array when its native ``_pulse`` can take the counts directly."""
+        size = self._chi.size
+        self._lists = (np.empty(size, np.int32), np.empty(size, np.int32),
+                       np.empty(size, np.int32))
+        """Work buffers of a transfer's non-zero counts: rows, columns, signed counts."""
 
     def update(self, x: torch.Tensor, d: torch.Tensor, lr: float, images: int = 1) -> None:
         groups = images if self.plan.granularity == "sample" else 1
         every = self.params.transfer_every
-        step, chi, eps, ppg = _mp_kernels._step, self._chi, self.granularity, \
+        sparse, chi, eps, ppg = _mp_kernels._sparse, self._chi, self.granularity, \
             float(self.pulses_per_granule)
+        rows, cols, counts = self._lists
         lr = float(lr)
         pairs = zip(x.chunk(groups), d.chunk(groups), strict=True) if groups > 1 else ((x, d),)
         for xg, dg in pairs:
-            g = (dg.T @ xg).detach().numpy()
+            if xg.shape[0] == 1 and xg.dtype == dg.dtype == torch.float32:
+                # one pair: its outer product, formed inside the pass
+                g, dv, xv = _NO_G, dg.detach().numpy()[0], xg.detach().numpy()[0]
+            else:
+                g, dv, xv = (dg.T @ xg).detach().numpy(), _NO_V, _NO_V
             self.blocks += 1
-            counts, nonzero = step(chi, g, lr, eps, ppg, self.blocks % every == 0)
-            if nonzero:
-                self._send(counts)
+            m = sparse(chi, g, dv, xv, g is _NO_G, lr, eps, ppg, self.blocks % every == 0,
+                       rows, cols, counts)
+            if m:
+                self._send(m)
         self.decay("C")  # pulse has no decay: once per optimizer step, as an update
 
     def set_weights(self, w: torch.Tensor) -> None:
@@ -111,14 +124,20 @@ class MixedPrecision(Algorithm):
 
     def transfer(self) -> None:
         """Pulse ``trunc(chi / eps)`` into C and keep the remainder in chi."""
-        counts, nonzero = mp_step(self._chi, np.zeros_like(self._chi), 0.0, self.granularity,
-                                  self.pulses_per_granule, True)
-        if nonzero:
-            self._send(counts)
+        m = mp_step_sparse(self._chi, np.zeros_like(self._chi), 0.0, self.granularity,
+                           self.pulses_per_granule, True, *self._lists)
+        if m:
+            self._send(m)
 
-    def _send(self, counts: np.ndarray) -> None:
-        """The transfer's signed pulse counts (int32 [out, in]) to C."""
-        t = torch.from_numpy(counts)
+    def _send(self, m: int) -> None:
+        """The transfer's ``m`` signed pulse counts (``self._lists``, row-major) to C."""
+        rows, cols, counts = (a[:m] for a in self._lists)
+        sparse = getattr(self._native, "_pulse_sparse", None)
+        if sparse is not None and sparse(rows, cols, counts, m):
+            return
+        dense = np.zeros(self._chi.shape, np.int32)
+        dense[rows, cols] = counts
+        t = torch.from_numpy(dense)
         if self._native is not None:
             self._native._pulse(t)
         else:

@@ -348,6 +348,21 @@ class SimulatedArray(CrossPointArray):
             self.weights = write_noise(self.model, self.state, moved, self.weights, counts != 0,
                                        self.gen)
 
+    def _pulse_sparse(self, rows: np.ndarray, cols: np.ndarray, counts: np.ndarray,
+                      m: int) -> bool:
+        """``_pulse`` of the counts whose ``m`` non-zero entries are listed in row-major
+        order (int32 ``rows``, ``cols``, ``counts``; in range and non-zero, unchecked):
+        the same pulses and draws as ``_pulse`` of the dense counts, without building or
+        scanning them. False (nothing done) when the array has no compiled engine."""
+        if self.engine != "numba":
+            return False
+        kernel = kernels.pulse_sparse_kernel_for(self.model.nb_pulse)
+        if self._pending is not None:
+            self._wait()
+        kernel(rows, cols, counts, m, self._moved().numpy(), self._prm, self._const,
+               self._call_seed(), self.model.noisy, *self._wn_args())
+        return True
+
     # ---- torch-style state -----------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """Weights, per-device parameters, seed and RNG state (for checkpoints); with write

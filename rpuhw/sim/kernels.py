@@ -136,6 +136,14 @@ def pulse_kernel_for(pulse):
     return _kernels_for(pulse).pulse_kernel
 
 
+def pulse_sparse_kernel_for(pulse):
+    """Compiled ``kernel(rows, cols, counts, m, W, prm, c, seed, noisy[, V, wn,
+    wn_pinned])``: the ``m`` signed counts ``counts[k]`` of devices ``(rows[k],
+    cols[k])``, listed in row-major order; the same result as :func:`pulse_kernel_for`'s
+    kernel given the dense counts."""
+    return _kernels_for(pulse).pulse_sparse_kernel
+
+
 _BOUND: dict = {}
 
 

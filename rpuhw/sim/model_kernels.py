@@ -156,3 +156,25 @@ def pulse_kernel(counts, W, prm, c, seed, noisy, V=None, wn=0.0, wn_pinned=False
             if V is not None:
                 if wn > 0.0:
                     s = _write_noise(W, V, i, j, prm, s, wn, wn_pinned)
+
+
+@njit
+def pulse_sparse_kernel(rows, cols, counts, m, W, prm, c, seed, noisy, V=None, wn=0.0,
+                        wn_pinned=False):
+    """:func:`pulse_kernel` for the ``m`` non-zero counts listed in row-major order
+    (``counts[k]`` signed pulses on device ``(rows[k], cols[k])``): the same pulses with
+    the same draws (row i's stream starts at ``stream_seed(seed, i)``; a row without a
+    pulse draws nothing), without a pass over the zero counts."""
+    last = -1
+    s = np.uint64(0)
+    for k in range(m):
+        i = rows[k]
+        j = cols[k]
+        n = counts[k]
+        if i != last:
+            s = stream_seed(seed, i)
+            last = i
+        s = _one_way(W, i, j, abs(n), n > 0, prm, c, s, noisy)
+        if V is not None:
+            if wn > 0.0:
+                s = _write_noise(W, V, i, j, prm, s, wn, wn_pinned)
