@@ -42,29 +42,60 @@ def _step_compiled(chi, g, lr, eps, ppg, transfer):  # pragma: no cover - compil
     return counts, nonzero
 
 
+_BLOCK = 32
+"""Columns per block of :func:`_sparse_compiled`'s search for transfers."""
+
+
+@njit(inline="always")
+def _transfer_block(chi, i, j0, j1, near, eps, ppg, rows, cols, counts, m):
+    """The transfers of chi[i, j0:j1] (as in _step_compiled), appended at m; returns m."""
+    for j in range(j0, j1):
+        c = chi[i, j]
+        if abs(c) >= near:
+            n = math.trunc(c / eps)
+            if n != 0.0:
+                chi[i, j] = c - n * eps
+                rows[m] = i
+                cols[m] = j
+                counts[m] = np.int32(n * ppg)
+                m += 1
+    return m
+
+
 @njit
 def _sparse_compiled(chi, g, d, x, outer, lr, eps, ppg, transfer, rows, cols,
                      counts):  # pragma: no cover - compiled
+    # per row: pass 1 (branch-free, it vectorises) chi -= lr g and counts the |chi| that
+    # reach the threshold; with any, pass 2 finds the blocks of _BLOCK columns holding
+    # them (branch-free counts again) and transfers those blocks in order, with the
+    # operations of _step_compiled: the same chi and counts
     n_rows, n_cols = chi.shape
     near = eps * (1.0 - 1e-9)  # as in _step_compiled
+    full = n_cols - n_cols % _BLOCK
     m = 0
     for i in range(n_rows):
-        di = d[i] if outer else np.float32(0.0)
-        for j in range(n_cols):
-            if outer:  # the float32 product, as the matmul of one pair rounds it
-                gij = np.float64(np.float32(di * x[j]))
-            else:
-                gij = np.float64(g[i, j])
-            c = chi[i, j] - lr * gij
-            if transfer and abs(c) >= near:
-                n = math.trunc(c / eps)
-                if n != 0.0:
-                    c = c - n * eps
-                    rows[m] = i
-                    cols[m] = j
-                    counts[m] = np.int32(n * ppg)
-                    m += 1
-            chi[i, j] = c
+        h = 0
+        if outer:  # the float32 product, as the matmul of one pair rounds it
+            di = d[i]
+            for j in range(n_cols):
+                c = chi[i, j] - lr * np.float64(np.float32(di * x[j]))
+                chi[i, j] = c
+                h += np.int64(abs(c) >= near)
+        else:
+            for j in range(n_cols):
+                c = chi[i, j] - lr * np.float64(g[i, j])
+                chi[i, j] = c
+                h += np.int64(abs(c) >= near)
+        if not transfer or h == 0:
+            continue
+        for j0 in range(0, full, _BLOCK):
+            hb = 0
+            for j in range(j0, j0 + _BLOCK):
+                hb += np.int64(abs(chi[i, j]) >= near)
+            if hb:
+                m = _transfer_block(chi, i, j0, j0 + _BLOCK, near, eps, ppg, rows, cols,
+                                    counts, m)
+        m = _transfer_block(chi, i, full, n_cols, near, eps, ppg, rows, cols, counts, m)
     return m
 
 
