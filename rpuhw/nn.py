@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.optim import optimizer as _optim_module
 
 from rpuhw._dynamo_deferred import defer, sgd_step
 from rpuhw.im2col import col2im, im2col, out_size
@@ -251,20 +252,49 @@ def analog_layers(model: nn.Module) -> dict[str, AnalogLayer]:
     return {name: m for name, m in model.named_modules() if isinstance(m, AnalogLayer)}
 
 
+def _quiet_optimizer() -> bool | None:
+    """True when no optimizer step hook is registered globally and no profiler runs: then
+    torch's ``step`` wrapper and ``zero_grad``'s ``record_function`` (about 10 us each per
+    call) only mark profiler ranges nobody records. None when this torch's internals are
+    not the known ones (then the caller keeps torch's path)."""
+    hooks = (getattr(_optim_module, "_global_optimizer_pre_hooks", None),
+             getattr(_optim_module, "_global_optimizer_post_hooks", None))
+    enabled = getattr(getattr(torch._C, "_autograd", None), "_profiler_enabled", None)
+    if hooks[0] is None or hooks[1] is None or enabled is None:
+        return None
+    return not (hooks[0] or hooks[1] or enabled())
+
+
 class AnalogSGD(torch.optim.SGD):
     """SGD whose ``step`` also runs the pulsed updates of the analog layers.
 
     Analog layers appear in ``model.parameters()`` through a placeholder parameter;
     their learning rate is that of their param group. Digital parameters are updated
     by plain SGD (momentum and weight decay apply to those only).
+
+    Calls are torch's (step hooks, profiler ranges) except when nothing could observe
+    them: with no step hook registered (on this optimizer or globally) and no profiler
+    running, ``step`` and ``zero_grad`` skip torch's profiler-range wrappers.
     """
 
     def __init__(self, params, *args, **kwargs):
         defer()  # torch.optim would import torch._dynamo here (~1 s per run)
         super().__init__(params, *args, **kwargs)
+        self.step = self._step_fast  # (an instance attribute: the class keeps torch's)
+
+    def _step_fast(self, closure=None):
+        """``step`` without torch's wrapper when nothing observes it (see the class doc)."""
+        if (self._optimizer_step_pre_hooks or self._optimizer_step_post_hooks
+                or not _quiet_optimizer()):
+            return type(self).step(self, closure)  # torch's wrapper around _step
+        with torch.no_grad():
+            return self._step(closure)
 
     @torch.no_grad()
     def step(self, closure=None):
+        return self._step(closure)
+
+    def _step(self, closure=None):
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -284,6 +314,14 @@ class AnalogSGD(torch.optim.SGD):
         for layer, lr in analog:
             layer.apply_update(lr)
         return loss
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """torch's ``zero_grad``; when no parameter holds a gradient (an all-analog model:
+        the placeholders never get one) and nothing observes the call, nothing to do."""
+        if _quiet_optimizer() and all(p.grad is None for group in self.param_groups
+                                      for p in group["params"]):
+            return
+        super().zero_grad(set_to_none)
 
 
 def convert(model: nn.Module, plan: dict[str, Any] | None = None,
