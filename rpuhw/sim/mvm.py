@@ -185,18 +185,20 @@ def finish_kernel(y, v, w, transposed, live, exact, scale, bm, bm_bound, max_hal
                 for i in range(n_out):
                     state, g = normal(state)
                     noise[i] = np.float32(out_noise * g)
-            top = np.float32(0.0)
-            for i in range(n_out):  # then branch-free arithmetic (it vectorises)
+            # then branch-free arithmetic (it vectorises): the outputs, and how many
+            # reach the BM limit (a count, not a max: a float max does not vectorise)
+            n_sat = 0
+            for i in range(n_out):
                 yi = np.float32(y[k, i] * clean_factor + noise[i])
                 yi = min(max(yi, -out_bound), out_bound)
                 row[i] = yi
-                top = max(top, abs(yi))
+                n_sat += np.int64(abs(yi) >= limit)
             if out_step > 0.0:
-                top = np.float32(0.0)
+                n_sat = 0
                 for i in range(n_out):
                     row[i] = _adc(row[i], out_bound, out_step)
-                    top = max(top, abs(row[i]))
-            saturated = top >= limit
+                    n_sat += np.int64(abs(row[i]) >= limit)
+            saturated = n_sat > 0
             if not (bm and saturated):
                 break
             if level >= max_halvings:
