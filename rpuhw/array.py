@@ -116,8 +116,13 @@ def check_float(value, name: str, shape: tuple[int | None, ...],
     (``finite=False`` skips that test, for callers whose compiled kernels do it).
     """
     t = _as_tensor(value, name)
-    if t.dim() != len(shape) or any(
-            s is not None and s != g for s, g in zip(shape, t.shape, strict=True)):
+    if len(shape) == 2 and t.dim() == 2:  # the common case, without the generic loop
+        (s0, s1), (g0, g1) = shape, t.shape
+        bad = (s0 is not None and s0 != g0) or (s1 is not None and s1 != g1)
+    else:
+        bad = t.dim() != len(shape) or any(
+            s is not None and s != g for s, g in zip(shape, t.shape, strict=True))
+    if bad:
         expect = "[" + ", ".join("N" if s is None else str(s) for s in shape) + "]"
         raise ValueError(f"{name}: expected shape {expect}, got {list(t.shape)}")
     if t.dtype is not torch.float32 or t.device.type != "cpu" or t.requires_grad:

@@ -138,6 +138,9 @@ class TileGrid:
             self.tiles.append(row)
         # one tile holds the whole matrix: calls go to it without slicing or partial sums
         self._single = self.tiles[0][0] if len(self.tiles) == 1 and len(row) == 1 else None
+        if self._single is not None and self.k == 1:  # MVMs straight to the one tile
+            self.forward = self._single.forward  # type: ignore[method-assign]
+            self.backward = self._single.backward  # type: ignore[method-assign]
         # K > 1: physical row r of the stacked copies is logical row r % out
         self._lines = [TileLines(per, np.arange(r0, r1) % out_features, slice(c0, c1))
                        for (r0, r1), row in zip(self.row_splits, self.tiles, strict=True)

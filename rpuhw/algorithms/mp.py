@@ -74,6 +74,8 @@ class MixedPrecision(Algorithm):
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
+        self.forward = self.grid.forward  # type: ignore[method-assign]  # (as sgd: C's)
+        self.backward = self.grid.backward  # type: ignore[method-assign]
         self._chi = np.zeros((self.out_features, self.in_features), np.float64)
         self.chi = torch.from_numpy(self._chi)
         """The digital accumulator (weight units), logical layout [out, in] (a view of the

@@ -242,8 +242,7 @@ class SimulatedArray(CrossPointArray):
         io = self.io
         va = as_f32_array(v)
         n = va.shape[0]
-        xn = np.empty_like(va)
-        scale, live, exact = np.empty(n, np.float32), np.empty(n, np.bool_), np.empty(n, np.bool_)
+        xn, scale, live, exact, counters = self._mvm_scratch(va.shape)
         inp_res = float(io.inp_res or 0.0)
         n_live = prepare_kernel(va, nm, float(io.inp_bound), inp_res, xn, scale, live, exact)
         if n_live == NONFINITE:
@@ -257,12 +256,27 @@ class SimulatedArray(CrossPointArray):
         else:
             y = (torch.from_numpy(xn) @ (w if transposed else w.T)).numpy()
         out = np.empty((n, n_out), np.float32)
-        counters = np.zeros(4, np.int64)
         finish_kernel(y, va, w.numpy(), transposed, live, exact, scale, bm,
                       float(bm_bound), int(max_halvings), float(io.out_noise),
                       float(io.inp_bound), inp_res, float(io.out_bound),
                       float(io.out_res or 0.0), np.uint64(self._call_seed()), out, counters)
         return torch.from_numpy(out), tuple(counters.tolist())
+
+    def _mvm_scratch(self, shape: tuple[int, int]) -> tuple[np.ndarray, ...]:
+        """Work arrays of a compiled MVM of inputs ``shape`` [N, n_in], kept between calls
+        (fresh ones cost an allocation each per call): the array's inputs ``xn``, and per
+        vector ``scale``, ``live``, ``exact``; the 4 ``counters`` (every one written by
+        ``finish_kernel``). Nothing of them outlives a call (the output is fresh)."""
+        cache = self.__dict__.setdefault("_scratch", {})
+        bufs = cache.get(shape)
+        if bufs is None:
+            if len(cache) >= 8:  # (a few shapes per array in practice)
+                cache.clear()
+            n = shape[0]
+            bufs = cache[shape] = (np.empty(shape, np.float32), np.empty(n, np.float32),
+                                   np.empty(n, np.bool_), np.empty(n, np.bool_),
+                                   np.empty(4, np.int64))
+        return bufs
 
     def _read(self):
         w = self.weights.clone()
