@@ -125,7 +125,7 @@ def check_float(value, name: str, shape: tuple[int | None, ...],
     if bad:
         expect = "[" + ", ".join("N" if s is None else str(s) for s in shape) + "]"
         raise ValueError(f"{name}: expected shape {expect}, got {list(t.shape)}")
-    if t.dtype is not torch.float32 or t.device.type != "cpu" or t.requires_grad:
+    if t.dtype is not torch.float32 or not t.is_cpu or t.requires_grad:
         if not t.is_floating_point():
             raise ValueError(f"{name}: expected a floating-point tensor, got {t.dtype}")
         t = t.detach().to("cpu", torch.float32)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from torch.optim import optimizer as _optim_module
@@ -40,8 +41,16 @@ class _AnalogMVM(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, anchor: torch.Tensor, layer: AnalogLayer, images: int):
         # (autograd runs Function.forward with gradients off)
-        xb = x.detach().float()  # a copy: the update in the optimizer step uses it later
-        xb = torch.cat([xb, torch.ones(xb.shape[0], 1)], 1) if layer.has_bias else xb.clone()
+        # a copy (the update in the optimizer step uses it later), bias column appended
+        if layer.has_bias and x.dtype is torch.float32 and x.dim() == 2 and x.is_cpu:
+            xa = np.empty((x.shape[0], x.shape[1] + 1), np.float32)  # (numpy: cheaper
+            xa[:, :-1] = x.detach().numpy()  # than torch.cat for one image)
+            xa[:, -1] = 1.0
+            xb = torch.from_numpy(xa)
+        else:
+            xb = x.detach().float()
+            xb = (torch.cat([xb, torch.ones(xb.shape[0], 1)], 1) if layer.has_bias
+                  else xb.clone())
         ctx.layer, ctx.images, ctx.xb, ctx.dtype = layer, images, xb, x.dtype
         return layer.algorithm.forward(xb)
 
@@ -71,6 +80,9 @@ class _AnalogConvMVM(torch.autograd.Function):
         ctx.layer, ctx.patches, ctx.dtype = layer, patches, x.dtype
         ctx.shape = (n, x.shape[1], h, w)
         y = layer.algorithm.forward(patches)  # [n * ho * wo, out], image-major positions
+        if y.dtype is torch.float32 and y.is_cpu and not y.requires_grad:  # the same copy
+            ya = y.numpy().reshape(n, ho * wo, -1).transpose(0, 2, 1)
+            return torch.from_numpy(np.ascontiguousarray(ya)).view(n, -1, ho, wo)
         return y.view(n, ho * wo, -1).transpose(1, 2).reshape(n, -1, ho, wo)
 
     @staticmethod

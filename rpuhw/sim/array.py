@@ -259,7 +259,7 @@ class SimulatedArray(CrossPointArray):
         finish_kernel(y, va, w.numpy(), transposed, live, exact, scale, bm,
                       float(bm_bound), int(max_halvings), float(io.out_noise),
                       float(io.inp_bound), inp_res, float(io.out_bound),
-                      float(io.out_res or 0.0), np.uint64(self._call_seed()), out, counters)
+                      float(io.out_res or 0.0), self._call_seed(), out, counters)
         return torch.from_numpy(out), tuple(counters.tolist())
 
     def _mvm_scratch(self, shape: tuple[int, int]) -> tuple[np.ndarray, ...]:
