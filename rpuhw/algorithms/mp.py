@@ -87,7 +87,7 @@ class MixedPrecision(Algorithm):
         """eps in use (weight units): the hyper-parameter, else C's ``dw_min``."""
         self.pulses_per_granule = max(1, round(self.granularity / self.dw_min("C")))
         """Pulses that move a weight by one eps: ``round(eps / dw_min)``, at least 1."""
-        arrays = self.grid.arrays
+        arrays = self._c_arrays = self.grid.arrays
         a = arrays[0]
         self._native = (a if len(arrays) == 1 and self.grid.k == 1 and a.capabilities.pulse
                         and type(a).pulse is CrossPointArray.pulse
@@ -117,7 +117,8 @@ class MixedPrecision(Algorithm):
                        rows, cols, counts)
             if m:
                 self._send(m)
-        self.decay("C")  # pulse has no decay: once per optimizer step, as an update
+        for a in self._c_arrays:  # pulse has no decay: once per optimizer step, as an
+            a.decay()  # update (Algorithm.decay("C"))
 
     def set_weights(self, w: torch.Tensor) -> None:
         """Write C and clear chi (as aihwkit's ``set_weights``)."""

@@ -370,7 +370,11 @@ class SimulatedArray(CrossPointArray):
         scanning them. False (nothing done) when the array has no compiled engine."""
         if self.engine != "numba":
             return False
-        kernel = kernels.pulse_sparse_kernel_for(self.model.nb_pulse)
+        cached = self.__dict__.get("_sparse_pulse")  # (model, its kernel)
+        if cached is None or cached[0] is not self.model:
+            cached = self._sparse_pulse = (self.model,
+                                           kernels.pulse_sparse_kernel_for(self.model.nb_pulse))
+        kernel = cached[1]
         if self._pending is not None:
             self._wait()
         kernel(rows, cols, counts, m, self._moved().numpy(), self._prm, self._const,
