@@ -354,7 +354,7 @@ class Fit(Command):
     description = ("Fit device models to a measurement CSV and write a device YAML for "
                    "sim:device.yaml.")
     epilog = """examples:
-  rpuhw fit meas.csv -o device.yaml                      # every model, chosen by BIC
+  rpuhw fit meas.csv -o device.yaml                      # every model, chosen held out
   rpuhw fit meas.csv --model soft_bounds -o device.yaml --plot fit.png --report fit.json
   rpuhw fit meas.csv --segments -o device.yaml           # traces jump where a run resumed
   rpuhw train --backend sim:device.yaml                  # then train on the fitted device
@@ -362,6 +362,14 @@ class Fit(Command):
 A resumed measurement whose devices came back in another state (a restarted bench) has
 traces that jump at the resume; rpuhw fit names the row and the jump, and --segments fits
 the pieces on either side of each jump as separate traces.
+
+The fit is the maximum likelihood of a state-space model (the device state follows the
+model's mean step with cycle-to-cycle noise, every read adds read noise); --model auto fits
+every model on half the cycles (or every other window of one cycle) and chooses by the
+log-likelihood of the other half; the report gives every model's held-out score and the
+margin. 95 % intervals come from a parametric bootstrap (--bootstrap replicas). The
+chosen fit is then validated (posterior-predictive checks, as rpuhw validate): a fit that
+validation fails is not ok.
 
 exit status: 0 written; 1 the fit is not trustworthy (nothing written, see the reason;
 --force writes anyway); 2 bad input.
@@ -377,8 +385,14 @@ exit status: 0 written; 1 the fit is not trustworthy (nothing written, see the r
         p.add_argument("-o", "--output", required=True, help="device YAML to write")
         p.add_argument("--plot", help="PNG with traces, step vs conductance and device maps")
         p.add_argument("--report", help="JSON with scores, per-device parameters and the choice")
-        p.add_argument("--criterion", default="bic", choices=("bic", "aic"),
-                       help="information criterion of --model auto (default bic)")
+        p.add_argument("--criterion", default="held_out", choices=("held_out", "bic", "aic"),
+                       help="model choice of --model auto: held-out log-likelihood (default), "
+                            "or BIC/AIC of the likelihood of all the data")
+        p.add_argument("--bootstrap", type=int, default=20, metavar="N",
+                       help="parametric bootstrap replicas for the 95 %% intervals (default "
+                            "20; 0: intervals from the standard errors)")
+        p.add_argument("--no-validate", action="store_true",
+                       help="skip the posterior-predictive validation of the chosen fit")
         p.add_argument("--force", action="store_true",
                        help="write even when the fit is flagged as not trustworthy")
         p.add_argument("--segments", action="store_true",
@@ -400,9 +414,15 @@ exit status: 0 written; 1 the fit is not trustworthy (nothing written, see the r
             if target and Path(target).is_dir():
                 raise ConfigError(f"{target} is a directory; give a file name", key=flag)
         try:
+            if args.bootstrap < 0:
+                raise ConfigError(f"expected a count >= 0, got {args.bootstrap}",
+                                  key="--bootstrap")
             m = load_measurements(args.measurements)
             res = fit(m, args.model, FitConfig(criterion=args.criterion,
-                                               segments=args.segments))
+                                               segments=args.segments,
+                                               bootstrap=args.bootstrap))
+            if not args.no_validate:
+                _validate_fit(res, m)
             print(parameter_table(res))
             again = " ".join([self.prog, args.measurements, "--segments", "-o", args.output]
                              + (["--model", args.model] if args.model != "auto" else []))
@@ -429,6 +449,23 @@ exit status: 0 written; 1 the fit is not trustworthy (nothing written, see the r
         print(f"wrote {args.output}" + (f", {args.plot}" if args.plot else "")
               + (f", {args.report}" if args.report else ""))
         return 0
+
+
+def _validate_fit(res, m) -> None:
+    """Run the posterior-predictive validation on the chosen fit; a failing check makes
+    the fit not ok, with the failing statistic in the reason (``res`` is updated)."""
+    from rpuhw.calibration.validate import validate
+
+    try:
+        result = validate(res.to_device_spec(), m)
+    except ConfigError as exc:  # data that validation cannot use: say so, keep the fit
+        res.notes.append(f"validation not run: {exc}")
+        return
+    res.validation = result
+    if not result.passed:
+        why = "; ".join(result.reasons) or "a posterior-predictive check failed"
+        res.ok = False
+        res.reason = (res.reason + "; " if res.reason else "") + f"validation fails: {why}"
 
 
 @COMMANDS.register

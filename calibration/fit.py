@@ -68,12 +68,18 @@ from typing import Any
 
 import numpy as np
 
+from rpuhw.calibration import statespace as ss
 from rpuhw.calibration.fit_models import FIT_MODELS, FitModel, Frame, Side
 from rpuhw.calibration.measurements import Measurements, steps
 from rpuhw.calibration.segments import Discontinuity, find_discontinuities, segment_index
+from rpuhw.calibration.statespace import Estimate
 from rpuhw.devices.base import one_sided_from_moments
 from rpuhw.errors import ConfigError
 
+COV_FROM_LIKELIHOOD = True
+"""Per-device standard errors from the likelihood's observed information (the one-step
+sandwich ignores the negative correlation of consecutive steps through their shared read
+and overstates them several-fold, which shrinks the spreads' correction)."""
 BASE = ("lo", "hi", "s_up", "s_dn")
 """Per-device parameters every model has, in this order."""
 
@@ -82,8 +88,9 @@ BASE = ("lo", "hi", "s_up", "s_dn")
 class FitConfig:
     """Options of :func:`fit`."""
 
-    criterion: str = "bic"
-    """Model choice for ``auto``: ``bic`` (default) or ``aic``."""
+    criterion: str = "held_out"
+    """Model choice for ``auto``: ``held_out`` (default: the held-out log-likelihood),
+    or ``bic`` / ``aic`` of the state-space likelihood of all the data."""
     piecewise_nodes: int = 9
     """Nodes of the piecewise table (odd, >= 3)."""
     runs_min: float = 0.8
@@ -94,11 +101,19 @@ class FitConfig:
     """Bins between each device's bounds for the mean step curve."""
     min_steps: int = 8
     """Devices with fewer up or down steps are left out (and named in the notes)."""
-    max_nfev: int = 100
-    """Least-squares budget: Levenberg-Marquardt iterations."""
-    select_devices: int = 16
-    """``auto`` with more devices than this scores the models on this many (evenly
-    spaced) devices, then fits the chosen model to all."""
+    max_iter: int = 50
+    """L-BFGS iterations per round of the likelihood maximisation (up to 8 rounds, each
+    re-whitened by the Hessian's device blocks)."""
+    window: int = 16
+    """Steps per filter window (composite likelihood, :mod:`calibration.statespace`)."""
+    margin_z: float = 2.0
+    """Held-out margins below this many standard errors (over devices) are thin: the
+    simplest model within it is chosen and the tie is reported."""
+    bootstrap: int = 0
+    """Parametric bootstrap replicas for the 95 % intervals (0: none; the intervals then
+    come from the standard errors of the fit; ``rpuhw fit`` uses 20)."""
+    seed: int = 0
+    """Seed of the bootstrap's simulations."""
     segments: bool = False
     """Cut every device's trace at the resume boundaries and discontinuities
     (:func:`rpuhw.calibration.segments.find_discontinuities`) and fit the pieces as
@@ -107,25 +122,33 @@ class FitConfig:
 
 @dataclass
 class ModelScore:
-    """How one candidate model fitted."""
+    """How one candidate model fitted (all models on the same reads)."""
 
     model: str
     converged: bool
     ok: bool
     reason: str
     n: int
-    """Steps fitted."""
+    """Reads in the likelihood (the same for every model)."""
     k: int
-    """Parameters (per-device, shared, and one residual variance per device)."""
+    """Parameters (per-device, shared, and the two noise parameters)."""
     rss: float
-    """Residual sum of squares (normalised conductance units)."""
+    """Sum of squared one-step residuals (normalised conductance units)."""
     log_likelihood: float
+    """State-space log-likelihood of all the data at the fit (nats)."""
     aic: float
     bic: float
     runs_ratio: float
     curve_error: float
     nfev: int
     seconds: float
+    held_out: float = float("nan")
+    """-2 x the held-out log-likelihood (lower is better; NaN when not scored)."""
+    held_out_ll: float = float("nan")
+    """Held-out log-likelihood (nats) of the model fitted on the other fold."""
+    held_out_se: float = float("nan")
+    """Standard error (over devices) of this model's held-out log-likelihood difference
+    to the best model's."""
 
     def to_dict(self) -> dict[str, Any]:
         return {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
@@ -207,6 +230,23 @@ class FitResult:
     """Per-device parameters [D, k] (normalised units)."""
     glob: np.ndarray | None = field(default=None, repr=False)
     frame: Frame | None = field(default=None, repr=False)
+    intervals: dict[str, list[float]] = field(default_factory=dict)
+    """95 % interval [lo, hi] of every key of ``params`` and of g_min, g_max, read_noise
+    (parametric bootstrap; without it, estimate +- 1.96 standard errors)."""
+    interval_method: str = ""
+    """How the intervals were computed."""
+    held_out: dict[str, float] = field(default_factory=dict)
+    """Held-out log-likelihood (nats) of every candidate model (``auto``)."""
+    margin: float = float("nan")
+    """Held-out log-likelihood of the best model minus the runner-up's (nats)."""
+    margin_se: float = float("nan")
+    """Standard error of ``margin`` over devices."""
+    thin_margin: bool = False
+    """Whether the best models are within ``FitConfig.margin_z`` standard errors."""
+    not_identifiable: list[str] = field(default_factory=list)
+    """"not identifiable from these data: ..." messages, each with its remedy."""
+    validation: Any = field(default=None, repr=False)
+    """The posterior-predictive validation of this fit (``rpuhw fit`` runs it), or None."""
 
     # ---- the model's mean response, for plots and checks -------------------------------
     def mean_step(self, index: int, g: np.ndarray, up: bool) -> np.ndarray:
@@ -380,6 +420,7 @@ class _Fitted:
     status_msg: str
     nfev: int
     seconds: float
+    estimate: Estimate | None = None
 
 
 def _base_init(data: StepData, soft: bool) -> np.ndarray:
@@ -431,142 +472,81 @@ def _median_by(dev: np.ndarray, x: np.ndarray, n_dev: int, x_all: np.ndarray,
     return out
 
 
-def _fit_model(fm: FitModel, data: StepData, frame: Frame, start: tuple | None,
-               max_nfev: int) -> _Fitted:
-    """Joint least squares of all devices for model ``fm``."""
-    t0 = time.perf_counter()
+def _fitted(fm: FitModel, data: StepData, frame: Frame, p: np.ndarray, glob: np.ndarray,
+            est: Estimate | None, seconds: float) -> _Fitted:
+    """A :class:`_Fitted` with the one-step residuals of ``data`` (for the checks)."""
     up, dn = data.up, data.down
-    if start is None:
-        base = _base_init(data, soft=fm.name in ("soft_bounds", "pow_step"))
-        inner = tuple(Side(u=u, dev=d, du=du) for d, u, du in
-                      (_inner(data.up, data), _inner(data.down, data)))
-        extra, glob = fm.init(inner, base, frame)
-        p0 = np.concatenate([base, extra], axis=1)
-    else:
-        p0, glob = start
-    lo_e, hi_e = fm.extra_bounds()
-    lo_g, hi_g = fm.glob_bounds()
-    bounds_p = (np.array([-np.inf, -np.inf, 0.0, 0.0] + list(lo_e)),
-                np.array([np.inf] * 4 + list(hi_e)))
-    bounds_g = (np.array(lo_g, dtype=float), np.array(hi_g, dtype=float))
-    p0 = np.clip(p0, *bounds_p)
-    glob = np.clip(np.asarray(glob, dtype=float), *bounds_g)
-    p, g, converged, msg, nfev = _levenberg_marquardt(fm, data, frame, p0, glob, bounds_p,
-                                                      bounds_g, max_nfev)
-    r = _residuals(fm, data, frame, p, g)
-    pred_up = fm.step(True, up.u, p[up.dev], g, frame)
-    pred_dn = fm.step(False, dn.u, p[dn.dev], g, frame)
-    finite = bool(np.all(np.isfinite(p)) and np.all(np.isfinite(g)) and np.all(np.isfinite(r)))
-    return _Fitted(model=fm, p=p, glob=g, frame=frame, resid_up=r[:len(up.u)],
-                   resid_down=r[len(up.u):], pred_up=pred_up, pred_down=pred_dn,
-                   converged=bool(converged and finite), status_msg=msg, nfev=nfev,
-                   seconds=time.perf_counter() - t0)
+    pred_up = fm.step(True, up.u, p[up.dev], glob, frame)
+    pred_dn = fm.step(False, dn.u, p[dn.dev], glob, frame)
+    finite = bool(np.all(np.isfinite(p)) and np.all(np.isfinite(glob)))
+    return _Fitted(model=fm, p=p, glob=glob, frame=frame, resid_up=up.du - pred_up,
+                   resid_down=dn.du - pred_dn, pred_up=pred_up, pred_down=pred_dn,
+                   converged=bool(finite and (est is None or est.converged)),
+                   status_msg="" if est is None else est.message,
+                   nfev=0 if est is None else est.evaluations, seconds=seconds,
+                   estimate=est)
 
 
-def _residuals(fm: FitModel, data: StepData, frame: Frame, p: np.ndarray,
-               g: np.ndarray) -> np.ndarray:
-    """Measured minus model step, up steps then down steps."""
-    up, dn = data.up, data.down
-    return np.concatenate([up.du - fm.step(True, up.u, p[up.dev], g, frame),
-                           dn.du - fm.step(False, dn.u, p[dn.dev], g, frame)])
-
-
-def _levenberg_marquardt(fm: FitModel, data: StepData, frame: Frame, p: np.ndarray,
-                         g: np.ndarray, bounds_p: tuple, bounds_g: tuple, max_iter: int
-                         ) -> tuple[np.ndarray, np.ndarray, bool, str, int]:
-    """Projected Levenberg-Marquardt for block-structured least squares.
-
-    A residual depends on its own device's parameters (block-diagonal Jacobian part) and
-    on the shared ones; the normal equations are solved through the Schur complement of
-    the per-device blocks, so an iteration costs O(N k^2) for N steps instead of a dense
-    (D k)^3 solve. Jacobians by forward differences (one vectorised residual evaluation
-    per parameter column, for all devices at once); Marquardt's diagonal scaling; steps
-    projected onto the parameter bounds. Converged when the relative cost decrease of
-    an accepted step falls below 1e-8 (or the step below 1e-10 relative).
-    """
-    dev = np.concatenate([data.up.dev, data.down.dev])
-    n_dev, k = p.shape
-    kg = len(g)
-    r = _residuals(fm, data, frame, p, g)
-    cost = float(r @ r)
-    lam = 1e-3
-    nfev = 1
-    for it in range(max_iter):
-        jd = np.empty((len(r), k))
-        for j in range(k):
-            h = 1e-7 * np.maximum(np.abs(p[:, j]), np.abs(p[:, 1] - p[:, 0]) + 1e-12)
-            pp = p.copy()
-            pp[:, j] += h
-            jd[:, j] = (r - _residuals(fm, data, frame, pp, g)) / h[dev]  # d pred / d p
-        jg = np.empty((len(r), kg))
-        for j in range(kg):
-            h = 1e-7 * max(abs(g[j]), 1e-2)
-            gg = g.copy()
-            gg[j] += h
-            jg[:, j] = (r - _residuals(fm, data, frame, p, gg)) / h
-        nfev += k + kg
-        a = np.empty((n_dev, k, k))
-        for i in range(k):
-            for j in range(i, k):
-                a[:, i, j] = a[:, j, i] = np.bincount(dev, jd[:, i] * jd[:, j], n_dev)
-        b = np.stack([np.bincount(dev, jd[:, i] * r, n_dev) for i in range(k)], axis=1)
-        if kg:
-            c = np.empty((n_dev, k, kg))
-            for i in range(k):
-                for j in range(kg):
-                    c[:, i, j] = np.bincount(dev, jd[:, i] * jg[:, j], n_dev)
-            agg = jg.T @ jg
-            bg = jg.T @ r
-        diag = np.maximum(np.einsum("dii->di", a), 1e-30)
-        improved = False
-        for _ in range(20):
-            a_l = a + lam * diag[:, :, None] * np.eye(k)
-            if kg:
-                ainv = np.linalg.inv(a_l)
-                ainv_c = ainv @ c                                   # [D, k, kg]
-                schur = agg + lam * np.diag(np.maximum(np.diag(agg), 1e-30)) - \
-                    np.einsum("dik,dij->kj", c, ainv_c)
-                rhs = bg - np.einsum("dik,di->k", ainv_c, b)
-                step_g = np.linalg.lstsq(schur, rhs, rcond=None)[0]
-                step_p = np.einsum("dij,dj->di", ainv, b - c @ step_g)
-            else:
-                step_g = np.zeros(0)
-                step_p = np.linalg.solve(a_l, b[:, :, None])[:, :, 0]
-            p_new = np.clip(p + step_p, *bounds_p)
-            g_new = np.clip(g + step_g, *bounds_g)
-            r_new = _residuals(fm, data, frame, p_new, g_new)
-            nfev += 1
-            cost_new = float(r_new @ r_new)
-            if np.isfinite(cost_new) and cost_new < cost:
-                rel = (cost - cost_new) / max(cost, 1e-300)
-                small = np.max(np.abs(p_new - p)) <= 1e-10 * (np.max(np.abs(p)) + 1e-12)
-                p, g, r, cost = p_new, g_new, r_new, cost_new
-                lam = max(lam / 3.0, 1e-9)
-                improved = True
-                break
-            lam *= 4.0
-        if not improved:
-            # no decrease even with heavy damping: at a (local) minimum to working precision
-            return p, g, True, f"no further decrease after {it + 1} iterations", nfev
-        if rel < 1e-10 or small:
-            return p, g, True, f"converged after {it + 1} iterations", nfev
-    return p, g, False, f"no convergence within {max_iter} iterations", nfev
-
-
-def _fit_with_frame(name: str, data: StepData, cfg: FitConfig) -> _Fitted:
-    """Fit ``name``; exp_step is refitted once with the centre of the fitted bounds."""
-    fm = FIT_MODELS.get(name)(cfg.piecewise_nodes)
+def _start(fm: FitModel, data: StepData) -> tuple[Frame, np.ndarray, np.ndarray]:
+    """The frame of a fit and its starting values: per-device moments of the steps
+    (:func:`_base_init`) and the model's own starting values (:meth:`FitModel.init`)."""
     frame = Frame(u_ref=0.5 * float(np.mean(data.lo0) + np.mean(data.hi0)),
                   h_ref=0.5 * float(np.mean(data.hi0) - np.mean(data.lo0)))
-    fitted = _fit_model(fm, data, frame, None, cfg.max_nfev)
-    if name == "exp_step":
-        lo, hi = float(fitted.p[:, 0].mean()), float(fitted.p[:, 1].mean())
-        new = Frame(u_ref=0.5 * (lo + hi), h_ref=0.5 * (hi - lo))
-        if abs(new.u_ref - frame.u_ref) > 1e-4 * new.h_ref:
-            t = fitted.seconds
-            fitted = _fit_model(fm, data, new, (fitted.p, fitted.glob), cfg.max_nfev)
-            fitted.seconds += t
-    return fitted
+    base = _base_init(data, soft=fm.name in ("soft_bounds", "pow_step"))
+    _unreached_bounds_outside(data, base)
+    inner = tuple(Side(u=u, dev=d, du=du) for d, u, du in
+                  (_inner(data.up, data), _inner(data.down, data)))
+    extra, glob = fm.init(inner, base, frame)
+    lo_e, hi_e = fm.extra_bounds()
+    extra = np.clip(extra, lo_e, hi_e)
+    lo_g, hi_g = fm.glob_bounds()
+    glob = np.clip(np.asarray(glob, dtype=float), lo_g, hi_g)
+    return frame, np.concatenate([base, extra], axis=1), glob
+
+
+def _unreached_bounds_outside(data: StepData, base: np.ndarray, tail: int = 20) -> None:
+    """Move the starting bound of a device beyond its reads where its traces were still
+    moving at their end (the mean of the last ``tail`` steps of each half-cycle towards
+    the bound is above a third of the device's mean step towards it): a hard bound started inside
+    the reads is a barrier the optimiser cannot cross (the clip), and the likelihood
+    leaves a bound that no read reached where it starts."""
+    for k, (side, trace) in enumerate(((data.down, data.trace_down), (data.up, data.trace_up))):
+        # each device's mean step towards the bound (signed: read noise averages out)
+        towards = side.du if k == 1 else -side.du
+        n = np.maximum(np.bincount(side.dev, None, data.n_dev), 1)
+        med = np.maximum(np.bincount(side.dev, towards, data.n_dev) / n, 0.0)
+        moving = np.zeros(data.n_dev, dtype=bool)
+        ends = np.flatnonzero(np.r_[trace[1:] != trace[:-1], True])
+        for e in ends:
+            i = side.dev[e]
+            lo = max(e - tail + 1, 0)
+            sel = slice(lo, e + 1)
+            if np.all(trace[sel] == trace[e]):
+                moving[i] |= float(np.mean(towards[sel])) > med[i] / 3.0
+        u_all = np.concatenate([side.u, side.u + side.du])
+        d_all = np.concatenate([side.dev, side.dev])
+        if k == 0:
+            edge = np.full(data.n_dev, np.inf)
+            np.minimum.at(edge, d_all, u_all)
+            base[:, 0] = np.where(moving, np.minimum(base[:, 0], edge - 5 * med), base[:, 0])
+        else:
+            edge = np.full(data.n_dev, -np.inf)
+            np.maximum.at(edge, d_all, u_all)
+            base[:, 1] = np.where(moving, np.maximum(base[:, 1], edge + 5 * med), base[:, 1])
+
+
+def _estimate(name: str, data: StepData, st: ss.StepTable, w: ss.Windows, cfg: FitConfig,
+              start: Estimate | None = None) -> tuple[FitModel, Frame, Estimate, float]:
+    """Maximum likelihood of model ``name`` on the chains ``w`` (state-space filter)."""
+    t0 = time.perf_counter()
+    fm = FIT_MODELS.get(name)(cfg.piecewise_nodes)
+    frame, p0, glob0 = _start(fm, data)
+    if start is None:
+        est = ss.estimate(fm, frame, st, w, p0, glob0, max_iter=cfg.max_iter)
+    else:
+        est = ss.estimate(fm, frame, st, w, start.p, start.glob,
+                          noise0=(start.sigma_c, start.sigma_r), max_iter=cfg.max_iter)
+    return fm, frame, est, time.perf_counter() - t0
 
 
 # ---- residual analysis ------------------------------------------------------------------
@@ -618,65 +598,13 @@ def _free(f: _Fitted, data: StepData) -> tuple[np.ndarray, np.ndarray]:
     return out[0], out[1]
 
 
-def _noise(f: _Fitted, data: StepData) -> tuple[float, float, float, float, np.ndarray]:
-    """(read variance u^2, its SE, dw_min_std, its SE, per-device sigma^2)."""
-    r_all, mu_all, ok_all, dev_all, tr_all = [], [], [], [], []
-    free = _free(f, data)
-    for side, resid, pred, tr, ok in ((data.up, f.resid_up, f.pred_up, data.trace_up, free[0]),
-                                      (data.down, f.resid_down, f.pred_down,
-                                       data.trace_down, free[1])):
-        r_all.append(resid)
-        mu_all.append(pred)
-        ok_all.append(ok)
-        dev_all.append(side.dev)
-        tr_all.append(tr)
-    if data.read_var is not None:
-        read_var = data.read_var
-        read_se = read_var * math.sqrt(2.0 / max(data.read_dof, 1))
-    else:
-        prods = []
-        for r, ok, tr in zip(r_all, ok_all, tr_all, strict=True):
-            pair = ok[1:] & ok[:-1] & (tr[1:] == tr[:-1])
-            prods.append((r[1:] * r[:-1])[pair])
-        pr = np.concatenate(prods)
-        if len(pr) > 10:
-            est = -float(pr.mean())
-            se = float(pr.std() / math.sqrt(len(pr)))
-            read_var, read_se = (est, se) if est > 3 * se else (0.0, se)
-        else:
-            read_var, read_se = 0.0, 0.0
-    r = np.concatenate(r_all)
-    mu = np.concatenate(mu_all)
-    ok = np.concatenate(ok_all)
-    dev = np.concatenate(dev_all)
-    n_dev = data.n_dev
-    num = np.bincount(dev[ok], r[ok] ** 2 - 2 * read_var, n_dev)
-    den = np.bincount(dev[ok], mu[ok] ** 2, n_dev)
-    k_dev = f.p.shape[1]
-    n_i = np.bincount(dev[ok], None, n_dev)
-    dof = np.maximum(n_i / np.maximum(n_i - k_dev, 1), 1.0)
-    var_i = np.where(den > 0, num * dof / np.where(den > 0, den, 1), np.nan)
-    total = float(np.sum(num * dof) / np.sum(den)) if np.sum(den) > 0 else 0.0
-    std = math.sqrt(max(total, 0.0))
-    sig_i = np.sqrt(np.clip(var_i[np.isfinite(var_i)], 0, None))
-    std_se = float(sig_i.std(ddof=1) / math.sqrt(len(sig_i))) if len(sig_i) > 1 else 0.0
-    return read_var, read_se, std, std_se, var_i
-
-
-def _score(f: _Fitted, data: StepData, cfg: FitConfig) -> ModelScore:
-    n_dev = data.n_dev
+def _score(f: _Fitted, data: StepData, cfg: FitConfig, n: int, k: int, ll: float
+           ) -> ModelScore:
+    """Checks of one fit: convergence, bounds in order, structure of the one-step
+    residuals (sign runs) and the binned mean step curve; ``n`` reads, ``k`` parameters,
+    ``ll`` the log-likelihood of all the data."""
     r = np.concatenate([f.resid_up, f.resid_down])
-    dev = np.concatenate([data.up.dev, data.down.dev])
-    n_i = np.bincount(dev, None, n_dev)
-    rss_i = np.bincount(dev, r * r, n_dev)
     scale = float(np.mean(np.abs(np.concatenate([data.up.du, data.down.du])))) or 1.0
-    floor = (1e-12 * scale) ** 2
-    var_i = np.maximum(rss_i / np.maximum(n_i, 1), floor)
-    ll = float(-0.5 * np.sum(n_i * (np.log(2 * np.pi * var_i) + 1.0)))
-    n = int(n_i.sum())
-    k = int(f.p.size + len(f.glob) + n_dev)
-    aic = 2 * k - 2 * ll
-    bic = k * math.log(n) - 2 * ll
     tr = np.concatenate([data.trace_up, data.trace_down])
     free = np.concatenate(_free(f, data))
     runs = _runs_ratio(r[free], tr[free], scale)
@@ -684,8 +612,7 @@ def _score(f: _Fitted, data: StepData, cfg: FitConfig) -> ModelScore:
     curve = _curve_error(f, data, cfg.curve_bins)
     reasons = []
     if not f.converged:
-        reasons.append(f"least squares did not converge ({f.status_msg}; residual RMS "
-                       f"{math.sqrt(float(np.mean(r * r))) * data.s0:.3g} S)")
+        reasons.append(f"the likelihood maximisation did not converge ({f.status_msg})")
     if not np.all(f.p[:, 1] > f.p[:, 0]):
         reasons.append(f"{int(np.sum(f.p[:, 1] <= f.p[:, 0]))} device(s) with g_max <= g_min")
     if not exact and math.isfinite(runs) and runs < cfg.runs_min:
@@ -695,8 +622,9 @@ def _score(f: _Fitted, data: StepData, cfg: FitConfig) -> ModelScore:
         reasons.append(f"mean step curve misses the data by {100 * curve:.0f} % RMS "
                        f"(> {100 * cfg.curve_error_max:.0f} %)")
     return ModelScore(model=f.model.name, converged=f.converged, ok=not reasons,
-                      reason="; ".join(reasons), n=n, k=k, rss=float(rss_i.sum()),
-                      log_likelihood=ll, aic=aic, bic=bic, runs_ratio=runs,
+                      reason="; ".join(reasons), n=n, k=k, rss=float(np.sum(r * r)),
+                      log_likelihood=ll, aic=2 * k - 2 * ll,
+                      bic=k * math.log(max(n, 1)) - 2 * ll, runs_ratio=runs,
                       curve_error=curve, nfev=f.nfev, seconds=f.seconds)
 
 
@@ -883,19 +811,30 @@ def _censored_normal(x: np.ndarray, reached: np.ndarray, lower: bool) -> tuple[f
 
 
 def _population(f: _Fitted, data: StepData, cfg: FitConfig, read_var: float,
-                read_se: float, c2c: float, c2c_se: float) -> dict[str, Any]:
+                read_se: float, c2c: float, c2c_se: float,
+                cov: np.ndarray | None = None) -> dict[str, Any]:
+    """Population parameters from the per-device fits (module doc, step 4); ``cov``: the
+    per-device covariance of ``f.p`` (default: the one-step sandwich,
+    :func:`_device_cov`; ``_fit`` passes the likelihood's,
+    :meth:`~rpuhw.calibration.statespace.Problem.device_cov`)."""
     lo, hi = f.p[:, 0], f.p[:, 1]
+    if cov is None:
+        cov = _device_cov(f, data)
     notes = []
     if f.model.name in SHAPE_BOUNDS:
         reached_lo = reached_hi = np.ones(data.n_dev, dtype=bool)
-        cov0 = _device_cov(f, data)
-        u_min = _random_effects(lo, np.sqrt(cov0[:, 0, 0]))[0]
-        u_max = _random_effects(hi, np.sqrt(cov0[:, 1, 1]))[0]
+        u_min = _random_effects(lo, np.sqrt(cov[:, 0, 0]))[0]
+        u_max = _random_effects(hi, np.sqrt(cov[:, 1, 1]))[0]
         sd_lo = sd_hi = None
     else:
         reached_lo, reached_hi = _reached(f, data)
-        u_min, sd_lo = _censored_normal(lo, reached_lo, lower=True)
-        u_max, sd_hi = _censored_normal(hi, reached_hi, lower=False)
+        # a bound no read reached is only known to lie beyond the device's extreme
+        # read: that read is its censoring point (the likelihood leaves such a bound
+        # wherever it started, possibly far out)
+        lo_c = np.where(reached_lo, lo, data.lo0)
+        hi_c = np.where(reached_hi, hi, data.hi0)
+        u_min, sd_lo = _censored_normal(lo_c, reached_lo, lower=True)
+        u_max, sd_hi = _censored_normal(hi_c, reached_hi, lower=False)
         for name, r in (("lower", reached_lo), ("upper", reached_hi)):
             if (~r).any():
                 notes.append(f"{int((~r).sum())} of {data.n_dev} devices never reached their "
@@ -905,7 +844,6 @@ def _population(f: _Fitted, data: StepData, cfg: FitConfig, read_var: float,
                              "spread are only the extent of the measured range")
     u_mid, du = 0.5 * (u_min + u_max), u_max - u_min
     dev = _per_device(f, u_mid, du)
-    cov = _device_cov(f, data)
     se = _device_se(f, cov, u_mid, du)
     n = data.n_dev
     sq = math.sqrt(n)
@@ -965,8 +903,8 @@ def _population(f: _Fitted, data: StepData, cfg: FitConfig, read_var: float,
             half = len(gse) // 2
             unc["piecewise_up"] = float(np.max(gse[:half]))
             unc["piecewise_down"] = float(np.max(gse[half:]))
-    if name == "pow_step":
-        params["up_down"] = float(np.clip(params["up_down"], -0.99, 0.99))
+    # a valid device YAML (|up_down| < 1) even for data no model explains
+    params["up_down"] = float(np.clip(params["up_down"], -0.99, 0.99))
     s0 = data.s0
     g_min, g_max = data.g0 + u_min * s0, data.g0 + u_max * s0
     unc["g_min"] = 0.5 * du * params["w_min_dtod"] / sq * s0
@@ -998,86 +936,179 @@ def _take(m: Measurements, keep: np.ndarray) -> Measurements:
     return Measurements(**cut)
 
 
-def _subset(m: Measurements, devices: np.ndarray, n: int) -> np.ndarray:
-    """Mask of the rows of ``n`` evenly spaced devices of ``devices`` (nothing else)."""
-    ids = np.asarray(devices)[np.linspace(0, len(devices) - 1, n).round().astype(int)]
-    return np.isin(m.device, ids)
+def _k(fm: FitModel, n_dev: int) -> int:
+    """Free parameters of a model on ``n_dev`` devices (with the two noise parameters)."""
+    return (len(BASE) + len(fm.extra_dev)) * n_dev + len(fm.glob) + 2
+
+
+@dataclass
+class _Choice:
+    """The held-out comparison of the candidate models."""
+
+    chosen: str
+    best: str
+    """The model with the highest held-out log-likelihood."""
+    held_out: dict[str, float]
+    per_device: dict[str, np.ndarray]
+    margin: float
+    margin_se: float
+    thin: bool
+    runner: str | None
+    text: str
+    fits: dict[str, tuple[FitModel, Frame, Estimate, float]]
+    train_chains: int
+    test_chains: int
+
+
+def _choose(names: list[str], data: StepData, st: ss.StepTable, w: ss.Windows,
+            cfg: FitConfig) -> _Choice:
+    """Fit every model on one fold of the chains and score the other (module doc)."""
+    train, test = w.take(w.fold == 0), w.take(w.fold == 1)
+    if len(test) == 0 or len(train) == 0:
+        raise ConfigError("too few steps to hold any out for the model choice (needs two "
+                          "cycles, or half-cycles of more than one window of "
+                          f"{cfg.window} steps)")
+    fits, held, per_dev = {}, {}, {}
+    fms, frames, ests, secs = zip(*(_estimate(name, data, st, train, cfg) for name in names),
+                                  strict=True)
+    group = np.zeros(st.n_dev, dtype=np.int64)
+    joint = ss.Joint([ss.Problem(fm, fr, test, group, st.noise_ss, st.noise_dof)
+                      for fm, fr in zip(fms, frames, strict=True)])
+    with ss.torch.no_grad():
+        th = [t for prob, e in zip(joint.problems, ests, strict=True)
+              for t in prob.free(e.p, e.glob, e.sigma_c, e.sigma_r)]
+        lls = joint.chain_ll(th).numpy()
+    for i, name in enumerate(names):
+        fm, frame, est = fms[i], frames[i], ests[i]
+        fits[name] = (fm, frame, est, secs[i])
+        ll = np.where(np.isfinite(lls[i]), lls[i], -1e300)
+        per_dev[name] = np.bincount(test.dev.numpy(), ll, st.n_dev)
+        held[name] = float(per_dev[name].sum())
+    order = sorted(names, key=lambda n: -held[n])
+    best = order[0]
+    n_dev = st.n_dev
+
+    def se_to_best(name: str) -> float:
+        d = per_dev[best] - per_dev[name]
+        return float(np.std(d, ddof=1) * math.sqrt(n_dev)) if n_dev > 1 else math.inf
+
+    # the simplest model whose held-out score the data cannot tell from the best one's
+    close = [n for n in order if held[best] - held[n] <= cfg.margin_z * se_to_best(n)]
+    chosen = min(close, key=lambda n: (_k(fits[n][0], 1), order.index(n)))
+    others = [n for n in order if n != chosen]
+    runner = others[0] if others else None
+    margin = held[chosen] - held[runner] if runner else math.inf
+    margin_se = se_to_best(runner) if runner and chosen == best else (
+        float(np.std(per_dev[chosen] - per_dev[runner], ddof=1) * math.sqrt(n_dev))
+        if runner and n_dev > 1 else math.inf)
+    thin = len(close) > 1
+    by = ("odd cycles held out, fitted on the even ones" if w.folds_by == "cycles" else
+          f"every other window of {cfg.window} steps held out (one cycle)")
+    text = (f"{chosen}: held-out log-likelihood {held[chosen]:.1f} ({by}; {len(test)} of "
+            f"{len(w)} windows)")
+    if runner is not None:
+        text += (f", {margin:+.1f} over {runner} (standard error {margin_se:.1f} over "
+                 f"{n_dev} devices)")
+    if thin:
+        tied = [n for n in close if n != chosen]
+        text += (f"; THIN MARGIN: {', '.join(tied)} within {cfg.margin_z:g} standard errors "
+                 f"of the best ({best}); {chosen} is the simplest of them. More cycles, "
+                 "--pulses auto (both bounds reached) or --reads-per-step 8 (less read "
+                 "noise per state) would decide it")
+    return _Choice(chosen=chosen, best=best, held_out=held, per_device=per_dev,
+                   margin=margin, margin_se=margin_se, thin=thin, runner=runner, text=text,
+                   fits=fits, train_chains=len(train), test_chains=len(test))
 
 
 def fit(m: Measurements, model: str = "auto", config: FitConfig | None = None) -> FitResult:
-    """Fit ``model`` (a registered name, or ``auto``: every model, chosen by BIC) to ``m``.
+    """Fit ``model`` (a registered name, or ``auto``: every model, chosen by the held-out
+    likelihood) to ``m`` by maximum likelihood of the state-space model.
 
     Raises ConfigError for unusable data or an unknown model name; a fit that is not
     trustworthy comes back with ``ok = False`` and the ``reason``.
     """
-    cfg = config or FitConfig()
-    if cfg.criterion not in ("bic", "aic"):
-        raise ConfigError(f"expected 'bic' or 'aic', got {cfg.criterion!r}", key="criterion")
+    with ss.one_thread():
+        return _fit(m, model, config or FitConfig())
+
+
+def _fit(m: Measurements, model: str, cfg: FitConfig) -> FitResult:
+    if cfg.criterion not in ("held_out", "bic", "aic"):
+        raise ConfigError(f"expected 'held_out', 'bic' or 'aic', got {cfg.criterion!r}",
+                          key="criterion")
     if model != "auto" and model not in FIT_MODELS:
         raise ConfigError(f"unknown model {model!r} (known: auto, "
                           f"{', '.join(sorted(FIT_MODELS))})", key="--model")
+    if cfg.window < 2:
+        raise ConfigError(f"must be >= 2, got {cfg.window}", key="window")
     discontinuities = find_discontinuities(m)
     cuts = sorted({d.row for d in discontinuities}) if cfg.segments else []
     segment = segment_index(len(m), cuts) if cuts else None
     data = prepare(m, cfg.min_steps, segment)
+    index = {int(d): i for i, d in enumerate(data.devices)}
+    st = ss.step_table(m, index, data.g0, data.s0, segment)
+    w = ss.windows(st, cfg.window)
     names = sorted(FIT_MODELS) if model == "auto" else [model]
-    fits: dict[str, _Fitted] = {}
     scores: dict[str, ModelScore] = {}
-    # auto on many devices: score every model on an evenly spaced subset of devices (the
-    # criterion still sees thousands of steps), then fit the chosen model on all of them
-    subset = model == "auto" and data.n_dev > cfg.select_devices
-    if subset:
-        keep = _subset(m, data.devices, cfg.select_devices)
-        sel = prepare(_take(m, keep), cfg.min_steps,
-                      None if segment is None else segment[keep])
+    n_reads = int(float(w.k.sum()) + float(st.noise_dof.sum()) + len(st.noise_dof) * 0)
+    choice = None
+    if model == "auto" and cfg.criterion == "held_out":
+        choice = _choose(names, data, st, w, cfg)
+        chosen = choice.chosen
+        fits = {}
+        for name in names:  # every model's likelihood of all the data at its training fit
+            fm, frame, est_tr, sec = choice.fits[name]
+            if name == chosen:  # the chosen model fitted to all the data
+                fits[name] = _estimate(name, data, st, w, cfg, start=est_tr)
+                continue
+            prob = ss.Problem(fm, frame, w, np.zeros(st.n_dev, dtype=np.int64),
+                              st.noise_ss, st.noise_dof)
+            with ss.torch.no_grad():
+                ll = float(prob.total(prob.free(est_tr.p, est_tr.glob, est_tr.sigma_c,
+                                                est_tr.sigma_r)))
+            fits[name] = (fm, frame, dataclasses.replace(est_tr, log_likelihood=ll), sec)
     else:
-        sel = data
-    for name in names:
-        fits[name] = _fit_with_frame(name, sel, cfg)
-        scores[name] = _score(fits[name], sel, cfg)
-    key = cfg.criterion
-
-    def crit(s: ModelScore) -> float:
-        v = getattr(s, key)
-        return v if s.converged and math.isfinite(v) else math.inf
-
-    ranked = sorted(names, key=lambda n: crit(scores[n]))
-    chosen = ranked[0]
-    if subset:  # the best model on every device; the next best if that fit fails there
-        sub_scores = dict(scores)
-        for cand in [n for n in ranked if math.isfinite(crit(sub_scores[n]))][:3]:
-            fits[cand] = _fit_with_frame(cand, data, cfg)
-            scores[cand] = _score(fits[cand], data, cfg)
-            if scores[cand].ok:
-                chosen = cand
-                break
-        ranked = [chosen] + [n for n in ranked if n != chosen]
-        sel_score = sub_scores[chosen]
-    else:
-        sel_score = scores[chosen]
-    f, sc = fits[chosen], scores[chosen]
-    if model == "auto":
-        basis = scores if not subset else sub_scores
-        order = sorted(names, key=lambda n: crit(basis[n]))
-        better = order[:order.index(chosen)]  # scored better but failed on all devices
-        runner = next((n for n in order if n != chosen and n not in better), None)
-        where = (f"{sel_score.n} steps of {sel.n_dev} devices"
-                 + (f", an evenly spaced subset of the {data.n_dev}; the chosen model was then "
-                    "fitted to all" if subset else ""))
-        if runner is not None and math.isfinite(crit(basis[runner])):
-            explanation = (f"{chosen}: {key.upper()} {crit(sel_score):.1f} lower than {runner} "
-                           f"by {crit(basis[runner]) - crit(sel_score):.1f} (of {len(names)} "
-                           f"models; {key.upper()} = k ln N - 2 ln L over {where})")
+        fits = {name: _estimate(name, data, st, w, cfg) for name in names}
+    for name, (fm, frame, est, sec) in fits.items():
+        f = _fitted(fm, data, frame, est.p, est.glob[0], est, sec)
+        sc = _score(f, data, cfg, n_reads, _k(fm, data.n_dev), est.log_likelihood)
+        if choice is not None:
+            sc.held_out_ll = choice.held_out[name]
+            sc.held_out = -2.0 * choice.held_out[name]
+            d = choice.per_device[choice.best] - choice.per_device[name]
+            sc.held_out_se = (float(np.std(d, ddof=1) * math.sqrt(data.n_dev))
+                              if data.n_dev > 1 else math.nan)
+        scores[name] = sc
+    if choice is None:
+        key = cfg.criterion if cfg.criterion != "held_out" else "bic"
+        chosen = min(names, key=lambda n: getattr(scores[n], key)
+                     if scores[n].converged else math.inf)
+        if model == "auto":
+            ranked = sorted(names, key=lambda n: getattr(scores[n], key))
+            runner = ranked[1] if len(ranked) > 1 else None
+            explanation = (f"{chosen}: {key.upper()} {getattr(scores[chosen], key):.1f}"
+                           + (f", lower than {runner} by "
+                              f"{getattr(scores[runner], key) - getattr(scores[chosen], key):.1f}"
+                              if runner else "")
+                           + f" (state-space likelihood of the same {n_reads} reads)")
         else:
-            explanation = f"{chosen}: the only model that converged ({where})"
-        for n in better:
-            explanation += (f"; {n} scored better on the subset but its fit to all devices "
-                            f"failed ({scores[n].reason})")
+            explanation = (f"{chosen}: requested; state-space log-likelihood "
+                           f"{scores[chosen].log_likelihood:.1f} over {n_reads} reads")
     else:
-        explanation = f"{chosen}: requested; {key.upper()} {crit(sc):.1f} over {sc.n} steps"
-    read_var, read_se, c2c, c2c_se, _ = _noise(f, data)
-    pop = _population(f, data, cfg, read_var, read_se, c2c, c2c_se)
-    notes = list(pop["notes"])
+        explanation = choice.text
+    fm, frame, est, sec = fits[chosen]
+    f = _fitted(fm, data, frame, est.p, est.glob[0], est, sec)
+    sc = scores[chosen]
+    read_var = float(est.sigma_r[0]) ** 2
+    c2c = float(est.sigma_c[0])
+    prob = ss.Problem(fm, frame, w, np.zeros(st.n_dev, dtype=np.int64), st.noise_ss,
+                      st.noise_dof)
+    c2c_se, sr_se = (float(x[0]) for x in prob.noise_se(est))
+    cov = prob.device_cov(est) if COV_FROM_LIKELIHOOD else None
+    pop = _population(f, data, cfg, read_var, 2.0 * float(est.sigma_r[0]) * sr_se, c2c,
+                      c2c_se, cov)
+    intervals, unc, method, boot_notes = _intervals(f, pop, data, st, cfg)
+    pop["unc"].update(unc)
+    notes = list(pop["notes"]) + boot_notes
     if data.dropped:
         notes.append(f"left out {len(data.dropped)} device(s) with < {cfg.min_steps} up or "
                      f"down steps: {data.dropped[:10]}")
@@ -1085,7 +1116,7 @@ def fit(m: Measurements, model: str = "auto", config: FitConfig | None = None) -
         notes.append(f"left out {len(data.stuck)} stuck device(s) (conductance range < 0.1 % "
                      f"of the median device's): {data.stuck[:10]}")
     if data.read_var is None:
-        notes.append("read noise estimated from consecutive step residuals (no read-noise "
+        notes.append("read noise estimated by the state-space likelihood (no read-noise "
                      "rows)")
     if pop["g_min"] < 0:
         notes.append("fitted g_min < 0 (conductance in weight units?): no conductance block")
@@ -1098,12 +1129,123 @@ def fit(m: Measurements, model: str = "auto", config: FitConfig | None = None) -
                      "segment")
     reason = sc.reason
     if not sc.ok and model == "auto":
-        others = [n for n in ranked[1:] if scores[n].ok]
+        others = [n for n in names if n != chosen and scores[n].ok]
         if others:
-            reason += f" (a worse-scoring model fits without these problems: {others[0]})"
-    return FitResult(model=chosen, ok=sc.ok, reason=reason, explanation=explanation,
-                     params=pop["params"], uncertainties=pop["unc"], g_min=pop["g_min"],
-                     g_max=pop["g_max"], read_noise=pop["read_noise"],
-                     per_device=pop["per_device"], scores=scores, criterion=key,
-                     notes=notes, discontinuities=discontinuities, segments=len(cuts) + 1,
-                     data=data, fitmodel=f.model, p=f.p, glob=f.glob, frame=f.frame)
+            reason += f" (another model fits without these problems: {others[0]})"
+    res = FitResult(model=chosen, ok=sc.ok, reason=reason, explanation=explanation,
+                    params=pop["params"], uncertainties=pop["unc"], g_min=pop["g_min"],
+                    g_max=pop["g_max"], read_noise=pop["read_noise"],
+                    per_device=pop["per_device"], scores=scores,
+                    criterion=cfg.criterion if model == "auto" else "bic",
+                    notes=notes, discontinuities=discontinuities, segments=len(cuts) + 1,
+                    data=data, fitmodel=f.model, p=f.p, glob=f.glob, frame=f.frame,
+                    intervals=intervals, interval_method=method,
+                    held_out=dict(choice.held_out) if choice else {},
+                    margin=choice.margin if choice else math.nan,
+                    margin_se=choice.margin_se if choice else math.nan,
+                    thin_margin=bool(choice.thin) if choice else False)
+    from rpuhw.calibration.identifiability import not_identifiable
+
+    res.not_identifiable = not_identifiable(res)
+    return res
+
+
+# ---- intervals ------------------------------------------------------------------------
+
+
+BOOT_ITER = 20
+"""L-BFGS iterations of the bootstrap refit (one whitened round). Each replica starts at
+its own truth (the fit it was simulated from), so its estimate lies about one standard
+error away, where the whitened likelihood is nearly quadratic: a few quasi-Newton steps
+reach it (a k-step bootstrap, Davidson & MacKinnon 1999)."""
+Z95 = 1.959963984540054
+"""Standard normal quantile of 0.975: a 95 % two-sided interval is +- Z95 sigma."""
+
+
+def _point(pop: dict[str, Any]) -> dict[str, Any]:
+    return {**pop["params"], "g_min": pop["g_min"], "g_max": pop["g_max"],
+            "read_noise": pop["read_noise"]}
+
+
+def _replica_data(sim: ss.StepTable, lo_dev: int, n_dev: int, data: StepData) -> StepData:
+    """The :class:`StepData` of devices ``lo_dev .. lo_dev + n_dev - 1`` of a simulated
+    :class:`~rpuhw.calibration.statespace.StepTable` (steps between consecutive reads of
+    a half-cycle with a pulse between them)."""
+    j = np.flatnonzero(sim.pulsed & (sim.dev >= lo_dev) & (sim.dev < lo_dev + n_dev))
+    dev = sim.dev[j] - lo_dev
+    u, du = sim.ybar[j - 1], sim.ybar[j] - sim.ybar[j - 1]
+    sides, tr = {}, {}
+    for pol in (1, -1):
+        sel = sim.pol[j] == pol
+        sides[pol] = Side(u=u[sel], dev=dev[sel], du=du[sel])
+        tr[pol] = sim.half[j][sel]
+    in_rep = (sim.dev >= lo_dev) & (sim.dev < lo_dev + n_dev)
+    ys, ds = sim.ybar[in_rep], sim.dev[in_rep] - lo_dev
+    lo0 = np.array([np.percentile(ys[ds == i], 0.5) for i in range(n_dev)])
+    hi0 = np.array([np.percentile(ys[ds == i], 99.5) for i in range(n_dev)])
+    return StepData(devices=data.devices, rows=data.rows, cols=data.cols, g0=data.g0,
+                    s0=data.s0, up=sides[1], down=sides[-1], trace_up=tr[1],
+                    trace_down=tr[-1], lo0=lo0, hi0=hi0, read_var=None, read_dof=0,
+                    dropped=[], stuck=[])
+
+
+def _intervals(f: _Fitted, pop: dict[str, Any], data: StepData, st: ss.StepTable,
+               cfg: FitConfig) -> tuple[dict[str, Any], dict[str, float], str, list[str]]:
+    """95 % intervals of every reported value: parametric bootstrap (module doc) with
+    ``cfg.bootstrap`` replicas, refitted in one batched fit; the interval is the estimate
+    +- 1.96 bootstrap standard deviations. Returns (intervals, standard errors, method,
+    notes)."""
+    point = _point(pop)
+    unc = pop["unc"]
+    if cfg.bootstrap <= 0 or f.estimate is None:
+        out = {}
+        for key, v in point.items():
+            se = unc.get(key)
+            if isinstance(v, (int, float)) and se is not None and math.isfinite(se):
+                out[key] = [float(v) - Z95 * se, float(v) + Z95 * se]
+        return out, {}, "estimate +- 1.96 standard errors (no bootstrap)", []
+    from rpuhw.calibration.bootstrap import simulate
+
+    est = f.estimate
+    n_dev, reps = data.n_dev, int(cfg.bootstrap)
+    sc, sr = float(est.sigma_c[0]), float(est.sigma_r[0])
+    sim, rep, src = simulate(f.model, f.frame, st, f.p, f.glob, sc, sr, reps, seed=cfg.seed)
+    wb = ss.windows(sim, cfg.window)
+    boot = ss.estimate(f.model, f.frame, sim, wb, f.p[src], np.tile(f.glob, (reps, 1)),
+                       group=rep, noise0=(np.full(reps, sc), np.full(reps, sr)),
+                       max_iter=BOOT_ITER, rounds=1, search_bounds=False)
+    values: dict[str, list] = {k: [] for k in point}
+    failed = 0
+    for r in range(reps):
+        d_r = _replica_data(sim, r * n_dev, n_dev, data)
+        p_r = boot.p[r * n_dev:(r + 1) * n_dev]
+        f_r = _fitted(f.model, d_r, f.frame, p_r, boot.glob[r], None, 0.0)
+        try:
+            pop_r = _population(f_r, d_r, cfg, float(boot.sigma_r[r]) ** 2, 0.0,
+                                float(boot.sigma_c[r]), 0.0)
+        except (ValueError, np.linalg.LinAlgError, FloatingPointError):
+            failed += 1
+            continue
+        for key, v in _point(pop_r).items():
+            values[key].append(v)
+    out: dict[str, Any] = {}
+    se_out: dict[str, float] = {}
+    for key, v in point.items():
+        arr = np.asarray(values[key], dtype=float)
+        if arr.ndim == 0 or len(arr) < 2:
+            continue
+        sd = np.nanstd(arr, axis=0, ddof=1)
+        if np.ndim(v) == 0:
+            if isinstance(v, bool):
+                continue
+            out[key] = [float(v) - Z95 * float(sd), float(v) + Z95 * float(sd)]
+            se_out[key] = float(sd)
+        else:
+            vv = np.asarray(v, dtype=float)
+            out[key] = [list(vv - Z95 * sd), list(vv + Z95 * sd)]
+    notes = [f"95 % intervals from a parametric bootstrap: {reps} replicas simulated from "
+             "the fit with the measured protocol (devices resampled) and refitted"
+             + (f"; {failed} replica(s) failed and were left out" if failed else "")
+             + f" ({boot.message})"]
+    method = f"parametric bootstrap, {reps} replicas: estimate +- 1.96 bootstrap SD"
+    return out, se_out, method, notes

@@ -65,6 +65,15 @@ FAR_RELATIVE = 0.2
 """A fitted value is far from the true one when ``|fitted / true - 1|`` exceeds this."""
 END_READS_MIN = 10
 """At least this many reads at the end of a half-cycle for its end slope."""
+C2C_REL_SE_MAX = 0.25
+"""dw_min_std is identified when the fit's relative standard error is at most this (its
+95 % interval within about +- 50 %)."""
+NOT_IDENTIFIABLE = "not identifiable from these data:"
+"""How every message of :func:`not_identifiable` starts."""
+REMEDY_BOUNDS = ("measure with --pulses auto, which pulses each half-cycle until the "
+                 "device saturates")
+REMEDY_READS = ("measure with --reads-per-step 8, which averages the read noise of every "
+                "state, and run the read-noise protocol")
 
 
 @dataclass
@@ -164,8 +173,8 @@ def bound_check(res, upper: bool) -> Check:
                      f"the fitted {name} lies {where}", figures)
     return Check(name, False,
                  f"not reached: {moved}; so {name} = {value:.3g} S is the {res.model} model's "
-                 f"extrapolation, {where}, not a measured value (more pulses per direction, "
-                 "until the traces flatten, would measure it)", figures)
+                 f"extrapolation, {where}, not a measured value: {NOT_IDENTIFIABLE} the "
+                 f"bound was never reached ({REMEDY_BOUNDS})", figures)
 
 
 def noise_check(res) -> Check:
@@ -203,12 +212,23 @@ def noise_check(res) -> Check:
     if math.isfinite(from_read) and math.isfinite(rel_se):
         text += (f", so the read noise's own standard error ({100 * rel_se:.1f} %) alone "
                  f"gives dw_min_std +- {from_read:.2g}")
+    se = float(res.uncertainties.get("dw_min_std", float("nan")))
+    figures["relative_se"] = se / c2c if c2c > 0 and math.isfinite(se) else float("nan")
+    if math.isfinite(se) and se > 0 and c2c > 0:
+        # the state-space fit separates the two by their time structure (a random walk of
+        # the state against independent reads), so its own standard error decides
+        text += (f"; the state-space fit gives dw_min_std = {c2c:.3g} +- {se:.2g} "
+                 f"({100 * se / c2c:.0f} %)")
+        if se / c2c <= C2C_REL_SE_MAX:
+            return Check("dw_min_std", True, text, figures)
+        return Check("dw_min_std", False, text + f" (> {100 * C2C_REL_SE_MAX:.0f} %): "
+                     f"{NOT_IDENTIFIABLE} the read noise hides the cycle-to-cycle noise ("
+                     f"{REMEDY_READS})", figures)
     if sens <= NOISE_SENSITIVITY_MAX:
         return Check("dw_min_std", True, text, figures)
     return Check("dw_min_std", False,
-                 text + f" (> {NOISE_SENSITIVITY_MAX:.0f} %): not identifiable from these data "
-                 "(a separate read-noise measurement, --protocol read-noise, and quieter "
-                 "reads would separate the two)", figures)
+                 text + f" (> {NOISE_SENSITIVITY_MAX:.0f} %): {NOT_IDENTIFIABLE} the read "
+                 f"noise hides the cycle-to-cycle noise ({REMEDY_READS})", figures)
 
 
 def spread_check(res) -> Check:
@@ -225,8 +245,9 @@ def spread_check(res) -> Check:
             f"{100 * rel:.0f} %; each device's own step is known to +- {100 * own:.1f} % "
             f"against a spread of {100 * dtod:.1f} %")
     ok = rel <= SPREAD_REL_SE_MAX and own < dtod
-    return Check("dw_min_dtod", ok, text if ok else text + ": not resolved (more devices, or "
-                 "more pulses per device, would resolve it)", figures)
+    return Check("dw_min_dtod", ok, text if ok else text + f": {NOT_IDENTIFIABLE} the spread "
+                 "is not resolved (more devices, or more pulses per device, would resolve it)",
+                 figures)
 
 
 def read_noise_check(res) -> Check:
@@ -234,13 +255,14 @@ def read_noise_check(res) -> Check:
     d = res.data
     se = float(res.uncertainties.get("read_noise", float("nan")))
     rel = se / res.read_noise if res.read_noise > 0 else float("inf")
-    source = (f"repeated reads ({d.read_dof} degrees of freedom)" if d.read_var is not None
-              else "the covariance of consecutive step residuals (no read-noise rows), "
-              "which a misfit of the mean step biases")
+    source = (f"repeated reads ({d.read_dof} degrees of freedom) and the traces"
+              if d.read_var is not None
+              else "the state-space likelihood of the traces (no read-noise rows)")
     figures = {"read_noise_S": read_noise_s(res), "relative_se": rel}
     text = f"from {source}; relative standard error {100 * rel:.1f} %"
     ok = rel < READ_NOISE_REL_SE_MAX
-    return Check("read_noise", ok, text if ok else text + ": not determined", figures)
+    return Check("read_noise", ok, text if ok else text + f": {NOT_IDENTIFIABLE} "
+                 f"read noise not determined ({REMEDY_READS})", figures)
 
 
 def checks(res) -> dict[str, Check]:
@@ -251,6 +273,20 @@ def checks(res) -> dict[str, Check]:
     out = [bound_check(res, upper=False), bound_check(res, upper=True), noise_check(res),
            spread_check(res), read_noise_check(res)]
     return {c.parameter: c for c in out}
+
+
+def not_identifiable(res) -> list[str]:
+    """``"not identifiable from these data: ..."`` for every check that fails, each with
+    its cause and remedy (``FitResult.not_identifiable``)."""
+    out = []
+    for c in checks(res).values():
+        if not c.identified:
+            cause = c.cause
+            at = cause.find(NOT_IDENTIFIABLE)
+            head = f"{NOT_IDENTIFIABLE} {c.parameter}: "
+            out.append(head + (cause[:at].rstrip(" :;") + "; " + cause[at + len(
+                NOT_IDENTIFIABLE):].strip() if at >= 0 else cause))
+    return out
 
 
 # ---- against a known truth (the demo's emulated chip) -----------------------------------

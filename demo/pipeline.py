@@ -46,9 +46,15 @@ def characterize(bench: Path, size: DemoSize, out: Path, log: Log = print) -> di
     return {"csv": csv, "messages": msgs, "wall_s": wall}
 
 
+FIT_BOOTSTRAP = 20
+"""Parametric-bootstrap replicas of the demo's fit (its 95 % intervals; as ``rpuhw
+fit``'s default)."""
+
+
 def fit_and_validate(csv: Path, out: Path, log: Log = print) -> dict[str, Any]:
-    """Fit (model auto), write DIR/device.yaml and DIR/fit.png, validate against the CSV."""
-    from rpuhw.calibration.fit import fit
+    """Fit (model auto, bootstrap intervals), write DIR/device.yaml and DIR/fit.png,
+    validate against the CSV."""
+    from rpuhw.calibration.fit import FitConfig, fit
     from rpuhw.calibration.measurements import load_measurements
     from rpuhw.calibration.plots import plot_fit
     from rpuhw.calibration.validate import validate
@@ -56,7 +62,7 @@ def fit_and_validate(csv: Path, out: Path, log: Log = print) -> dict[str, Any]:
 
     t0 = time.perf_counter()
     m = load_measurements(csv)
-    res = fit(m, "auto")
+    res = fit(m, "auto", FitConfig(bootstrap=FIT_BOOTSTRAP))
     log(f"fit: {res.explanation}")
     if not res.ok:
         log(f"fit: not a confident fit ({res.reason}); continuing with it for the demo")

@@ -5,15 +5,21 @@ Generator: a SimulatedArray with a known DeviceSpec runs the pulse-response prot
 reads converted to siemens with the spec's conductance block.
 
 Tolerances (issue 5): mid-range conductance step, g_min, g_max, up/down asymmetry within
-10 %; spreads and cycle-to-cycle noise within 25 %. Sampling arithmetic for the 16 x 16
-array used (D = 256 devices, one may come out stuck by the dtod truncation and is left
-out), true dw_min_dtod 0.3, up_down 0.2 +- 0.05, w bound spreads 0.2, g in [30, 100] uS:
-- mean step: SE = 0.3 / sqrt(255) = 1.9 % -> 10 % is 5 SE;
-- up_down: SE = 0.05 / 16 = 0.003 = 1.6 % of 0.2 -> 10 % is 6 SE;
-- g_min: SE = 0.2 * 35 uS / 16 = 0.44 uS = 1.5 % of 30 uS (g_max: 0.4 %);
-- a spread from D devices: relative SE 1 / sqrt(2 (D - 1)) = 4.4 % -> 25 % is 5.6 SE
+10 %; spreads and cycle-to-cycle noise within 25 %. Sampling arithmetic for the 8 x 8
+array used (D = 64 devices; the state-space fit's cost grows with the reads, so the
+array of issue 5's 16 x 16 is now the benchmark's), true dw_min_dtod 0.3, up_down
+0.2 +- 0.05, w bound spreads 0.2, g in [30, 100] uS:
+- mean step: SE = 0.3 / sqrt(64) = 3.8 % -> 10 % is 2.7 SE;
+- up_down: against the drawn devices' own (aihwkit's one-sided up_down of their mean
+  half-sum and half-difference of steps; with 64 devices the drawn value differs from the
+  YAML's 0.2 by its sampling error, 15 % for seed 1): the fit's own error is
+  ~0.006 / 8 = 1.5 % of it -> 10 % is 6 SE;
+- g_min: SE = 0.2 * 35 uS / 8 = 0.9 uS = 2.9 % of 30 uS (g_max: 0.9 %) -> 3.4 SE;
+- a spread from D devices: relative SE 1 / sqrt(2 (D - 1)) = 8.9 % -> 25 % is 2.8 SE
   (each device's own estimation error is corrected for in the fit);
-- dw_min_std from ~3e5 steps: relative SE ~ 1 / sqrt(2 N) < 0.2 %.
+- dw_min_std from ~8e4 steps: relative SE ~ 1 / sqrt(2 N) < 0.3 %.
+The seeds are fixed, so each check either holds for these draws or not; the margins
+above say how far inside the sampling error the tolerances are.
 """
 
 from __future__ import annotations
@@ -92,15 +98,30 @@ def generate(mapping: dict, rows: int = 16, cols: int = 16, pulses: int = 300,
     return Measurements(**cols_), arr
 
 
+def _drawn_up_down(arr: SimulatedArray) -> float:
+    """aihwkit's one-sided up_down of the devices the array drew (their steps' half-sum
+    and half-difference means, :func:`one_sided_from_moments`)."""
+    from rpuhw.devices.base import one_sided_from_moments
+
+    up = arr.state["dw_up"].numpy().ravel().astype(float)
+    down = arr.state["dw_down"].numpy().ravel().astype(float)
+    s, a = 0.5 * (up + down), 0.5 * (up - down)
+    return one_sided_from_moments(s.mean(), s.std(ddof=1), a.mean(), a.std(ddof=1)).up_down
+
+
 def _rel(fitted: float, true: float) -> float:
     return abs(fitted / true - 1.0)
 
 
 @pytest.mark.parametrize("model", MODELS)
 def test_recovers_known_parameters(model):
-    mapping = {"model": model, **BASE, **EXTRA.get(model, {})}
+    # reads with read noise a tenth of the step (issue 19's quieter condition): the
+    # state-space likelihood needs some read noise (noise-free reads make it unbounded;
+    # the fit's read-noise floor is 1e-3 of the median step)
+    mapping = {"model": model, **BASE, **EXTRA.get(model, {}),
+               "io": {"read_noise": 0.1 * BASE["dw_min"]}}
     pulses, cycles = PROTOCOL.get(model, (300, 2))
-    m, arr = generate(mapping, pulses=pulses, cycles=cycles)
+    m, arr = generate(mapping, rows=8, cols=8, pulses=pulses, cycles=cycles)
     res = fit(m, model)
     table = parameter_table(res)
     assert res.ok, table
@@ -110,7 +131,8 @@ def test_recovers_known_parameters(model):
     f_up, f_down = mid_range_steps(fitted)
     errors = {"mid-range up step": _rel(f_up, t_up), "mid-range down step":
               _rel(f_down, t_down), "g_min": _rel(res.g_min, 3e-5),
-              "g_max": _rel(res.g_max, 1e-4), "up_down": _rel(res.params["up_down"], 0.2)}
+              "g_max": _rel(res.g_max, 1e-4),
+              "up_down": _rel(res.params["up_down"], _drawn_up_down(arr))}
     spreads = {k: _rel(res.params[k], mapping[k]) for k in
                ("dw_min_dtod", "up_down_dtod", "w_min_dtod", "w_max_dtod", "dw_min_std")}
     assert max(errors.values()) < 0.10, f"{errors}\n{table}"
@@ -185,7 +207,7 @@ def test_auto_picks_the_true_model():
         res = fit(m, "auto", cfg)
         assert res.model == model, parameter_table(res)
         assert res.ok
-        assert res.explanation.startswith(f"{model}: BIC")
+        assert res.explanation.startswith(f"{model}: held-out log-likelihood")
         assert set(res.scores) == set(MODELS)
 
 
@@ -217,7 +239,7 @@ def test_cli_writes_yaml_that_open_array_loads(soft_csv, tmp_path, capsys):
 
     out, plot, rep = tmp_path / "device.yaml", tmp_path / "fit.png", tmp_path / "fit.json"
     rc = main(["fit", str(soft_csv), "--model", "soft_bounds", "-o", str(out), "--plot", str(plot),
-               "--report", str(rep)])
+               "--report", str(rep), "--bootstrap", "3"])
     text = capsys.readouterr().out
     assert rc == 0, text
     assert "dw_min" in text and "std. error" in text
@@ -228,6 +250,7 @@ def test_cli_writes_yaml_that_open_array_loads(soft_csv, tmp_path, capsys):
     report = json.loads(rep.read_text())
     assert report["model"] == "soft_bounds" and "soft_bounds" in report["scores"]
     assert len(report["per_device"]["dw_up"]) == 36
+    assert set(report["intervals"]) == set(report["params"]) | {"g_min", "g_max", "read_noise"}
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -237,10 +260,12 @@ def test_cli_refuses_unexplained_data_unless_forced(tmp_path, capsys):
     path = tmp_path / "sine.csv"
     _write_csv(_sinusoid(rows=4, cols=4), path)
     out = tmp_path / "device.yaml"
-    assert main(["fit", str(path), "--model", "soft_bounds", "-o", str(out)]) == 1
+    assert main(["fit", str(path), "--model", "soft_bounds", "-o", str(out),
+                 "--bootstrap", "0"]) == 1
     assert "not written" in capsys.readouterr().err
     assert not out.exists()
-    assert main(["fit", str(path), "--model", "soft_bounds", "-o", str(out), "--force"]) == 0
+    assert main(["fit", str(path), "--model", "soft_bounds", "-o", str(out), "--force",
+                 "--bootstrap", "0"]) == 0
     assert "warning" in capsys.readouterr().err
     assert out.exists()
 
