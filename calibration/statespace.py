@@ -369,6 +369,65 @@ def clip_moments(a: torch.Tensor, v: torch.Tensor, bound: torch.Tensor, sign: to
     return a + sign * s * e1, v * (e2 - e1 * e1).clamp_min(1e-12)
 
 
+TAIL = -30.0
+"""Below this argument the filter's normal-tail functions use their asymptotic series
+(:func:`log_ndtr`, :func:`mills`, :func:`trunc_var`): torch's ``log_ndtr`` gradient is
+``exp(-x^2/2 - log_ndtr(x))``, which loses all precision below about -1e8 and is NaN
+below -1e154, and ``1 - beta lambda - lambda^2`` cancels to nothing for large ``-beta``.
+At -30 the series' first left-out terms are below 1e-8 of the value (the
+exact forms lose no more than 1e-10 there)."""
+Z_CAP = 1e100
+"""Least and greatest standardised distance to a bound the filter evaluates (its square
+stays finite); beyond it the clip's weight is ``exp(-5e199)`` either way."""
+V_FLOOR = 1e-30
+"""Least state variance (u^2) the filter divides by (u ~ 1, steps >= 1e-6)."""
+LL_FLOOR = -1e200
+"""Least log-density of one step: a finite floor keeps ``logaddexp`` of two impossible
+explanations (``-inf``, ``-inf``) from NaN; the optimiser sees a very bad point."""
+
+
+def _split(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(tail, x_tail, x_body)``: where ``x < TAIL``, and ``x`` restricted to each side with
+    a harmless constant on the other (the double-``where`` that keeps the unused branch's
+    gradient finite)."""
+    x = x.clamp(-Z_CAP, Z_CAP)
+    tail = x < TAIL
+    return tail, torch.where(tail, x, TAIL - 1.0), torch.where(tail, TAIL, x)
+
+
+def log_ndtr(x: torch.Tensor) -> torch.Tensor:
+    """``log Phi(x)`` with a finite, accurate gradient everywhere: the asymptotic series
+    ``-x^2/2 - log(-x) - log(2 pi)/2 + log(1 - 1/x^2 + 3/x^4 - 15/x^6 + 105/x^8)`` below
+    :data:`TAIL`."""
+    tail, xt, xb = _split(x)
+    r = 1.0 / (xt * xt)
+    asym = -0.5 * xt * xt - torch.log(-xt) - 0.5 * LOG2PI + torch.log1p(
+        -r * (1.0 - 3.0 * r * (1.0 - 5.0 * r * (1.0 - 7.0 * r))))
+    return torch.where(tail, asym, torch.special.log_ndtr(xb))
+
+
+def mills(x: torch.Tensor) -> torch.Tensor:
+    """The inverse Mills ratio ``lambda(x) = phi(x) / Phi(x)``; below :data:`TAIL`
+    ``-x / (1 - 1/x^2 + 3/x^4 - 15/x^6 + 105/x^8)``."""
+    tail, xt, xb = _split(x)
+    r = 1.0 / (xt * xt)
+    asym = -xt / (1.0 - r * (1.0 - 3.0 * r * (1.0 - 5.0 * r * (1.0 - 7.0 * r))))
+    body = torch.exp(-0.5 * xb * xb - 0.5 * LOG2PI - torch.special.log_ndtr(xb))
+    return torch.where(tail, asym, body)
+
+
+def trunc_var(x: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
+    """Variance factor ``1 - x lambda - lambda^2`` of a standard normal truncated to
+    ``Z < x``; below :data:`TAIL` its series ``(1 - 6/x^2 + 50/x^4 - 518/x^6) / x^2`` (the
+    exact form cancels there; coefficients checked against mpmath at 80 digits)."""
+    tail, xt, xb = _split(x)
+    r = 1.0 / (xt * xt)
+    asym = r * (1.0 - r * (6.0 - r * (50.0 - 518.0 * r)))
+    lb = torch.where(tail, 0.0, lam)
+    body = (1.0 - xb * lb - lb * lb).clamp_min(1e-12)
+    return torch.where(tail, asym, body)
+
+
 def clipped_update(a: torch.Tensor, v: torch.Tensor, bound: torch.Tensor, sign: torch.Tensor,
                    y: torch.Tensor, r2: torch.Tensor
                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -385,28 +444,35 @@ def clipped_update(a: torch.Tensor, v: torch.Tensor, bound: torch.Tensor, sign: 
     ``lambda = phi(beta) / Phi(beta)``. Moment matching the clipped prior and then
     updating (the former filter) treats the point mass as a narrow normal: with reads
     much finer than a step every read at the bound then looks improbable, and the fit
-    bends the steps and bounds to avoid it."""
-    sd = torch.sqrt(v.clamp_min(1e-300))
+    bends the steps and bounds to avoid it.
+
+    Finite in value and gradient for any finite input (the optimiser's line search tries
+    bounds 1e8 steps away and variances of 1e-300): the normal tails by their series
+    (:func:`log_ndtr`, :func:`mills`, :func:`trunc_var`), ``v`` floored at
+    :data:`V_FLOOR`, both explanations' log-densities at :data:`LL_FLOOR`."""
+    v = v.clamp_min(V_FLOOR)
+    sd = torch.sqrt(v)
     z = sign * (bound - a) / sd
-    log_p_clip = torch.special.log_ndtr(-z)
+    log_p_clip = log_ndtr(-z)
     log_l1 = -0.5 * ((y - bound) ** 2 / r2 + torch.log(r2) + LOG2PI)
     tot = v + r2
     log_n2 = -0.5 * ((y - a) ** 2 / tot + torch.log(tot) + LOG2PI)
     mu = a + v / tot * (y - a)
-    s2 = (v * r2 / tot).clamp_min(1e-300)
+    s2 = (v * r2 / tot).clamp_min(V_FLOOR)
     s = torch.sqrt(s2)
     beta = sign * (bound - mu) / s
-    log_cdf = torch.special.log_ndtr(beta)
-    lam = torch.exp(-0.5 * beta * beta - 0.5 * LOG2PI - log_cdf)
+    log_cdf = log_ndtr(beta)
+    lam = mills(beta)
     e2 = mu - sign * s * lam
-    v2 = s2 * (1.0 - beta * lam - lam * lam).clamp_min(1e-12)
-    c1, c2 = log_p_clip + log_l1, log_n2 + log_cdf
+    v2 = s2 * trunc_var(beta, lam)
+    c1 = (log_p_clip + log_l1).clamp_min(LL_FLOOR)
+    c2 = (log_n2 + log_cdf).clamp_min(LL_FLOOR)
     ll = torch.logaddexp(c1, c2)
     w1 = torch.exp(c1 - ll)
     w2 = 1.0 - w1
     mean = w1 * bound + w2 * e2
     var = w1 * (bound - mean) ** 2 + w2 * (v2 + (e2 - mean) ** 2)
-    return ll, mean, var.clamp_min(1e-300)
+    return ll, mean, var.clamp_min(V_FLOOR)
 
 
 def log_likelihood(rule: TorchRule, w: Windows, p: torch.Tensor, glob: torch.Tensor,
@@ -635,13 +701,19 @@ class _Solver:
                                     tolerance_grad=1e-7, tolerance_change=1e-10,
                                     line_search_fn="strong_wolfe")
 
-            def closure(opt=opt, params=params):
+            def closure(opt=opt, params=params, z=z):
                 nonlocal count
                 opt.zero_grad()
                 loss = -self.total(params()) / self.n_obs
-                if not torch.isfinite(loss):
-                    loss = torch.tensor(1e10, dtype=DTYPE, requires_grad=True)
-                loss.backward()
+                if torch.isfinite(loss):
+                    loss.backward()
+                if not torch.isfinite(loss) or not all(
+                        t.grad is None or bool(torch.isfinite(t.grad).all()) for t in z):
+                    # a point the likelihood cannot evaluate: a very bad one with no
+                    # gradient, so the line search steps back instead of carrying NaN on
+                    for t in z:
+                        t.grad = torch.zeros_like(t)
+                    loss = torch.tensor(1e10, dtype=DTYPE)
                 count += 1
                 return loss
 
@@ -650,6 +722,10 @@ class _Solver:
             n_iter += its
             old = th
             th = [t.detach() for t in params()]
+            if not all(bool(torch.isfinite(t).all()) for t in th):
+                th = old  # refuse a non-finite step: keep the last finite point
+                last = math.nan
+                break
             if DEBUG:
                 for a, b_ in zip(old, th, strict=True):
                     d = (b_ - a).abs()
@@ -776,12 +852,17 @@ class Problem(_Solver):
         def closure():
             opt.zero_grad()
             loss = -self.total([dev, g, z]) / self.n_obs
-            if not torch.isfinite(loss):
-                loss = torch.tensor(1e10, dtype=DTYPE, requires_grad=True)
-            loss.backward()
+            if torch.isfinite(loss):
+                loss.backward()
+            if not torch.isfinite(loss) or not bool(torch.isfinite(z.grad).all()):
+                z.grad = torch.zeros_like(z)  # as in solve_free: a bad point, no gradient
+                loss = torch.tensor(1e10, dtype=DTYPE)
             return loss
 
+        start = z.detach().clone()
         opt.step(closure)
+        if not bool(torch.isfinite(z).all()):
+            z = start
         with torch.no_grad():
             _, _, sc, sr = self.values([dev, g, z.detach()])
         return sc.numpy().copy(), sr.numpy().copy()
