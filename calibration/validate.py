@@ -373,9 +373,15 @@ def replay(spec: DeviceSpec, m: Measurements, seed: int = 0, replicas: int = 79,
         sign = -1 if h % 2 else 1
         res = np.empty((n_p + 1, n), dtype=np.float32)
         res[0] = read()
-        stop = np.tile(tr.last[j], reps)  # pulses each device gets in this half-cycle
+        # pulses each device gets in this half-cycle: from its first read to its last (a
+        # segment that starts within a half-cycle, --segments, has no reads before its
+        # start: the device was there when the measurement resumed, not that many pulses
+        # before it)
+        stop = np.tile(tr.last[j], reps)
+        start = np.tile(np.argmax(~np.isnan(arr), axis=0), reps)
         for k in range(1, n_p + 1):
-            counts = torch.from_numpy(np.where(stop >= k, sign, 0).astype(np.int32))[None]
+            counts = torch.from_numpy(np.where((stop >= k) & (start < k), sign, 0)
+                                      .astype(np.int32))[None]
             sim.pulse(counts)
             res[k] = read()
         g = w_to_g(res.astype(np.float64)).reshape(n_p + 1, reps, n_dev)
