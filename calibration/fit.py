@@ -772,15 +772,33 @@ SHAPE_BOUNDS = ("soft_bounds", "pow_step")
 even when a device never gets there; the others have hard bounds, seen only when reached."""
 
 
-def _reached(f: _Fitted, data: StepData) -> tuple[np.ndarray, np.ndarray]:
-    """Per device: was the lower / upper hard bound reached (the clip active >= 2 times)?"""
+REACHED_NATS = 3.0
+"""A hard bound counts as reached (measured) when the device's log-likelihood at the
+fitted bound exceeds that with the bound moved out of the reads' sight
+(:meth:`~rpuhw.calibration.statespace.Problem.bound_support`) by more than this. Where
+the device never reached it, the likelihood is flat beyond the last reads and the fitted
+bound sits there only by the noise of the last few reads: the ratio is then the maximum
+of a few nats' noise (twice it is chi-square-like with one or two degrees of freedom, 6
+nats is beyond its 99th percentile: 2 x 3.0 = 6.0 > 5.99 = chi2_2(0.95), 6.63 =
+chi2_1(0.99)); a reached bound clips tens of steps and gains tens to thousands."""
+
+
+def _reached(f: _Fitted, data: StepData, support: np.ndarray | None = None
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """Per device: was the lower / upper hard bound reached (the clip active >= 2 times,
+    and, given ``support`` [D, 2] (:meth:`~rpuhw.calibration.statespace.Problem.
+    bound_support`), the likelihood prefers the fitted bound to one out of sight by more
+    than :data:`REACHED_NATS`)?"""
     out = []
-    for side, up in ((data.down, False), (data.up, True)):
+    for k, (side, up) in enumerate(((data.down, False), (data.up, True))):
         p = f.p[side.dev]
         mag = f.model.magnitude(up, side.u, p, f.glob, f.frame)
         gap = (p[:, 1] - side.u) if up else (side.u - p[:, 0])
         clipped = mag > gap + 1e-9 * np.abs(mag)
-        out.append(np.bincount(side.dev, clipped, data.n_dev) >= 2)
+        hit = np.bincount(side.dev, clipped, data.n_dev) >= 2
+        if support is not None:
+            hit &= support[:, k] > REACHED_NATS
+        out.append(hit)
     return out[0], out[1]
 
 
@@ -812,7 +830,8 @@ def _censored_normal(x: np.ndarray, reached: np.ndarray, lower: bool) -> tuple[f
 
 def _population(f: _Fitted, data: StepData, cfg: FitConfig, read_var: float,
                 read_se: float, c2c: float, c2c_se: float,
-                cov: np.ndarray | None = None) -> dict[str, Any]:
+                cov: np.ndarray | None = None,
+                support: np.ndarray | None = None) -> dict[str, Any]:
     """Population parameters from the per-device fits (module doc, step 4); ``cov``: the
     per-device covariance of ``f.p`` (default: the one-step sandwich,
     :func:`_device_cov`; ``_fit`` passes the likelihood's,
@@ -827,7 +846,7 @@ def _population(f: _Fitted, data: StepData, cfg: FitConfig, read_var: float,
         u_max = _random_effects(hi, np.sqrt(cov[:, 1, 1]))[0]
         sd_lo = sd_hi = None
     else:
-        reached_lo, reached_hi = _reached(f, data)
+        reached_lo, reached_hi = _reached(f, data, support)
         # a bound no read reached is only known to lie beyond the device's extreme
         # read: that read is its censoring point (the likelihood leaves such a bound
         # wherever it started, possibly far out)
@@ -1104,8 +1123,13 @@ def _fit(m: Measurements, model: str, cfg: FitConfig) -> FitResult:
                       st.noise_dof)
     c2c_se, sr_se = (float(x[0]) for x in prob.noise_se(est))
     cov = prob.device_cov(est) if COV_FROM_LIKELIHOOD else None
+    support = None
+    if fm.name not in SHAPE_BOUNDS:
+        support = prob.bound_support(prob.free(est.p, est.glob, est.sigma_c, est.sigma_r), st)
+        if ss.DEBUG:
+            print("bound support (nats, lower / upper):", np.round(support, 1).tolist())
     pop = _population(f, data, cfg, read_var, 2.0 * float(est.sigma_r[0]) * sr_se, c2c,
-                      c2c_se, cov)
+                      c2c_se, cov, support)
     intervals, unc, method, boot_notes = _intervals(f, pop, data, st, cfg)
     pop["unc"].update(unc)
     notes = list(pop["notes"]) + boot_notes

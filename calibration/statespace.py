@@ -874,6 +874,46 @@ class Problem(_Solver):
             ll = torch.nan_to_num(self.chain_ll(th), nan=-1e300, neginf=-1e300)
         return torch.zeros(n_dev, dtype=DTYPE).index_add_(0, self.w.dev, ll)
 
+    def _edges(self, st: StepTable, n_dev: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every device's least and greatest mean read (u)."""
+        dev = torch.as_tensor(st.dev)
+        y = torch.as_tensor(st.ybar, dtype=DTYPE)
+        lo_edge = torch.full((n_dev,), math.inf, dtype=DTYPE).scatter_reduce(0, dev, y, "amin")
+        hi_edge = torch.full((n_dev,), -math.inf, dtype=DTYPE).scatter_reduce(0, dev, y, "amax")
+        return lo_edge, hi_edge
+
+    def _with_bound(self, th: list[torch.Tensor], side: int, cand: torch.Tensor
+                    ) -> list[torch.Tensor]:
+        """``th`` with every device's lower (``side`` 0) or upper bound at ``cand`` (u)."""
+        with torch.no_grad():
+            p = self.values(th)[0]
+        lo, hi = p[:, 0], p[:, 1]
+        new_lo, new_hi = (cand, hi) if side == 0 else (lo, cand)
+        ok = new_hi > new_lo
+        trial = th[0].detach().clone()
+        trial[:, 0] = torch.where(ok, new_lo, lo)
+        trial[:, 1] = torch.where(ok, torch.log((new_hi - new_lo).clamp_min(1e-12)),
+                                  th[0][:, 1].detach())
+        return [trial, th[1], th[2]]
+
+    def bound_support(self, th: list[torch.Tensor], st: StepTable,
+                      far: float = BOUND_GRID[-1]) -> np.ndarray:
+        """Per device and bound ([D, 2]: lower, upper), the log-likelihood ratio of the
+        fitted bound against the same bound moved ``far`` x max(step towards it, read
+        noise) beyond the device's extreme mean read (where no read can see it), every
+        other parameter held: how strongly the data say the device reached that bound."""
+        n_dev = int(th[0].shape[0])
+        lo_edge, hi_edge = self._edges(st, n_dev)
+        with torch.no_grad():
+            p, _, _, sr = self.values(th)
+        base = self.device_ll(th)
+        out = np.zeros((n_dev, 2))
+        for side in (0, 1):
+            unit = torch.maximum(p[:, 3 if side == 0 else 2], sr[self.group])
+            cand = lo_edge - far * unit if side == 0 else hi_edge + far * unit
+            out[:, side] = (base - self.device_ll(self._with_bound(th, side, cand))).numpy()
+        return out
+
     def search_bounds(self, th: list[torch.Tensor], st: StepTable,
                       offsets: tuple[float, ...] = BOUND_GRID) -> np.ndarray:
         """Grid search of every device's hard bounds (in place on ``th``; returns which
