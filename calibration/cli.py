@@ -454,18 +454,32 @@ exit status: 0 written; 1 the fit is not trustworthy (nothing written, see the r
 def _validate_fit(res, m) -> None:
     """Run the posterior-predictive validation on the chosen fit; a failing check makes
     the fit not ok, with the failing statistic in the reason (``res`` is updated)."""
+    from rpuhw.calibration.fit import _take
+    from rpuhw.calibration.segments import segment_index
     from rpuhw.calibration.validate import validate
 
-    try:
-        result = validate(res.to_device_spec(), m)
-    except ConfigError as exc:  # data that validation cannot use: say so, keep the fit
-        res.notes.append(f"validation not run: {exc}")
-        return
-    res.validation = result
-    if not result.passed:
-        why = "; ".join(result.reasons) or "a posterior-predictive check failed"
+    # a fit of segments (--segments) is validated segment by segment, as it was fitted: a
+    # replay of the whole trace would run through the jump the cut removed
+    cuts = sorted({d.row for d in res.discontinuities}) if res.segments > 1 else []
+    seg = segment_index(len(m), cuts)
+    spec = res.to_device_spec()
+    failed: list[str] = []
+    for k in range(len(cuts) + 1):
+        part = m if not cuts else _take(m, seg == k)
+        try:
+            result = validate(spec, part)
+        except ConfigError as exc:  # data that validation cannot use: say so, keep the fit
+            res.notes.append(f"validation not run{f' on segment {k + 1}' if cuts else ''}: "
+                             f"{exc}")
+            continue
+        res.validation = result
+        if not result.passed:
+            why = "; ".join(result.reasons) or "a posterior-predictive check failed"
+            failed.append(f"segment {k + 1}: {why}" if cuts else why)
+    if failed:
         res.ok = False
-        res.reason = (res.reason + "; " if res.reason else "") + f"validation fails: {why}"
+        res.reason = ((res.reason + "; " if res.reason else "")
+                      + f"validation fails: {'; '.join(failed)}")
 
 
 @COMMANDS.register
