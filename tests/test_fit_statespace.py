@@ -71,6 +71,39 @@ def test_clip_moments_match_monte_carlo():
         assert abs(float(p) - y.var()) < 5 * math.sqrt(2) * y.var() / 1000 + 1e-12
 
 
+def test_clipped_update_is_the_exact_posterior():
+    """The filter's step through the clip against adaptive quadrature of the same density
+    (scipy.integrate.quad, relative tolerance 1e-11, the range split at the read and the
+    bound): the state min(X, b) (or max) with X ~ N(a, v) is a point mass at b plus a
+    truncated normal; p(y), E[state | y] and Var[state | y], for states far from, near and
+    beyond the bound and reads finer and coarser than the state's spread."""
+    from scipy import integrate, stats
+
+    cases = ((0.9, 0.01, 1.0, 1.0, 0.97, 1e-4), (0.9, 0.01, 1.0, 1.0, 1.0, 1e-6),
+             (1.05, 0.01, 1.0, 1.0, 0.99, 1e-3), (0.1, 0.04, 0.0, -1.0, 0.05, 0.01),
+             (0.5, 0.01, 1.0, 1.0, 0.52, 1e-4), (0.02, 1e-4, 0.0, -1.0, 0.0, 1e-8))
+    for a, v, b, sign, y, r2 in cases:
+        sd, r = math.sqrt(v), math.sqrt(r2)
+        lo, hi = (a - 14 * sd, b) if sign > 0 else (b, a + 14 * sd)
+        cuts = sorted({lo, hi, *(c for c in (y - 8 * r, y, y + 8 * r) if lo < c < hi)})
+
+        def moment(j: int, a=a, sd=sd, y=y, r=r, cuts=cuts) -> float:
+            def f(x: float) -> float:
+                return x ** j * stats.norm.pdf(x, a, sd) * stats.norm.pdf(y, x, r)
+            return sum(integrate.quad(f, c0, c1, epsabs=0, epsrel=1e-11, limit=500)[0]
+                       for c0, c1 in zip(cuts[:-1], cuts[1:], strict=True))
+
+        mass = stats.norm.sf(sign * (b - a) / sd) * stats.norm.pdf(y, b, r)
+        z = moment(0) + mass
+        mean = (moment(1) + b * mass) / z
+        var = (moment(2) + b * b * mass) / z - mean ** 2
+        ll, m, p = ss.clipped_update(*(torch.tensor([q], dtype=torch.float64)
+                                       for q in (a, v, b, sign, y, r2)))
+        assert float(ll) == pytest.approx(math.log(z), abs=1e-8)
+        assert float(m) == pytest.approx(mean, abs=1e-7 * sd)
+        assert float(p) == pytest.approx(var, rel=1e-5, abs=1e-9 * v)
+
+
 def test_filter_is_the_exact_likelihood_of_a_linear_gaussian_chain():
     """constant_step far from its bounds is a linear-Gaussian model: the filter's
     log-likelihood of a window, log p(y_1..n | y_0) with a flat prior on the first state,
