@@ -369,16 +369,12 @@ def clip_moments(a: torch.Tensor, v: torch.Tensor, bound: torch.Tensor, sign: to
     return a + sign * s * e1, v * (e2 - e1 * e1).clamp_min(1e-12)
 
 
-TAIL = -30.0
-"""Below this argument the filter's normal-tail functions use their asymptotic series
-(:func:`log_ndtr`, :func:`mills`, :func:`trunc_var`): torch's ``log_ndtr`` gradient is
-``exp(-x^2/2 - log_ndtr(x))``, which loses all precision below about -1e8 and is NaN
-below -1e154, and ``1 - beta lambda - lambda^2`` cancels to nothing for large ``-beta``.
-At -30 the series' first left-out terms are below 1e-8 of the value (the
-exact forms lose no more than 1e-10 there)."""
-Z_CAP = 1e100
-"""Least and greatest standardised distance to a bound the filter evaluates (its square
-stays finite); beyond it the clip's weight is ``exp(-5e199)`` either way."""
+Z_MIN = -1e5
+"""Least argument of the normal log-CDF the filter evaluates: torch's ``log_ndtr``
+gradient, ``exp(-x^2/2 - log_ndtr(x))``, is right to 1e-6 at -1e5 but loses all
+precision below about -1e8 and is NaN below -1e154. Below it the log-CDF is held at
+``log Phi(-1e5) = -5e9`` nats: an explanation of a read that improbable never decides
+anything (the other one, or :data:`LL_FLOOR`, does)."""
 V_FLOOR = 1e-30
 """Least state variance (u^2) the filter divides by (u ~ 1, steps >= 1e-6)."""
 LL_FLOOR = -1e200
@@ -386,46 +382,9 @@ LL_FLOOR = -1e200
 explanations (``-inf``, ``-inf``) from NaN; the optimiser sees a very bad point."""
 
 
-def _split(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(tail, x_tail, x_body)``: where ``x < TAIL``, and ``x`` restricted to each side with
-    a harmless constant on the other (the double-``where`` that keeps the unused branch's
-    gradient finite)."""
-    x = x.clamp(-Z_CAP, Z_CAP)
-    tail = x < TAIL
-    return tail, torch.where(tail, x, TAIL - 1.0), torch.where(tail, TAIL, x)
-
-
 def log_ndtr(x: torch.Tensor) -> torch.Tensor:
-    """``log Phi(x)`` with a finite, accurate gradient everywhere: the asymptotic series
-    ``-x^2/2 - log(-x) - log(2 pi)/2 + log(1 - 1/x^2 + 3/x^4 - 15/x^6 + 105/x^8)`` below
-    :data:`TAIL`."""
-    tail, xt, xb = _split(x)
-    r = 1.0 / (xt * xt)
-    asym = -0.5 * xt * xt - torch.log(-xt) - 0.5 * LOG2PI + torch.log1p(
-        -r * (1.0 - 3.0 * r * (1.0 - 5.0 * r * (1.0 - 7.0 * r))))
-    return torch.where(tail, asym, torch.special.log_ndtr(xb))
-
-
-def mills(x: torch.Tensor) -> torch.Tensor:
-    """The inverse Mills ratio ``lambda(x) = phi(x) / Phi(x)``; below :data:`TAIL`
-    ``-x / (1 - 1/x^2 + 3/x^4 - 15/x^6 + 105/x^8)``."""
-    tail, xt, xb = _split(x)
-    r = 1.0 / (xt * xt)
-    asym = -xt / (1.0 - r * (1.0 - 3.0 * r * (1.0 - 5.0 * r * (1.0 - 7.0 * r))))
-    body = torch.exp(-0.5 * xb * xb - 0.5 * LOG2PI - torch.special.log_ndtr(xb))
-    return torch.where(tail, asym, body)
-
-
-def trunc_var(x: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
-    """Variance factor ``1 - x lambda - lambda^2`` of a standard normal truncated to
-    ``Z < x``; below :data:`TAIL` its series ``(1 - 6/x^2 + 50/x^4 - 518/x^6) / x^2`` (the
-    exact form cancels there; coefficients checked against mpmath at 80 digits)."""
-    tail, xt, xb = _split(x)
-    r = 1.0 / (xt * xt)
-    asym = r * (1.0 - r * (6.0 - r * (50.0 - 518.0 * r)))
-    lb = torch.where(tail, 0.0, lam)
-    body = (1.0 - xb * lb - lb * lb).clamp_min(1e-12)
-    return torch.where(tail, asym, body)
+    """``log Phi(x)`` with a finite, accurate gradient for ``x >= Z_MIN`` (held below)."""
+    return torch.special.log_ndtr(x.clamp_min(Z_MIN))
 
 
 def clipped_update(a: torch.Tensor, v: torch.Tensor, bound: torch.Tensor, sign: torch.Tensor,
@@ -447,9 +406,11 @@ def clipped_update(a: torch.Tensor, v: torch.Tensor, bound: torch.Tensor, sign: 
     bends the steps and bounds to avoid it.
 
     Finite in value and gradient for any finite input (the optimiser's line search tries
-    bounds 1e8 steps away and variances of 1e-300): the normal tails by their series
-    (:func:`log_ndtr`, :func:`mills`, :func:`trunc_var`), ``v`` floored at
-    :data:`V_FLOOR`, both explanations' log-densities at :data:`LL_FLOOR`."""
+    bounds 1e8 steps away and variances of 1e-300): the normal log-CDF's arguments held
+    at :data:`Z_MIN` and above, ``v`` floored at :data:`V_FLOOR`, both explanations'
+    log-densities at :data:`LL_FLOOR`. (Where ``beta < -30`` the truncated part's variance
+    factor ``1 - beta lambda - lambda^2`` cancels and is floored at 1e-12; its weight is
+    then below ``exp(-450)`` of the point mass's unless both are improbable.)"""
     v = v.clamp_min(V_FLOOR)
     sd = torch.sqrt(v)
     z = sign * (bound - a) / sd
@@ -460,11 +421,11 @@ def clipped_update(a: torch.Tensor, v: torch.Tensor, bound: torch.Tensor, sign: 
     mu = a + v / tot * (y - a)
     s2 = (v * r2 / tot).clamp_min(V_FLOOR)
     s = torch.sqrt(s2)
-    beta = sign * (bound - mu) / s
-    log_cdf = log_ndtr(beta)
-    lam = mills(beta)
+    beta = (sign * (bound - mu) / s).clamp_min(Z_MIN)
+    log_cdf = torch.special.log_ndtr(beta)
+    lam = torch.exp(-0.5 * beta * beta - 0.5 * LOG2PI - log_cdf)
     e2 = mu - sign * s * lam
-    v2 = s2 * trunc_var(beta, lam)
+    v2 = s2 * (1.0 - beta * lam - lam * lam).clamp_min(1e-12)
     c1 = (log_p_clip + log_l1).clamp_min(LL_FLOOR)
     c2 = (log_n2 + log_cdf).clamp_min(LL_FLOOR)
     ll = torch.logaddexp(c1, c2)
