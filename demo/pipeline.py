@@ -22,27 +22,36 @@ Log = Callable[[str], None]
 
 def characterize(bench: Path, size: DemoSize, out: Path, log: Log = print) -> dict[str, Any]:
     """Pulse response of ``size.devices`` devices through the bench -> DIR/meas.csv."""
+    from rpuhw.calibration import protocols as pr
     from rpuhw.calibration.measurements import MeasurementWriter
-    from rpuhw.calibration.protocols import parse_devices, protocol_meta, pulse_response
 
     csv = out / "meas.csv"
     for p in (csv, csv.with_suffix(".json")):
         p.unlink(missing_ok=True)
     t0 = time.perf_counter()
+    auto = size.max_pulses > 0
     with open_array(f"bench:{bench}", CHIP, CHIP) as arr:
-        devices = parse_devices(str(size.devices), CHIP, CHIP)
-        meta = protocol_meta(arr, devices, {
-            "protocol": "pulse-response", "pulses_per_direction": size.pulses,
+        devices = pr.parse_devices(str(size.devices), CHIP, CHIP)
+        meta = pr.protocol_meta(arr, devices, {
+            "protocol": "pulse-response",
+            "pulses_per_direction": "auto" if auto else size.pulses,
             "cycles": size.cycles,
             "devices": str(size.devices), "array": f"bench:{bench}", "rows": CHIP,
             "cols": CHIP, "seed": None})
         with MeasurementWriter(csv, meta) as writer:
-            pulse_response(arr, devices, size.pulses, size.cycles, writer, progress=True)
+            if auto:
+                pr.pulse_response_auto(arr, devices, writer, size.max_pulses, size.cycles,
+                                       noise_reads=pr.DEFAULT_NOISE_READS, progress=True)
+            else:
+                pr.pulse_response(arr, devices, size.pulses, size.cycles, writer,
+                                  progress=True)
             writer.finish()
         msgs = arr.stats()["messages"]
     wall = time.perf_counter() - t0
-    log(f"characterised {len(devices)} devices x {size.cycles} cycle(s) x {size.pulses} "
-        f"pulses per direction: {msgs} instrument messages, {wall:.1f} s -> {csv}")
+    how = (f"until saturation (at most {size.max_pulses} pulses per direction)" if auto
+           else f"{size.pulses} pulses per direction")
+    log(f"characterised {len(devices)} devices x {size.cycles} cycle(s), {how}: {msgs} "
+        f"instrument messages, {wall:.1f} s -> {csv}")
     return {"csv": csv, "messages": msgs, "wall_s": wall}
 
 

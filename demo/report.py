@@ -73,6 +73,20 @@ def device_table(rows: list) -> str:
     return "\n".join(lines)
 
 
+def protocol_line(size: DemoSize) -> str:
+    """What the demo measured, in words (the report's calibration section)."""
+    if size.max_pulses > 0:
+        from rpuhw.calibration.protocols import DEFAULT_NOISE_READS
+
+        return (f"{size.devices} devices x {size.cycles} cycle(s), each half-cycle pulsed "
+                f"until every device saturates (at most {size.max_pulses} pulses per "
+                f"direction; a read after each), after {DEFAULT_NOISE_READS} reads of every "
+                "device at its start (the read noise)")
+    return (f"{size.devices} devices x {size.cycles} cycle(s) x {size.pulses} pulses per "
+            f"direction (per cycle {size.pulses} up, then {size.pulses} down; a read after "
+            "each)")
+
+
 def write_report(out: Path, size_name: str, size: DemoSize, table: str,
                  characterization: dict[str, Any], fitted: dict[str, Any], hidden_spec,
                  wall_s: float) -> Path:
@@ -82,6 +96,7 @@ def write_report(out: Path, size_name: str, size: DemoSize, table: str,
     val = fitted["validation"]
     char = characterization
     device = device_table(compare_with_truth(fitted["fit"], hidden_spec))
+    protocol = protocol_line(size)
     text = f"""# rpuhw demo ({size_name})
 
 rpuhw {__version__}; {time.strftime('%Y-%m-%d %H:%M')}; total wall time {wall_s:.0f} s.
@@ -99,8 +114,7 @@ size {size.batch_size}, lr {size.lr}, update granularity batch; the same for all
 
 ## Calibration: the emulated chip's hidden device vs the fitted model
 
-Characterised {size.devices} devices x {size.cycles} cycle(s) x {size.pulses} pulses per
-direction (per cycle {size.pulses} up, then {size.pulses} down; a read after each) through
+Characterised {protocol} through
 the bench ({char['messages']} instrument messages, {char['wall_s']:.0f} s); fitted
 model chosen by `auto`: {fitted['fit'].explanation}
 

@@ -39,6 +39,10 @@ class DemoSize:
     """Images per optimizer step."""
     lr: float = 0.1
     """Learning rate (mean loss over the batch)."""
+    max_pulses: int = 0
+    """> 0: ``--pulses auto`` with this budget per half-cycle (each device is pulsed until
+    it saturates, so both bounds are measured), after ``DEFAULT_NOISE_READS`` reads of every
+    device (the read-noise block); 0: the fixed protocol of ``pulses`` per direction."""
 
 
 QUICK_TIME = "about a minute"
@@ -53,8 +57,8 @@ SIZES = {
     # simulator: 21-30 % test error; 200 images x 1 epoch at lr 0.1: 89 %)
     "quick": DemoSize(devices=8, pulses=300, cycles=1, train_limit=350, test_limit=200,
                       epochs=2, lr=0.2),
-    "default": DemoSize(devices=16, pulses=500, cycles=1, train_limit=1000, test_limit=500,
-                        epochs=2),
+    "default": DemoSize(devices=16, pulses=500, cycles=2, train_limit=1000, test_limit=500,
+                        epochs=2, max_pulses=2500),
     "full": DemoSize(devices=64, pulses=800, cycles=3, train_limit=4000, test_limit=1000,
                      epochs=3),
 }
