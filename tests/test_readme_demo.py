@@ -41,6 +41,21 @@ def test_block_is_built_from_the_demo_output():
     assert "`exp_step`" in flat and "PASS: 16 devices" in flat
 
 
+REPORT = "\n".join([
+    "# rpuhw demo (default)", "", "| run | x |", "|---|---|", "| a | 1 |", "",
+    "## Calibration", "", "| parameter | hidden (emulated chip) | fitted |", "|---|---|---|",
+    "| g_min (S) | 2e-05 | 1.9e-05 |", "", "Far means ..."])
+
+
+def test_block_shows_the_reports_device_table():
+    text = readme_demo.block(DEMO_STDOUT, 1.0, "M", REPORT)
+    lines = text.splitlines()
+    i = lines.index("| parameter | hidden (emulated chip) | fitted |")
+    assert lines[i:i + 3] == REPORT.splitlines()[8:11]
+    assert lines[i + 3] == readme_demo.END
+    assert readme_demo.device_table("no table here") == []
+
+
 def test_rewrite_touches_only_the_block():
     readme = f"before\n{readme_demo.BEGIN}\nold\n{readme_demo.END}\nafter\n"
     new = readme_demo.rewrite(readme, f"{readme_demo.BEGIN}\nNEW\n{readme_demo.END}")
@@ -56,6 +71,10 @@ def test_readme_holds_a_generated_demo_table():
     the block is there, with the demo's three runs."""
     text = (ROOT / "README.md").read_text()
     a, b = text.index(readme_demo.BEGIN), text.index(readme_demo.END)
-    rows = [ln for ln in text[a:b].splitlines() if ln.startswith("| ")]
-    assert [r.split("|")[1].strip() for r in rows[1:]] == \
+    lines = text[a:b].splitlines()
+    first = next(i for i, ln in enumerate(lines) if ln.startswith("| run "))
+    rows = [ln for ln in lines[first:] if ln.startswith("| ")]
+    runs = rows[1:1 + next((i for i, r in enumerate(rows[1:]) if r.startswith("| parameter")),
+                           len(rows) - 1)]
+    assert [r.split("|")[1].strip() for r in runs] == \
         ["floating point", "calibrated simulator", "conv1 on the chip"]

@@ -5,7 +5,8 @@
 
 The README's text between :data:`BEGIN` and :data:`END` (in "What `make run` does") is
 generated here from what the demo printed: its table, its characterisation, fit and
-validation lines, and the machine and wall time of the run. Nothing else is touched;
+validation lines, the machine and wall time of the run, and the report's fitted-vs-hidden
+device table. Nothing else is touched;
 the README is re-read just before the atomic rewrite, so edits made elsewhere while the
 demo ran are kept.
 """
@@ -53,8 +54,22 @@ def _line(text: str, prefix: str) -> str:
     raise ValueError(f"the demo printed no line starting with {prefix!r}")
 
 
-def block(stdout: str, wall_s: float, machine: str) -> str:
-    """The README text between the markers, from the demo's output."""
+def device_table(report: str) -> list[str]:
+    """The fitted-vs-hidden device table of the demo's ``report.md`` (its first table
+    whose header starts with ``| parameter``); empty if there is none."""
+    lines = report.splitlines()
+    start = next((i for i, ln in enumerate(lines) if ln.startswith("| parameter")), None)
+    if start is None:
+        return []
+    end = start
+    while end < len(lines) and lines[end].startswith("|"):
+        end += 1
+    return lines[start:end]
+
+
+def block(stdout: str, wall_s: float, machine: str, report: str = "") -> str:
+    """The README text between the markers, from the demo's output (and its
+    ``report.md``, whose fitted-vs-hidden device table is shown too)."""
     table = [line for line in stdout.splitlines() if line.startswith("|")]
     if len(table) < 3:
         raise ValueError("the demo printed no results table")
@@ -76,7 +91,12 @@ def block(stdout: str, wall_s: float, machine: str) -> str:
              f"parameters the measurements could not pin down, and why.")
     wrap = lambda s: textwrap.fill(s, width=90, break_on_hyphens=False,  # noqa: E731
                                    break_long_words=False)
-    return "\n".join([BEGIN, wrap(intro), "", *table, "", wrap(after), END])
+    device = device_table(report)
+    if device:
+        device = ["", wrap("The hidden device of the emulated chip against the fitted one "
+                           "(`demo_out/report.md`; *far* means more than 20 % off):"),
+                  "", *device]
+    return "\n".join([BEGIN, wrap(intro), "", *table, "", wrap(after), *device, END])
 
 
 def machine() -> str:
@@ -110,7 +130,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="readme_demo_") as tmp:
         stdout, wall = run_demo(Path(tmp) / "demo_out", args.quick)
-    new_block = block(stdout, wall, machine())
+        report = Path(tmp) / "demo_out" / "report.md"
+        report_text = report.read_text() if report.exists() else ""
+    new_block = block(stdout, wall, machine(), report_text)
     if args.quick:
         print(new_block)
         return 0
