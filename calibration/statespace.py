@@ -630,12 +630,12 @@ class _Solver:
             out.append((b, k_mat, r))
         return out
 
-    def solve_free(self, th: list[torch.Tensor], max_iter: int = 50, rounds: int = 4
-                   ) -> tuple[list[torch.Tensor], bool, str, int]:
+    def solve_free(self, th: list[torch.Tensor], max_iter: int = 50, rounds: int = 4,
+                   tol: float = TOL_NATS) -> tuple[list[torch.Tensor], bool, str, int]:
         """Maximise the likelihood from the free parameters ``th``: torch's L-BFGS (strong
         Wolfe line search) on parameters whitened by :meth:`_preconditioner`, re-whitened
         at the start of each of ``rounds``; converged when a round gains less than
-        :data:`TOL_NATS` per data set. Returns (th, converged, message, evaluations)."""
+        :data:`TOL_NATS` (``tol``) per data set. Returns (th, converged, message, evaluations)."""
         th = [t.detach() for t in th]
         count, n_iter, last = 0, 0, math.inf
         t_start = time.perf_counter()
@@ -696,7 +696,7 @@ class _Solver:
             if DEBUG:
                 print(f"round: {its} iterations, {count} evaluations, loss {now:.9f}, "
                       f"{time.perf_counter() - t_start:.2f} s")
-            if (last - now) * self.n_obs < max(TOL_NATS * self.n_groups,
+            if (last - now) * self.n_obs < max(tol * self.n_groups,
                                                TOL_RELATIVE * abs(now) * self.n_obs):
                 converged = True
                 break
@@ -968,10 +968,10 @@ class Problem(_Solver):
         return est.sigma_c * np.sqrt(var[:, 0]), est.sigma_r * np.sqrt(var[:, 1])
 
     def solve(self, p0: np.ndarray, glob0: np.ndarray, sc0: np.ndarray, sr0: np.ndarray,
-              max_iter: int = 50, rounds: int = 6) -> Estimate:
+              max_iter: int = 50, rounds: int = 6, tol: float = TOL_NATS) -> Estimate:
         """Maximum likelihood from ``p0, glob0, sc0, sr0`` (:meth:`_Solver.solve_free`)."""
         th, converged, msg, count = self.solve_free(self.free(p0, glob0, sc0, sr0),
-                                                    max_iter, rounds)
+                                                    max_iter, rounds, tol)
         return self.estimate_at(th, converged, msg, count)
 
     def estimate_at(self, th: list[torch.Tensor], converged: bool = True, msg: str = "",
@@ -1063,8 +1063,9 @@ def noise_moments(prob: Problem, th: list[torch.Tensor], pr: Pairs, st: StepTabl
 def estimate(fm: FitModel, frame: Frame, st: StepTable, w: Windows, p0: np.ndarray,
              glob0: np.ndarray, group: np.ndarray | None = None,
              noise0: tuple[np.ndarray, np.ndarray] | None = None, max_iter: int = 50,
-             rounds: int = 6, search_bounds: bool = True) -> Estimate:
-    """Maximum-likelihood fit of ``fm`` to the chains ``w`` of ``st``: from ``p0, glob0``
+             rounds: int = 6, search_bounds: bool = True, tol: float = TOL_NATS) -> Estimate:
+    """Maximum-likelihood fit of ``fm`` to the chains ``w`` of ``st`` (converged when a
+    round gains less than ``tol`` nats, :meth:`_Solver.solve_free`): from ``p0, glob0``
     (one-step least squares first, then moment estimates of the noise, unless ``noise0``
     is given), then the filter's likelihood. For models with hard bounds (not
     :data:`ONE_STEP_START`) and ``search_bounds``, every device's bounds are then searched
@@ -1091,7 +1092,8 @@ def estimate(fm: FitModel, frame: Frame, st: StepTable, w: Windows, p0: np.ndarr
         sc_n, sr_n = prob.solve_noise(th)
         noise0 = (sc_n, sr_n)
     if fm.name in ONE_STEP_START or not search_bounds:
-        return prob.solve(p0, glob0, noise0[0], noise0[1], max_iter=max_iter, rounds=rounds)
+        return prob.solve(p0, glob0, noise0[0], noise0[1], max_iter=max_iter, rounds=rounds,
+                          tol=tol)
     # hard bounds: a short maximisation, the bound search, the full maximisation, and
     # once more where the search moves a bound at the optimum
     est = prob.solve(p0, glob0, noise0[0], noise0[1], max_iter=max_iter, rounds=1)
@@ -1104,7 +1106,7 @@ def estimate(fm: FitModel, frame: Frame, st: StepTable, w: Windows, p0: np.ndarr
         if not moved.any() and est.converged and count > est.evaluations:
             break
         p1, g1, sc1, sr1 = (x.detach().numpy().copy() for x in prob.values(th))
-        est = prob.solve(p1, g1, sc1, sr1, max_iter=max_iter, rounds=rounds)
+        est = prob.solve(p1, g1, sc1, sr1, max_iter=max_iter, rounds=rounds, tol=tol)
         count += est.evaluations
     est.evaluations = count
     return est
