@@ -480,10 +480,11 @@ def log_likelihood_models(parts: list[tuple], w: Windows) -> torch.Tensor:
         obs = kt > 0
         step_ll, m_obs, var_obs = clipped_update(a, v, bound, sign, y[:, t],
                                                  r2 / kt.clamp_min(1.0))
-        m_free, var_free = clip_moments(a, v, bound, sign)
+        # padding (k = 0) only ends a window: a padded chain's state is never read again,
+        # so it is held where it was (no prediction through the clip is needed)
         ll = ll + torch.where(obs, step_ll, 0.0)
-        m = torch.where(obs, m_obs, m_free)
-        var = torch.where(obs, var_obs, var_free)
+        m = torch.where(obs, m_obs, m)
+        var = torch.where(obs, var_obs, var)
     dof = (k - 1.0).clamp_min(0.0).sum(1)
     ss = w.ss.sum(1).repeat(n_models)
     ll = ll - 0.5 * (dof * (torch.log(r2) + LOG2PI) + ss / r2)
