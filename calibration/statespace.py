@@ -352,23 +352,6 @@ class TorchRule:
 # ---- the filter --------------------------------------------------------------------------
 
 
-def clip_moments(a: torch.Tensor, v: torch.Tensor, bound: torch.Tensor, sign: torch.Tensor
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and variance of ``min(X, bound)`` (``sign`` +1) or ``max(X, bound)`` (-1) for
-    ``X ~ N(a, v)``: the censored normal. With ``z = sign (bound - a) / s``,
-    ``E min(Z, z) = z (1 - Phi) - phi`` and ``E min(Z, z)^2 = Phi - z phi + z^2 (1 - Phi)``
-    for a standard normal Z (written in z so that no large terms cancel). A pulse moves
-    the state towards one bound only, so only that bound clips it."""
-    s = torch.sqrt(v.clamp_min(1e-300))
-    z = sign * (bound - a) / s
-    cdf = torch.special.ndtr(z)
-    pdf = torch.exp(-0.5 * z * z) * (1.0 / math.sqrt(2.0 * math.pi))
-    tail = 1.0 - cdf
-    e1 = z * tail - pdf
-    e2 = cdf - z * pdf + z * z * tail
-    return a + sign * s * e1, v * (e2 - e1 * e1).clamp_min(1e-12)
-
-
 Z_MIN = -1e5
 """Least argument of the normal log-CDF the filter evaluates: torch's ``log_ndtr``
 gradient, ``exp(-x^2/2 - log_ndtr(x))``, is right to 1e-6 at -1e5 but loses all

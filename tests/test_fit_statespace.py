@@ -57,20 +57,6 @@ def test_torch_rule_is_the_device_models_rule(name):
         np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-14)
 
 
-def test_clip_moments_match_monte_carlo():
-    """Censored-normal mean and variance against 10^6 draws: the standard errors are
-    sigma / 1000 (mean) and ~sqrt(2) var / 1000 (variance); 5 SE is the tolerance."""
-    rng = np.random.default_rng(0)
-    for a, v, b, sign in ((0.9, 0.01, 1.0, 1.0), (0.1, 0.04, 0.0, -1.0), (1.3, 0.01, 1.0, 1.0),
-                          (0.2, 1e-4, 1.0, 1.0)):
-        x = a + math.sqrt(v) * rng.standard_normal(10**6)
-        y = np.minimum(x, b) if sign > 0 else np.maximum(x, b)
-        m, p = ss.clip_moments(*(torch.tensor([q], dtype=torch.float64) for q in (a, v, b, sign)))
-        sd = math.sqrt(max(y.var(), 1e-30))
-        assert abs(float(m) - y.mean()) < 5 * sd / 1000 + 1e-12
-        assert abs(float(p) - y.var()) < 5 * math.sqrt(2) * y.var() / 1000 + 1e-12
-
-
 def test_clipped_update_is_the_exact_posterior():
     """The filter's step through the clip against adaptive quadrature of the same density
     (scipy.integrate.quad, relative tolerance 1e-11, the range split at the read and the
