@@ -210,7 +210,7 @@ class LinearStepFit(FitModel):
         out = np.zeros((len(base), 2))
         for k, side in enumerate(sides):
             x = (side.u - frame.u_ref) / frame.h_ref
-            slope, icpt = _regress(side.dev, x, np.abs(side.du), len(base))
+            slope, icpt = _regress(side.dev, x, side.du, len(base))
             a = np.where(icpt > 0, slope / np.where(icpt > 0, icpt, 1.0), 0.0)
             out[:, k] = np.clip(a, -2.0, 0.0) if k == 0 else np.clip(a, 0.0, 2.0)
         return out, np.zeros(0)
@@ -234,8 +234,8 @@ class ExpStepFit(FitModel):
                 for log_a in (-12.0, -8.0, -5.0, -3.0, -1.5, -0.5):
                     g = np.array([log_a, log_a, gamma, gamma])
                     f = self.magnitude(k == 0, side.u, unit, g, frame)
-                    s = _scale(side.dev, f, np.abs(side.du), len(base))
-                    rss = np.sum((np.abs(side.du) - s[side.dev] * f) ** 2)
+                    s = _scale(side.dev, f, side.du, len(base))
+                    rss = np.sum((side.du - s[side.dev] * f) ** 2)
                     if rss < best[0]:
                         best = (rss, log_a, gamma)
             glob[k], glob[2 + k] = best[1], best[2]
@@ -291,7 +291,7 @@ class PiecewiseFit(FitModel):
         for k, side in enumerate(sides):
             lo, hi = base[side.dev, 0], base[side.dev, 1]
             frac = np.clip((side.u - lo) / np.maximum(hi - lo, 1e-12), 0.0, 1.0)
-            y = np.abs(side.du) / np.maximum(base[side.dev, 2 + k], 1e-30)
+            y = side.du / np.maximum(base[side.dev, 2 + k], 1e-30)
             # hat-function least squares for the node values (a 9 x 9 system)
             pos = frac * (n - 1)
             j = np.minimum(pos.astype(int), n - 2)
