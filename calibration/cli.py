@@ -454,7 +454,6 @@ exit status: 0 written; 1 the fit is not trustworthy (nothing written, see the r
 def _validate_fit(res, m) -> None:
     """Run the posterior-predictive validation on the chosen fit; a failing check makes
     the fit not ok, with the failing statistic in the reason (``res`` is updated)."""
-    from rpuhw.calibration.fit import _take
     from rpuhw.calibration.segments import segment_index
     from rpuhw.calibration.validate import validate
 
@@ -465,7 +464,7 @@ def _validate_fit(res, m) -> None:
     spec = res.to_device_spec()
     failed: list[str] = []
     for k in range(len(cuts) + 1):
-        part = m if not cuts else _take(m, seg == k)
+        part = m if not cuts else m.take(seg == k)
         try:
             result = validate(spec, part)
         except ConfigError as exc:  # data that validation cannot use: say so, keep the fit

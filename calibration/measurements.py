@@ -31,6 +31,7 @@ the previous half-cycle of the same device, if any, else it is dropped.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import math
@@ -117,6 +118,15 @@ class Measurements:
                               "index an rpuhw measurement writes)", source=self.source) \
                 from None
         return table[self.device] if len(self.device) else np.zeros(0, dtype=np.int64)
+
+    def take(self, keep: np.ndarray) -> Measurements:
+        """The rows where ``keep`` (a boolean mask) is true, in order (a segment of a
+        measurement, a subset of its devices); the device-id table is kept whole."""
+        cut = {f.name: (getattr(self, f.name)[keep]
+                        if isinstance(getattr(self, f.name), np.ndarray)
+                        else getattr(self, f.name))
+               for f in dataclasses.fields(self)}
+        return Measurements(**cut)
 
     def reads(self) -> np.ndarray:
         """Read index of each row (zeros when :attr:`read` is None)."""

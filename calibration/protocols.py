@@ -762,13 +762,7 @@ def symmetry_point(array: CrossPointArray, devices: list[Device], writer: Measur
         resolve_settings,
     )
 
-    check_array(array)
-    if not devices:
-        raise ConfigError("no devices chosen", key="--devices")
-    for i, j in devices:
-        if not (0 <= i < array.rows and 0 <= j < array.cols):
-            raise ConfigError(f"device {i}:{j} is outside the {array.rows} x {array.cols} "
-                              "array", key="--devices")
+    _check_site(array, devices)
     s = resolve_settings(array, pulses, window,
                          DEFAULT_TOLERANCE if tolerance is None else tolerance, max_pulses)
     to_g = conductance_of(array, conductance)

@@ -46,13 +46,23 @@ def characterize(bench: Path, size: DemoSize, out: Path, log: Log = print) -> di
                 pr.pulse_response(arr, devices, size.pulses, size.cycles, writer,
                                   progress=True)
             writer.finish()
+            stops = writer.meta.get("stops") or []
         msgs = arr.stats()["messages"]
     wall = time.perf_counter() - t0
-    how = (f"until saturation (at most {size.max_pulses} pulses per direction)" if auto
-           else f"{size.pulses} pulses per direction")
+    how = (f"until saturation (at most {size.max_pulses} pulses per direction; "
+           f"{bounds_reached(stops)})" if auto else f"{size.pulses} pulses per direction")
     log(f"characterised {len(devices)} devices x {size.cycles} cycle(s), {how}: {msgs} "
         f"instrument messages, {wall:.1f} s -> {csv}")
     return {"csv": csv, "messages": msgs, "wall_s": wall}
+
+
+def bounds_reached(stops: list[dict[str, Any]]) -> str:
+    """How many half-cycles reached each bound, from the sidecar's ``stops`` (one entry
+    per device and half-cycle: ``polarity``, ``saturated``)."""
+    n = {p: sum(1 for e in stops if e["polarity"] == p) for p in (1, -1)}
+    hit = {p: sum(1 for e in stops if e["polarity"] == p and e["saturated"]) for p in (1, -1)}
+    return (f"upper bound reached in {hit[1]} of {n[1]}, lower bound in {hit[-1]} of "
+            f"{n[-1]} half-cycles")
 
 
 FIT_BOOTSTRAP = 20

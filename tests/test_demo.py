@@ -82,3 +82,15 @@ def test_quick_help_and_readme_give_the_same_time():
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     quick = [line for line in readme.splitlines() if "`--quick`:" in line]
     assert quick and all(QUICK_TIME in line for line in quick), quick
+
+
+def test_the_log_line_counts_the_half_cycles_that_reached_each_bound():
+    """``--pulses auto``'s stops (as the sidecar holds them) counted per bound."""
+    from rpuhw.demo.pipeline import bounds_reached
+
+    stops = [{"polarity": p, "saturated": s} for p, s in
+             [(1, True), (1, True), (1, False), (-1, True), (-1, False), (-1, False)]]
+    assert bounds_reached(stops) == ("upper bound reached in 2 of 3, lower bound in 1 of 3 "
+                                     "half-cycles")
+    assert bounds_reached([]) == ("upper bound reached in 0 of 0, lower bound in 0 of 0 "
+                                  "half-cycles")
