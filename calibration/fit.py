@@ -1275,6 +1275,7 @@ def _intervals(f: _Fitted, pop: dict[str, Any], data: StepData, st: ss.StepTable
             values[key].append(v)
     out: dict[str, Any] = {}
     se_out: dict[str, float] = {}
+    degenerate = []
     for key, v in point.items():
         arr = np.asarray(values[key], dtype=float)
         if arr.ndim == 0 or len(arr) < 2:
@@ -1283,6 +1284,12 @@ def _intervals(f: _Fitted, pop: dict[str, Any], data: StepData, st: ss.StepTable
         if np.ndim(v) == 0:
             if isinstance(v, bool):
                 continue
+            if not float(sd) > 0 and float(v) != 0 and unc.get(key):
+                # every replica at one value (a spread estimated at its boundary, 0, in
+                # each): the bootstrap says nothing about the estimate's error, so the
+                # interval comes from the analytic standard error instead
+                sd = float(unc[key])
+                degenerate.append(key)
             out[key] = [float(v) - Z95 * float(sd), float(v) + Z95 * float(sd)]
             se_out[key] = float(sd)
         else:
@@ -1292,5 +1299,9 @@ def _intervals(f: _Fitted, pop: dict[str, Any], data: StepData, st: ss.StepTable
              "the fit with the measured protocol (devices resampled) and refitted"
              + (f"; {failed} replica(s) failed and were left out" if failed else "")
              + f" ({boot.message})"]
+    if degenerate:
+        notes.append(f"{', '.join(degenerate)}: every replica gave the same value (a spread "
+                     "estimated at 0), so the interval is the estimate +- 1.96 analytic "
+                     "standard errors")
     method = f"parametric bootstrap, {reps} replicas: estimate +- 1.96 bootstrap SD"
     return out, se_out, method, notes

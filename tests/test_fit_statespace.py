@@ -231,6 +231,8 @@ def test_bootstrap_gives_an_interval_for_every_parameter():
     for key, (lo, hi) in res.intervals.items():
         v = getattr(res, key) if key in ("g_min", "g_max", "read_noise") else res.params[key]
         assert lo <= v <= hi, key
+        if v != 0 and key not in ("w_min", "w_max"):  # w_min, w_max are the fixed frame
+            assert hi > lo, f"{key}: a degenerate interval around {v}"
     assert "bootstrap" in res.interval_method
 
 
