@@ -54,8 +54,8 @@ mean step):
    did not converge, when the residuals keep their sign along a trace (Wald-Wolfowitz
    runs: fewer than ``runs_min`` times the runs expected for independent residuals;
    independent noise gives 1.0, read noise more than 1.0), or when the mean step curve
-   (steps binned by position between each device's bounds) misses the data by more than
-   ``curve_error_max`` of its RMS.
+   (steps binned by position between each device's bounds) misses the same curve of
+   replicas simulated from the fit by more than ``curve_error_max`` of its RMS.
 """
 
 from __future__ import annotations
@@ -585,16 +585,59 @@ def _runs_ratio(resid: np.ndarray, traces: np.ndarray, scale: float) -> float:
     return float(runs / expected)
 
 
-def _curve_error(f: _Fitted, data: StepData, bins: int) -> float:
-    """Relative RMS miss of the binned mean step curve (bins between device bounds)."""
+CURVE_REPLICAS = 4
+"""Simulated replicas of the measurement that the binned mean step curve is compared with
+(:func:`_curve_error`)."""
+
+
+def _binned_steps(side: Side, p: np.ndarray, bins: int) -> tuple[np.ndarray, np.ndarray]:
+    """Mean measured step per bin of the position between each device's fitted bounds
+    (bins [bins]), and the steps per bin."""
+    lo, hi = p[side.dev, 0], p[side.dev, 1]
+    frac = np.clip((side.u - lo) / np.maximum(hi - lo, 1e-12), 0, 1 - 1e-12)
+    b = (frac * bins).astype(int)
+    n = np.bincount(b, minlength=bins).astype(float)
+    return np.bincount(b, side.du, bins) / np.maximum(n, 1), n
+
+
+def _curve_error(f: _Fitted, data: StepData, bins: int, st: ss.StepTable | None = None,
+                 seed: int = 0) -> float:
+    """Relative RMS miss of the binned mean step curve (bins between device bounds).
+
+    The measured curve bins each step by its measured starting state; with read noise
+    comparable to the step that is not the device's mean step at the bin's state
+    (regression to the mean: a read above the state is followed by a smaller step, most
+    where the states pile up at a bound). So the reference is the same curve of
+    :data:`CURVE_REPLICAS` replicas of the measurement simulated from the fit (the same
+    devices, protocol and noise: :func:`~rpuhw.calibration.bootstrap.simulate`), which
+    carries the same bias; without the table ``st`` or an estimate, the fit's own
+    one-step prediction at the measured states."""
     num = den = 0.0
-    for side, resid in ((data.up, f.resid_up), (data.down, f.resid_down)):
-        lo, hi = f.p[side.dev, 0], f.p[side.dev, 1]
-        frac = np.clip((side.u - lo) / np.maximum(hi - lo, 1e-12), 0, 1 - 1e-12)
-        b = (frac * bins).astype(int)
-        n = np.bincount(b, minlength=bins).astype(float)
-        obs = np.bincount(b, side.du, bins) / np.maximum(n, 1)
-        miss = np.bincount(b, resid, bins) / np.maximum(n, 1)
+    sims = []
+    if st is not None and f.estimate is not None:
+        from rpuhw.calibration.bootstrap import simulate
+
+        sim, _, _ = simulate(f.model, f.frame, st, f.p, f.glob,
+                             float(f.estimate.sigma_c[0]), float(f.estimate.sigma_r[0]),
+                             CURVE_REPLICAS, seed=seed, resample=False)
+        sims = [_replica_data(sim, r * data.n_dev, data.n_dev, data)
+                for r in range(CURVE_REPLICAS)]
+    for k, (side, resid) in enumerate(((data.up, f.resid_up), (data.down, f.resid_down))):
+        obs, n = _binned_steps(side, f.p, bins)
+        if sims:
+            ref = np.zeros(bins)
+            weight = np.zeros(bins)
+            for d in sims:
+                r_side = d.up if k == 0 else d.down
+                m_r, n_r = _binned_steps(r_side, f.p, bins)
+                ref += m_r * n_r
+                weight += n_r
+            miss = np.where(weight > 0, obs - ref / np.maximum(weight, 1), 0.0)
+        else:
+            lo, hi = f.p[side.dev, 0], f.p[side.dev, 1]
+            frac = np.clip((side.u - lo) / np.maximum(hi - lo, 1e-12), 0, 1 - 1e-12)
+            b = (frac * bins).astype(int)
+            miss = np.bincount(b, resid, bins) / np.maximum(n, 1)
         num += np.sum(n * miss ** 2)
         den += np.sum(n * obs ** 2)
     return float(math.sqrt(num / den)) if den > 0 else float("inf")
@@ -615,8 +658,8 @@ def _free(f: _Fitted, data: StepData) -> tuple[np.ndarray, np.ndarray]:
     return out[0], out[1]
 
 
-def _score(f: _Fitted, data: StepData, cfg: FitConfig, n: int, k: int, ll: float
-           ) -> ModelScore:
+def _score(f: _Fitted, data: StepData, cfg: FitConfig, n: int, k: int, ll: float,
+           st: ss.StepTable | None = None) -> ModelScore:
     """Checks of one fit: convergence, bounds in order, structure of the one-step
     residuals (sign runs) and the binned mean step curve; ``n`` reads, ``k`` parameters,
     ``ll`` the log-likelihood of all the data."""
@@ -626,7 +669,7 @@ def _score(f: _Fitted, data: StepData, cfg: FitConfig, n: int, k: int, ll: float
     free = np.concatenate(_free(f, data))
     runs = _runs_ratio(r[free], tr[free], scale)
     exact = math.sqrt(float(np.mean(r * r))) < 1e-6 * scale
-    curve = _curve_error(f, data, cfg.curve_bins)
+    curve = _curve_error(f, data, cfg.curve_bins, st, cfg.seed)
     reasons = []
     if not f.converged:
         reasons.append(f"the likelihood maximisation did not converge ({f.status_msg})")
@@ -1110,7 +1153,7 @@ def _fit(m: Measurements, model: str, cfg: FitConfig) -> FitResult:
         fits = {name: _estimate(name, data, st, w, cfg) for name in names}
     for name, (fm, frame, est, sec) in fits.items():
         f = _fitted(fm, data, frame, est.p, est.glob[0], est, sec)
-        sc = _score(f, data, cfg, n_reads, _k(fm, data.n_dev), est.log_likelihood)
+        sc = _score(f, data, cfg, n_reads, _k(fm, data.n_dev), est.log_likelihood, st)
         if choice is not None:
             sc.held_out_ll = choice.held_out[name]
             sc.held_out = -2.0 * choice.held_out[name]

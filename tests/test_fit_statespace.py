@@ -166,10 +166,14 @@ def test_auto_chooses_the_true_model(noise):
     assert right >= 5, "\n".join(table)
 
 
-@pytest.mark.parametrize("model", ["soft_bounds", "constant_step"])
+@pytest.mark.parametrize("model", [m for m in MODELS if m != "pow_step"])
 def test_recovers_the_devices_at_read_noise_one_step(model):
     """Read noise equal to the step. Per device, the fitted bounds and mid-range steps
     against the drawn devices' own (``arr.state``); the noise parameters against the YAML.
+    Five of the six models; not pow_step (issue 19): its power-law approach leaves the
+    bounds of 8 of 12 devices 11-40 % off their drawn ones even with a third cycle (the
+    likelihood still counts its soft bounds as reached), and with two cycles dw_min_std's
+    standard error is 11 % (0.315 +- 0.035), above the 10 % the tolerance rests on.
 
     Tolerances from the sampling error: 12 devices x 2 cycles x 200 pulses = 9,600 steps;
     dw_min_std's relative SE from ~9,600 steps with read noise one step is ~6 % (the
@@ -200,13 +204,17 @@ def test_recovers_the_devices_at_read_noise_one_step(model):
                                err_msg=table)
     np.testing.assert_allclose(res.per_device["g_max"][hi_ok], g_hi[dev][hi_ok], rtol=0.1,
                                err_msg=table)
-    # mid-range steps of each device (S): the fit's rule against the drawn device's
+    # mid-range up steps of each device (S): the fit's rule against the drawn device's own
+    # (the device model's rule at the middle of that device's bounds)
     g_mid = 0.5 * (g_lo + g_hi)
+    shape = arr.state["dw_up"].shape
+    w_mid = torch.tensor(((g_mid - c.g_min) / to_s - 1.0).reshape(shape), dtype=torch.float64)
+    drawn = {k: v.double() for k, v in arr.state.items()}
+    true_up = arr.spec.model.step(w_mid, torch.ones(shape, dtype=torch.bool), drawn)
+    true_up = true_up.numpy().ravel() * to_s
     for i, d in enumerate(dev):
         fitted = abs(res.mean_step(i, np.array([g_mid[d]]), True)[0])
-        w_mid = (g_mid[d] - c.g_min) / to_s - 1.0
-        true = state["dw_up"][d] * (1 - w_mid / state["w_max"][d] if model == "soft_bounds"
-                                    else 1.0) * to_s
+        true = true_up[d]
         assert abs(fitted / true - 1) < 0.1, f"device {d}: {fitted} vs {true}\n{table}"
 
 
