@@ -206,7 +206,7 @@ def _sinusoid(rows=8, cols=8, pulses=200, cycles=2, seed=0) -> Measurements:
 
 
 def test_unexplained_data_is_flagged():
-    res = fit(_sinusoid(), "auto")
+    res = fit(_sinusoid(rows=4, cols=4), "auto")  # 16 devices: the flags need no more
     assert not res.ok
     assert "residuals are structured" in res.reason or "mean step curve" in res.reason
     assert all(not s.ok for s in res.scores.values())
@@ -222,7 +222,9 @@ def test_steps_against_the_pulse_direction_are_flagged():
 def test_auto_picks_the_true_model():
     cfg = FitConfig()
     for model in ("soft_bounds", "constant_step"):
-        m, _ = generate({"model": model, **BASE}, rows=8, cols=8, pulses=250, cycles=2)
+        # 16 devices (64 gave the same choices and the same thin margins against the
+        # nested, more flexible models, in 2.4 times the time)
+        m, _ = generate({"model": model, **BASE}, rows=4, cols=4, pulses=250, cycles=2)
         res = fit(m, "auto", cfg)
         assert res.model == model, parameter_table(res)
         assert res.ok
