@@ -99,6 +99,16 @@ def test_line_pattern_numbers_and_model_names():
     pat = tour.line_pattern("wrote 16,032 rows (16 devices, pulse-response)", models)
     assert pat.fullmatch("wrote 3216 rows (8 devices, pulse-response)")
     assert not pat.fullmatch("wrote 3216 rows (8 devices, read-noise)")
+    # a thin margin's list of tied models varies in length as well as in names
+    pat = tour.line_pattern("THIN MARGIN: piecewise, soft_bounds within 2 standard errors "
+                            "of the best (piecewise)", models)
+    assert pat.fullmatch("THIN MARGIN: exp_step within 2 standard errors of the best "
+                         "(soft_bounds)")
+    assert pat.fullmatch("THIN MARGIN: exp_step, piecewise, soft_bounds within 2 standard "
+                         "errors of the best (exp_step)")
+    assert not pat.fullmatch("THIN MARGIN: within 2 standard errors of the best (exp_step)")
+    assert not pat.fullmatch("THIN MARGIN: exp_step, within 2 standard errors of the best "
+                             "(exp_step)")
 
 
 def test_shape_check_allows_added_lines_not_missing_ones():

@@ -263,9 +263,12 @@ def line_pattern(line: str, models: list[str] | None = None) -> re.Pattern[str]:
     """A README output line as a regex: numbers and fit-model names are patterns, runs of
     blanks match any blanks, everything else is literal."""
     models = _model_names() if models is None else models
-    model = "|".join(re.escape(m) for m in models)
+    one = "|".join(re.escape(m) for m in models)
+    # a name, or a comma-separated list of names (a thin margin's tied models: their
+    # number varies with the data as much as the names do)
+    model = rf"(?:{one})\b(?:,\s+(?:{one})\b)*" if one else ""
     token = re.compile(rf"(?P<ws>\s+)|(?P<num>{NUMBER})" +
-                       (rf"|(?P<model>\b(?:{model})\b)" if model else ""))
+                       (rf"|(?P<model>\b{model})" if model else ""))
     out, pos = [], 0
     for m in token.finditer(line):
         out.append(re.escape(line[pos:m.start()]))
