@@ -19,7 +19,7 @@ run: $(STAMP)
 	$(BIN)/rpuhw demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=20
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
