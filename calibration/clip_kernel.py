@@ -1,10 +1,11 @@
 """The filter's step through the clip (:func:`statespace.clipped_update`), compiled.
 
 The same function and the same derivatives as the torch version, as one compiled loop
-forward and one backward (which recomputes the forward: cheaper than storing twenty
-intermediates), joined into autograd by :class:`ClipStep`. The torch version runs about
-45 operations forward and 90 backward over every chain at every step of the filter's
-window, each a pass over memory; this runs one. Padding (a step without reads) is folded
+forward, which also forms each chain's 3 x 4 Jacobian (three adjoints at the same
+intermediates: the normal CDFs are evaluated once), and a backward that only contracts it
+with the incoming gradients; :class:`ClipStep` joins them into autograd. The torch
+version runs about 45 operations forward and 90 backward over every chain at every step
+of the filter's window, each a pass over memory. Padding (a step without reads) is folded
 in: the state is held and the step adds nothing.
 
 Reverse mode, written out: with ``vc = max(v, V_FLOOR)``, ``sd = sqrt(vc)``,
