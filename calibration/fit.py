@@ -590,14 +590,16 @@ CURVE_REPLICAS = 4
 (:func:`_curve_error`)."""
 
 
-def _binned_steps(side: Side, p: np.ndarray, bins: int) -> tuple[np.ndarray, np.ndarray]:
-    """Mean measured step per bin of the position between each device's fitted bounds
-    (bins [bins]), and the steps per bin."""
+def _binned_steps(side: Side, p: np.ndarray, bins: int, values: np.ndarray | None = None
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Mean of ``values`` (default: the measured steps) per bin of the position between
+    each device's fitted bounds ([bins]), and the steps per bin."""
     lo, hi = p[side.dev, 0], p[side.dev, 1]
     frac = np.clip((side.u - lo) / np.maximum(hi - lo, 1e-12), 0, 1 - 1e-12)
     b = (frac * bins).astype(int)
     n = np.bincount(b, minlength=bins).astype(float)
-    return np.bincount(b, side.du, bins) / np.maximum(n, 1), n
+    x = side.du if values is None else values
+    return np.bincount(b, x, bins) / np.maximum(n, 1), n
 
 
 def _curve_error(f: _Fitted, data: StepData, bins: int, st: ss.StepTable | None = None,
@@ -634,10 +636,7 @@ def _curve_error(f: _Fitted, data: StepData, bins: int, st: ss.StepTable | None 
                 weight += n_r
             miss = np.where(weight > 0, obs - ref / np.maximum(weight, 1), 0.0)
         else:
-            lo, hi = f.p[side.dev, 0], f.p[side.dev, 1]
-            frac = np.clip((side.u - lo) / np.maximum(hi - lo, 1e-12), 0, 1 - 1e-12)
-            b = (frac * bins).astype(int)
-            miss = np.bincount(b, resid, bins) / np.maximum(n, 1)
+            miss = _binned_steps(side, f.p, bins, resid)[0]
         num += np.sum(n * miss ** 2)
         den += np.sum(n * obs ** 2)
     return float(math.sqrt(num / den)) if den > 0 else float("inf")
