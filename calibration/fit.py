@@ -70,7 +70,7 @@ import numpy as np
 
 from rpuhw.calibration import statespace as ss
 from rpuhw.calibration.fit_models import FIT_MODELS, FitModel, Frame, Side
-from rpuhw.calibration.measurements import Measurements, steps
+from rpuhw.calibration.measurements import Measurements, conductance_unit, steps
 from rpuhw.calibration.segments import Discontinuity, find_discontinuities, segment_index
 from rpuhw.calibration.statespace import Estimate
 from rpuhw.devices.base import one_sided_from_moments
@@ -1205,7 +1205,13 @@ def _fit(m: Measurements, model: str, cfg: FitConfig) -> FitResult:
     if data.read_var is None:
         notes.append("read noise estimated by the state-space likelihood (no read-noise "
                      "rows)")
-    if pop["g_min"] < 0:
+    unphysical = ""
+    if pop["g_min"] < 0 and conductance_unit(m.meta) == "S":
+        unphysical = (f"the fitted lower bound g_min = {pop['g_min']:.3g} S is below 0 S, "
+                      "which no device has: it is the model's extrapolation far beyond the "
+                      "reads (measure with --pulses auto, which pulses each half-cycle "
+                      "until the device saturates)")
+    elif pop["g_min"] < 0:
         notes.append("fitted g_min < 0 (conductance in weight units?): no conductance block")
     if cuts:
         notes.append(f"fitted {len(cuts) + 1} segments separately (--segments): every "
@@ -1214,12 +1220,14 @@ def _fit(m: Measurements, model: str, cfg: FitConfig) -> FitResult:
     elif cfg.segments:
         notes.append("--segments: no resume boundary or discontinuity found; fitted as one "
                      "segment")
-    reason = sc.reason
-    if not sc.ok and model == "auto":
+    reason, ok = sc.reason, sc.ok and not unphysical
+    if unphysical:
+        reason = "; ".join(r for r in (reason, unphysical) if r)
+    if not ok and model == "auto":
         others = [n for n in names if n != chosen and scores[n].ok]
         if others:
             reason += f" (another model fits without these problems: {others[0]})"
-    res = FitResult(model=chosen, ok=sc.ok, reason=reason, explanation=explanation,
+    res = FitResult(model=chosen, ok=ok, reason=reason, explanation=explanation,
                     params=pop["params"], uncertainties=pop["unc"], g_min=pop["g_min"],
                     g_max=pop["g_max"], read_noise=pop["read_noise"],
                     per_device=pop["per_device"], scores=scores,

@@ -40,8 +40,10 @@ read noise
     residuals, which a misfit of the mean step biases).
 
 Far from the truth (:func:`compare_with_truth`): ``|fitted / true - 1| > FAR_RELATIVE``
-(0.2), a relative rule (the table reports the fit's standard error beside it, and each
-explanation says how many standard errors off the value is).
+(0.1) for a value, ``> FAR_RELATIVE_SPREAD`` (0.2) for a spread (``_dtod``, ``_std``):
+relative rules (the table reports the fit's standard error and 95 % interval beside
+it, whether the true value is inside that interval, and each explanation says how
+many standard errors off the value is).
 """
 
 from __future__ import annotations
@@ -61,8 +63,11 @@ SPREAD_REL_SE_MAX = 0.5
 """A device-to-device spread is identified when its relative standard error is below this."""
 READ_NOISE_REL_SE_MAX = 0.2
 """The read noise is identified when its relative standard error is below this."""
-FAR_RELATIVE = 0.2
+FAR_RELATIVE = 0.1
 """A fitted value is far from the true one when ``|fitted / true - 1|`` exceeds this."""
+FAR_RELATIVE_SPREAD = 0.2
+"""The same for a spread (a ``_dtod`` or ``_std`` parameter), whose estimate from a
+handful of devices has a larger sampling error (``1 / sqrt(2 (n - 1))``: 18 % for 16)."""
 END_READS_MIN = 10
 """At least this many reads at the end of a half-cycle for its end slope."""
 C2C_REL_SE_MAX = 0.25
@@ -299,10 +304,15 @@ def device_row(spec) -> dict[str, Any]:
 
     p, c = spec.model.params, spec.conductance
     up, down = mid_range_steps(spec)
+    half = 0.5 * (p.w_max - p.w_min)
     scale = (c.g_max - c.g_min) / (p.w_max - p.w_min)
     return {"model": spec.model.name, "g_min (S)": c.g_min, "g_max (S)": c.g_max,
             "up step at mid-range (S)": up, "down step at mid-range (S)": down,
+            "dw_min (of the half range)": p.dw_min / half, "up_down": p.up_down,
             "dw_min_dtod": p.dw_min_dtod, "dw_min_std": p.dw_min_std,
+            "up_down_dtod": p.up_down_dtod,
+            "w_min_dtod (of the half range)": p.w_min_dtod * abs(p.w_min) / half,
+            "w_max_dtod (of the half range)": p.w_max_dtod * abs(p.w_max) / half,
             "read noise (S)": spec.io.read_noise * scale}
 
 
@@ -319,6 +329,8 @@ class Comparison:
     """The data check of this parameter, where there is one."""
     explanation: str = ""
     """Why it is far (empty when it is not)."""
+    interval: tuple[float, float] | None = None
+    """The fit's 95 % interval of ``fitted`` (same unit), where it has one."""
 
     @property
     def ratio(self) -> float | None:
@@ -327,9 +339,27 @@ class Comparison:
         return float(self.fitted) / float(self.true)
 
     @property
+    def spread(self) -> bool:
+        """A spread parameter (``_dtod``, ``_std``), with the looser rule."""
+        return "_dtod" in self.parameter or "_std" in self.parameter
+
+    @property
+    def tolerance(self) -> float:
+        """The largest ``|fitted / true - 1|`` that is not far."""
+        return FAR_RELATIVE_SPREAD if self.spread else FAR_RELATIVE
+
+    @property
     def far(self) -> bool:
         r = self.ratio
-        return r is not None and abs(r - 1.0) > FAR_RELATIVE
+        return r is not None and abs(r - 1.0) > self.tolerance
+
+    @property
+    def covered(self) -> bool | None:
+        """Whether the true value lies in the 95 % interval (None: no interval)."""
+        if self.interval is None or isinstance(self.true, str):
+            return None
+        lo, hi = self.interval
+        return bool(lo <= float(self.true) <= hi)
 
 
 def measured_step_at(res, g: float, up: bool, half_width: float = 0.05
@@ -354,17 +384,28 @@ def compare_with_truth(res, true_spec) -> list[Comparison]:
     true = device_row(true_spec)
     fitted = device_row(res.to_device_spec())
     found = checks(res)
-    unc = res.uncertainties
+    unc, ivl = res.uncertainties, res.intervals
     scale = _scale(res)
-    se = {"g_min (S)": unc.get("g_min"), "g_max (S)": unc.get("g_max"),
-          "dw_min_dtod": unc.get("dw_min_dtod"), "dw_min_std": unc.get("dw_min_std"),
-          "read noise (S)": (unc["read_noise"] * scale if "read_noise" in unc else None)}
-    which = {"g_min (S)": "g_min", "g_max (S)": "g_max", "dw_min_std": "dw_min_std",
-             "dw_min_dtod": "dw_min_dtod", "read noise (S)": "read_noise"}
+    # row -> (fit key, factor from the fit's unit to the row's): the fitted device has
+    # its mean bounds at -1, +1, so its half range is 1 weight unit
+    fit_key = {"g_min (S)": ("g_min", 1.0), "g_max (S)": ("g_max", 1.0),
+               "dw_min (of the half range)": ("dw_min", 1.0), "up_down": ("up_down", 1.0),
+               "dw_min_dtod": ("dw_min_dtod", 1.0), "dw_min_std": ("dw_min_std", 1.0),
+               "up_down_dtod": ("up_down_dtod", 1.0),
+               "w_min_dtod (of the half range)": ("w_min_dtod", 1.0),
+               "w_max_dtod (of the half range)": ("w_max_dtod", 1.0),
+               "read noise (S)": ("read_noise", scale)}
     rows = []
     for key, tv in true.items():
-        row = Comparison(key, tv, fitted.get(key), se.get(key), found.get(which.get(key, "")))
-        if row.far:
+        name, k = fit_key.get(key, ("", 1.0))
+        se = unc.get(name)
+        se = None if se is None else float(se) * k
+        lo_hi = ivl.get(name)
+        interval = None
+        if lo_hi is not None and np.ndim(lo_hi[0]) == 0:
+            interval = (float(lo_hi[0]) * k, float(lo_hi[1]) * k)
+        row = Comparison(key, tv, fitted.get(key), se, found.get(name), interval=interval)
+        if row.far or row.covered is False:
             row.explanation = _explain(res, row, true, fitted)
         rows.append(row)
     return rows
@@ -375,6 +416,9 @@ def _explain(res, row: Comparison, true: dict[str, Any], fitted: dict[str, Any])
     parts = [f"{row.ratio:.2f} x the true value"]
     if row.se:
         parts[0] += f" ({abs(row.fitted - row.true) / row.se:.1f} standard errors off)"
+    if row.covered is False:
+        parts[0] += (f", outside the 95 % interval [{row.interval[0]:.3g}, "
+                     f"{row.interval[1]:.3g}]")
     if row.check is not None:
         verdict = "identified" if row.check.identified else "NOT identified"
         parts.append(f"{verdict} by the data: {row.check.cause}")

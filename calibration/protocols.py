@@ -81,10 +81,15 @@ Device = tuple[int, int]
 def parse_devices(spec: str, rows: int, cols: int, key: str = "--devices") -> list[Device]:
     """Devices chosen by ``spec``: ``all``, ``N`` or ``r:c,r:c,...`` (row-major for all).
 
-    ``N`` picks N devices spread evenly over the array, deterministically: the points
-    of a near-square ``nr x nc`` grid at the centres of equal blocks (row
-    ``floor((a + 1/2) rows / nr)``, column ``floor((b + 1/2) cols / nc)``), N of them
-    at evenly spaced grid indices when the grid has more. Errors name ``key``.
+    ``N`` picks N devices spread evenly over the array, deterministically. When N is at
+    most the smaller of ``rows`` and ``cols``, no two of them share a row or a column
+    (:func:`_line_disjoint`), so pulsing one never half-selects another: under the V/2
+    scheme a half-selected device takes an extra step now and then (on the emulated
+    chip with probability e^-6 per pulse), which a fit would read as cycle-to-cycle
+    noise. More devices than that are the points of a near-square ``nr x nc`` grid at
+    the centres of equal blocks (row ``floor((a + 1/2) rows / nr)``, column
+    ``floor((b + 1/2) cols / nc)``), N of them at evenly spaced grid indices when the
+    grid has more; those share lines. Errors name ``key``.
     """
     text = str(spec).strip().lower()
     total = rows * cols
@@ -116,7 +121,19 @@ def parse_devices(spec: str, rows: int, cols: int, key: str = "--devices") -> li
     return out
 
 
+def _line_disjoint(n: int, rows: int, cols: int) -> list[Device]:
+    """N devices in N distinct rows and N distinct columns, spread over the array: device
+    k in row ``floor((k + 1/2) rows / n)`` and column ``floor((k s mod n + 1/2) cols / n)``,
+    with the stride ``s`` coprime to n nearest sqrt(n) (a lattice, not a diagonal)."""
+    strides = [s for s in range(1, n + 1) if math.gcd(s, n) == 1]
+    s = min(strides, key=lambda v: (abs(v - math.sqrt(n)), -v))
+    return [((2 * k + 1) * rows // (2 * n), (2 * (k * s % n) + 1) * cols // (2 * n))
+            for k in range(n)]
+
+
 def _spread(n: int, rows: int, cols: int) -> list[Device]:
+    if n <= min(rows, cols):
+        return _line_disjoint(n, rows, cols)
     nr = min(rows, max(1, round(math.sqrt(n * rows / cols))))
     nc = min(cols, math.ceil(n / nr))
     while nr * nc < n:

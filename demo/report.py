@@ -42,23 +42,30 @@ def device_table(rows: list) -> str:
     """The hidden and the fitted device side by side, from
     :func:`~rpuhw.calibration.identifiability.compare_with_truth` rows, then why each
     far value is far and which values the data do not determine."""
-    from rpuhw.calibration.identifiability import FAR_RELATIVE
+    from rpuhw.calibration.identifiability import FAR_RELATIVE, FAR_RELATIVE_SPREAD
 
     lines = ["| parameter | hidden (emulated chip) | fitted | fitted / hidden | "
-             "std. error of the fit | far from hidden | identified by the data |",
-             "|---|---|---|---|---|---|---|"]
+             "std. error of the fit | 95 % interval | hidden inside | far from hidden | "
+             "identified by the data |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if isinstance(r.true, str):
-            lines.append(f"| {r.parameter} | {r.true} | {r.fitted} | | | | |")
+            lines.append(f"| {r.parameter} | {r.true} | {r.fitted} | | | | | | |")
             continue
         ratio = f"{r.ratio:.2f}" if r.ratio is not None else "-"
         se = f"{r.se:.2g}" if r.se else "-"
+        ivl = "-" if r.interval is None else f"[{r.interval[0]:.3g}, {r.interval[1]:.3g}]"
+        inside = {None: "-", True: "yes", False: "**no**"}[r.covered]
         ident = "-" if r.check is None else ("yes" if r.check.identified else "**no**")
         lines.append(f"| {r.parameter} | {r.true:.3g} | {r.fitted:.3g} | {ratio} | {se} | "
-                     f"{'**far**' if r.far else 'no'} | {ident} |")
+                     f"{ivl} | {inside} | {'**far**' if r.far else 'no'} | {ident} |")
     far = [r for r in rows if r.far]
-    lines += ["", f"Far means |fitted / hidden - 1| > {FAR_RELATIVE:.0%} (a relative rule; "
-              "the standard errors are the fit's own). Identified: the checks of "
+    lines += ["", f"Far means |fitted / hidden - 1| > {FAR_RELATIVE:.0%} for a value, > "
+              f"{FAR_RELATIVE_SPREAD:.0%} for a spread (`_dtod`, `_std`): relative rules; "
+              "the standard errors and 95 % intervals (parametric bootstrap) are the "
+              "fit's own, and the fitted device states `dw_min` and the bound spreads in "
+              "units of its half range (its mean bounds are -1, +1), so the hidden ones "
+              "are converted to the same. Identified: the checks of "
               "`rpuhw.calibration.identifiability` on the measured data alone, as "
               "`rpuhw fit` prints them."]
     if far:
@@ -66,6 +73,14 @@ def device_table(rows: list) -> str:
         lines += [f"- **{r.parameter}**: {r.explanation}" for r in far]
     else:
         lines += ["", "No fitted value is far from the hidden one."]
+    missed = [r for r in rows if r.covered is False and not r.far]
+    if missed:
+        lines += ["", "Close, but the hidden value is outside the fit's 95 % interval:", ""]
+        lines += [f"- **{r.parameter}**: {r.explanation}" for r in missed]
+    with_interval = [r for r in rows if r.covered is not None]
+    if with_interval and not any(r.covered is False for r in with_interval):
+        lines += ["", f"Every hidden value with an interval ({len(with_interval)}) is "
+                  "inside the fit's 95 % interval."]
     unsure = [r for r in rows if not r.far and r.check is not None and not r.check.identified]
     if unsure:
         lines += ["", "Close to the hidden value, but not determined by the data:", ""]

@@ -17,10 +17,12 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+import rpuhw.drivers.emulators
 from rpuhw import open_array
 from rpuhw.calibration.fit import fit
 from rpuhw.calibration.fit_report import mid_range_steps, parameter_table
@@ -46,8 +48,17 @@ def test_emulate_characterize_fit_validate(tmp_path):
     bench = tmp_path / "bench.yaml"
     meas, dev_yaml = tmp_path / "meas.csv", tmp_path / "device.yaml"
     plot, report = tmp_path / "fit.png", tmp_path / "fit.json"
+    # the packaged hidden device with 10x its step: 80 pulses then take a device most of
+    # the way to each bound (soft bounds: e-folding in w_max / dw_min = 30 pulses), so
+    # the bounds are measured, not extrapolated (the hidden device itself needs ~600)
+    truth = tmp_path / "truth.yaml"
+    hidden = (Path(rpuhw.drivers.emulators.__file__).parent / "hidden_device.yaml")
+    text = hidden.read_text()
+    assert "\ndw_min: 0.0021 " in text
+    truth.write_text(text.replace("\ndw_min: 0.0021 ", "\ndw_min: 0.021 "))
     emu = subprocess.Popen([sys.executable, "-m", "rpuhw.cli", "emulate", "--rows", "8",
-                            "--cols", "8", "--seed", "2", "--bench-out", str(bench)],
+                            "--cols", "8", "--seed", "2", "--device", str(truth),
+                            "--bench-out", str(bench)],
                            stdout=subprocess.PIPE, text=True, env=ENV)
     try:
         assert emu.stdout.readline().strip() == f"ready {bench}"

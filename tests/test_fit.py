@@ -316,3 +316,20 @@ def test_bad_model_name_and_too_little_data():
         fit(m, "constant_step")
     assert math.isfinite(fit(generate({"model": "constant_step", **BASE}, rows=2, cols=2,
                                       pulses=40, cycles=1)[0], "constant_step").g_min)
+
+
+def test_a_bound_extrapolated_below_zero_siemens_is_not_ok():
+    """A nearly linear device pulsed 60 times from mid-range, fitted as soft_bounds: the
+    bounds can only be extrapolated, and the lower one lands below 0 S (seed 1: -52 uS for
+    a true 10 uS). No device has that, so the fit is not ok and says why and what to
+    measure; before, it was ok and wrote a device YAML without its conductance block."""
+    m, _ = generate({"model": "linear_step", "dw_min": 0.004, "dw_min_dtod": 0.1,
+                     "dw_min_std": 0.3, "up_down": 0.0, "gamma_up": 0.0, "gamma_down": 0.0,
+                     "w_min": -1.0, "w_max": 1.0, "w_min_dtod": 0.05, "w_max_dtod": 0.05,
+                     "io": {"read_noise": 0.004},
+                     "conductance": {"g_min": 1e-5, "g_max": 1e-4}},
+                    rows=3, cols=3, pulses=60, cycles=1, seed=1)
+    res = fit(m, "soft_bounds", FitConfig(bootstrap=0))
+    assert res.g_min < 0
+    assert not res.ok
+    assert "below 0 S" in res.reason and "--pulses auto" in res.reason

@@ -77,9 +77,16 @@ def test_parse_devices_all_list_and_count():
         got = parse_devices(str(n), 8, 8)
         assert len(got) == n == len(set(got)) and got == parse_devices(str(n), 8, 8)
         assert all(0 <= i < 8 and 0 <= j < 8 for i, j in got)
-    four = parse_devices("4", 8, 8)  # spread: two rows and two columns, away from the edges
-    assert four == [(2, 2), (2, 6), (6, 2), (6, 6)]
-    assert len({i for i, _ in parse_devices("8", 16, 16)}) >= 3
+    # up to min(rows, cols) devices: no two share a row or a column (no half-select
+    # disturb among them), spread as a lattice, not along a diagonal
+    assert parse_devices("4", 8, 8) == [(1, 1), (3, 7), (5, 5), (7, 3)]
+    for n, size in ((8, 16), (16, 32), (7, 8)):
+        got = parse_devices(str(n), size, size)
+        assert len({i for i, _ in got}) == len({j for _, j in got}) == n
+    sixteen = parse_devices("16", 32, 32)
+    assert sum(i == j for i, j in sixteen) <= 4  # not the diagonal (16 on it)
+    # more than that: a grid, away from the edges
+    assert parse_devices("16", 8, 8)[:3] == [(1, 1), (1, 3), (1, 5)]
     assert parse_devices("3", 1, 9) == [(0, 1), (0, 4), (0, 7)]
 
 

@@ -54,6 +54,14 @@ def test_block_shows_the_reports_device_table():
     assert lines[i:i + 3] == REPORT.splitlines()[8:11]
     assert lines[i + 3] == readme_demo.END
     assert readme_demo.device_table("no table here") == []
+    # the report's verdict lines follow the table
+    verdict = ("No fitted value is far from the hidden one.\n\nEvery hidden value with an "
+               "interval (3) is inside the fit's 95 % interval.")
+    text = readme_demo.block(DEMO_STDOUT, 1.0, "M", REPORT + "\n\n" + verdict)
+    last = text.split("\n\n")[-1].removesuffix(readme_demo.END).strip()
+    assert " ".join(last.split()) == ("No fitted value is far from the hidden one. Every "
+                                      "hidden value with an interval (3) is inside the "
+                                      "fit's 95 % interval.")
 
 
 def test_rewrite_touches_only_the_block():

@@ -29,6 +29,7 @@ from test_fit import _write_csv, generate  # tests/ is on sys.path (pytest's roo
 from rpuhw.calibration.fit import fit
 from rpuhw.calibration.identifiability import (
     FAR_RELATIVE,
+    FAR_RELATIVE_SPREAD,
     NOISE_SENSITIVITY_MAX,
     SATURATED_STEP_RATIO,
     Comparison,
@@ -118,6 +119,20 @@ def test_far_rule_is_relative():
     low = Comparison("x", 1.0, 1.0 - 1.01 * FAR_RELATIVE)
     assert not near.far and far.far and low.far
     assert not Comparison("model", "soft_bounds", "exp_step").far
+    # a spread has the looser rule (the 20 %), a value the 10 % one
+    assert FAR_RELATIVE_SPREAD > FAR_RELATIVE
+    mid = 1.0 + 0.5 * (FAR_RELATIVE + FAR_RELATIVE_SPREAD)
+    assert Comparison("g_min (S)", 1.0, mid).far
+    assert not Comparison("dw_min_dtod", 1.0, mid).far
+    assert not Comparison("dw_min_std", 1.0, mid).far
+    assert Comparison("dw_min_std", 1.0, 1.0 + 1.01 * FAR_RELATIVE_SPREAD).far
+
+
+def test_interval_coverage_is_reported():
+    assert Comparison("x", 1.0, 1.1, interval=(0.95, 1.2)).covered is True
+    assert Comparison("x", 1.0, 1.1, interval=(1.01, 1.2)).covered is False
+    assert Comparison("x", 1.0, 1.1).covered is None
+    assert Comparison("model", "a", "b", interval=(0, 1)).covered is None
 
 
 def test_far_values_are_explained_by_their_check(chip_fit):
@@ -144,11 +159,19 @@ def test_demo_device_table_explains_far_rows(chip_fit):
     res, _ = chip_fit
     rows = compare_with_truth(res, spec_from_mapping(CHIP_LIKE))
     text = device_table(rows)
-    assert "| far from hidden | identified by the data |" in text
-    assert f"> {FAR_RELATIVE:.0%}" in text
+    assert "| 95 % interval | hidden inside | far from hidden | identified by the data |" in text
+    assert f"> {FAR_RELATIVE:.0%}" in text and f"> {FAR_RELATIVE_SPREAD:.0%}" in text
     for r in rows:
-        if r.far:
+        if r.far or r.covered is False:
             assert f"- **{r.parameter}**: {r.explanation}" in text
+        if r.covered is False:
+            assert "outside the 95 % interval" in r.explanation
+    # the fit's intervals reach the rows that have a fitted counterpart
+    by = {r.parameter: r for r in rows}
+    for key in ("g_min (S)", "g_max (S)", "dw_min_std", "dw_min (of the half range)",
+                "read noise (S)"):
+        lo, hi = by[key].interval
+        assert lo <= by[key].fitted <= hi, (key, by[key].interval, by[key].fitted)
     # a parameter the data do not determine is named even when it happens to be close
     for r in rows:
         if not r.far and r.check is not None and not r.check.identified:

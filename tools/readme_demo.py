@@ -93,9 +93,15 @@ def block(stdout: str, wall_s: float, machine: str, report: str = "") -> str:
                                    break_long_words=False)
     device = device_table(report)
     if device:
+        verdicts = [ln.strip() for ln in report.splitlines()
+                    if ln.startswith(("No fitted value is far", "Every hidden value with"))]
         device = ["", wrap("The hidden device of the emulated chip against the fitted one "
-                           "(`demo_out/report.md`; *far* means more than 20 % off):"),
+                           "(`demo_out/report.md`; *far* means more than 10 % off, 20 % "
+                           "for a spread; *hidden inside*: the hidden value lies in the "
+                           "fit's 95 % interval, from its parametric bootstrap):"),
                   "", *device]
+        if verdicts:
+            device += ["", wrap(" ".join(verdicts))]
     return "\n".join([BEGIN, wrap(intro), "", *table, "", wrap(after), *device, END])
 
 
