@@ -444,6 +444,20 @@ def _explain(res, row: Comparison, true: dict[str, Any], fitted: dict[str, Any])
             else:
                 text += ": the model's shape misses the measured steps there"
             parts.append(text)
+    elif row.parameter == "up_down" and res.data is not None and res.data.n_dev > 1:
+        n = res.data.n_dev
+        lo_sd = float(res.params.get("w_min_dtod", 0.0)) * abs(float(res.params["w_min"]))
+        hi_sd = float(res.params.get("w_max_dtod", 0.0)) * float(res.params["w_max"])
+        centre_se = 0.5 * math.hypot(lo_sd, hi_sd) / math.sqrt(n)
+        text = (f"up_down is the asymmetry at w = 0, the centre of the {n} measured devices' "
+                f"mean bounds; their bound spreads put that centre within +- "
+                f"{centre_se:.3f} of the half range (one standard error) of the population's")
+        if res.model == "soft_bounds":
+            text += (f", which alone moves a soft-bounds up_down by +- {2 * centre_se:.3f} "
+                     "(the steps there change by their slope times the shift)")
+        text += (": a sampling error of the reference point more than of the steps; the "
+                 "up and down steps at mid-range compare the asymmetry the data determine")
+        parts.append(text)
     if true.get("model") != fitted.get("model") and (row.check is None
                                                       or row.check.identified):
         parts.append(f"the fitted model ({fitted.get('model')}) is not the true one "

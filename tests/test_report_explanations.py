@@ -297,3 +297,21 @@ def test_far_step_row_is_checked_against_the_measured_steps(chip_fit):
     far = Comparison(key, true[key], 2 * true[key])
     text = _explain(res, far, true, {**fitted, key: far.fitted})
     assert "the measured devices differ" not in text and "the fitted model gives" in text
+
+
+def test_a_far_up_down_is_explained_by_its_reference_point(chip_fit):
+    """up_down is the asymmetry at w = 0, the centre of the measured devices' bounds: the
+    explanation states that centre's standard error from the bound spreads over the
+    devices, sd = sqrt(lo^2 + hi^2) / 2 / sqrt(n) (half-range units)."""
+    import math
+
+    res, _ = chip_fit
+    truth = dict(CHIP_LIKE, up_down=res.params["up_down"] * 2 + 0.5)  # surely far
+    rows = {r.parameter: r for r in compare_with_truth(res, spec_from_mapping(truth))}
+    row = rows["up_down"]
+    assert row.far
+    n = res.data.n_dev
+    se = 0.5 * math.hypot(res.params["w_min_dtod"] * abs(res.params["w_min"]),
+                          res.params["w_max_dtod"] * res.params["w_max"]) / math.sqrt(n)
+    assert f"the centre of the {n} measured devices' mean bounds" in row.explanation
+    assert f"+- {se:.3f} of the half range" in row.explanation
