@@ -1041,6 +1041,20 @@ converges to :data:`~rpuhw.calibration.statespace.TOL_NATS`, which its parameter
 need (a shortfall of d nats can move a parameter by sqrt(2 d) standard errors)."""
 
 
+def beaten_on_most_devices(best: np.ndarray, other: np.ndarray, z: float) -> bool:
+    """Whether the best model's per-device held-out scores ``best`` beat ``other``'s on
+    more devices than a tie allows: a one-sided sign test, ``P(Binomial(n, 1/2) >=
+    wins) < P(N(0, 1) > z)``. The paired standard error alone calls a model that fails
+    badly on one device "tied" (that device's difference makes the spread huge)."""
+    from scipy.stats import binom, norm
+
+    n = len(best)
+    if n < 2:
+        return False
+    wins = int(np.sum(best > other))
+    return float(binom.sf(wins - 1, n, 0.5)) < float(norm.sf(z))
+
+
 def _choose(names: list[str], data: StepData, st: ss.StepTable, w: ss.Windows,
             cfg: FitConfig) -> _Choice:
     """Fit every model on one fold of the chains and score the other (module doc)."""
@@ -1074,8 +1088,11 @@ def _choose(names: list[str], data: StepData, st: ss.StepTable, w: ss.Windows,
         d = per_dev[best] - per_dev[name]
         return float(np.std(d, ddof=1) * math.sqrt(n_dev)) if n_dev > 1 else math.inf
 
-    # the simplest model whose held-out score the data cannot tell from the best one's
-    close = [n for n in order if held[best] - held[n] <= cfg.margin_z * se_to_best(n)]
+    # the simplest model whose held-out score the data cannot tell from the best one's:
+    # within margin_z paired standard errors, and not beaten on most devices
+    close = [n for n in order if n == best or (
+        held[best] - held[n] <= cfg.margin_z * se_to_best(n)
+        and not beaten_on_most_devices(per_dev[best], per_dev[n], cfg.margin_z))]
     chosen = min(close, key=lambda n: (_k(fits[n][0], 1), order.index(n)))
     others = [n for n in order if n != chosen]
     runner = others[0] if others else None
@@ -1084,7 +1101,7 @@ def _choose(names: list[str], data: StepData, st: ss.StepTable, w: ss.Windows,
         float(np.std(per_dev[chosen] - per_dev[runner], ddof=1) * math.sqrt(n_dev))
         if runner and n_dev > 1 else math.inf)
     thin = len(close) > 1
-    by = ("odd cycles held out, fitted on the even ones" if w.folds_by == "cycles" else
+    by = ("even cycles held out, fitted on the odd ones" if w.folds_by == "cycles" else
           f"every other window of {cfg.window} steps held out (one cycle)")
     text = (f"{chosen}: held-out log-likelihood {held[chosen]:.1f} ({by}; {len(test)} of "
             f"{len(w)} windows)")

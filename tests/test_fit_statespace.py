@@ -145,17 +145,17 @@ def _data(model: str, read_noise: float, devices: tuple[int, int] = (3, 4), seed
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-@pytest.mark.xfail(strict=True, run=False, reason=(
-    "issue 19 open: the held-out choice is right for 4 of 6 models at each read-noise level "
-    "(measured at e87e510; noise 1 step: pow_step data -> soft_bounds by +73 nats, SE 34, "
-    "piecewise -> exp_step; 0.1 step: exp_step -> pow_step, the simplest within 2 SE of "
-    "exp_step, and piecewise -> linear_step), the issue needs 5. Odd-cycle folds never show "
-    "the training fit the lower half of the range going up (the first half-cycle starts "
-    "mid-range), which ranks piecewise low; with interleaved-window folds its held-out score "
-    "is the best but it loses the simplicity rule, and pow_step, soft_bounds and linear_step "
-    "then differ by under 15 nats at noise 1 step. ~1.5 min per level. Run it with "
-    "--runxfail"))
-@pytest.mark.parametrize("noise", [1.0, 0.1])
+@pytest.mark.parametrize("noise", [
+    1.0,
+    pytest.param(0.1, marks=pytest.mark.xfail(strict=True, run=False, reason=(
+        "issue 19 open: at read noise a tenth of a step the held-out choice is right for "
+        "4 of 6 models (measured at the commit that holds out the even cycles): exp_step "
+        "data -> pow_step (the best held-out score, 141 nats over exp_step, whose shared "
+        "a, b have no device-to-device spread), piecewise data -> linear_step (piecewise "
+        "best by 220 nats, but within 2 paired standard errors and not beaten on most "
+        "devices, so the simplest tied model is chosen). ~1.5 min. Run it with "
+        "--runxfail"))),
+])
 def test_auto_chooses_the_true_model(noise):
     """12 devices of each model, read noise one step / a tenth of one: the held-out choice
     is the true model for at least 5 of the 6 (the issue's criterion)."""
@@ -306,3 +306,24 @@ def test_clipped_update_is_finite_at_extreme_inputs():
         xm = mp.mpf(x)
         assert float(lg) == pytest.approx(float(mp.log(mp.ncdf(xm))), rel=1e-12)
         assert float(t.grad) == pytest.approx(float(mp.npdf(xm) / mp.ncdf(xm)), rel=1e-5)
+
+
+def test_a_model_beaten_on_most_devices_is_not_tied():
+    """The tie rule's sign test: the best model's per-device held-out scores against
+    another's. One device far worse for the other model makes the paired standard error
+    huge (the tie rule's first half), yet the best wins on 11 of 12 devices: not a tie
+    (P(Binomial(12, 1/2) >= 11) = 0.0032 < P(N > 2) = 0.023); 9 of 12 (0.073) is."""
+    from rpuhw.calibration.fit import beaten_on_most_devices
+
+    best = np.zeros(12)
+    other = np.full(12, -1.0)
+    other[0] = 1e9  # the other model is better on one device only
+    assert beaten_on_most_devices(best, other, 2.0)
+    other[[0, 1, 2]] = 5.0  # better on three: a tie by this test
+    assert not beaten_on_most_devices(best, other, 2.0)
+    # 10 of 12: P = 0.019 < 0.023, beaten; with z = 2.5 (P = 0.0062) not
+    other = np.full(12, -1.0)
+    other[[0, 1]] = 5.0
+    assert beaten_on_most_devices(best, other, 2.0)
+    assert not beaten_on_most_devices(best, other, 2.5)
+    assert not beaten_on_most_devices(best[:1], other[:1], 2.0)  # one device: no test
