@@ -789,6 +789,14 @@ def _device_se(f: _Fitted, cov: np.ndarray, u_mid: float, du: float
             for name, g in grads.items()}
 
 
+def _sd(var: np.ndarray) -> np.ndarray:
+    """Standard errors from variances; NaN where a variance is not positive (a covariance
+    that is not positive definite at a poorly converged device: :func:`_random_effects`
+    then gives that device no weight, without numpy's invalid-value warning)."""
+    var = np.asarray(var, dtype=float)
+    return np.sqrt(np.where(var > 0, var, np.nan))
+
+
 def _random_effects(x: np.ndarray, se: np.ndarray) -> tuple[float, float]:
     """Population mean and spread of per-device estimates ``x`` with standard errors ``se``.
 
@@ -901,8 +909,8 @@ def _population(f: _Fitted, data: StepData, cfg: FitConfig, read_var: float,
     notes = []
     if f.model.name in SHAPE_BOUNDS:
         reached_lo = reached_hi = np.ones(data.n_dev, dtype=bool)
-        u_min = _random_effects(lo, np.sqrt(cov[:, 0, 0]))[0]
-        u_max = _random_effects(hi, np.sqrt(cov[:, 1, 1]))[0]
+        u_min = _random_effects(lo, _sd(cov[:, 0, 0]))[0]
+        u_max = _random_effects(hi, _sd(cov[:, 1, 1]))[0]
         sd_lo = sd_hi = None
     else:
         reached_lo, reached_hi = _reached(f, data, support)

@@ -332,3 +332,21 @@ def test_a_model_beaten_on_most_devices_is_not_tied():
     assert beaten_on_most_devices(best, other, 2.0)
     assert not beaten_on_most_devices(best, other, 2.5)
     assert not beaten_on_most_devices(best[:1], other[:1], 2.0)  # one device: no test
+
+
+def test_a_variance_that_is_not_positive_gives_its_device_no_weight():
+    """_sd: a non-positive variance (a covariance that is not positive definite) is an
+    unknown standard error, NaN, which _random_effects weighs as nothing, without a numpy
+    warning; the population mean then comes from the other devices."""
+    import warnings
+
+    from rpuhw.calibration.fit import _random_effects, _sd
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        se = _sd(np.array([0.01, -0.02, 0.0, 0.04]))
+    assert se[0] == pytest.approx(0.1) and se[3] == pytest.approx(0.2)
+    assert np.isnan(se[1]) and np.isnan(se[2])
+    x = np.array([1.0, 50.0, 60.0, 1.2])
+    mu, _ = _random_effects(x, se)
+    assert 1.0 <= mu <= 1.2  # the two unknown devices carry no weight
