@@ -4,58 +4,46 @@ Method (``fit``), for every candidate model (see :mod:`rpuhw.calibration.fit_mod
 how each model's parameters map to the device model, whose own step rule gives every
 mean step):
 
-1. **Steps.** Every pulse gives one step ``dg = g_after - g_before`` with its pre-pulse
-   conductance (``calibration.measurements.steps``). Conductances are normalised,
-   ``u = (g - G0) / S0``, with G0, S0 the 0.5 and 99.5 percentiles of all reads (only for
-   numerical conditioning).
-2. **Mean pulse response, per device.** One-step-ahead least squares of the measured steps
-   against the model's mean step at the measured pre-pulse state, up and down together:
-
-   .. math:: \\min \\sum_{steps} \\big(\\Delta u - \\mu_{model}(u_{pre}; \\theta_i, \\phi)\\big)^2
-
-   with per-device parameters :math:`\\theta_i` (bounds ``lo_i, hi_i``, step scales,
-   model extras) and parameters :math:`\\phi` shared by all devices (exp_step's A and
-   gamma, piecewise's node table). All devices go into one
-   ``scipy.optimize.least_squares`` call (trust-region reflective, sparse Jacobian
-   structure: a residual depends only on its own device's parameters and on
-   :math:`\\phi`), which is as fast as fitting devices one by one in a vectorised way.
-   One-step residuals use the measured states, so the cycle-to-cycle noise does not
-   accumulate as it would in a trace (rollout) fit, and they are unbiased when read
-   noise is small against the conductance range (errors in the pre-pulse state bias a
-   slope by ``sigma_read^2 / var(g)``).
-3. **Weight units.** The mean bounds ``g_min = mean_i lo_i``, ``g_max = mean_i hi_i``
-   map to ``w = -1, +1``; each device's parameters convert exactly (exp_step depends on
-   the centre, so it is refitted once with the converged centre).
-4. **Population parameters** (aihwkit's meanings, the inverse of the draw in
-   rpuhw/devices/base.py, ``one_sided_from_moments``): with the half-sum
-   ``s_i = (dw_up_i + dw_down_i) / 2`` and half-difference ``a_i = (dw_up_i - dw_down_i) / 2``
-   of each device's steps, ``dw_min = mean(s) + |mean(a)|`` (the larger direction's mean
-   step), ``up_down = 2 mean(a) / dw_min`` (one-sided), ``dw_min_dtod = sd(s) / dw_min``,
-   ``up_down_dtod = sd(a) / dw_min``; pow_step's exponents likewise give ``pow_gamma``,
-   ``pow_up_down`` and their spreads; ``w_min_dtod`` / ``w_max_dtod`` = std of the device
-   bounds (relative to the mean bounds, which are 1 in magnitude). Every spread is
-   corrected for the devices' own estimation error:
-   ``var_true = var_across_devices - mean_i se_i^2`` (clipped at 0), with ``se_i`` from
-   the per-device (sandwich) covariance of the least-squares fit propagated by the delta method.
-5. **Noise.** Read noise ``sigma_r`` from read-noise rows (polarity 0: pooled variance
-   of repeated reads per device and level), else from the one-step residuals: a step
-   is a difference of two reads, so consecutive residuals have covariance
-   ``-sigma_r^2`` (kept when above three standard errors). Cycle-to-cycle noise
-   (multiplicative, as the models): ``dw_min_std^2 = sum(r^2 - 2 sigma_r^2) / sum(mu^2)``
-   over steps not near a bound (gap to the bound >= 3 mean steps).
-6. **Model choice** (``model="auto"``): BIC over all devices with a Gaussian likelihood
-   of one residual variance per device, ``BIC = k ln N - 2 ln L`` (k: all fitted
-   parameters plus one variance per device). BIC rather than AIC because N is large
-   (10^5 steps): AIC's penalty (2 per parameter) lets over-parametrised models
-   (piecewise, per-device exponents) win on tiny, physically irrelevant improvements,
-   while BIC's ``ln N`` per parameter is consistent (selects the true nested model as N
-   grows).
-7. **Is it explained?** The chosen fit is flagged (``ok = False``) when least squares
+1. **Steps.** The reads are normalised, ``u = (g - G0) / S0`` (G0, S0 from the 0.5 and
+   99.5 percentiles of all reads: numerical conditioning only), and cut into chains, one
+   per device and half-cycle (:func:`rpuhw.calibration.statespace.step_table`).
+2. **Likelihood.** The state-space model of :mod:`rpuhw.calibration.statespace`: a hidden
+   state per device moved by the model's mean step with multiplicative cycle-to-cycle
+   noise (``dw_min_std``) and clipped at the device's bounds, every read with read noise;
+   its log-likelihood by an extended Kalman filter with an exact step through the clip,
+   over windows of the chains, batched over devices. Parameters: per device the bounds
+   ``lo_i, hi_i``, the step scales and the model's per-device extras; shared by all
+   devices the model's shared parameters (exp_step's A and gamma, piecewise's node
+   table) and the two noise levels.
+3. **Maximisation.** torch autograd and L-BFGS (:class:`~rpuhw.calibration.statespace.
+   Problem`), from a start regressed on the signed steps towards the pulse direction,
+   with a grid search of hard bounds; converged when a round gains less than
+   :data:`~rpuhw.calibration.statespace.TOL_NATS`.
+4. **Weight units and population parameters** (aihwkit's meanings, the inverse of the
+   draw in rpuhw/devices/base.py, ``one_sided_from_moments``): the mean bounds map to
+   ``w = -1, +1``; with the half-sum ``s_i`` and half-difference ``a_i`` of each device's
+   up and down steps, ``dw_min = mean(s) + |mean(a)|``, ``up_down = 2 mean(a) /
+   dw_min``, ``dw_min_dtod = sd(s) / dw_min``, ``up_down_dtod = sd(a) / dw_min``;
+   pow_step's exponents likewise. Means and spreads are random-effects estimates
+   (:func:`_random_effects`, Paule-Mandel: each device weighted by its own standard error
+   from the likelihood's observed information, the spread corrected for it); a hard
+   bound a device never reached is censored (Tobit, :func:`_censored_normal`).
+5. **Model choice** (``model="auto"``, criterion ``held_out``): every model is fitted on
+   the odd cycles and scored on the even ones (one cycle: every other window), all on the
+   same reads; the simplest model (fewest per-device parameters) among those the data
+   cannot tell from the best (within ``margin_z`` paired standard errors over devices,
+   and not beaten on most devices: :func:`beaten_on_most_devices`) is chosen, and a thin
+   margin is reported as such; the chosen model is then fitted to all the data.
+   ``bic`` / ``aic`` rank the likelihoods of all the data instead.
+6. **Intervals**: a parametric bootstrap (``bootstrap`` replicas simulated from the fit
+   with the measured protocol, refitted in one batched fit; :func:`_intervals`).
+7. **Is it explained?** The chosen fit is flagged (``ok = False``) when the maximisation
    did not converge, when the residuals keep their sign along a trace (Wald-Wolfowitz
-   runs: fewer than ``runs_min`` times the runs expected for independent residuals;
-   independent noise gives 1.0, read noise more than 1.0), or when the mean step curve
-   (steps binned by position between each device's bounds) misses the same curve of
-   replicas simulated from the fit by more than ``curve_error_max`` of its RMS.
+   runs), when the mean step curve misses the same curve of replicas simulated from the
+   fit by more than ``curve_error_max`` of its RMS, or when its ``g_min`` lies below 0 S
+   (an extrapolation beyond the reads).
+
+docs/calibration.md, section 3, states the method with its measured accuracy.
 """
 
 from __future__ import annotations
