@@ -386,18 +386,18 @@ def compare_with_truth(res, true_spec) -> list[Comparison]:
     found = checks(res)
     unc, ivl = res.uncertainties, res.intervals
     scale = _scale(res)
-    # row -> (fit key, factor from the fit's unit to the row's): the fitted device has
-    # its mean bounds at -1, +1, so its half range is 1 weight unit
-    fit_key = {"g_min (S)": ("g_min", 1.0), "g_max (S)": ("g_max", 1.0),
-               "dw_min (of the half range)": ("dw_min", 1.0), "up_down": ("up_down", 1.0),
-               "dw_min_dtod": ("dw_min_dtod", 1.0), "dw_min_std": ("dw_min_std", 1.0),
-               "up_down_dtod": ("up_down_dtod", 1.0),
-               "w_min_dtod (of the half range)": ("w_min_dtod", 1.0),
-               "w_max_dtod (of the half range)": ("w_max_dtod", 1.0),
-               "read noise (S)": ("read_noise", scale)}
+    # row -> the fit's key; the fitted device has its mean bounds at -1, +1 (its half
+    # range is 1 weight unit), so only the read noise changes unit (weight units -> S)
+    fit_key = {"g_min (S)": "g_min", "g_max (S)": "g_max",
+               "dw_min (of the half range)": "dw_min", "up_down": "up_down",
+               "dw_min_dtod": "dw_min_dtod", "dw_min_std": "dw_min_std",
+               "up_down_dtod": "up_down_dtod",
+               "w_min_dtod (of the half range)": "w_min_dtod",
+               "w_max_dtod (of the half range)": "w_max_dtod", "read noise (S)": "read_noise"}
     rows = []
     for key, tv in true.items():
-        name, k = fit_key.get(key, ("", 1.0))
+        name = fit_key.get(key, "")
+        k = scale if name == "read_noise" else 1.0
         se = unc.get(name)
         se = None if se is None else float(se) * k
         lo_hi = ivl.get(name)
