@@ -295,7 +295,7 @@ class CrossPointArray(ABC):  # noqa: B024 - every hook is optional, see capabili
         return self.forward(torch.eye(self.cols)).T.contiguous()
 
     def program(self, target: torch.Tensor, tol: float = 0.01, max_iter: int = 20,
-                max_pulses: int = 1000) -> ProgramReport:
+                max_pulses: int = 1000, mask: torch.Tensor | None = None) -> ProgramReport:
         """Closed-loop write-verify: read, pulse towards ``target``, repeat.
 
         Each round reads W, and gives every device outside ``tol`` a signed pulse
@@ -303,9 +303,15 @@ class CrossPointArray(ABC):  # noqa: B024 - every hook is optional, see capabili
         ``step`` is the device's own step size as measured by the previous
         rounds (initially :meth:`nominal_step`). Stops when all devices are
         within ``tol`` or after ``max_iter`` rounds; a target beyond a device's
-        bound leaves that device unconverged (reported, not raised).
+        bound leaves that device unconverged (reported, not raised). ``mask`` (bool
+        [rows, cols]): program only these devices (the others get no pulse and do not
+        count in the report's errors).
         """
         target = check_float(target, "target", self.shape)
+        if mask is not None:
+            mask = torch.as_tensor(mask)
+            if mask.dtype != torch.bool or tuple(mask.shape) != self.shape:
+                raise ValueError(f"mask: expected a bool tensor of shape {list(self.shape)}")
         if not (isinstance(tol, (int, float)) and tol > 0):
             raise ValueError(f"tol: expected a positive number, got {tol!r}")
         if not (isinstance(max_iter, int) and max_iter >= 1):
@@ -317,11 +323,12 @@ class CrossPointArray(ABC):  # noqa: B024 - every hook is optional, see capabili
         total = 0
         w = self.read()
         for it in range(1, max_iter + 1):
-            err = target - w
+            err = target - w if mask is None else torch.where(mask, target - w, 0.0)
             history.append(float(err.abs().max()))
             todo = err.abs() > tol
             if not todo.any():
-                return self._report(True, it - 1, err, total, history)
+                return self._report(True, it - 1, err if mask is None else err[mask], total,
+                                    history)
             counts = torch.round(err / step).clamp(-max_pulses, max_pulses).to(torch.int32)
             counts = torch.where(todo, counts, torch.zeros_like(counts))
             counts = torch.where(todo & (counts == 0), torch.sign(err).to(torch.int32), counts)
@@ -333,12 +340,16 @@ class CrossPointArray(ABC):  # noqa: B024 - every hook is optional, see capabili
             ok = (counts != 0) & (moved > 0.1 * step) & torch.isfinite(moved)
             step = torch.where(ok, 0.5 * step + 0.5 * moved, step)
             w = w_new
-        err = target - w
+        err = target - w if mask is None else torch.where(mask, target - w, 0.0)
         history.append(float(err.abs().max()))
+        if mask is not None:
+            err = err[mask]
         return self._report(bool((err.abs() <= tol).all()), max_iter, err, total, history)
 
     @staticmethod
     def _report(ok: bool, it: int, err: torch.Tensor, total: int, history) -> ProgramReport:
+        if err.numel() == 0:
+            err = torch.zeros(1)
         return ProgramReport(converged=ok, iterations=it, max_error=float(err.abs().max()),
                              rms_error=float(err.pow(2).mean().sqrt()), pulses=total,
                              history=history)

@@ -5,9 +5,10 @@ registered device model with its defaults), ``sim:preset:NAME`` (one of aihwkit'
 presets, :mod:`rpuhw.interop.presets`). Hardware backends live outside
 the core and are imported lazily when their prefix is used: ``bench:PATH.yaml``
 or ``bench:PATH.yaml#REGION`` (a region of the bench YAML: ``rpuhw.drivers``),
-``arc2:PATH.yaml``. Third parties register a prefix with
-:func:`register_backend` or a ``rpuhw.backends`` entry point (:data:`BACKENDS`,
-a :class:`~rpuhw.registry.Registry`).
+``arc2:PATH.yaml``. ``pair:SPEC`` holds each weight on two one-directional devices of
+``SPEC`` with refresh (:mod:`rpuhw.pair`; PCM: ``pair:sim:preset:PCM``). Third parties
+register a prefix with :func:`register_backend` or a ``rpuhw.backends`` entry point
+(:data:`BACKENDS`, a :class:`~rpuhw.registry.Registry`).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ BACKENDS: Registry[Factory] = Registry("array backend", key="spec",
 BACKENDS.add("ideal", "rpuhw.backends:_open_ideal", usage="ideal")
 BACKENDS.add("sim", "rpuhw.backends:_open_sim",
              usage="sim, sim:PATH.yaml, sim:MODEL, sim:preset:NAME")
+BACKENDS.add("pair", "rpuhw.pair:open_pair", usage="pair:SPEC")
 BACKENDS.add("bench", "rpuhw.drivers.bench:open_bench", usage="bench:PATH.yaml[#REGION]")
 BACKENDS.add("arc2", "rpuhw.drivers.arc2:open_arc2", usage="arc2:PATH.yaml")
 

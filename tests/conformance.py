@@ -19,6 +19,8 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import torch
+
 from rpuhw import open_array
 from rpuhw.array import Capabilities, CrossPointArray
 from rpuhw.device_spec import DeviceSpec
@@ -62,6 +64,10 @@ class BackendCase:
     xi < -3.33 (p = 4.3e-4 per device; P(>= 2 of 30 stuck) ~ 8e-5), so sim cases allow 1."""
     saturation_pulses: int = 20_000
     """Pulses that surely drive every device into its bound (has_bounds backends)."""
+    saturation_calls: int = 1
+    """``pulse`` calls of ``saturation_pulses`` that take a device from one bound to the
+    other (a one-sided pair: 3; its two devices first both saturate near w = 0, and a
+    refresh lowers them)."""
     seeded: bool = True
     """Equal seeds and equal calls give identical results."""
     spec: str | None = None
@@ -122,6 +128,21 @@ def _sim_read_noise(rows: int, cols: int, seed: int | None) -> CrossPointArray:
     return SimulatedArray(rows, cols, device=spec, seed=seed)
 
 
+def _pair_sim(rows: int, cols: int, seed: int | None) -> CrossPointArray:
+    """A one-sided pair of default devices without a spread of the lower bound: a pair
+    reads 0 with both devices at their lower bounds only where the two bounds agree
+    (with bounds spread by 30 % the fresh pair's weights would be up to +-0.3)."""
+    from rpuhw.devices.base import PulsedDeviceParams
+    from rpuhw.pair import OneSidedPair
+
+    spec = DeviceSpec(model=get_model("constant_step")(PulsedDeviceParams(w_min_dtod=0.0)))
+    pair = OneSidedPair(*(SimulatedArray(rows, cols, device=spec,
+                                         seed=None if seed is None else 2 * seed + k)
+                          for k in (0, 1)))
+    pair.set_weights(torch.zeros(rows, cols))
+    return pair
+
+
 # The simulator's defaults (rpuhw.devices.base.PulsedDeviceParams, rpuhw.periphery.io.IOConfig):
 # dw_min 0.001, 30 % d2d and c2c spread of the step, bounds ±0.6 with 30 % d2d spread
 # (so |w| < 0.6 * (1 + 0.3 * 6) < 2 for any plausible draw), out_noise 0.06.
@@ -137,6 +158,12 @@ CASES: list[BackendCase] = [
     BackendCase("sim-soft_bounds", lambda r, c, s: open_array("sim:soft_bounds", r, c, seed=s),
                 spec="sim:soft_bounds", **_SIM),
     BackendCase("sim-read_noise", _sim_read_noise, noisy_read=True, read_tol=0.005, **_SIM),
+    # a G+/G- pair (rpuhw.pair): weights in +-(w_max - w_min) of one device (< 2 * 2),
+    # forward/backward the difference of two noisy MVMs (sqrt 2 x 0.06), two devices per
+    # weight that may be stuck
+    BackendCase("pair-sim", _pair_sim, **{**_SIM, "w_limit": 4.0,
+                                          "out_noise": 0.06 * math.sqrt(2), "max_stuck": 2,
+                                          "saturation_calls": 3}),
     BackendCase("emulated-ops", lambda r, c, s: PulseReadArray(r, c, seed=s), exact=True,
                 has_bounds=False),
     BackendCase("emulated-update", lambda r, c, s: UpdateForwardArray(r, c, seed=s),
