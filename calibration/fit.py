@@ -30,10 +30,14 @@ mean step):
    bound a device never reached is censored (Tobit, :func:`_censored_normal`).
 5. **Model choice** (``model="auto"``, criterion ``held_out``): every model is fitted on
    the odd cycles and scored on the even ones (one cycle: every other window), all on the
-   same reads; the simplest model (fewest per-device parameters) among those the data
-   cannot tell from the best (within ``margin_z`` paired standard errors over devices,
-   and not beaten on most devices: :func:`beaten_on_most_devices`) is chosen, and a thin
-   margin is reported as such; the chosen model is then fitted to all the data.
+   same reads. First the simplest model (fewest per-device parameters) among those the
+   data cannot tell from the best held-out sum (within ``margin_z`` paired standard
+   errors over devices, and not beaten on most devices: :func:`beaten_on_most_devices`);
+   then the devices vote: the model that scores higher than each other model on most
+   devices (:func:`majority_winner`; one device that a model misses by hundreds of nats
+   does not decide a vote) replaces it, unless that would trade it for a more flexible
+   model that does not beat it significantly (sign test at ``margin_z``). A thin margin
+   is reported as such; the chosen model is then fitted to all the data.
    ``bic`` / ``aic`` rank the likelihoods of all the data instead.
 6. **Intervals**: a parametric bootstrap (``bootstrap`` replicas simulated from the fit
    with the measured protocol, refitted in one batched fit; :func:`_intervals`).
@@ -95,8 +99,10 @@ class FitConfig:
     window: int = 16
     """Steps per filter window (composite likelihood, :mod:`calibration.statespace`)."""
     margin_z: float = 2.0
-    """Held-out margins below this many standard errors (over devices) are thin: the
-    simplest model within it is chosen and the tie is reported."""
+    """Held-out margins below this many standard errors are thin and reported as such:
+    a model beaten on too few devices by the chosen one (one-sided sign test at this z),
+    or, without a majority winner, a sum within this many paired standard errors of the
+    best (the simplest of those is chosen)."""
     bootstrap: int = 0
     """Parametric bootstrap replicas for the 95 % intervals (0: none; the intervals then
     come from the standard errors of the fit; ``rpuhw fit`` uses 20)."""
@@ -1051,6 +1057,20 @@ def beaten_on_most_devices(best: np.ndarray, other: np.ndarray, z: float) -> boo
     return float(binom.sf(wins - 1, n, 0.5)) < float(norm.sf(z))
 
 
+def majority_winner(per_dev: dict[str, np.ndarray]) -> str | None:
+    """The model whose held-out log-likelihood is higher than each other model's on more
+    than half of the devices (a pairwise-majority, Condorcet, winner: every device's
+    held-out cycles vote), or None when no model wins every pairing. Unlike the sum over
+    devices, a vote is not swung by one device whose held-out reads a model misses by
+    hundreds of nats (a hard bound resting on one training read)."""
+    names = list(per_dev)
+    for a in names:
+        n = len(per_dev[a])
+        if n and all(2 * int(np.sum(per_dev[a] > per_dev[b])) > n for b in names if b != a):
+            return a
+    return None
+
+
 def _choose(names: list[str], data: StepData, st: ss.StepTable, w: ss.Windows,
             cfg: FitConfig) -> _Choice:
     """Fit every model on one fold of the chains and score the other (module doc)."""
@@ -1084,12 +1104,23 @@ def _choose(names: list[str], data: StepData, st: ss.StepTable, w: ss.Windows,
         d = per_dev[best] - per_dev[name]
         return float(np.std(d, ddof=1) * math.sqrt(n_dev)) if n_dev > 1 else math.inf
 
-    # the simplest model whose held-out score the data cannot tell from the best one's:
-    # within margin_z paired standard errors, and not beaten on most devices
+    # the simplest model whose held-out sum the data cannot tell from the best one's
+    # (within margin_z paired standard errors, and not beaten on most devices)
     close = [n for n in order if n == best or (
         held[best] - held[n] <= cfg.margin_z * se_to_best(n)
         and not beaten_on_most_devices(per_dev[best], per_dev[n], cfg.margin_z))]
-    chosen = min(close, key=lambda n: (_k(fits[n][0], 1), order.index(n)))
+    simplest = min(close, key=lambda n: (_k(fits[n][0], 1), order.index(n)))
+    # the devices' vote overrides it, unless it would trade that simpler model for a
+    # more flexible one without significant evidence (the sign test at margin_z)
+    winner = majority_winner(per_dev)
+    if winner is not None and winner != simplest and (
+            _k(fits[winner][0], 1) <= _k(fits[simplest][0], 1)
+            or beaten_on_most_devices(per_dev[winner], per_dev[simplest], cfg.margin_z)):
+        chosen = winner
+        close = [winner] + [n for n in order if n != winner and not beaten_on_most_devices(
+            per_dev[winner], per_dev[n], cfg.margin_z)]
+    else:
+        chosen = simplest
     others = [n for n in order if n != chosen]
     runner = others[0] if others else None
     margin = held[chosen] - held[runner] if runner else math.inf
@@ -1104,12 +1135,28 @@ def _choose(names: list[str], data: StepData, st: ss.StepTable, w: ss.Windows,
     if runner is not None:
         text += (f", {margin:+.1f} over {runner} (standard error {margin_se:.1f} over "
                  f"{n_dev} devices)")
+    voted = winner is not None and chosen == winner
+    if voted and n_dev > 1:
+        fewest = min((n for n in names if n != chosen),
+                     key=lambda n: int(np.sum(per_dev[chosen] > per_dev[n])))
+        text += (f"; it scores higher than each other model on most devices (fewest: "
+                 f"{int(np.sum(per_dev[chosen] > per_dev[fewest]))} of {n_dev} against "
+                 f"{fewest})")
+    elif winner is not None and winner != chosen:
+        text += (f"; {winner} scores higher than each other model on most devices, but on "
+                 f"only {int(np.sum(per_dev[winner] > per_dev[chosen]))} of {n_dev} against "
+                 f"the simpler {chosen}: too few to prefer it (sign test at {cfg.margin_z:g} "
+                 "standard errors)")
     if thin:
         tied = [n for n in close if n != chosen]
-        text += (f"; THIN MARGIN: {', '.join(tied)} within {cfg.margin_z:g} standard errors "
-                 f"of the best ({best}); {chosen} is the simplest of them. More cycles, "
-                 "--pulses auto (both bounds reached) or --reads-per-step 8 (less read "
-                 "noise per state) would decide it")
+        why = (f"beaten on too few devices to tell (sign test at {cfg.margin_z:g} standard "
+               f"errors); {chosen} wins each pairing on most devices"
+               if voted else
+               f"within {cfg.margin_z:g} standard errors of the best ({best}); {chosen} is "
+               "the simplest of them")
+        text += (f"; THIN MARGIN: {', '.join(tied)} {why}. More cycles, --pulses auto "
+                 "(both bounds reached) or --reads-per-step 8 (less read noise per state) "
+                 "would decide it")
     return _Choice(chosen=chosen, best=best, held_out=held, per_device=per_dev,
                    margin=margin, margin_se=margin_se, thin=thin, runner=runner, text=text,
                    fits=fits, train_chains=len(train), test_chains=len(test))

@@ -109,6 +109,26 @@ def test_line_pattern_numbers_and_model_names():
     assert not pat.fullmatch("THIN MARGIN: within 2 standard errors of the best (exp_step)")
     assert not pat.fullmatch("THIN MARGIN: exp_step, within 2 standard errors of the best "
                              "(exp_step)")
+    # the fit's explanation is shown up to its first clause ("; ..." matches the rest,
+    # whose clauses come and go with the data)
+    pat = tour.line_pattern("  piecewise: held-out log-likelihood 104007.3 (one cycle), "
+                            "+7.0 over exp_step (standard error 8.0 over 16 devices); ...",
+                            models)
+    assert pat.fullmatch("  soft_bounds: held-out log-likelihood 10627.6 (one cycle), +15.9 "
+                         "over piecewise (standard error 6.2 over 8 devices); THIN MARGIN: x")
+    assert pat.fullmatch("  soft_bounds: held-out log-likelihood 10627.6 (one cycle), +15.9 "
+                         "over piecewise (standard error 6.2 over 8 devices); it scores")
+    assert not pat.fullmatch("  soft_bounds: held-out log-likelihood 10627.6 (one cycle), "
+                             "+15.9 over piecewise (standard error 6.2 over 8 devices)")
+    assert not pat.fullmatch("  soft_bounds: BIC 10627.6 (one cycle); THIN MARGIN")
+    lines = ["model linear_step (ok)", "  linear_step: held-out 1.0 (one cycle; 3 of 6), +2 "
+             "over x (standard error 1 over 16 devices); THIN MARGIN: piecewise within 2",
+             "  parameter  value", "  g_min [S]  1e-05", "  other 1", "wrote device.yaml"]
+    assert tour._trim_fit(lines) == ["model linear_step (ok)",
+                                     "  linear_step: held-out 1.0 (one cycle; 3 of 6), +2 over "
+                                     "x (standard error 1 over 16 devices); ...",
+                                     "  parameter  value", "  g_min [S]  1e-05", "  ...",
+                                     "wrote device.yaml"]
 
 
 def test_shape_check_allows_added_lines_not_missing_ones():

@@ -221,6 +221,12 @@ def _trim_fit(lines: list[str]) -> list[str]:
         rest = lines[head + 1:]
         keep += [line for line in rest if line.split()[:1] and
                  line.split()[0] in FIT_PARAMETERS]
+    if len(keep) > 1:
+        # the choice's explanation up to its margin ("... over N devices);"): the clauses
+        # after it (a thin margin, the devices' vote) come and go with the data
+        first, sep, _ = keep[1].partition(" devices); ")
+        if sep:
+            keep[1] = f"{first} devices); {ELLIPSIS}"
     wrote = [line for line in rest if line.startswith("wrote ")]
     if len(keep) + len(wrote) < len(lines):
         keep.append("  " + ELLIPSIS)
@@ -261,8 +267,12 @@ def _model_names() -> list[str]:
 
 def line_pattern(line: str, models: list[str] | None = None) -> re.Pattern[str]:
     """A README output line as a regex: numbers and fit-model names are patterns, runs of
-    blanks match any blanks, everything else is literal."""
+    blanks match any blanks, everything else is literal; a line ending in ``; ...``
+    matches any line that begins as it does."""
     models = _model_names() if models is None else models
+    rest = ""
+    if line.rstrip().endswith("; " + ELLIPSIS) and line.strip() != ELLIPSIS:
+        line, rest = line.rstrip()[:-len(ELLIPSIS)], ".*"
     one = "|".join(re.escape(m) for m in models)
     # a name, or a comma-separated list of names (a thin margin's tied models: their
     # number varies with the data as much as the names do)
@@ -280,7 +290,7 @@ def line_pattern(line: str, models: list[str] | None = None) -> re.Pattern[str]:
             out.append(rf"(?:{model})")
         pos = m.end()
     out.append(re.escape(line[pos:]))
-    return re.compile("".join(out) + r"\s*")
+    return re.compile("".join(out) + (rest or r"\s*"))
 
 
 def shape_errors(step: Step, printed: list[str]) -> list[str]:
