@@ -20,6 +20,7 @@ pulsed SGD the paper analyses, offered because it is what some hardware can do).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -64,6 +65,21 @@ class LayerPlan:
     arrays: dict[str, str] = field(default_factory=dict)
     """Backend spec of one of the algorithm's arrays, e.g. ``{"A": "sim:fast.yaml"}``;
     the others use :attr:`backend`."""
+    weight_scaling_omega: float = 0.0
+    """> 0: map the layer's weights onto the devices' range (aihwkit's key). The weights
+    the network sees are ``alpha`` times the device weights, ``alpha = 1 / (omega
+    sqrt(n_in))`` (``n_in``: the matrix's columns, the bias column included; torch's
+    default initial weights lie within ``+-1/sqrt(fan_in)``, so on the devices within
+    about ``+-omega``). Every MVM's output is multiplied by ``alpha`` after the ADC and
+    the devices are asked for ``-lr d x^T / alpha``, so the SGD step of the weights is
+    unchanged (aihwkit's ``weight_scaling_lr_compensation``). aihwkit takes ``alpha``
+    from the largest weight it is given; here it is fixed by the layer's shape. 0 (the
+    default): ``alpha = 1``."""
+
+    def weight_scale(self, n_in: int) -> float:
+        """``alpha`` for a matrix of ``n_in`` columns (see :attr:`weight_scaling_omega`)."""
+        omega = self.weight_scaling_omega
+        return 1.0 if omega == 0 else 1.0 / (omega * math.sqrt(n_in))
 
     def validate(self) -> None:
         require(self.devices_per_weight >= 1, "devices_per_weight",
@@ -73,6 +89,10 @@ class LayerPlan:
             require(v is None or v >= 1, key, f"must be >= 1 or null, got {v}")
         require(self.granularity in ("position", "sample", "batch"), "granularity",
                 f"must be one of position, sample, batch; got {self.granularity!r}")
+        omega = self.weight_scaling_omega
+        require(isinstance(omega, (int, float)) and not isinstance(omega, bool)
+                and math.isfinite(omega) and omega >= 0, "weight_scaling_omega",
+                f"must be a number >= 0, got {omega!r}")
 
     def check_algorithm(self) -> None:
         """The algorithm, its hyper-parameters and the arrays placed in :attr:`arrays`
@@ -120,6 +140,9 @@ class TileGrid:
         plan.validate()
         self.out_features, self.in_features, self.plan = out_features, in_features, plan
         self.k = plan.devices_per_weight
+        self.scale = plan.weight_scale(in_features)
+        """``alpha``: the logical weights are ``alpha`` times the device weights (1
+        unless ``weight_scaling_omega``)."""
         self.row_splits = _splits(self.k * out_features, plan.max_rows)
         self.col_splits = _splits(in_features, plan.max_cols)
         self.tiles: list[list[Periphery]] = []
@@ -138,7 +161,8 @@ class TileGrid:
             self.tiles.append(row)
         # one tile holds the whole matrix: calls go to it without slicing or partial sums
         self._single = self.tiles[0][0] if len(self.tiles) == 1 and len(row) == 1 else None
-        if self._single is not None and self.k == 1:  # MVMs straight to the one tile
+        if self._single is not None and self.k == 1 and self.scale == 1.0:
+            # MVMs straight to the one tile
             self.forward = self._single.forward  # type: ignore[method-assign]
             self.backward = self._single.backward  # type: ignore[method-assign]
         # K > 1: physical row r of the stacked copies is logical row r % out
@@ -155,6 +179,8 @@ class TileGrid:
         """Write the logical weights (each array's ``set_weights``: direct on a simulator,
         a short write-verify on hardware)."""
         phys = w.detach().float().repeat(self.k, 1)  # K stacked copies of the rows
+        if self.scale != 1.0:
+            phys = phys / self.scale
         for (r0, r1), row in zip(self.row_splits, self.tiles, strict=True):
             for (c0, c1), per in zip(self.col_splits, row, strict=True):
                 block = phys[r0:r1, c0:c1].contiguous()
@@ -164,7 +190,8 @@ class TileGrid:
     def read(self) -> torch.Tensor:
         """The logical weights as read (the K copies averaged)."""
         phys = torch.cat([torch.cat([p.array.read() for p in row], 1) for row in self.tiles], 0)
-        return phys.view(self.k, self.out_features, self.in_features).mean(0)
+        w = phys.view(self.k, self.out_features, self.in_features).mean(0)
+        return w if self.scale == 1.0 else w * self.scale
 
     def pulse(self, counts: torch.Tensor) -> None:
         """Signed pulse counts of the logical matrix [out, in] (int32): every one of the
@@ -180,9 +207,10 @@ class TileGrid:
 
     # ---- cycles ----------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``y = W x`` for x [N, in] -> [N, out] (one forward call per tile)."""
+        """``y = W x`` for x [N, in] -> [N, out] (one forward call per tile; times
+        ``scale``)."""
         if self._single is not None and self.k == 1:
-            return self._single.forward(x)
+            return self._single.forward(x) * self.scale
         parts = []
         for row in self.tiles:
             acc = None
@@ -191,27 +219,31 @@ class TileGrid:
                 acc = y if acc is None else acc + y
             parts.append(acc)
         y = torch.cat(parts, 1)
-        return y.view(-1, self.k, self.out_features).mean(1) if self.k > 1 else y
+        y = y.view(-1, self.k, self.out_features).mean(1) if self.k > 1 else y
+        return y if self.scale == 1.0 else y * self.scale
 
     def backward(self, d: torch.Tensor) -> torch.Tensor:
-        """``z = W^T d`` for d [N, out] -> [N, in] (one backward call per tile)."""
+        """``z = W^T d`` for d [N, out] -> [N, in] (one backward call per tile; times
+        ``scale``)."""
         if self._single is not None and self.k == 1:
-            return self._single.backward(d)
+            return self._single.backward(d) * self.scale
         phys = d.repeat(1, self.k) / self.k if self.k > 1 else d
         z = torch.zeros(d.shape[0], self.in_features)
         for (r0, r1), row in zip(self.row_splits, self.tiles, strict=True):
             for (c0, c1), per in zip(self.col_splits, row, strict=True):
                 z[:, c0:c1] += per.backward(phys[:, r0:r1].contiguous())
-        return z
+        return z if self.scale == 1.0 else z * self.scale
 
     def update(self, x: torch.Tensor, d: torch.Tensor, lr: float,
                images: int = 1) -> None:
         """Apply ``W <- W - lr d^T x`` for the rank-1 pairs (x [P, in], d [P, out]) in order.
 
         ``images`` (number of images the P pairs come from, equal blocks) matters for
-        ``sample`` granularity only.
+        ``sample`` granularity only. The devices get ``lr / scale``.
         """
         g = self.plan.granularity
+        if self.scale != 1.0:
+            lr = lr / self.scale
         if g == "position":
             if self._single is not None and self.k == 1:
                 self._single.update(x, d, lr)

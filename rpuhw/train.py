@@ -83,6 +83,10 @@ class TrainConfig:
     """``position`` (paper), ``sample`` or ``batch`` (aggregated pulse counts)."""
     bl: int = 10
     """Pulse-train length BL."""
+    weight_scaling_omega: float = 0.0
+    """> 0: the analog layers' weights are mapped onto the devices' range, torch's
+    initial weight bound onto about ``omega`` (aihwkit's key; ``LayerPlan.
+    weight_scaling_omega``). 0: weights are device weights."""
     train_limit: int | None = None
     """Use only the first N training images."""
     test_limit: int | None = None
@@ -118,6 +122,10 @@ class TrainConfig:
                 "update_granularity", "must be one of position, sample, batch; got "
                 f"{self.update_granularity!r}")
         require(self.bl >= 1, "bl", f"must be >= 1, got {self.bl}")
+        omega = self.weight_scaling_omega
+        require(isinstance(omega, (int, float)) and not isinstance(omega, bool)
+                and math.isfinite(omega) and omega >= 0, "weight_scaling_omega",
+                f"must be a number >= 0, got {omega!r}")
         for key in ("train_limit", "test_limit", "checkpoint_every"):
             v = getattr(self, key)
             require(v is None or v >= 1, key, f"must be >= 1 or null, got {v}")
@@ -208,7 +216,8 @@ def make_model(cfg: TrainConfig, write: bool = True) -> nn.Module:
                   if k.partition(".")[0] == name and "." in k}
         plan[name] = LayerPlan(backend=spec, devices_per_weight=cfg.devices_per_weight.get(
             name, 1), granularity=cfg.update_granularity, periphery=per, algorithm=alg,
-            algorithm_params=params, arrays=arrays)
+            algorithm_params=params, arrays=arrays,
+            weight_scaling_omega=cfg.weight_scaling_omega)
     convert(model, {"layers": plan, "default": "float"}, seed=cfg.seed, write=write)
     return model
 

@@ -179,16 +179,20 @@ class Algorithm:
     # ---- helpers -----------------------------------------------------------------------
     def dw_min(self, arr: str) -> float:
         """Pulse granularity of array ``arr`` (weight units): the first tile's
-        ``info().dw_min`` (every tile of a grid opens the same spec)."""
-        return float(self.grids[arr].arrays[0].info().dw_min)
+        ``info().dw_min`` (every tile of a grid opens the same spec), times the grid's
+        ``scale``."""
+        grid = self.grids[arr]
+        return float(grid.arrays[0].info().dw_min) * grid.scale
 
     def weight_range(self, arr: str) -> float | None:
         """Half the mean weight range ``(w_max - w_min)/2`` of array ``arr``'s devices
-        (weight units), None when the backend does not know it."""
-        info = self.grids[arr].arrays[0].info()
+        (weight units, times the grid's ``scale``), None when the backend does not know
+        it."""
+        grid = self.grids[arr]
+        info = grid.arrays[0].info()
         if info.w_min is None or info.w_max is None:
             return None
-        return 0.5 * float(info.w_max - info.w_min)
+        return 0.5 * float(info.w_max - info.w_min) * grid.scale
 
     def decay(self, *arrays: str) -> None:
         """One decay step (``CrossPointArray.decay``: devices with ``lifetime``) on every

@@ -252,7 +252,7 @@ class TikiTaka(Algorithm):
                 res = relax_to_symmetry_points(per.array)
                 phys[r0:r1, c0:c1] = res.symmetry_point
                 self.centring.append(res)
-        self.a_ref = phys.view(grid.k, self.out_features, self.in_features).mean(0)
+        self.a_ref = phys.view(grid.k, self.out_features, self.in_features).mean(0) * grid.scale
 
     # ---- update ------------------------------------------------------------------------
     def fast_lr(self, lr: float) -> float:

@@ -99,6 +99,10 @@ class Train(Command):
                        help="K devices per weight for a layer (repeatable)")
         p.add_argument("--update-granularity", help="position (default) | sample | batch")
         p.add_argument("--bl", type=int, help="pulse-train length (default 10)")
+        p.add_argument("--weight-scaling-omega", type=float, metavar="OMEGA",
+                       help="map the weights onto the devices' range: torch's initial "
+                       "weight bound onto about OMEGA device weight units (aihwkit's "
+                       "key; default 0: off)")
         p.add_argument("--train-limit", type=int)
         p.add_argument("--test-limit", type=int)
         p.add_argument("--seed", type=int)
@@ -127,6 +131,7 @@ class Train(Command):
             "layer_algorithms": _pairs(args.layer_algorithm, "--layer-algorithm"),
             "devices_per_weight": _pairs(args.devices_per_weight, "--devices-per-weight", int),
             "update_granularity": args.update_granularity, "bl": args.bl,
+            "weight_scaling_omega": args.weight_scaling_omega,
             "train_limit": args.train_limit, "test_limit": args.test_limit, "seed": args.seed,
             "out": args.out, "checkpoint": args.checkpoint,
             "checkpoint_every": args.checkpoint_every,

@@ -163,6 +163,12 @@ def export_model(results: str | Path, out: str | Path | None = None,
     per = TrainPeriphery.level(cfg.get("management", "nm+bm+um"), int(cfg.get("bl", 10)))
     layers_cfg = cfg.get("layers", {}) or {}
     k_cfg = cfg.get("devices_per_weight", {}) or {}
+    if cfg.get("weight_scaling_omega"):
+        raise ConfigError("the run mapped its weights onto the devices (weight_scaling_omega "
+                          f"{cfg['weight_scaling_omega']}); the export writes device weights "
+                          "as network weights and would not rescale them (train with "
+                          "weight_scaling_omega 0 to export)", source=str(ckpt),
+                          key="weight_scaling_omega")
     out = Path(out) if out is not None else ckpt.parent / "aihwkit_model.pt"
 
     tensors: dict[str, Any] = {}
