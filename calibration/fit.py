@@ -1071,6 +1071,39 @@ def majority_winner(per_dev: dict[str, np.ndarray]) -> str | None:
     return None
 
 
+def pick_model(per_dev: dict[str, np.ndarray], k: dict[str, int], z: float
+               ) -> tuple[str, list[str], str | None]:
+    """The model choice from each model's per-device held-out log-likelihoods ``per_dev``
+    and per-device parameter counts ``k``: ``(chosen, tied, majority winner)``, ``tied``
+    starting with the chosen model (module doc, item 5).
+
+    First the simplest model among those whose held-out sum the data cannot tell from
+    the best (within ``z`` paired standard errors, not beaten on most devices); the
+    devices' vote (:func:`majority_winner`) replaces it, unless that would trade it for a
+    more flexible model that does not beat it on significantly many devices."""
+    held = {n: float(v.sum()) for n, v in per_dev.items()}
+    order = sorted(per_dev, key=lambda n: -held[n])
+    best = order[0]
+    n_dev = len(per_dev[best])
+
+    def se_to_best(name: str) -> float:
+        d = per_dev[best] - per_dev[name]
+        return float(np.std(d, ddof=1) * math.sqrt(n_dev)) if n_dev > 1 else math.inf
+
+    close = [n for n in order if n == best or (
+        held[best] - held[n] <= z * se_to_best(n)
+        and not beaten_on_most_devices(per_dev[best], per_dev[n], z))]
+    simplest = min(close, key=lambda n: (k[n], order.index(n)))
+    winner = majority_winner(per_dev)
+    if winner is not None and winner != simplest and (
+            k[winner] <= k[simplest]
+            or beaten_on_most_devices(per_dev[winner], per_dev[simplest], z)):
+        tied = [n for n in order if n != winner
+                and not beaten_on_most_devices(per_dev[winner], per_dev[n], z)]
+        return winner, [winner, *tied], winner
+    return simplest, [simplest] + [n for n in close if n != simplest], winner
+
+
 def _choose(names: list[str], data: StepData, st: ss.StepTable, w: ss.Windows,
             cfg: FitConfig) -> _Choice:
     """Fit every model on one fold of the chains and score the other (module doc)."""
@@ -1104,23 +1137,8 @@ def _choose(names: list[str], data: StepData, st: ss.StepTable, w: ss.Windows,
         d = per_dev[best] - per_dev[name]
         return float(np.std(d, ddof=1) * math.sqrt(n_dev)) if n_dev > 1 else math.inf
 
-    # the simplest model whose held-out sum the data cannot tell from the best one's
-    # (within margin_z paired standard errors, and not beaten on most devices)
-    close = [n for n in order if n == best or (
-        held[best] - held[n] <= cfg.margin_z * se_to_best(n)
-        and not beaten_on_most_devices(per_dev[best], per_dev[n], cfg.margin_z))]
-    simplest = min(close, key=lambda n: (_k(fits[n][0], 1), order.index(n)))
-    # the devices' vote overrides it, unless it would trade that simpler model for a
-    # more flexible one without significant evidence (the sign test at margin_z)
-    winner = majority_winner(per_dev)
-    if winner is not None and winner != simplest and (
-            _k(fits[winner][0], 1) <= _k(fits[simplest][0], 1)
-            or beaten_on_most_devices(per_dev[winner], per_dev[simplest], cfg.margin_z)):
-        chosen = winner
-        close = [winner] + [n for n in order if n != winner and not beaten_on_most_devices(
-            per_dev[winner], per_dev[n], cfg.margin_z)]
-    else:
-        chosen = simplest
+    chosen, close, winner = pick_model(per_dev, {n: _k(fits[n][0], 1) for n in names},
+                                       cfg.margin_z)
     others = [n for n in order if n != chosen]
     runner = others[0] if others else None
     margin = held[chosen] - held[runner] if runner else math.inf

@@ -302,6 +302,43 @@ def test_a_model_beaten_on_most_devices_is_not_tied():
     assert not beaten_on_most_devices(best[:1], other[:1], 2.0)  # one device: no test
 
 
+def test_majority_winner_needs_a_strict_majority_against_every_model():
+    from rpuhw.calibration.fit import majority_winner
+
+    a, b, c = np.array([3.0, 3, 0]), np.array([2.0, 0, 2]), np.array([0.0, 2, 3])
+    # a beats b on devices 0, 1 and c on 0, 1: a wins although c has the best sum
+    assert majority_winner({"a": a, "b": b, "c": c + 10 * (np.arange(3) == 2)}) == "a"
+    # a cycle: a beats b, b beats c, c beats a (2 of 3 each)
+    assert majority_winner({"a": np.array([3.0, 1, 2]), "b": np.array([2.0, 3, 1]),
+                            "c": np.array([1.0, 2, 3])}) is None
+    # 2 of 4 is not a majority
+    assert majority_winner({"a": np.array([1.0, 1, 0, 0]),
+                            "b": np.array([0.0, 0, 1, 1])}) is None
+
+
+def test_the_vote_replaces_the_simplest_tied_model_only_with_evidence():
+    """pick_model on constructed per-device scores (12 devices): the cases the rule is
+    for (docs/calibration.md, section 3, item 7)."""
+    from rpuhw.calibration.fit import pick_model
+
+    k = {"simple": 6, "flexible": 10}
+    # one device hands the sum to the simple model; the flexible one is higher on the
+    # other 11 (significant: P(>= 11 of 12) = 0.0032 < 0.023): the vote decides
+    flexible = np.zeros(12)
+    simple = np.full(12, -5.0)
+    simple[0] = 500.0
+    chosen, tied, winner = pick_model({"simple": simple, "flexible": flexible}, k, 2.0)
+    assert (chosen, winner, tied) == ("flexible", "flexible", ["flexible"])
+    # higher on 8 of 12 only (P = 0.19): the simpler tied model stays, the tie is kept
+    simple = np.full(12, -5.0)
+    simple[:4] = 20.0
+    chosen, tied, winner = pick_model({"simple": simple, "flexible": flexible}, k, 2.0)
+    assert (chosen, winner, tied) == ("simple", "flexible", ["simple", "flexible"])
+    # a simpler model that wins the vote replaces a more flexible best sum outright
+    chosen, _, winner = pick_model({"simple": -simple, "flexible": flexible}, k, 2.0)
+    assert chosen == winner == "simple"
+
+
 def test_a_variance_that_is_not_positive_gives_its_device_no_weight():
     """_sd: a non-positive variance (a covariance that is not positive definite) is an
     unknown standard error, NaN, which _random_effects weighs as nothing, without a numpy
