@@ -206,6 +206,7 @@ def test_grid_from_registries(study):
     ("--device", "fitted", "expected NAME=SPEC"),
     ("--device", "paper=sim", "must be a new name"),
     ("--device", "fitted=sim:nowhere/device.yaml", "nowhere/device.yaml: no such file"),
+    ("--weight-scaling-omega", "-1", "must be a number >= 0"),
 ])
 def test_bad_input_one_line_exit_2(study, tmp_path, capsys, flag, value, names):
     out = tmp_path / "o"
@@ -237,3 +238,16 @@ def test_an_added_device_runs_alone_under_its_own_name(study, tmp_path):
     assert [p.name for p in (out / "runs").iterdir()] == ["fitted"]
     res = json.loads((out / "runs" / "fitted" / "mp" / "seed0.json").read_text())
     assert res["config"]["backend"] == spec
+
+
+def test_weight_scaling_reaches_the_runs_and_tells_studies_apart(study, tmp_path):
+    """``--weight-scaling-omega`` goes into every run's config; a folder holding runs
+    without it is refused (another study), not mixed in."""
+    out = tmp_path / "o"
+    args = ["--algorithms", "mp", "--seeds", "0", "--epochs", "1", "--train-limit", "8",
+            "--test-limit", "8", "--device", "pcm=pair:sim:preset:PCM", "--out", str(out)]
+    assert study.main(args + ["--weight-scaling-omega", "1"], log=lambda m: None) == 0
+    res = json.loads((out / "runs" / "pcm" / "mp" / "seed0.json").read_text())
+    assert res["config"]["weight_scaling_omega"] == 1.0
+    assert res["config"]["backend"] == "pair:sim:preset:PCM"
+    assert study.main(args, log=lambda m: None) == 2

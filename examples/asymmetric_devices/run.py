@@ -94,6 +94,7 @@ class Job:
     epochs: int
     train_limit: int | None
     test_limit: int | None
+    weight_scaling_omega: float = 0.0
 
 
 def algorithm_names() -> list[str]:
@@ -174,7 +175,8 @@ def finished(job: Job) -> dict[str, Any] | None:
     res = json.loads(job.result.read_text())
     cfg = res.get("config") or {}
     given = {"backend": job.device.spec, "algorithm": job.algorithm, "seed": job.seed,
-             "train_limit": job.train_limit, "test_limit": job.test_limit}
+             "train_limit": job.train_limit, "test_limit": job.test_limit,
+             "weight_scaling_omega": job.weight_scaling_omega}
     differ = [f"{k} {cfg.get(k)!r} (asked {v!r})" for k, v in given.items()
               if cfg.get(k) != v]
     if differ:
@@ -196,6 +198,7 @@ def run_job(job: Job) -> tuple[Job, float, str]:
         "model": "lenet", "data": "mnist5k", "batch_size": 1, "management": "nm+bm+um",
         "backend": job.device.spec, "algorithm": job.algorithm, "seed": job.seed,
         "epochs": job.epochs, "train_limit": job.train_limit, "test_limit": job.test_limit,
+        "weight_scaling_omega": job.weight_scaling_omega,
         "out": str(job.result), "checkpoint": str(ckpt),
         "checkpoint_every": CHECKPOINT_EVERY, "progress": False, "threads": 1})
     t0 = time.perf_counter()
@@ -387,6 +390,9 @@ def main(argv: list[str] | None = None, log: Callable[[str], None] = print) -> i
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--train-limit", type=int, help="first N training images (quick runs)")
     ap.add_argument("--test-limit", type=int, help="first N test images (quick runs)")
+    ap.add_argument("--weight-scaling-omega", type=float, default=0.0, metavar="OMEGA",
+                    help="map every run's weights onto the devices' range (rpuhw train "
+                    "--weight-scaling-omega; default 0: off)")
     ap.add_argument("--out", default="asymmetric_devices")
     ap.add_argument("--jobs", type=int, default=1, help="trainings at once (processes)")
     ap.add_argument("--docs", action="store_true",
@@ -394,6 +400,9 @@ def main(argv: list[str] | None = None, log: Callable[[str], None] = print) -> i
     ap.add_argument("--docs-file", type=Path, default=DOCS, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     try:
+        if not (math.isfinite(args.weight_scaling_omega) and args.weight_scaling_omega >= 0):
+            raise BadInput("--weight-scaling-omega: must be a number >= 0, got "
+                           f"{args.weight_scaling_omega}")
         for flag, v in (("--epochs", args.epochs), ("--jobs", args.jobs),
                         ("--train-limit", args.train_limit or 1),
                         ("--test-limit", args.test_limit or 1)):
@@ -416,7 +425,7 @@ def main(argv: list[str] | None = None, log: Callable[[str], None] = print) -> i
         return 2
     out = Path(args.out)
     jobs = [Job(d, a, s, out / "runs" / d.name / a / f"seed{s}.json", args.epochs,
-                args.train_limit, args.test_limit)
+                args.train_limit, args.test_limit, args.weight_scaling_omega)
             for d in devices for a in algorithms for s in seeds]
     try:
         todo = [j for j in jobs if finished(j) is None]
