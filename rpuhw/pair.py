@@ -39,7 +39,8 @@ from rpuhw.periphery.io import SAT_RTOL
 
 @dataclass(frozen=True)
 class RefreshConfig:
-    """When and how a pair refreshes (aihwkit's ``OneSidedUnitCell`` keys)."""
+    """When and how a pair refreshes (the period and thresholds under aihwkit's
+    ``OneSidedUnitCell`` names; the write-verify keys are rpuhw's)."""
 
     refresh_every: int = 1
     """Check for pairs to refresh after every this many updates or pulse calls (0: never)."""
