@@ -807,8 +807,12 @@ def _random_effects(x: np.ndarray, se: np.ndarray) -> tuple[float, float]:
 
     def q(t2: float) -> tuple[float, float]:
         w = 1.0 / (t2 + se2 + 1e-300)
-        mu = float(np.sum(w * x) / np.sum(w))
-        return float(np.sum(w * (x - mu) ** 2)) - (n - 1), mu
+        # a standard error ~ 0 makes w ~ 1e300 and w x overflow; mu does not depend on
+        # the weights' scale
+        wm = w / np.max(w) if float(np.max(w)) >= 1e290 else w
+        mu = float(np.sum(wm * x) / np.sum(wm))
+        with np.errstate(over="ignore"):  # inf: spread far beyond the tiny standard errors
+            return float(np.sum(w * (x - mu) ** 2)) - (n - 1), mu
 
     hi = float(np.var(x)) * 4 + 1e-300
     if q(0.0)[0] <= 0:

@@ -277,7 +277,7 @@ def test_clipped_update_is_finite_at_extreme_inputs():
         lg = ss.log_ndtr(t)
         lg.backward()
         xm = mp.mpf(x)
-        assert float(lg) == pytest.approx(float(mp.log(mp.ncdf(xm))), rel=1e-12)
+        assert float(lg.detach()) == pytest.approx(float(mp.log(mp.ncdf(xm))), rel=1e-12)
         assert float(t.grad) == pytest.approx(float(mp.npdf(xm) / mp.ncdf(xm)), rel=1e-5)
 
 
@@ -337,6 +337,19 @@ def test_the_vote_replaces_the_simplest_tied_model_only_with_evidence():
     # a simpler model that wins the vote replaces a more flexible best sum outright
     chosen, _, winner = pick_model({"simple": -simple, "flexible": flexible}, k, 2.0)
     assert chosen == winner == "simple"
+
+
+def test_random_effects_without_standard_errors_do_not_overflow():
+    """Standard errors of 0 (a degenerate fit) weigh devices by 1e300: the population
+    mean of large values must still be their mean, without an overflow warning."""
+    import warnings
+
+    from rpuhw.calibration.fit import _random_effects
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        mu, tau = _random_effects(np.array([2e9, 3e9, 4e9]), np.zeros(3))
+    assert mu == pytest.approx(3e9) and tau == pytest.approx(1e9)
 
 
 def test_a_variance_that_is_not_positive_gives_its_device_no_weight():
