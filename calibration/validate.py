@@ -56,6 +56,9 @@ counts are replayed as measured (not re-decided on the simulated reads).
 from __future__ import annotations
 
 import math
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -480,17 +483,38 @@ def _statistics(g: list[np.ndarray], tr: Traces, edges: np.ndarray, cfg: Validat
 # ---- the rule ----------------------------------------------------------------------------
 
 
+@contextmanager
+def _quiet() -> Iterator[None]:
+    """NaN-aware reductions of a slice with no finite value give NaN (a statistic that no
+    read or replica defines; the checks skip it), here without numpy's RuntimeWarning."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        yield
+
+
+def _nanmean(a: np.ndarray, axis: Any) -> np.ndarray:
+    """``np.nanmean``, quietly (:func:`_quiet`)."""
+    with _quiet():
+        return np.nanmean(a, axis=axis)
+
+
+def _nanstd(a: np.ndarray, axis: Any) -> np.ndarray:
+    """``np.nanstd(ddof=1)``, quietly (NaN where fewer than two values)."""
+    with _quiet():
+        return np.nanstd(a, axis=axis, ddof=1)
+
+
 def _loo_z(meas: np.ndarray, reps: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """z of the measurement against all replicas ``[k]``, and each replica's z against the
     other replicas ``[R, k]``; plus the replicas' mean and sd ``[k]`` (NaN-aware)."""
-    mu = np.nanmean(reps, axis=0)
-    sd = np.nanstd(reps, axis=0, ddof=1)
+    mu = _nanmean(reps, 0)
+    sd = _nanstd(reps, 0)
     z_m = (meas - mu) / sd
     r = reps.shape[0]
     z_r = np.empty_like(reps)
     for i in range(r):
         rest = np.delete(reps, i, axis=0)
-        z_r[i] = (reps[i] - np.nanmean(rest, axis=0)) / np.nanstd(rest, axis=0, ddof=1)
+        z_r[i] = (reps[i] - _nanmean(rest, 0)) / _nanstd(rest, 0)
     return z_m, z_r, np.stack([mu, sd])
 
 
@@ -514,14 +538,15 @@ def _component_check(name: str, description: str, unit: str, labels: list[str],
     if not use.any():
         return _untested(name, description, unit, alpha, floor, effect_unit)
     d_m = float(np.max(np.abs(z_m[use])))
-    with np.errstate(invalid="ignore"):
+    with np.errstate(invalid="ignore"), _quiet():
         d_r = np.nanmax(np.where(use[None], np.abs(z_r), np.nan), axis=1)
     p, crit = _pvalue(d_m, d_r, alpha)
     sig = use & (np.abs(z_m) > crit)
     effects = np.abs(meas - mu) / effect_scale
     effect = float(effects[sig].max()) if sig.any() else 0.0
     w = int(np.argmax(np.where(use, np.abs(z_m), -1.0)))
-    lo, hi = np.nanpercentile(reps, [2.5, 97.5], axis=0)
+    with _quiet():
+        lo, hi = np.nanpercentile(reps, [2.5, 97.5], axis=0)
     return Check(name, description, unit, True,
                  passed=not (p <= alpha and effect >= floor), pvalue=p, alpha=alpha,
                  discrepancy=d_m, critical=crit, worst=labels[w], measured=float(meas[w]),
@@ -578,14 +603,15 @@ def _levels_check(meas: np.ndarray, reps: np.ndarray, cfg: ValidateConfig, alpha
                        for pi in range(2) for q in qs])
         qr = np.array([[np.nanquantile(reps[i, pi], q) if np.isfinite(reps[i, pi]).any()
                         else np.nan for pi in range(2) for q in qs] for i in range(r)])
-    mu, sd = np.nanmean(qr, axis=0), np.nanstd(qr, axis=0, ddof=1)
+    mu, sd = _nanmean(qr, 0), _nanstd(qr, 0)
     z = (qm - mu) / sd
     eff = np.abs(qm - mu) / span
     # significant polarities: their KS distance above the critical one
     sig = np.repeat(d_m > crit, len(qs))
     effect = float(np.nanmax(eff[sig])) if sig.any() else 0.0
     w = int(np.nanargmax(np.where(np.isfinite(z), np.abs(z), -1.0)))
-    lo, hi = np.nanpercentile(qr, [2.5, 97.5], axis=0)
+    with _quiet():
+        lo, hi = np.nanpercentile(qr, [2.5, 97.5], axis=0)
     return Check(name, desc, unit, True, passed=not (p <= alpha and effect >= cfg.level_effect),
                  pvalue=p, alpha=alpha, discrepancy=dm, critical=crit, worst=labels[w],
                  measured=float(qm[w]), simulated=float(mu[w]), simulated_sd=float(sd[w]),
@@ -693,8 +719,8 @@ def validate(device_yaml: str | Path | DeviceSpec, measurements: str | Path | Me
     # information: mean trace error read by read
     num = den = 0.0
     for a_m, a_s in zip(tr.g, sim, strict=True):
-        mm = np.nanmean(a_m, axis=1)
-        ms = np.nanmean(a_s, axis=(1, 2))
+        mm = _nanmean(a_m, 1)
+        ms = _nanmean(a_s, (1, 2))
         ok = np.isfinite(mm) & np.isfinite(ms)
         num += float(np.abs(mm - ms)[ok].sum())
         den += float(ok.sum())
