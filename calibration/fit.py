@@ -1061,6 +1061,13 @@ def beaten_on_most_devices(best: np.ndarray, other: np.ndarray, z: float) -> boo
     return float(binom.sf(wins - 1, n, 0.5)) < float(norm.sf(z))
 
 
+def paired_se(a: np.ndarray, b: np.ndarray) -> float:
+    """Standard error of ``sum(a - b)`` over devices (per-device held-out scores): the
+    spread of the differences times ``sqrt(devices)``; inf with one device."""
+    n = len(a)
+    return float(np.std(a - b, ddof=1) * math.sqrt(n)) if n > 1 else math.inf
+
+
 def majority_winner(per_dev: dict[str, np.ndarray]) -> str | None:
     """The model whose held-out log-likelihood is higher than each other model's on more
     than half of the devices (a pairwise-majority, Condorcet, winner: every device's
@@ -1088,14 +1095,8 @@ def pick_model(per_dev: dict[str, np.ndarray], k: dict[str, int], z: float
     held = {n: float(v.sum()) for n, v in per_dev.items()}
     order = sorted(per_dev, key=lambda n: -held[n])
     best = order[0]
-    n_dev = len(per_dev[best])
-
-    def se_to_best(name: str) -> float:
-        d = per_dev[best] - per_dev[name]
-        return float(np.std(d, ddof=1) * math.sqrt(n_dev)) if n_dev > 1 else math.inf
-
     close = [n for n in order if n == best or (
-        held[best] - held[n] <= z * se_to_best(n)
+        held[best] - held[n] <= z * paired_se(per_dev[best], per_dev[n])
         and not beaten_on_most_devices(per_dev[best], per_dev[n], z))]
     simplest = min(close, key=lambda n: (k[n], order.index(n)))
     winner = majority_winner(per_dev)
@@ -1136,19 +1137,12 @@ def _choose(names: list[str], data: StepData, st: ss.StepTable, w: ss.Windows,
     order = sorted(names, key=lambda n: -held[n])
     best = order[0]
     n_dev = st.n_dev
-
-    def se_to_best(name: str) -> float:
-        d = per_dev[best] - per_dev[name]
-        return float(np.std(d, ddof=1) * math.sqrt(n_dev)) if n_dev > 1 else math.inf
-
     chosen, close, winner = pick_model(per_dev, {n: _k(fits[n][0], 1) for n in names},
                                        cfg.margin_z)
     others = [n for n in order if n != chosen]
     runner = others[0] if others else None
     margin = held[chosen] - held[runner] if runner else math.inf
-    margin_se = se_to_best(runner) if runner and chosen == best else (
-        float(np.std(per_dev[chosen] - per_dev[runner], ddof=1) * math.sqrt(n_dev))
-        if runner and n_dev > 1 else math.inf)
+    margin_se = paired_se(per_dev[chosen], per_dev[runner]) if runner else math.inf
     thin = len(close) > 1
     by = ("even cycles held out, fitted on the odd ones" if w.folds_by == "cycles" else
           f"every other window of {cfg.window} steps held out (one cycle)")

@@ -89,10 +89,7 @@ class LayerPlan:
             require(v is None or v >= 1, key, f"must be >= 1 or null, got {v}")
         require(self.granularity in ("position", "sample", "batch"), "granularity",
                 f"must be one of position, sample, batch; got {self.granularity!r}")
-        omega = self.weight_scaling_omega
-        require(isinstance(omega, (int, float)) and not isinstance(omega, bool)
-                and math.isfinite(omega) and omega >= 0, "weight_scaling_omega",
-                f"must be a number >= 0, got {omega!r}")
+        check_omega(self.weight_scaling_omega)
 
     def check_algorithm(self) -> None:
         """The algorithm, its hyper-parameters and the arrays placed in :attr:`arrays`
@@ -116,6 +113,13 @@ class LayerPlan:
         nm, bm, um = MANAGEMENT[level]
         return PeripheryConfig(noise_management=nm, bound_management=bm,
                                update_management=um)
+
+
+def check_omega(omega: Any) -> None:
+    """``weight_scaling_omega`` is a finite number >= 0 (ConfigError naming the key)."""
+    require(isinstance(omega, (int, float)) and not isinstance(omega, bool)
+            and math.isfinite(omega) and omega >= 0, "weight_scaling_omega",
+            f"must be a number >= 0, got {omega!r}")
 
 
 def _splits(n: int, most: int | None) -> list[tuple[int, int]]:

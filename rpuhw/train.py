@@ -41,7 +41,7 @@ from rpuhw.errors import ConfigError
 from rpuhw.models import NETWORKS, build_model, layer_names
 from rpuhw.nn import analog_layers
 from rpuhw.periphery import PeripheryConfig
-from rpuhw.schedule import MANAGEMENT, LayerPlan
+from rpuhw.schedule import MANAGEMENT, LayerPlan, check_omega
 
 CHECKPOINT = "checkpoint.pt"
 # keys that may change between a run and its resumption
@@ -122,10 +122,7 @@ class TrainConfig:
                 "update_granularity", "must be one of position, sample, batch; got "
                 f"{self.update_granularity!r}")
         require(self.bl >= 1, "bl", f"must be >= 1, got {self.bl}")
-        omega = self.weight_scaling_omega
-        require(isinstance(omega, (int, float)) and not isinstance(omega, bool)
-                and math.isfinite(omega) and omega >= 0, "weight_scaling_omega",
-                f"must be a number >= 0, got {omega!r}")
+        check_omega(self.weight_scaling_omega)
         for key in ("train_limit", "test_limit", "checkpoint_every"):
             v = getattr(self, key)
             require(v is None or v >= 1, key, f"must be >= 1 or null, got {v}")

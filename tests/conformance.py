@@ -128,17 +128,20 @@ def _sim_read_noise(rows: int, cols: int, seed: int | None) -> CrossPointArray:
     return SimulatedArray(rows, cols, device=spec, seed=seed)
 
 
-def _pair_sim(rows: int, cols: int, seed: int | None) -> CrossPointArray:
-    """A one-sided pair of default devices without a spread of the lower bound: a pair
-    reads 0 with both devices at their lower bounds only where the two bounds agree
-    (with bounds spread by 30 % the fresh pair's weights would be up to +-0.3)."""
+def _pair_sim(rows: int, cols: int, seed: int | None, refresh=None) -> CrossPointArray:
+    """A one-sided pair of default constant-step devices without a spread of their
+    bounds: a pair reads 0 with both devices at their lower bounds only where the two
+    bounds agree (spread by 30 %, a fresh pair's weights would be up to +-0.3), and the
+    refresh thresholds are then the same for every pair. ``refresh``: a
+    :class:`rpuhw.pair.RefreshConfig` (default: the pair's)."""
     from rpuhw.devices.base import PulsedDeviceParams
     from rpuhw.pair import OneSidedPair
 
-    spec = DeviceSpec(model=get_model("constant_step")(PulsedDeviceParams(w_min_dtod=0.0)))
+    spec = DeviceSpec(model=get_model("constant_step")(PulsedDeviceParams(w_min_dtod=0.0,
+                                                                          w_max_dtod=0.0)))
     pair = OneSidedPair(*(SimulatedArray(rows, cols, device=spec,
                                          seed=None if seed is None else 2 * seed + k)
-                          for k in (0, 1)))
+                          for k in (0, 1)), refresh=refresh)
     pair.set_weights(torch.zeros(rows, cols))
     return pair
 

@@ -11,14 +11,11 @@ import json
 import numpy as np
 import pytest
 import torch
+from conformance import _pair_sim  # tests/ is on sys.path
 
 from rpuhw import open_array
-from rpuhw.device_spec import DeviceSpec
-from rpuhw.devices import get_model
-from rpuhw.devices.base import PulsedDeviceParams
 from rpuhw.errors import ConfigError
 from rpuhw.pair import OneSidedPair, RefreshConfig
-from rpuhw.sim.array import SimulatedArray
 from rpuhw.train import TrainConfig, train
 
 ROWS, COLS = 6, 7
@@ -26,14 +23,9 @@ DW = 0.001  # the default device's dw_min
 
 
 def _pair(seed: int = 0, refresh: RefreshConfig | None = None) -> OneSidedPair:
-    """Default constant-step devices without a spread of their bounds (both devices at
-    their lower bound read 0; the refresh thresholds are the same for all), exact reads."""
-    spec = DeviceSpec(model=get_model("constant_step")(PulsedDeviceParams(w_min_dtod=0.0,
-                                                                          w_max_dtod=0.0)))
-    pair = OneSidedPair(*(SimulatedArray(ROWS, COLS, device=spec, seed=2 * seed + k)
-                          for k in (0, 1)), refresh=refresh)
-    pair.set_weights(torch.zeros(ROWS, COLS))
-    return pair
+    """The conformance suite's pair (constant-step devices without a spread of their
+    bounds, exact reads)."""
+    return _pair_sim(ROWS, COLS, seed, refresh)
 
 
 def _bits(rng: np.random.Generator, p: int, bl: int, n: int) -> torch.Tensor:
